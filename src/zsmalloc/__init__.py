@@ -1,0 +1,62 @@
+"""zsmalloc: the Linux kernel's compressed-memory allocator, in Python, on real memory.
+
+Layers, each a package, data flowing down (nothing below imports above)::
+
+    zsmalloc.cli    command line (demo, stats, bench)
+    zsmalloc.pool   the allocator: size classes, zspages, handles, stats
+    zsmalloc.mm     the VM: page frames in an mmap arena, descriptors, page locks
+
+Quick start::
+
+    import zsmalloc
+    with zsmalloc.Pool() as pool:
+        h = pool.malloc(100)
+        pool.write(h, b"x" * 100)
+        assert pool.read(h) == b"x" * 100
+        pool.free(h)
+"""
+
+from zsmalloc.errors import (
+    CorruptionError,
+    InvalidHandleError,
+    InvalidSizeError,
+    OutOfFramesError,
+    PageStateError,
+    PoolClosedError,
+    PoolFullError,
+    ZsmallocError,
+)
+from zsmalloc.mm import Memory
+from zsmalloc.pool import (
+    RULE_MIN_WASTE,
+    RULE_USED_PERCENTAGE,
+    ClassSpec,
+    ClassStats,
+    Pool,
+    PoolStats,
+    huge_class_size,
+    size_classes,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RULE_MIN_WASTE",
+    "RULE_USED_PERCENTAGE",
+    "ClassSpec",
+    "ClassStats",
+    "CorruptionError",
+    "InvalidHandleError",
+    "InvalidSizeError",
+    "Memory",
+    "OutOfFramesError",
+    "PageStateError",
+    "Pool",
+    "PoolClosedError",
+    "PoolFullError",
+    "PoolStats",
+    "ZsmallocError",
+    "__version__",
+    "huge_class_size",
+    "size_classes",
+]

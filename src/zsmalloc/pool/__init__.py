@@ -1,0 +1,24 @@
+"""The allocator (mm/zsmalloc.c): size classes, zspages, handles, fullness groups, stats."""
+
+from zsmalloc.pool.size_class import (
+    RULE_MIN_WASTE,
+    RULE_USED_PERCENTAGE,
+    ClassSpec,
+    huge_class_size,
+    size_classes,
+)
+from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
+from zsmalloc.pool.zsmalloc import Pool, SizeClass
+
+__all__ = [
+    "RULE_MIN_WASTE",
+    "RULE_USED_PERCENTAGE",
+    "ClassSpec",
+    "ClassStats",
+    "Pool",
+    "PoolStats",
+    "SizeClass",
+    "format_classes",
+    "huge_class_size",
+    "size_classes",
+]

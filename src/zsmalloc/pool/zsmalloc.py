@@ -1,0 +1,956 @@
+"""The allocator: mm/zsmalloc.c, function for function, on real frames.
+
+What lives where
+----------------
+- Object bytes, in-page object headers and free-list links: in the frames of
+  :class:`zsmalloc.mm.Memory`, exactly where the kernel keeps them.
+- Per-page state (which zspage, next page of the chain, first object offset,
+  the handle of a huge object, movable/locked/isolated): page descriptors in
+  ``Memory``.
+- Per-zspage state: struct-of-arrays indexed by a zspage id (``zid``), the
+  kernel's ``struct zspage``: class, inuse, freeobj, first page, fullness group,
+  list links, the zspage lock.
+- Handles: a table of arrays indexed by handle slot.
+- Per-class state: :class:`SizeClass` (fullness lists and counters).
+
+A zspage of class size 1568 (5 pages, 13 objects) laid over its frames; the
+frames are anywhere in the arena, linked through ``Memory.next``::
+
+      page 0 (pfn 17)      page 1 (pfn 3)       page 2 (pfn 40)  ...  page 4
+    +------+------+----+ +-+------+------+---+ +----+------+---+    +--+------+--+
+    | obj0 | obj1 |obj2| |2| obj3 | obj4 |ob5| |obj5| obj6 |ob7|    |o1| obj12|//|
+    +------+------+----+ +-+------+------+---+ +----+------+---+    +--+------+--+
+    first_obj_offset 0      1568*2+1568-4096=608  ...                      tail waste 96
+                            (obj2 spans pages 0 and 1)
+
+Every slot of a non-huge class starts with one 8-byte little-endian word::
+
+    allocated:  handle | OBJ_ALLOCATED_TAG      (handles are even, bit 0 = 1)
+    free:       next_free_index << 1            (bit 0 = 0; FREE_LIST_END ends it)
+
+and the caller's bytes follow it.  Huge zspages (one page, one object) keep
+no header: the handle lives in the page descriptor's ``index`` word.
+
+A handle is a stable, opaque even integer::
+
+     63                     32 31                            1  0
+    +-------------------------+-------------------------------+---+
+    |       generation        |          table slot           | 0 |
+    +-------------------------+-------------------------------+---+
+
+The table maps the slot to the object's location, ``(pfn << OBJ_INDEX_BITS)
+| obj_idx`` with pfn the page the object starts in and obj_idx its index in
+the zspage.  Moving an object (compaction, migration) rewrites only that
+table entry.  A freed slot's generation is bumped before reuse, so a stale
+handle is refused, not aliased to the new object.
+
+Locking
+-------
+Lock order: page lock -> pool lock -> class lock -> zspage lock.
+
+- ``pool._lock``: the kernel's ``pool->lock``.  Readers (zs_free, object
+  access) take it to translate a handle into a location and to pin the zspage;
+  writers (migration, compaction) take it to move objects.
+- ``SizeClass.lock``: the class's zspage lists, counters, and every zspage's
+  inuse/freeobj/fullness.
+- zspage lock (``_zs_lock[zid]``): held for reading while a caller maps an
+  object; migration and compaction only try it for writing and back off.
+- ``_cache_lock``: the handle and zspage caches (kmem_cache's own lock); a leaf.
+
+Implementation choice: in the kernel ``pool->lock`` is a reader/writer lock
+so that zs_free on many CPUs does not serialize.  Under CPython's GIL no two
+read sections run at once anyway, and they last a handful of bytecodes, so
+here it is a plain mutex: the same exclusion against migration and compaction
+at a third of the cost of a Python-level rwlock.  Likewise ``read``/``write``
+copy the bytes inside that section instead of taking and dropping the zspage
+read lock around the copy; ``map`` keeps the kernel's zspage read lock
+because its caller holds the mapping for as long as it likes.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from zsmalloc.errors import (
+    InvalidHandleError,
+    InvalidSizeError,
+    OutOfFramesError,
+    PoolClosedError,
+    PoolFullError,
+)
+from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
+from zsmalloc.pool.size_class import (
+    RULE_MIN_WASTE,
+    ZS_DEFAULT_CHAIN_SIZE,
+    ZS_HANDLE_SIZE,
+    ZS_MAX_ALLOC_SIZE,
+    ZS_MAX_CHAIN_SIZE,
+    ZS_MIN_ALLOC_SIZE,
+    ZS_SIZE_CLASSES,
+    ClassSpec,
+    build_class_table,
+    get_size_class_index,
+)
+from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
+
+OBJ_ALLOCATED_TAG = 1
+OBJ_TAG_BITS = 1
+# enough bits for the most objects a zspage can hold: 16 pages of 32-byte objects
+OBJ_INDEX_BITS = (ZS_MAX_CHAIN_SIZE * PAGE_SIZE // ZS_MIN_ALLOC_SIZE - 1).bit_length()
+OBJ_INDEX_MASK = (1 << OBJ_INDEX_BITS) - 1
+FREE_LIST_END = ((1 << 64) - 1) & ~OBJ_ALLOCATED_TAG  # the kernel's -1UL << OBJ_TAG_BITS
+
+HANDLE_SLOT_BITS = 31
+HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
+HANDLE_GEN_SHIFT = 32
+HANDLE_GEN_MASK = (1 << 32) - 1
+HANDLE_FREED = 1  # bit 0 set in the table: the slot holds no live handle
+
+# fullness groups (6.4+): 0 empty, 1..10 by tenths of use, 11 full
+ZS_INUSE_RATIO_0 = 0
+ZS_INUSE_RATIO_10 = 1
+ZS_INUSE_RATIO_99 = 10
+ZS_INUSE_RATIO_100 = 11
+NR_FULLNESS_GROUPS = 12
+FG_NONE = -1  # a zspage on no fullness list (being built, or taken by the deferred free)
+_ALLOC_GROUPS_MASK = (1 << ZS_INUSE_RATIO_100) - 1  # groups 0..10 can take an object
+
+_WORD_SHIFT = 3  # bytes -> 8-byte words
+_WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
+
+
+def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
+    if inuse == 0:
+        return ZS_INUSE_RATIO_0
+    if inuse == objs_per_zspage:
+        return ZS_INUSE_RATIO_100
+    return (100 * inuse // objs_per_zspage) // 10 + 1
+
+
+class SizeClass:
+    """One canonical size class: its geometry, lock, fullness lists and counters."""
+
+    __slots__ = (
+        "fg_of_inuse",
+        "fullness_list",
+        "huge",
+        "index",
+        "lock",
+        "nonempty",
+        "nr_zspages",
+        "objs_allocated",
+        "objs_inuse",
+        "objs_per_zspage",
+        "pages_per_zspage",
+        "size",
+    )
+
+    def __init__(self, spec: ClassSpec) -> None:
+        self.index = spec.index
+        self.size = spec.size
+        self.pages_per_zspage = spec.pages_per_zspage
+        self.objs_per_zspage = spec.objs_per_zspage
+        self.huge = spec.huge
+        self.lock = threading.Lock()
+        #: head zid of each fullness group's list, -1 when empty
+        self.fullness_list = [-1] * NR_FULLNESS_GROUPS
+        #: bit g set while fullness_list[g] is not empty
+        self.nonempty = 0
+        #: zspages per fullness group (the 10%..100% columns of the stats)
+        self.nr_zspages = [0] * NR_FULLNESS_GROUPS
+        self.objs_allocated = 0
+        self.objs_inuse = 0
+        n = self.objs_per_zspage
+        self.fg_of_inuse = bytes(get_fullness_group(i, n) for i in range(n + 1))
+
+    def __repr__(self) -> str:
+        return (
+            f"<SizeClass {self.index}: size {self.size}, "
+            f"{self.pages_per_zspage} pages, {self.objs_per_zspage} objs>"
+        )
+
+
+class Pool:
+    """A zsmalloc pool: allocate variable-size objects (1..4096 bytes) behind stable handles.
+
+    ``memory`` is the :class:`~zsmalloc.mm.Memory` to take frames from (a new
+    private one by default); ``max_pages`` caps the pool's pages.
+    """
+
+    def __init__(
+        self,
+        name: str = "zsmalloc",
+        chain_size: int = ZS_DEFAULT_CHAIN_SIZE,
+        memory: Memory | None = None,
+        max_pages: int | None = None,
+        *,
+        class_rule: str = RULE_MIN_WASTE,
+    ) -> None:
+        canonical, specs, huge_size = build_class_table(chain_size, class_rule)
+        if max_pages is not None and max_pages < 0:
+            raise ValueError(f"max_pages must be >= 0, not {max_pages}")
+        self.name = name
+        self.chain_size = chain_size
+        self.class_rule = class_rule
+        self.max_pages = max_pages
+        self._own_memory = memory is None
+        self.memory = Memory() if memory is None else memory
+        self._huge_class_size = huge_size
+
+        by_index = {i: SizeClass(spec) for i, spec in specs.items()}
+        #: all 255 class slots; merged slots share the canonical SizeClass
+        self.size_class: list[SizeClass] = [by_index[canonical[i]] for i in range(ZS_SIZE_CLASSES)]
+        #: canonical classes, largest first (the order compaction walks them)
+        self.classes: list[SizeClass] = [by_index[i] for i in sorted(by_index, reverse=True)]
+        # user size -> class, with the handle header added (zs_malloc's lookup)
+        self._class_for_size: list[SizeClass | None] = [None] + [
+            self.size_class[get_size_class_index(s + ZS_HANDLE_SIZE)]
+            for s in range(1, ZS_MAX_ALLOC_SIZE + 1)
+        ]
+
+        self._lock = threading.Lock()  # pool->lock
+        self._cache_lock = threading.Lock()
+        self._deferred_lock = threading.Lock()
+        self._deferred_batch: set[int] = set()
+        self._deferred_requested = False
+        self._deferred_running = False
+
+        # struct zspage, as arrays indexed by zid
+        self._zs_class = array("h")
+        self._zs_inuse = array("i")
+        self._zs_freeobj = array("i")
+        self._zs_first = array("q")
+        self._zs_fg = array("b")
+        self._zs_prev = array("i")
+        self._zs_next = array("i")
+        self._zs_lock = array("i")  # zspage lock: readers > 0, -1 write-locked
+        self._zs_free: list[int] = []
+
+        # handle table, indexed by slot (slot 0 unused: a handle is never 0)
+        self._h_val = array("Q", [HANDLE_FREED])
+        self._h_obj = array("Q", [0])
+        self._h_size = array("H", [0])
+        self._h_free: list[int] = []
+
+        self.pages_allocated = 0
+        self.pages_compacted = 0
+        self.nr_deferred_frees = 0
+        self._closed = False
+        self._ops_id = self.memory.register_movable_ops(self)
+
+    # ------------------------------------------------------------------
+    # public properties
+
+    @property
+    def total_pages(self) -> int:
+        """``zs_get_total_pages``: pages the pool holds, fragmentation included."""
+        return self.pages_allocated
+
+    @property
+    def huge_class_size(self) -> int:
+        """``zs_huge_class_size``: objects of this size or more get a page of their own."""
+        return self._huge_class_size
+
+    def class_index(self, size: int) -> int:
+        """``zs_lookup_class_index``: the canonical class index serving ``size`` bytes."""
+        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
+            raise InvalidSizeError(f"size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}")
+        return self.size_class[get_size_class_index(size)].index
+
+    # ------------------------------------------------------------------
+    # handle and zspage caches
+
+    def _cache_alloc_handle(self, size: int) -> int:
+        with self._cache_lock:
+            if self._h_free:
+                slot = self._h_free.pop()
+                gen = ((self._h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK
+            else:
+                slot = len(self._h_val)
+                if slot > HANDLE_SLOT_MASK:
+                    raise PoolFullError("handle table is full")
+                self._h_val.append(HANDLE_FREED)
+                self._h_obj.append(0)
+                self._h_size.append(0)
+                gen = 1
+            handle = (gen << HANDLE_GEN_SHIFT) | (slot << 1)
+            self._h_size[slot] = size
+            return handle
+
+    def _cache_free_handle(self, slot: int) -> None:
+        with self._cache_lock:
+            self._h_free.append(slot)
+
+    def _cache_alloc_zspage(self) -> int:
+        with self._cache_lock:
+            if self._zs_free:
+                return self._zs_free.pop()
+            zid = len(self._zs_class)
+            self._zs_class.append(-1)
+            self._zs_inuse.append(0)
+            self._zs_freeobj.append(-1)
+            self._zs_first.append(-1)
+            self._zs_fg.append(FG_NONE)
+            self._zs_prev.append(-1)
+            self._zs_next.append(-1)
+            self._zs_lock.append(0)
+            return zid
+
+    def _cache_free_zspage(self, zid: int) -> None:
+        self._zs_class[zid] = -1
+        self._zs_first[zid] = -1
+        with self._cache_lock:
+            self._zs_free.append(zid)
+
+    # ------------------------------------------------------------------
+    # fullness lists (caller holds the class lock)
+
+    def insert_zspage(self, cls: SizeClass, zid: int, fg: int) -> None:
+        """Put a zspage at the head of its fullness group's list."""
+        head = cls.fullness_list[fg]
+        self._zs_prev[zid] = -1
+        self._zs_next[zid] = head
+        if head >= 0:
+            self._zs_prev[head] = zid
+        cls.fullness_list[fg] = zid
+        cls.nonempty |= 1 << fg
+        cls.nr_zspages[fg] += 1
+        self._zs_fg[zid] = fg
+
+    def remove_zspage(self, cls: SizeClass, zid: int) -> None:
+        fg = self._zs_fg[zid]
+        prev = self._zs_prev[zid]
+        nxt = self._zs_next[zid]
+        if prev >= 0:
+            self._zs_next[prev] = nxt
+        else:
+            cls.fullness_list[fg] = nxt
+        if nxt >= 0:
+            self._zs_prev[nxt] = prev
+        elif prev < 0:
+            cls.nonempty &= ~(1 << fg)
+        cls.nr_zspages[fg] -= 1
+        self._zs_fg[zid] = FG_NONE
+
+    def fix_fullness_group(self, cls: SizeClass, zid: int) -> int:
+        """Move a zspage to the list its inuse count calls for; return that group."""
+        newfg = cls.fg_of_inuse[self._zs_inuse[zid]]
+        if newfg != self._zs_fg[zid]:
+            self.remove_zspage(cls, zid)
+            self.insert_zspage(cls, zid, newfg)
+        return newfg
+
+    def find_get_zspage(self, cls: SizeClass) -> int:
+        """The first zspage of the fullest group that still has room, or -1."""
+        mask = cls.nonempty & _ALLOC_GROUPS_MASK
+        if not mask:
+            return -1
+        return cls.fullness_list[mask.bit_length() - 1]
+
+    # ------------------------------------------------------------------
+    # objects inside a zspage (caller holds the class lock)
+
+    def _obj_page(self, zid: int, offset: int) -> int:
+        """The pfn of the chain page that holds byte ``offset`` of the zspage."""
+        pfn = self._zs_first[zid]
+        nxt = self.memory.next
+        for _ in range(offset >> PAGE_SHIFT):
+            pfn = nxt[pfn]
+        return pfn
+
+    def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
+        """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
+        idx = self._zs_freeobj[zid]
+        offset = idx * cls.size
+        pfn = self._obj_page(zid, offset)
+        mem = self.memory
+        word = (pfn << _WORDS_PER_PAGE_SHIFT) | ((offset & (PAGE_SIZE - 1)) >> _WORD_SHIFT)
+        link = mem.words[word]
+        if cls.huge:
+            self._zs_freeobj[zid] = -1
+            mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
+        else:
+            self._zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
+            mem.words[word] = handle | OBJ_ALLOCATED_TAG
+        self._zs_inuse[zid] += 1
+        return (pfn << OBJ_INDEX_BITS) | idx
+
+    def obj_free(self, cls: SizeClass, zid: int, obj: int) -> None:
+        """Push the object's slot at the head of its zspage's free list."""
+        pfn = obj >> OBJ_INDEX_BITS
+        idx = obj & OBJ_INDEX_MASK
+        mem = self.memory
+        if cls.huge:
+            mem.index[pfn] = 0
+        else:
+            offset = (idx * cls.size) & (PAGE_SIZE - 1)
+            head = self._zs_freeobj[zid]
+            mem.words[(pfn << _WORDS_PER_PAGE_SHIFT) | (offset >> _WORD_SHIFT)] = (
+                FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
+            )
+        self._zs_freeobj[zid] = idx
+        self._zs_inuse[zid] -= 1
+
+    # ------------------------------------------------------------------
+    # building and destroying zspages
+
+    def alloc_zspage(self, cls: SizeClass) -> int:
+        """Take ``pages_per_zspage`` frames and build an empty zspage on them."""
+        n = cls.pages_per_zspage
+        with self._cache_lock:
+            if self.max_pages is not None and self.pages_allocated + n > self.max_pages:
+                raise PoolFullError(
+                    f"pool {self.name!r} would pass max_pages={self.max_pages} "
+                    f"({self.pages_allocated} in use, {n} more needed)"
+                )
+            self.pages_allocated += n  # reserved; given back below on failure
+        mem = self.memory
+        pages: list[int] = []
+        try:
+            for _ in range(n):
+                pages.append(mem.alloc_page())
+        except OutOfFramesError as exc:
+            for pfn in pages:
+                mem.free_page(pfn)
+            with self._cache_lock:
+                self.pages_allocated -= n
+            raise PoolFullError(f"no page for a new zspage of class {cls.index}: {exc}") from exc
+        zid = self._cache_alloc_zspage()
+        self._zs_class[zid] = cls.index
+        self._zs_inuse[zid] = 0
+        self._zs_freeobj[zid] = 0
+        self._zs_fg[zid] = FG_NONE
+        self._zs_lock[zid] = 0
+        self.create_page_chain(cls, zid, pages)
+        self.init_zspage(cls, pages)
+        return zid
+
+    def create_page_chain(self, cls: SizeClass, zid: int, pages: list[int]) -> None:
+        """Link the frames into a chain and record each one's first object offset."""
+        mem = self.memory
+        size = cls.size
+        self._zs_first[zid] = pages[0]
+        last = len(pages) - 1
+        for k, pfn in enumerate(pages):
+            mem.private[pfn] = zid
+            mem.next[pfn] = pages[k + 1] if k < last else -1
+            mem.first_obj_offset[pfn] = (-(k << PAGE_SHIFT)) % size
+
+    def init_zspage(self, cls: SizeClass, pages: list[int]) -> None:
+        """Write the free list into the empty slots: 0 -> 1 -> ... -> N-1 -> end."""
+        words = self.memory.words
+        size = cls.size
+        step = size >> _WORD_SHIFT
+        nobjs = cls.objs_per_zspage
+        idx = 0
+        for k, pfn in enumerate(pages):
+            first = (-(k << PAGE_SHIFT)) % size
+            count = min(-(-(PAGE_SIZE - first) // size), nobjs - idx)
+            if count <= 0:
+                break
+            start = (pfn << _WORDS_PER_PAGE_SHIFT) + (first >> _WORD_SHIFT)
+            links = array("Q", range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << 1, 2))
+            idx += count
+            if idx == nobjs:
+                links[-1] = FREE_LIST_END
+            words[start : start + count * step : step] = links
+
+    def zspage_pages(self, zid: int) -> list[int]:
+        """The pfns of a zspage's chain, first page first."""
+        nxt = self.memory.next
+        pages = []
+        pfn = self._zs_first[zid]
+        while pfn >= 0:
+            pages.append(pfn)
+            pfn = nxt[pfn]
+        return pages
+
+    def SetZsPageMovable(self, zid: int) -> None:  # the kernel's name
+        """Mark a fully set-up zspage's pages movable, each under its page lock."""
+        mem = self.memory
+        for pfn in self.zspage_pages(zid):
+            if not mem.trylock_page(pfn):  # nobody else can know this page yet
+                raise AssertionError(f"new zspage page {pfn} is locked")
+            mem.set_page_movable(pfn, self._ops_id)
+            mem.unlock_page(pfn)
+
+    def trylock_zspage(self, zid: int) -> bool:
+        """Trylock every page of the zspage; on any failure, unlock what was taken."""
+        mem = self.memory
+        locked = []
+        for pfn in self.zspage_pages(zid):
+            if not mem.trylock_page(pfn):
+                for held in locked:
+                    mem.unlock_page(held)
+                return False
+            locked.append(pfn)
+        return True
+
+    def lock_zspage(self, zid: int) -> None:
+        """Take every page lock of the zspage, sleeping, safe against migration.
+
+        A page not yet locked may be migrated out of the chain while we wait,
+        so each page is looked up and trylocked under the pool lock; to sleep,
+        we pin the page, drop the pool lock, wait for the page lock to be
+        released, and look again (the 2022 fix).
+        """
+        mem = self.memory
+        pool_lock = self._lock
+        pool_lock.acquire()
+        pfn = self._zs_first[zid]
+        while not mem.trylock_page(pfn):
+            mem.get_page(pfn)
+            pool_lock.release()
+            mem.wait_on_page_locked(pfn)
+            mem.put_page(pfn)
+            pool_lock.acquire()
+            pfn = self._zs_first[zid]
+        while (nxt := mem.next[pfn]) >= 0:
+            if mem.trylock_page(nxt):
+                pfn = nxt
+                continue
+            mem.get_page(nxt)
+            pool_lock.release()
+            mem.wait_on_page_locked(nxt)
+            mem.put_page(nxt)
+            pool_lock.acquire()
+        pool_lock.release()
+
+    def _free_zspage(self, cls: SizeClass, zid: int) -> None:
+        """The kernel's ``__free_zspage``: give an empty zspage's frames back.
+
+        Every page lock is held by the caller; they are dropped here.
+        """
+        mem = self.memory
+        for pfn in self.zspage_pages(zid):
+            mem.clear_page_movable(pfn)
+            mem.private[pfn] = 0
+            mem.index[pfn] = 0
+            mem.next[pfn] = 0
+            mem.first_obj_offset[pfn] = 0
+            mem.unlock_page(pfn)
+            mem.free_page(pfn)
+        self._cache_free_zspage(zid)
+        cls.objs_allocated -= cls.objs_per_zspage
+        with self._cache_lock:
+            self.pages_allocated -= cls.pages_per_zspage
+
+    def free_zspage(self, cls: SizeClass, zid: int) -> None:
+        """Free an empty zspage now if all its page locks can be had, else defer it."""
+        if not self.trylock_zspage(zid):
+            self.kick_deferred_free()
+            return
+        self.remove_zspage(cls, zid)
+        self._free_zspage(cls, zid)
+
+    # ------------------------------------------------------------------
+    # the deferred free of empty zspages (async_free_zspage)
+
+    def kick_deferred_free(self) -> None:
+        """Schedule the deferred-free worker (the kernel's ``schedule_work``)."""
+        with self._cache_lock:
+            self._deferred_requested = True
+            if self._deferred_running:
+                return
+            self._deferred_running = True
+        threading.Thread(
+            target=self._deferred_worker, name=f"zs-free-{self.name}", daemon=True
+        ).start()
+
+    def _deferred_worker(self) -> None:
+        while True:
+            with self._cache_lock:
+                if not self._deferred_requested or self._closed:
+                    self._deferred_running = False
+                    return
+                self._deferred_requested = False
+            self.async_free_zspage()
+
+    def async_free_zspage(self) -> int:
+        """Free every empty zspage left on a group-0 list; return how many were freed."""
+        with self._deferred_lock:
+            batch = self._deferred_batch
+            for cls in self.classes:
+                with cls.lock:
+                    while (zid := cls.fullness_list[ZS_INUSE_RATIO_0]) >= 0:
+                        self.remove_zspage(cls, zid)
+                        batch.add(zid)
+            freed = 0
+            for zid in sorted(batch):
+                self.lock_zspage(zid)
+                cls = self.size_class[self._zs_class[zid]]
+                with cls.lock:
+                    self._free_zspage(cls, zid)
+                freed += 1
+            batch.clear()
+            self.nr_deferred_frees += freed
+            return freed
+
+    def flush_deferred(self) -> int:
+        """Run the deferred free now, in the caller; return the zspages it freed."""
+        self._check_open()
+        return self.async_free_zspage()
+
+    # ------------------------------------------------------------------
+    # the public API
+
+    def malloc(self, size: int) -> int:
+        """``zs_malloc``: allocate ``size`` bytes (1..4096); return a handle, never 0."""
+        if size.__class__ is not int:
+            size = operator.index(size)
+        if not 0 < size <= ZS_MAX_ALLOC_SIZE:
+            raise InvalidSizeError(f"size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}")
+        if self._closed:
+            raise PoolClosedError(f"pool {self.name!r} is closed")
+        cls = self._class_for_size[size]
+        handle = self._cache_alloc_handle(size)
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        lock = cls.lock
+        lock.acquire()
+        try:
+            mask = cls.nonempty & _ALLOC_GROUPS_MASK
+            if mask:
+                zid = cls.fullness_list[mask.bit_length() - 1]
+                self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
+                self.fix_fullness_group(cls, zid)
+                cls.objs_inuse += 1
+                self._h_val[slot] = handle
+                return handle
+        finally:
+            lock.release()
+        return self._malloc_new_zspage(cls, handle, slot)
+
+    def _malloc_new_zspage(self, cls: SizeClass, handle: int, slot: int) -> int:
+        try:
+            zid = self.alloc_zspage(cls)
+        except PoolFullError:
+            self._cache_free_handle(slot)
+            raise
+        with cls.lock:
+            self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
+            self.insert_zspage(cls, zid, cls.fg_of_inuse[1])
+            cls.objs_allocated += cls.objs_per_zspage
+            cls.objs_inuse += 1
+            self._h_val[slot] = handle
+            # only now, fully set up, may the VM see its pages
+            self.SetZsPageMovable(zid)
+        return handle
+
+    def free(self, handle: int) -> None:
+        """``zs_free``: free the object; the handle becomes invalid."""
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        pool_lock = self._lock
+        pool_lock.acquire()
+        try:
+            if self._h_val[slot] != handle:
+                raise InvalidHandleError(self._bad_handle(handle))
+            # mark it freed at once, so a racing second free is refused
+            self._h_val[slot] = handle | HANDLE_FREED
+            obj = self._h_obj[slot]
+            zid = self.memory.private[obj >> OBJ_INDEX_BITS]
+            cls = self.size_class[self._zs_class[zid]]
+            cls.lock.acquire()
+        except IndexError:
+            raise InvalidHandleError(self._bad_handle(handle)) from None
+        finally:
+            pool_lock.release()
+        try:
+            cls.objs_inuse -= 1
+            self.obj_free(cls, zid, obj)
+            if self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
+                self.free_zspage(cls, zid)
+        finally:
+            cls.lock.release()
+        self._cache_free_handle(slot)
+
+    def write(self, handle: int, data: bytes, offset: int = 0) -> None:
+        """Copy ``data`` into the object at ``offset``; it must fit in the size allocated."""
+        if data.__class__ is not bytes and data.__class__ is not bytearray:
+            data = memoryview(data).cast("B")
+        n = len(data)
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        pool_lock = self._lock
+        pool_lock.acquire()
+        try:
+            if self._h_val[slot] != handle:
+                raise InvalidHandleError(self._bad_handle(handle))
+            if offset < 0 or offset + n > self._h_size[slot]:
+                raise ValueError(self._bad_range("write", handle, offset, n, self._h_size[slot]))
+            start, end, nxt = self._obj_span(slot, offset, n)
+            arena = self.memory.arena
+            if nxt < 0:
+                arena[start:end] = data
+            else:
+                split = end - start
+                view = memoryview(data)
+                arena[start:end] = view[:split]
+                arena[nxt : nxt + n - split] = view[split:]
+        except IndexError:
+            raise InvalidHandleError(self._bad_handle(handle)) from None
+        finally:
+            pool_lock.release()
+
+    def read(self, handle: int, length: int | None = None, offset: int = 0) -> bytes:
+        """Return ``length`` bytes of the object from ``offset`` (default: to its end)."""
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        pool_lock = self._lock
+        pool_lock.acquire()
+        try:
+            if self._h_val[slot] != handle:
+                raise InvalidHandleError(self._bad_handle(handle))
+            size = self._h_size[slot]
+            if length is None:
+                length = size - offset
+            if offset < 0 or length < 0 or offset + length > size:
+                raise ValueError(self._bad_range("read", handle, offset, length, size))
+            start, end, nxt = self._obj_span(slot, offset, length)
+            arena = self.memory.arena
+            if nxt < 0:
+                return arena[start:end]
+            return arena[start:end] + arena[nxt : nxt + length - (end - start)]
+        except IndexError:
+            raise InvalidHandleError(self._bad_handle(handle)) from None
+        finally:
+            pool_lock.release()
+
+    def read_into(self, handle: int, buf, offset: int = 0) -> int:
+        """Fill the writable buffer ``buf`` from the object at ``offset``; return its length."""
+        out = memoryview(buf).cast("B")
+        n = len(out)
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        pool_lock = self._lock
+        pool_lock.acquire()
+        try:
+            if self._h_val[slot] != handle:
+                raise InvalidHandleError(self._bad_handle(handle))
+            if offset < 0 or offset + n > self._h_size[slot]:
+                raise ValueError(self._bad_range("read", handle, offset, n, self._h_size[slot]))
+            start, end, nxt = self._obj_span(slot, offset, n)
+            src = self.memory.buf
+            split = end - start
+            out[:split] = src[start:end]
+            if nxt >= 0:
+                out[split:] = src[nxt : nxt + n - split]
+            return n
+        except IndexError:
+            raise InvalidHandleError(self._bad_handle(handle)) from None
+        finally:
+            pool_lock.release()
+
+    @contextmanager
+    def map(self, handle: int, length: int | None = None, offset: int = 0) -> Iterator[memoryview]:
+        """Map the object for reading: a read-only memoryview, valid inside the ``with``.
+
+        No copy is made when the bytes lie inside one page; an object that
+        spans two pages is copied (the kernel's ``zs_obj_read_begin``).  While
+        mapped, the object's zspage is read-locked: compaction and migration
+        leave it alone.
+        """
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        pool_lock = self._lock
+        with pool_lock:
+            try:
+                valid = self._h_val[slot] == handle
+            except IndexError:
+                valid = False
+            if not valid:
+                raise InvalidHandleError(self._bad_handle(handle))
+            size = self._h_size[slot]
+            if length is None:
+                length = size - offset
+            if offset < 0 or length < 0 or offset + length > size:
+                raise ValueError(self._bad_range("map", handle, offset, length, size))
+            zid = self.memory.private[self._h_obj[slot] >> OBJ_INDEX_BITS]
+            self._zs_lock[zid] += 1  # zspage_read_lock
+            start, end, nxt = self._obj_span(slot, offset, length)
+        try:
+            src = self.memory.buf
+            if nxt < 0:
+                view = src[start:end].toreadonly()
+            else:
+                view = memoryview(
+                    bytes(src[start:end]) + bytes(src[nxt : nxt + length - (end - start)])
+                ).toreadonly()
+            try:
+                yield view
+            finally:
+                try:
+                    view.release()
+                except BufferError:  # the caller kept an export; it dies with the view
+                    pass
+        finally:
+            with pool_lock:
+                self._zs_lock[zid] -= 1  # zspage_read_unlock
+
+    def _obj_span(self, slot: int, offset: int, length: int) -> tuple[int, int, int]:
+        """Arena offsets of ``length`` bytes at ``offset`` into the object.
+
+        Returns ``(start, end, next_start)``: the bytes are ``[start, end)``,
+        followed, when they cross into the next page, by the rest at
+        ``next_start`` (else -1).  Caller holds the pool lock.
+        """
+        obj = self._h_obj[slot]
+        pfn = obj >> OBJ_INDEX_BITS
+        mem = self.memory
+        cls = self.size_class[self._zs_class[mem.private[pfn]]]
+        if cls.huge:
+            pos = offset
+        else:
+            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & (PAGE_SIZE - 1)) + ZS_HANDLE_SIZE + offset
+        if pos >= PAGE_SIZE:  # starts in the next page
+            nxt = mem.next[pfn] << PAGE_SHIFT
+            start = nxt + pos - PAGE_SIZE
+            return start, start + length, -1
+        start = (pfn << PAGE_SHIFT) + pos
+        end = start + length
+        page_end = (pfn + 1) << PAGE_SHIFT
+        if end <= page_end:
+            return start, end, -1
+        return start, page_end, mem.next[pfn] << PAGE_SHIFT
+
+    def _bad_handle(self, handle: object) -> str:
+        if self._closed:
+            return f"pool {self.name!r} is closed"
+        return f"invalid handle {handle!r}: unknown, freed or stale"
+
+    @staticmethod
+    def _bad_range(op: str, handle: int, offset: int, length: int, size: int) -> str:
+        return (
+            f"{op} of {length} bytes at offset {offset} is outside the {size} bytes "
+            f"allocated for handle {handle:#x}"
+        )
+
+    def handle_size(self, handle: int) -> int:
+        """The size ``malloc`` was asked for."""
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        with self._lock:
+            try:
+                if self._h_val[slot] == handle:
+                    return self._h_size[slot]
+            except IndexError:
+                pass
+        raise InvalidHandleError(self._bad_handle(handle))
+
+    def __len__(self) -> int:
+        """The number of live objects."""
+        return sum(cls.objs_inuse for cls in self.classes)
+
+    # ------------------------------------------------------------------
+    # statistics
+
+    def class_stats(self) -> list[ClassStats]:
+        """One row per canonical class: the columns of debugfs ``classes``."""
+        rows = []
+        for cls in reversed(self.classes):
+            with cls.lock:
+                rows.append(
+                    ClassStats(
+                        index=cls.index,
+                        size=cls.size,
+                        inuse_ratio=tuple(cls.nr_zspages[ZS_INUSE_RATIO_10:]),
+                        obj_allocated=cls.objs_allocated,
+                        obj_used=cls.objs_inuse,
+                        pages_per_zspage=cls.pages_per_zspage,
+                        objs_per_zspage=cls.objs_per_zspage,
+                        freeable=self.zs_can_compact(cls),
+                        empty_zspages=cls.nr_zspages[ZS_INUSE_RATIO_0],
+                    )
+                )
+        return rows
+
+    def zs_can_compact(self, cls: SizeClass) -> int:
+        """Pages that compacting this class could free (caller holds the class lock)."""
+        wasted = cls.objs_allocated - cls.objs_inuse
+        if wasted <= 0:
+            return 0
+        return (wasted // cls.objs_per_zspage) * cls.pages_per_zspage
+
+    def format_classes(self) -> str:
+        """The kernel's debugfs ``zsmalloc/<pool>/classes`` text."""
+        return format_classes(self.class_stats())
+
+    def stats(self) -> PoolStats:
+        rows = self.class_stats()
+        return PoolStats(
+            name=self.name,
+            pages_allocated=self.pages_allocated,
+            pages_compacted=self.pages_compacted,
+            objs_allocated=sum(r.obj_allocated for r in rows),
+            objs_inuse=sum(r.obj_used for r in rows),
+            bytes_requested=self._bytes_requested(),
+            freeable_pages=sum(r.freeable for r in rows),
+            deferred_frees=self.nr_deferred_frees,
+            chain_size=self.chain_size,
+            huge_class_size=self._huge_class_size,
+        )
+
+    def _bytes_requested(self) -> int:
+        with self._lock:
+            h_val, h_size = self._h_val, self._h_size
+            return sum(h_size[s] for s in range(1, len(h_val)) if not h_val[s] & HANDLE_FREED)
+
+    # ------------------------------------------------------------------
+    # consistency check, life cycle
+
+    def check(self) -> None:
+        """Walk every structure and raise CorruptionError on any inconsistency."""
+        from zsmalloc.pool.check import check_pool
+
+        self._check_open()
+        check_pool(self)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError(f"pool {self.name!r} is closed")
+
+    def close(self) -> None:
+        """Free every page of the pool.  Handles become invalid."""
+        if self._closed:
+            return
+        self.flush_deferred()
+        with self._lock:
+            self._closed = True
+            for cls in self.classes:
+                with cls.lock:
+                    for fg in range(NR_FULLNESS_GROUPS):
+                        while (zid := cls.fullness_list[fg]) >= 0:
+                            self.remove_zspage(cls, zid)
+                            self.lock_zspage_nowait(zid)
+                            self._free_zspage(cls, zid)
+                    cls.objs_inuse = 0
+            for slot in range(1, len(self._h_val)):
+                self._h_val[slot] |= HANDLE_FREED
+        self.memory.unregister_movable_ops(self._ops_id)
+        if self._own_memory:
+            self.memory.close()
+
+    def lock_zspage_nowait(self, zid: int) -> None:
+        """Take every page lock of a zspage nobody else may touch any more."""
+        if not self.trylock_zspage(zid):
+            raise AssertionError(f"zspage {zid} has a page locked while its pool closes")
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.pages_allocated} pages"
+        return f"<Pool {self.name!r}: {state}>"
+
+
+# re-exported for tests and tools that decode handles and headers
+__all__ = [
+    "FREE_LIST_END",
+    "NR_FULLNESS_GROUPS",
+    "OBJ_ALLOCATED_TAG",
+    "OBJ_INDEX_BITS",
+    "Pool",
+    "SizeClass",
+    "get_fullness_group",
+]
