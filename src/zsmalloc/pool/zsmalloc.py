@@ -139,6 +139,7 @@ class SizeClass:
         "fullness_list",
         "huge",
         "index",
+        "layout",
         "lock",
         "nonempty",
         "nr_zspages",
@@ -166,6 +167,27 @@ class SizeClass:
         self.objs_inuse = 0
         n = self.objs_per_zspage
         self.fg_of_inuse = bytes(get_fullness_group(i, n) for i in range(n + 1))
+        self.layout = self._page_layout()
+
+    def _page_layout(self) -> tuple[tuple[int, int, array], ...]:
+        """Per chain page: (first_obj_offset, objects starting in it, their free links).
+
+        The free list of a new zspage is the same for every zspage of the
+        class, so its links are computed once here and stamped into each new
+        zspage's pages.
+        """
+        size, nobjs = self.size, self.objs_per_zspage
+        layout = []
+        idx = 0
+        for k in range(self.pages_per_zspage):
+            first = (-(k << PAGE_SHIFT)) % size
+            count = max(0, min(-(-(PAGE_SIZE - first) // size), nobjs - idx))
+            links = array("Q", range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << OBJ_TAG_BITS, 2))
+            idx += count
+            if count and idx == nobjs:
+                links[-1] = FREE_LIST_END
+            layout.append((first, count, links))
+        return tuple(layout)
 
     def __repr__(self) -> str:
         return (
@@ -264,26 +286,23 @@ class Pool:
     # ------------------------------------------------------------------
     # handle and zspage caches
 
-    def _cache_alloc_handle(self, size: int) -> int:
-        with self._cache_lock:
-            if self._h_free:
-                slot = self._h_free.pop()
-                gen = ((self._h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK
-            else:
-                slot = len(self._h_val)
-                if slot > HANDLE_SLOT_MASK:
-                    raise PoolFullError("handle table is full")
-                self._h_val.append(HANDLE_FREED)
-                self._h_obj.append(0)
-                self._h_size.append(0)
-                gen = 1
-            handle = (gen << HANDLE_GEN_SHIFT) | (slot << 1)
-            self._h_size[slot] = size
-            return handle
+    def _grow_handle_table(self) -> None:
+        """Add free slots to the handle table (caller holds the cache lock)."""
+        old = len(self._h_val)
+        new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 2))
+        if new <= old:
+            raise PoolFullError("handle table is full")
+        extra = new - old
+        self._h_val.extend([HANDLE_FREED] * extra)  # generation 0, free
+        self._h_obj.frombytes(bytes(8 * extra))
+        self._h_size.frombytes(bytes(2 * extra))
+        self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
 
     def _cache_free_handle(self, slot: int) -> None:
-        with self._cache_lock:
-            self._h_free.append(slot)
+        lock = self._cache_lock
+        lock.acquire()
+        self._h_free.append(slot)
+        lock.release()
 
     def _cache_alloc_zspage(self) -> int:
         with self._cache_lock:
@@ -354,28 +373,25 @@ class Pool:
     # ------------------------------------------------------------------
     # objects inside a zspage (caller holds the class lock)
 
-    def _obj_page(self, zid: int, offset: int) -> int:
-        """The pfn of the chain page that holds byte ``offset`` of the zspage."""
-        pfn = self._zs_first[zid]
-        nxt = self.memory.next
-        for _ in range(offset >> PAGE_SHIFT):
-            pfn = nxt[pfn]
-        return pfn
-
     def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
         """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
         idx = self._zs_freeobj[zid]
         offset = idx * cls.size
-        pfn = self._obj_page(zid, offset)
         mem = self.memory
+        pfn = self._zs_first[zid]
+        if offset >= PAGE_SIZE:  # walk the chain to the page the object starts in
+            nxt = mem.next
+            for _ in range(offset >> PAGE_SHIFT):
+                pfn = nxt[pfn]
+        words = mem.words
         word = (pfn << _WORDS_PER_PAGE_SHIFT) | ((offset & (PAGE_SIZE - 1)) >> _WORD_SHIFT)
-        link = mem.words[word]
         if cls.huge:
             self._zs_freeobj[zid] = -1
             mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
         else:
+            link = words[word]
             self._zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
-            mem.words[word] = handle | OBJ_ALLOCATED_TAG
+            words[word] = handle | OBJ_ALLOCATED_TAG
         self._zs_inuse[zid] += 1
         return (pfn << OBJ_INDEX_BITS) | idx
 
@@ -408,14 +424,9 @@ class Pool:
                     f"({self.pages_allocated} in use, {n} more needed)"
                 )
             self.pages_allocated += n  # reserved; given back below on failure
-        mem = self.memory
-        pages: list[int] = []
         try:
-            for _ in range(n):
-                pages.append(mem.alloc_page())
+            pages = self.memory.alloc_pages(n)
         except OutOfFramesError as exc:
-            for pfn in pages:
-                mem.free_page(pfn)
             with self._cache_lock:
                 self.pages_allocated -= n
             raise PoolFullError(f"no page for a new zspage of class {cls.index}: {exc}") from exc
@@ -432,32 +443,25 @@ class Pool:
     def create_page_chain(self, cls: SizeClass, zid: int, pages: list[int]) -> None:
         """Link the frames into a chain and record each one's first object offset."""
         mem = self.memory
-        size = cls.size
+        private, nxt, first_obj_offset = mem.private, mem.next, mem.first_obj_offset
         self._zs_first[zid] = pages[0]
-        last = len(pages) - 1
-        for k, pfn in enumerate(pages):
-            mem.private[pfn] = zid
-            mem.next[pfn] = pages[k + 1] if k < last else -1
-            mem.first_obj_offset[pfn] = (-(k << PAGE_SHIFT)) % size
+        prev = -1
+        for pfn, (first, _, _) in zip(pages, cls.layout, strict=True):
+            private[pfn] = zid
+            first_obj_offset[pfn] = first
+            if prev >= 0:
+                nxt[prev] = pfn
+            prev = pfn
+        nxt[prev] = -1
 
     def init_zspage(self, cls: SizeClass, pages: list[int]) -> None:
         """Write the free list into the empty slots: 0 -> 1 -> ... -> N-1 -> end."""
         words = self.memory.words
-        size = cls.size
-        step = size >> _WORD_SHIFT
-        nobjs = cls.objs_per_zspage
-        idx = 0
-        for k, pfn in enumerate(pages):
-            first = (-(k << PAGE_SHIFT)) % size
-            count = min(-(-(PAGE_SIZE - first) // size), nobjs - idx)
-            if count <= 0:
-                break
-            start = (pfn << _WORDS_PER_PAGE_SHIFT) + (first >> _WORD_SHIFT)
-            links = array("Q", range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << 1, 2))
-            idx += count
-            if idx == nobjs:
-                links[-1] = FREE_LIST_END
-            words[start : start + count * step : step] = links
+        step = cls.size >> _WORD_SHIFT
+        for pfn, (first, count, links) in zip(pages, cls.layout, strict=True):
+            if count:
+                start = (pfn << _WORDS_PER_PAGE_SHIFT) + (first >> _WORD_SHIFT)
+                words[start : start + count * step : step] = links
 
     def zspage_pages(self, zid: int) -> list[int]:
         """The pfns of a zspage's chain, first page first."""
@@ -470,25 +474,12 @@ class Pool:
         return pages
 
     def SetZsPageMovable(self, zid: int) -> None:  # the kernel's name
-        """Mark a fully set-up zspage's pages movable, each under its page lock."""
-        mem = self.memory
-        for pfn in self.zspage_pages(zid):
-            if not mem.trylock_page(pfn):  # nobody else can know this page yet
-                raise AssertionError(f"new zspage page {pfn} is locked")
-            mem.set_page_movable(pfn, self._ops_id)
-            mem.unlock_page(pfn)
+        """Mark a fully set-up zspage's pages movable: from now on the VM may take them."""
+        self.memory.set_pages_movable(self.zspage_pages(zid), self._ops_id)
 
     def trylock_zspage(self, zid: int) -> bool:
-        """Trylock every page of the zspage; on any failure, unlock what was taken."""
-        mem = self.memory
-        locked = []
-        for pfn in self.zspage_pages(zid):
-            if not mem.trylock_page(pfn):
-                for held in locked:
-                    mem.unlock_page(held)
-                return False
-            locked.append(pfn)
-        return True
+        """Trylock every page of the zspage, all or none."""
+        return self.memory.trylock_pages(self.zspage_pages(zid))
 
     def lock_zspage(self, zid: int) -> None:
         """Take every page lock of the zspage, sleeping, safe against migration.
@@ -525,15 +516,7 @@ class Pool:
 
         Every page lock is held by the caller; they are dropped here.
         """
-        mem = self.memory
-        for pfn in self.zspage_pages(zid):
-            mem.clear_page_movable(pfn)
-            mem.private[pfn] = 0
-            mem.index[pfn] = 0
-            mem.next[pfn] = 0
-            mem.first_obj_offset[pfn] = 0
-            mem.unlock_page(pfn)
-            mem.free_page(pfn)
+        self.memory.unlock_and_free_pages(self.zspage_pages(zid))
         self._cache_free_zspage(zid)
         cls.objs_allocated -= cls.objs_per_zspage
         with self._cache_lock:
@@ -604,21 +587,33 @@ class Pool:
             size = operator.index(size)
         if not 0 < size <= ZS_MAX_ALLOC_SIZE:
             raise InvalidSizeError(f"size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}")
-        if self._closed:
-            raise PoolClosedError(f"pool {self.name!r} is closed")
         cls = self._class_for_size[size]
-        handle = self._cache_alloc_handle(size)
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        if cls is None:
+            raise PoolClosedError(f"pool {self.name!r} is closed")
+        # cache_alloc_handle: a free slot, its generation bumped
+        cache_lock = self._cache_lock
+        cache_lock.acquire()
+        try:
+            if not self._h_free:
+                self._grow_handle_table()
+            slot = self._h_free.pop()
+        finally:
+            cache_lock.release()
+        h_val = self._h_val
+        handle = ((((h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK) << HANDLE_GEN_SHIFT) | (
+            slot << 1
+        )
+        self._h_size[slot] = size
+
         lock = cls.lock
         lock.acquire()
         try:
-            mask = cls.nonempty & _ALLOC_GROUPS_MASK
-            if mask:
-                zid = cls.fullness_list[mask.bit_length() - 1]
+            zid = self.find_get_zspage(cls)
+            if zid >= 0:
                 self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
                 self.fix_fullness_group(cls, zid)
                 cls.objs_inuse += 1
-                self._h_val[slot] = handle
+                h_val[slot] = handle
                 return handle
         finally:
             lock.release()
