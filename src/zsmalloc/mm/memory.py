@@ -151,16 +151,31 @@ class Memory:
             return self._alloc_frame()
 
     def alloc_pages(self, n: int) -> list[int]:
-        """Hand out ``n`` frames (not contiguous), all or none, under one lock hold."""
+        """Hand out ``n`` frames (not contiguous), all or none, under one lock hold.
+
+        On failure every frame taken goes back exactly where it came from and
+        the counters are restored, so the failed call changes nothing but
+        ``nr_alloc_fail``.
+        """
         with self._lock:
+            hwm, used_max = self.hwm, self.nr_used_max
+            n_pcp, n_cold = len(self._pcp), len(self._free)
             pfns: list[int] = []
             try:
                 for _ in range(n):
                     pfns.append(self._alloc_frame())
             except OutOfFramesError:
+                from_pcp = n_pcp - len(self._pcp)
+                from_cold = n_cold - len(self._free)
                 for pfn in pfns:
                     self.refcount[pfn] = 0
-                    self._release_frame(pfn)
+                self._pcp.extend(reversed(pfns[:from_pcp]))  # popped from its end, in order
+                for pfn in pfns[from_pcp : from_pcp + from_cold]:
+                    heapq.heappush(self._free, pfn)
+                self.hwm = hwm
+                self.nr_used_max = used_max
+                self.nr_alloc -= len(pfns)
+                self.nr_used -= len(pfns)
                 raise
             return pfns
 
@@ -362,10 +377,14 @@ class Memory:
         return bool(self.flags[pfn] & PG_locked)
 
     def set_flag(self, pfn: int, bit: int) -> None:
+        if bit & PG_locked:
+            raise PageStateError("take the page lock with lock_page or trylock_page")
         with self._lock:
             self.flags[pfn] |= bit
 
     def clear_flag(self, pfn: int, bit: int) -> None:
+        if bit & PG_locked:
+            raise PageStateError("release the page lock with unlock_page")
         with self._lock:
             self.flags[pfn] &= ~bit
 
@@ -400,6 +419,7 @@ class Memory:
             for pfn in pfns:
                 if flags[pfn] & PG_locked or self.refcount[pfn] != 1:
                     raise PageStateError(f"new page {pfn} is locked or shared")
+            for pfn in pfns:
                 movable_ops[pfn] = ops_id
                 flags[pfn] |= PG_movable
 

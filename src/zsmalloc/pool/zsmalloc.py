@@ -120,6 +120,7 @@ FG_NONE = -1  # a zspage on no fullness list (being built, or taken by the defer
 _ALLOC_GROUPS_MASK = (1 << ZS_INUSE_RATIO_100) - 1  # groups 0..10 can take an object
 
 _WORD_SHIFT = 3  # bytes -> 8-byte words
+_PAGE_MASK = PAGE_SIZE - 1
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
 
 
@@ -137,12 +138,12 @@ class SizeClass:
     __slots__ = (
         "fg_of_inuse",
         "fullness_list",
+        "hdr",
         "huge",
         "index",
         "layout",
         "lock",
         "nonempty",
-        "nr_zspages",
         "objs_allocated",
         "objs_inuse",
         "objs_per_zspage",
@@ -156,13 +157,14 @@ class SizeClass:
         self.pages_per_zspage = spec.pages_per_zspage
         self.objs_per_zspage = spec.objs_per_zspage
         self.huge = spec.huge
+        #: bytes before the caller's data in a slot: the handle header, none for huge objects
+        self.hdr = 0 if spec.huge else ZS_HANDLE_SIZE
         self.lock = threading.Lock()
-        #: head zid of each fullness group's list, -1 when empty
-        self.fullness_list = [-1] * NR_FULLNESS_GROUPS
+        #: one list per fullness group: dicts used as ordered sets of zids,
+        #: the last inserted being the head of the list
+        self.fullness_list: tuple[dict[int, None], ...] = tuple({} for _ in range(NR_FULLNESS_GROUPS))
         #: bit g set while fullness_list[g] is not empty
         self.nonempty = 0
-        #: zspages per fullness group (the 10%..100% columns of the stats)
-        self.nr_zspages = [0] * NR_FULLNESS_GROUPS
         self.objs_allocated = 0
         self.objs_inuse = 0
         n = self.objs_per_zspage
@@ -188,6 +190,11 @@ class SizeClass:
                 links[-1] = FREE_LIST_END
             layout.append((first, count, links))
         return tuple(layout)
+
+    @property
+    def nr_zspages(self) -> list[int]:
+        """Zspages per fullness group (the 10%..100% columns of the stats are groups 1..11)."""
+        return [len(lst) for lst in self.fullness_list]
 
     def __repr__(self) -> str:
         return (
@@ -236,7 +243,7 @@ class Pool:
 
         self._lock = threading.Lock()  # pool->lock
         self._cache_lock = threading.Lock()
-        self._deferred_lock = threading.Lock()
+        self._deferred_worker_lock = threading.Lock()
         self._deferred_batch: set[int] = set()
         self._deferred_requested = False
         self._deferred_running = False
@@ -247,8 +254,6 @@ class Pool:
         self._zs_freeobj = array("i")
         self._zs_first = array("q")
         self._zs_fg = array("b")
-        self._zs_prev = array("i")
-        self._zs_next = array("i")
         self._zs_lock = array("i")  # zspage lock: readers > 0, -1 write-locked
         self._zs_free: list[int] = []
 
@@ -286,23 +291,32 @@ class Pool:
     # ------------------------------------------------------------------
     # handle and zspage caches
 
-    def _grow_handle_table(self) -> None:
-        """Add free slots to the handle table (caller holds the cache lock)."""
-        old = len(self._h_val)
-        new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 2))
-        if new <= old:
-            raise PoolFullError("handle table is full")
-        extra = new - old
-        self._h_val.extend([HANDLE_FREED] * extra)  # generation 0, free
-        self._h_obj.frombytes(bytes(8 * extra))
-        self._h_size.frombytes(bytes(2 * extra))
-        self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
+    # The handle cache is a list of free slots.  ``list.pop`` and
+    # ``list.append`` are atomic in CPython (one C call under the GIL; in
+    # free-threaded builds the list locks itself), so taking and returning a
+    # slot needs no lock; only growing the table does.
 
-    def _cache_free_handle(self, slot: int) -> None:
-        lock = self._cache_lock
-        lock.acquire()
-        self._h_free.append(slot)
-        lock.release()
+    def _cache_alloc_handle(self) -> int:
+        """A free handle slot (the kernel's ``cache_alloc_handle``)."""
+        while True:
+            try:
+                return self._h_free.pop()
+            except IndexError:
+                self._grow_handle_table()
+
+    def _grow_handle_table(self) -> None:
+        with self._cache_lock:
+            if self._h_free:  # another thread grew it meanwhile
+                return
+            old = len(self._h_val)
+            new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 2))
+            if new <= old:
+                raise PoolFullError("handle table is full")
+            extra = new - old
+            self._h_val.extend([HANDLE_FREED] * extra)  # generation 0, free
+            self._h_obj.frombytes(bytes(8 * extra))
+            self._h_size.frombytes(bytes(2 * extra))
+            self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
 
     def _cache_alloc_zspage(self) -> int:
         with self._cache_lock:
@@ -314,8 +328,6 @@ class Pool:
             self._zs_freeobj.append(-1)
             self._zs_first.append(-1)
             self._zs_fg.append(FG_NONE)
-            self._zs_prev.append(-1)
-            self._zs_next.append(-1)
             self._zs_lock.append(0)
             return zid
 
@@ -330,29 +342,16 @@ class Pool:
 
     def insert_zspage(self, cls: SizeClass, zid: int, fg: int) -> None:
         """Put a zspage at the head of its fullness group's list."""
-        head = cls.fullness_list[fg]
-        self._zs_prev[zid] = -1
-        self._zs_next[zid] = head
-        if head >= 0:
-            self._zs_prev[head] = zid
-        cls.fullness_list[fg] = zid
+        cls.fullness_list[fg][zid] = None
         cls.nonempty |= 1 << fg
-        cls.nr_zspages[fg] += 1
         self._zs_fg[zid] = fg
 
     def remove_zspage(self, cls: SizeClass, zid: int) -> None:
         fg = self._zs_fg[zid]
-        prev = self._zs_prev[zid]
-        nxt = self._zs_next[zid]
-        if prev >= 0:
-            self._zs_next[prev] = nxt
-        else:
-            cls.fullness_list[fg] = nxt
-        if nxt >= 0:
-            self._zs_prev[nxt] = prev
-        elif prev < 0:
+        lst = cls.fullness_list[fg]
+        del lst[zid]
+        if not lst:
             cls.nonempty &= ~(1 << fg)
-        cls.nr_zspages[fg] -= 1
         self._zs_fg[zid] = FG_NONE
 
     def fix_fullness_group(self, cls: SizeClass, zid: int) -> int:
@@ -364,14 +363,24 @@ class Pool:
         return newfg
 
     def find_get_zspage(self, cls: SizeClass) -> int:
-        """The first zspage of the fullest group that still has room, or -1."""
+        """Take the head zspage of the fullest group with room off its list; -1 if none.
+
+        The kernel peeks at that zspage and lets ``fix_fullness_group`` move it
+        after the allocation; taking it off and re-inserting it at the head of
+        the group its new inuse calls for leaves the lists in the same state.
+        Popping the head is O(1) amortized on a dict, where peeking at the
+        last entry after many removals is not.
+        """
         mask = cls.nonempty & _ALLOC_GROUPS_MASK
         if not mask:
             return -1
-        return cls.fullness_list[mask.bit_length() - 1]
-
-    # ------------------------------------------------------------------
-    # objects inside a zspage (caller holds the class lock)
+        fg = mask.bit_length() - 1
+        lst = cls.fullness_list[fg]
+        zid = lst.popitem()[0]
+        if not lst:
+            cls.nonempty &= ~(1 << fg)
+        self._zs_fg[zid] = FG_NONE
+        return zid
 
     def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
         """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
@@ -554,24 +563,31 @@ class Pool:
             self.async_free_zspage()
 
     def async_free_zspage(self) -> int:
-        """Free every empty zspage left on a group-0 list; return how many were freed."""
-        with self._deferred_lock:
+        """Free every empty zspage left on a group-0 list; return how many were freed.
+
+        The zspages are taken off their lists under their class lock and kept
+        in ``_deferred_batch`` (which ``check()`` reads under the same locks);
+        the page locks are then taken the sleeping way, holding no pool lock,
+        and each zspage is freed under its class lock.  ``_deferred_worker_lock``
+        only keeps two runs from taking the same zspages.
+        """
+        with self._deferred_worker_lock:
             batch = self._deferred_batch
+            taken = []
             for cls in self.classes:
                 with cls.lock:
-                    while (zid := cls.fullness_list[ZS_INUSE_RATIO_0]) >= 0:
+                    for zid in list(cls.fullness_list[ZS_INUSE_RATIO_0]):
                         self.remove_zspage(cls, zid)
                         batch.add(zid)
-            freed = 0
-            for zid in sorted(batch):
+                        taken.append(zid)
+            for zid in taken:
                 self.lock_zspage(zid)
                 cls = self.size_class[self._zs_class[zid]]
                 with cls.lock:
+                    batch.discard(zid)
                     self._free_zspage(cls, zid)
-                freed += 1
-            batch.clear()
-            self.nr_deferred_frees += freed
-            return freed
+            self.nr_deferred_frees += len(taken)
+            return len(taken)
 
     def flush_deferred(self) -> int:
         """Run the deferred free now, in the caller; return the zspages it freed."""
@@ -590,16 +606,11 @@ class Pool:
         cls = self._class_for_size[size]
         if cls is None:
             raise PoolClosedError(f"pool {self.name!r} is closed")
-        # cache_alloc_handle: a free slot, its generation bumped
-        cache_lock = self._cache_lock
-        cache_lock.acquire()
         try:
-            if not self._h_free:
-                self._grow_handle_table()
             slot = self._h_free.pop()
-        finally:
-            cache_lock.release()
-        h_val = self._h_val
+        except IndexError:
+            slot = self._cache_alloc_handle()
+        h_val = self._h_val  # the slot's generation, bumped
         handle = ((((h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK) << HANDLE_GEN_SHIFT) | (
             slot << 1
         )
@@ -611,7 +622,7 @@ class Pool:
             zid = self.find_get_zspage(cls)
             if zid >= 0:
                 self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
-                self.fix_fullness_group(cls, zid)
+                self.insert_zspage(cls, zid, cls.fg_of_inuse[self._zs_inuse[zid]])
                 cls.objs_inuse += 1
                 h_val[slot] = handle
                 return handle
@@ -623,7 +634,7 @@ class Pool:
         try:
             zid = self.alloc_zspage(cls)
         except PoolFullError:
-            self._cache_free_handle(slot)
+            self._h_free.append(slot)
             raise
         with cls.lock:
             self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
@@ -660,7 +671,7 @@ class Pool:
                 self.free_zspage(cls, zid)
         finally:
             cls.lock.release()
-        self._cache_free_handle(slot)
+        self._h_free.append(slot)  # cache_free_handle
 
     def write(self, handle: int, data: bytes, offset: int = 0) -> None:
         """Copy ``data`` into the object at ``offset``; it must fit in the size allocated."""
@@ -675,15 +686,18 @@ class Pool:
                 raise InvalidHandleError(self._bad_handle(handle))
             if offset < 0 or offset + n > self._h_size[slot]:
                 raise ValueError(self._bad_range("write", handle, offset, n, self._h_size[slot]))
-            start, end, nxt = self._obj_span(slot, offset, n)
+            start = self._obj_addr(slot, offset)
+            end = start + n
             arena = self.memory.arena
-            if nxt < 0:
+            page_end = (start | _PAGE_MASK) + 1
+            if end <= page_end:
                 arena[start:end] = data
-            else:
-                split = end - start
+            else:  # the object spans two pages
+                split = page_end - start
+                rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
                 view = memoryview(data)
-                arena[start:end] = view[:split]
-                arena[nxt : nxt + n - split] = view[split:]
+                arena[start:page_end] = view[:split]
+                arena[rest : rest + n - split] = view[split:]
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:
@@ -702,11 +716,14 @@ class Pool:
                 length = size - offset
             if offset < 0 or length < 0 or offset + length > size:
                 raise ValueError(self._bad_range("read", handle, offset, length, size))
-            start, end, nxt = self._obj_span(slot, offset, length)
+            start = self._obj_addr(slot, offset)
+            end = start + length
             arena = self.memory.arena
-            if nxt < 0:
+            page_end = (start | _PAGE_MASK) + 1
+            if end <= page_end:
                 return arena[start:end]
-            return arena[start:end] + arena[nxt : nxt + length - (end - start)]
+            rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+            return arena[start:page_end] + arena[rest : rest + end - page_end]
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:
@@ -724,12 +741,13 @@ class Pool:
                 raise InvalidHandleError(self._bad_handle(handle))
             if offset < 0 or offset + n > self._h_size[slot]:
                 raise ValueError(self._bad_range("read", handle, offset, n, self._h_size[slot]))
-            start, end, nxt = self._obj_span(slot, offset, n)
+            start = self._obj_addr(slot, offset)
             src = self.memory.buf
-            split = end - start
-            out[:split] = src[start:end]
-            if nxt >= 0:
-                out[split:] = src[nxt : nxt + n - split]
+            split = min(n, ((start | _PAGE_MASK) + 1) - start)
+            out[:split] = src[start : start + split]
+            if split < n:
+                rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+                out[split:] = src[rest : rest + n - split]
             return n
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
@@ -761,14 +779,16 @@ class Pool:
                 raise ValueError(self._bad_range("map", handle, offset, length, size))
             zid = self.memory.private[self._h_obj[slot] >> OBJ_INDEX_BITS]
             self._zs_lock[zid] += 1  # zspage_read_lock
-            start, end, nxt = self._obj_span(slot, offset, length)
+            start = self._obj_addr(slot, offset)
+            page_end = (start | _PAGE_MASK) + 1
+            rest = -1 if start + length <= page_end else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
         try:
             src = self.memory.buf
-            if nxt < 0:
-                view = src[start:end].toreadonly()
+            if rest < 0:
+                view = src[start : start + length].toreadonly()
             else:
                 view = memoryview(
-                    bytes(src[start:end]) + bytes(src[nxt : nxt + length - (end - start)])
+                    bytes(src[start:page_end]) + bytes(src[rest : rest + start + length - page_end])
                 ).toreadonly()
             try:
                 yield view
@@ -781,31 +801,20 @@ class Pool:
             with pool_lock:
                 self._zs_lock[zid] -= 1  # zspage_read_unlock
 
-    def _obj_span(self, slot: int, offset: int, length: int) -> tuple[int, int, int]:
-        """Arena offsets of ``length`` bytes at ``offset`` into the object.
+    def _obj_addr(self, slot: int, offset: int) -> int:
+        """Arena address of byte ``offset`` of the caller's data (caller holds the pool lock).
 
-        Returns ``(start, end, next_start)``: the bytes are ``[start, end)``,
-        followed, when they cross into the next page, by the rest at
-        ``next_start`` (else -1).  Caller holds the pool lock.
+        The bytes from there run to the end of that page at most; what lies
+        beyond continues at the start of ``memory.next[addr >> PAGE_SHIFT]``.
         """
         obj = self._h_obj[slot]
         pfn = obj >> OBJ_INDEX_BITS
         mem = self.memory
         cls = self.size_class[self._zs_class[mem.private[pfn]]]
-        if cls.huge:
-            pos = offset
-        else:
-            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & (PAGE_SIZE - 1)) + ZS_HANDLE_SIZE + offset
-        if pos >= PAGE_SIZE:  # starts in the next page
-            nxt = mem.next[pfn] << PAGE_SHIFT
-            start = nxt + pos - PAGE_SIZE
-            return start, start + length, -1
-        start = (pfn << PAGE_SHIFT) + pos
-        end = start + length
-        page_end = (pfn + 1) << PAGE_SHIFT
-        if end <= page_end:
-            return start, end, -1
-        return start, page_end, mem.next[pfn] << PAGE_SHIFT
+        pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
+        if pos < PAGE_SIZE:
+            return (pfn << PAGE_SHIFT) + pos
+        return (mem.next[pfn] << PAGE_SHIFT) + pos - PAGE_SIZE
 
     def _bad_handle(self, handle: object) -> str:
         if self._closed:
@@ -909,10 +918,11 @@ class Pool:
         self.flush_deferred()
         with self._lock:
             self._closed = True
+            self._class_for_size = [None] * len(self._class_for_size)
             for cls in self.classes:
                 with cls.lock:
                     for fg in range(NR_FULLNESS_GROUPS):
-                        while (zid := cls.fullness_list[fg]) >= 0:
+                        for zid in list(cls.fullness_list[fg]):
                             self.remove_zspage(cls, zid)
                             self.lock_zspage_nowait(zid)
                             self._free_zspage(cls, zid)
