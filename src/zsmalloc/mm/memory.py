@@ -59,15 +59,12 @@ import os
 import random
 import threading
 from array import array
+from collections import Counter
 
 from zsmalloc.errors import OutOfFramesError, PageStateError
-
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
-
-PG_locked = 0x01
-PG_movable = 0x02
-PG_isolated = 0x04
+from zsmalloc.mm.compaction import Compaction
+from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
+from zsmalloc.mm.migrate import Migration
 
 # Linux's MAP_NORESERVE; the mmap module does not export it.  Without it a
 # large capacity would be refused by the kernel's overcommit heuristic.
@@ -84,7 +81,7 @@ def _physical_pages() -> int:
         return 1 << 20
 
 
-class Memory:
+class Memory(Migration, Compaction):
     """Page frames in one mmap arena, with descriptors, locks and a page allocator.
 
     ``capacity`` is the number of frames the arena may ever hold (default: the
@@ -124,6 +121,7 @@ class Memory:
         self._lock = threading.Lock()
         self._page_wait = threading.Condition(self._lock)
         self._page_waiters = 0
+        self._excluded: list[tuple[int, int]] = []  # pfn ranges the allocator must not use
         self._pcp: list[int] = []  # hot list: free, still resident, LIFO
         self._free: list[int] = []  # cold heap: free, given back to the OS
         self.hwm = 0  # frames ever handed out; descriptors exist below it
@@ -136,6 +134,8 @@ class Memory:
         self.nr_free = 0
         self.nr_alloc_fail = 0
         self.nr_drained = 0
+        #: migration and compaction event counters (like /proc/vmstat)
+        self.vmstat: Counter[str] = Counter()
 
         self._fail_next = 0
         self._fail_probability = 0.0
@@ -159,27 +159,43 @@ class Memory:
         """
         with self._lock:
             hwm, used_max = self.hwm, self.nr_used_max
-            n_pcp, n_cold = len(self._pcp), len(self._free)
+            on_pcp = set(self._pcp)
             pfns: list[int] = []
             try:
                 for _ in range(n):
                     pfns.append(self._alloc_frame())
             except OutOfFramesError:
-                from_pcp = n_pcp - len(self._pcp)
-                from_cold = n_cold - len(self._free)
-                for pfn in pfns:
+                fresh = []
+                for pfn in reversed(pfns):  # undo in reverse: the hot list gets its order back
                     self.refcount[pfn] = 0
-                self._pcp.extend(reversed(pfns[:from_pcp]))  # popped from its end, in order
-                for pfn in pfns[from_pcp : from_pcp + from_cold]:
-                    heapq.heappush(self._free, pfn)
-                self.hwm = hwm
+                    if pfn in on_pcp:
+                        self._pcp.append(pfn)
+                    elif pfn < hwm:
+                        heapq.heappush(self._free, pfn)
+                    else:
+                        fresh.append(pfn)
+                if any(pfn >= hwm for pfn in self._free):  # the hwm moved past skipped frames
+                    for pfn in fresh:
+                        heapq.heappush(self._free, pfn)
+                else:
+                    self.hwm = hwm
                 self.nr_used_max = used_max
                 self.nr_alloc -= len(pfns)
                 self.nr_used -= len(pfns)
                 raise
             return pfns
 
-    def _alloc_frame(self) -> int:
+    def alloc_page_in(self, lo: int = 0, hi: int | None = None) -> int:
+        """Hand out one frame whose pfn lies in ``[lo, hi)``, lowest free first.
+
+        The migration core uses it to place destination pages (a target range,
+        or below the page being moved when compacting).
+        """
+        hi = self.capacity if hi is None else min(hi, self.capacity)
+        with self._lock:
+            return self._alloc_frame(lo, hi)
+
+    def _alloc_frame(self, lo: int = 0, hi: int = -1) -> int:
         if self._fail_next or self._fail_probability:
             if self._fail_next:
                 self._fail_next -= 1
@@ -188,24 +204,78 @@ class Memory:
             if self._fail_rng.random() < self._fail_probability:
                 self.nr_alloc_fail += 1
                 raise OutOfFramesError("page allocation failed (injected)")
-        if self._pcp:
-            pfn = self._pcp.pop()
-        elif self._free:
-            pfn = heapq.heappop(self._free)
-        elif self.hwm < self.capacity:
-            pfn = self.hwm
-            if pfn >= len(self.flags):
-                self._grow_descriptors(pfn + 1)
-            self.hwm = pfn + 1
+        if hi < 0 and not self._excluded:
+            if self._pcp:
+                pfn = self._pcp.pop()
+            elif self._free:
+                pfn = heapq.heappop(self._free)
+            elif self.hwm < self.capacity:
+                pfn = self._take_hwm_frame()
+            else:
+                pfn = -1
         else:
+            pfn = self._take_frame_in(lo, self.capacity if hi < 0 else hi)
+        if pfn < 0:
             self.nr_alloc_fail += 1
-            raise OutOfFramesError(f"all {self.capacity} frames are in use")
+            raise OutOfFramesError(f"no free frame (capacity {self.capacity}, {self.nr_used} in use)")
         self.refcount[pfn] = 1
         self.nr_alloc += 1
         self.nr_used += 1
         if self.nr_used > self.nr_used_max:
             self.nr_used_max = self.nr_used
         return pfn
+
+    def _take_hwm_frame(self) -> int:
+        pfn = self.hwm
+        if pfn >= len(self.flags):
+            self._grow_descriptors(pfn + 1)
+        self.hwm = pfn + 1
+        return pfn
+
+    def _allowed(self, pfn: int, lo: int, hi: int) -> bool:
+        if not lo <= pfn < hi:
+            return False
+        return not any(start <= pfn < end for start, end in self._excluded)
+
+    def _take_frame_in(self, lo: int, hi: int) -> int:
+        """The lowest free frame in [lo, hi) outside the excluded ranges, or -1."""
+        pcp = self._pcp
+        best = -1
+        for i, pfn in enumerate(pcp):
+            if self._allowed(pfn, lo, hi) and (best < 0 or pfn < pcp[best]):
+                best = i
+        if best >= 0:
+            return pcp.pop(best)
+        free = self._free
+        rejected = []
+        pfn = -1
+        while free and free[0] < hi:
+            cand = heapq.heappop(free)
+            if self._allowed(cand, lo, hi):
+                pfn = cand
+                break
+            rejected.append(cand)
+        for cand in rejected:
+            heapq.heappush(free, cand)
+        if pfn >= 0:
+            return pfn
+        # never-touched frames above the high-water mark; skipped ones become cold free frames
+        while self.hwm < min(hi, self.capacity):
+            if self._allowed(self.hwm, lo, hi):
+                return self._take_hwm_frame()
+            heapq.heappush(free, self._take_hwm_frame())
+        return -1
+
+    def exclude_range(self, start: int, end: int) -> None:
+        """Keep the allocator out of ``[start, end)`` (the kernel's MIGRATE_ISOLATE pageblocks)."""
+        if not 0 <= start < end:
+            raise ValueError(f"bad pfn range [{start}, {end})")
+        with self._lock:
+            self._excluded.append((start, end))
+
+    def unexclude_range(self, start: int, end: int) -> None:
+        with self._lock:
+            self._excluded.remove((start, end))
 
     def free_page(self, pfn: int) -> None:
         """The owner lets the frame go: drop its reference (kernel ``__free_page``)."""
@@ -281,15 +351,26 @@ class Memory:
         new = min(self.capacity, max(needed, old * 2, _MIN_GROWTH))
         extra = new - old
         self.flags.extend(bytes(extra))
-        for arr in (
+        for arr in self._descriptor_arrays():
+            arr.frombytes(bytes(extra * arr.itemsize))
+
+    def _shrink_descriptors(self, hwm: int) -> None:
+        keep = max(hwm, _MIN_GROWTH)
+        if keep >= len(self.flags):
+            return
+        del self.flags[keep:]
+        for arr in self._descriptor_arrays():
+            del arr[keep:]
+
+    def _descriptor_arrays(self) -> tuple[array, ...]:
+        return (
             self.refcount,
             self.movable_ops,
             self.private,
             self.index,
             self.next,
             self.first_obj_offset,
-        ):
-            arr.frombytes(bytes(extra * arr.itemsize))
+        )
 
     def page_in_use(self, pfn: int) -> bool:
         return 0 <= pfn < self.hwm and self.refcount[pfn] > 0
@@ -423,7 +504,17 @@ class Memory:
                 movable_ops[pfn] = ops_id
                 flags[pfn] |= PG_movable
 
-    def unlock_and_free_pages(self, pfns: list[int]) -> None:
+    def reset_page(self, pfn: int) -> None:
+        """The owner forgets the page: clear its owner words and PG_movable (``reset_page``)."""
+        with self._lock:
+            self.flags[pfn] &= ~PG_movable
+            self.movable_ops[pfn] = 0
+            self.private[pfn] = 0
+            self.index[pfn] = 0
+            self.next[pfn] = 0
+            self.first_obj_offset[pfn] = 0
+
+    def unlock_and_free_pages(self, pfns: list[int], keep_descriptor: tuple[int, ...] = ()) -> None:
         """The owner is done with these locked pages: clear them, unlock, drop its reference.
 
         Per page this is the kernel's ``reset_page``, ``unlock_page``,
@@ -438,12 +529,15 @@ class Memory:
                 if refcount[pfn] <= 0:
                     raise PageStateError(f"unlock_and_free_pages: frame {pfn} is free")
             for pfn in pfns:
-                flags[pfn] &= ~(PG_locked | PG_movable)
-                self.movable_ops[pfn] = 0
-                self.private[pfn] = 0
-                self.index[pfn] = 0
-                self.next[pfn] = 0
-                self.first_obj_offset[pfn] = 0
+                if pfn in keep_descriptor:  # only the deliberately broken protocol asks this
+                    flags[pfn] &= ~PG_locked
+                else:
+                    flags[pfn] &= ~(PG_locked | PG_movable)
+                    self.movable_ops[pfn] = 0
+                    self.private[pfn] = 0
+                    self.index[pfn] = 0
+                    self.next[pfn] = 0
+                    self.first_obj_offset[pfn] = 0
                 refcount[pfn] -= 1
                 if not refcount[pfn]:
                     self._release_frame(pfn)
@@ -479,6 +573,7 @@ class Memory:
             "nr_alloc_fail": self.nr_alloc_fail,
             "nr_pcp": len(self._pcp),
             "nr_drained": self.nr_drained,
+            **self.vmstat,
         }
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from zsmalloc.errors import CorruptionError
-from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, PG_movable
+from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_movable
 from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ def _check_locked(pool: Pool) -> None:
     deferred = pool._deferred_batch
 
     per_class_zspages: dict[int, int] = {}
+    off_list: dict[int, int] = {}  # isolated zspages, per class
     per_class_inuse: dict[int, int] = {}
     live_objects: dict[int, tuple[int, int]] = {}  # handle slot -> (location, handle) in a header
     total_pages = 0
@@ -76,6 +77,8 @@ def _check_locked(pool: Pool) -> None:
         if ci < 0:
             if zid not in free_zids:
                 _fail(f"zspage id {zid} is neither in use nor in the zspage cache")
+            if pool._zs_isolated[zid]:
+                _fail(f"free zspage id {zid} has {pool._zs_isolated[zid]} isolated pages")
             continue
         if zid in free_zids:
             _fail(f"zspage {zid} is in use and in the zspage cache")
@@ -166,8 +169,21 @@ def _check_locked(pool: Pool) -> None:
                 live_objects[slot] = ((pfn << OBJ_INDEX_BITS) | idx, header & ~OBJ_ALLOCATED_TAG)
 
         # fullness group
+        # isolation (2016 protocol): the count matches the VM's flags, and an
+        # isolated zspage is on no list
+        n_isolated = sum(1 for pfn in pages if mem.flags[pfn] & PG_isolated)
+        isolated = pool._zs_isolated[zid]
+        if pool.movable_ops.name == "mainline":
+            if isolated:
+                _fail(f"{where}: mainline protocol, but isolated count {isolated}")
+        elif isolated != n_isolated:
+            _fail(f"{where}: isolated count {isolated}, but {n_isolated} of its pages are isolated")
         fg = pool._zs_fg[zid]
-        if zid in deferred:
+        if isolated:
+            if fg != FG_NONE:
+                _fail(f"{where}: isolated, yet on the list of group {fg}")
+            off_list[cls.index] = off_list.get(cls.index, 0) + 1
+        elif zid in deferred:
             if fg != FG_NONE or inuse:
                 _fail(f"{where}: taken by the deferred free but in group {fg}, inuse {inuse}")
         elif fg != cls.fg_of_inuse[inuse]:
@@ -193,7 +209,7 @@ def _check_locked(pool: Pool) -> None:
         n = per_class_zspages.get(cls.index, 0)
         if sum(cls.nr_zspages) + sum(
             1 for z in deferred if pool._zs_class[z] == cls.index
-        ) != n:
+        ) + off_list.get(cls.index, 0) != n:
             _fail(f"class {cls.index}: {n} zspages exist but the lists hold {sum(cls.nr_zspages)}")
         if cls.objs_allocated != n * cls.objs_per_zspage:
             _fail(
@@ -236,6 +252,9 @@ def _check_locked(pool: Pool) -> None:
         room = cls.size if cls.huge else cls.size - ZS_HANDLE_SIZE
         if not 0 < h_size[slot] <= room:
             _fail(f"handle {val:#x}: size {h_size[slot]} does not fit class {cls.index}")
+    for slot in pool._pinned:
+        if not 0 < slot < len(h_val) or h_val[slot] & HANDLE_FREED:
+            _fail(f"handle slot {slot} is pinned but holds no live handle")
     if n_live != len(live_objects):
         _fail(f"{len(live_objects)} objects are allocated but {n_live} handles are live")
 

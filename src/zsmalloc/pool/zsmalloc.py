@@ -83,6 +83,7 @@ from zsmalloc.errors import (
     PoolFullError,
 )
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
+from zsmalloc.pool.migrate import movable_ops_for
 from zsmalloc.pool.size_class import (
     RULE_MIN_WASTE,
     ZS_DEFAULT_CHAIN_SIZE,
@@ -218,6 +219,7 @@ class Pool:
         max_pages: int | None = None,
         *,
         class_rule: str = RULE_MIN_WASTE,
+        migration: str = "mainline",
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
         if max_pages is not None and max_pages < 0:
@@ -255,6 +257,7 @@ class Pool:
         self._zs_first = array("q")
         self._zs_fg = array("b")
         self._zs_lock = array("i")  # zspage lock: readers > 0, -1 write-locked
+        self._zs_isolated = array("i")  # pages isolated by the VM (2016 protocol)
         self._zs_free: list[int] = []
 
         # handle table, indexed by slot (slot 0 unused: a handle is never 0)
@@ -262,12 +265,18 @@ class Pool:
         self._h_obj = array("Q", [0])
         self._h_size = array("H", [0])
         self._h_free: list[int] = []
+        #: handle slots pinned by a caller's map() (count per slot); the 2016
+        #: protocol's migrate refuses to move them
+        self._pinned: dict[int, int] = {}
 
         self.pages_allocated = 0
         self.pages_compacted = 0
         self.nr_deferred_frees = 0
         self._closed = False
-        self._ops_id = self.memory.register_movable_ops(self)
+        #: the movable-page callbacks the VM calls (pool/migrate.py)
+        self.movable_ops = movable_ops_for(self, migration)
+        self.migration = migration
+        self._ops_id = self.memory.register_movable_ops(self.movable_ops)
 
     # ------------------------------------------------------------------
     # public properties
@@ -329,6 +338,7 @@ class Pool:
             self._zs_first.append(-1)
             self._zs_fg.append(FG_NONE)
             self._zs_lock.append(0)
+            self._zs_isolated.append(0)
             return zid
 
     def _cache_free_zspage(self, zid: int) -> None:
@@ -445,6 +455,7 @@ class Pool:
         self._zs_freeobj[zid] = 0
         self._zs_fg[zid] = FG_NONE
         self._zs_lock[zid] = 0
+        self._zs_isolated[zid] = 0
         self.create_page_chain(cls, zid, pages)
         self.init_zspage(cls, pages)
         return zid
@@ -525,11 +536,30 @@ class Pool:
 
         Every page lock is held by the caller; they are dropped here.
         """
-        self.memory.unlock_and_free_pages(self.zspage_pages(zid))
+        pages = self.zspage_pages(zid)
+        keep: tuple[int, ...] = ()
+        if self.movable_ops.keeps_isolated_descriptor:
+            keep = tuple(pfn for pfn in pages if self.memory.page_isolated(pfn))
+        self.memory.unlock_and_free_pages(pages, keep)
+        self._zs_isolated[zid] = 0
         self._cache_free_zspage(zid)
         cls.objs_allocated -= cls.objs_per_zspage
         with self._cache_lock:
             self.pages_allocated -= cls.pages_per_zspage
+
+    def _free_in_isolated_zspage(self, cls: SizeClass, zid: int) -> None:
+        """An object of an isolated zspage was freed (2016 protocol).
+
+        The zspage stays off the lists; if it is now empty, the last putback
+        or migrate of its pages frees it.  The broken v3 protocol destroys it
+        here and now, isolated pages and all.
+        """
+        if (
+            self._zs_inuse[zid] == 0
+            and self.movable_ops.free_destroys_isolated
+            and self.trylock_zspage(zid)
+        ):
+            self._free_zspage(cls, zid)
 
     def free_zspage(self, cls: SizeClass, zid: int) -> None:
         """Free an empty zspage now if all its page locks can be had, else defer it."""
@@ -538,6 +568,51 @@ class Pool:
             return
         self.remove_zspage(cls, zid)
         self._free_zspage(cls, zid)
+
+    # ------------------------------------------------------------------
+    # what migration and compaction need (callers hold the pool and class locks)
+
+    def zspage_write_trylock(self, zid: int) -> bool:
+        """Lock the zspage against readers, or fail at once if one maps an object."""
+        if self._zs_lock[zid]:
+            return False
+        self._zs_lock[zid] = -1
+        return True
+
+    def zspage_write_unlock(self, zid: int) -> None:
+        self._zs_lock[zid] = 0
+
+    def objs_in_page(self, cls: SizeClass, zid: int, pfn: int) -> list[tuple[int, int]]:
+        """(handle slot, object index) of every allocated object that starts in ``pfn``."""
+        mem = self.memory
+        if cls.huge:
+            tag = mem.index[pfn]
+            return [((tag >> 1) & HANDLE_SLOT_MASK, 0)] if tag & OBJ_ALLOCATED_TAG else []
+        k = self.zspage_pages(zid).index(pfn)
+        size = cls.size
+        first = -(-(k << PAGE_SHIFT) // size)
+        last = min(cls.objs_per_zspage, -(-((k + 1) << PAGE_SHIFT) // size))
+        words = mem.words
+        base = (pfn << PAGE_SHIFT) - (k << PAGE_SHIFT)
+        found = []
+        for idx in range(first, last):
+            header = words[(base + idx * size) >> _WORD_SHIFT]
+            if header & OBJ_ALLOCATED_TAG:
+                found.append(((header >> 1) & HANDLE_SLOT_MASK, idx))
+        return found
+
+    def record_obj(self, slot: int, pfn: int, idx: int) -> None:
+        """Point a handle at its object's new location."""
+        self._h_obj[slot] = (pfn << OBJ_INDEX_BITS) | idx
+
+    def replace_sub_page(self, cls: SizeClass, zid: int, new: int, old: int) -> None:
+        """Put frame ``new`` in the chain where ``old`` was, and make it movable."""
+        mem = self.memory
+        pages = [new if pfn == old else pfn for pfn in self.zspage_pages(zid)]
+        self.create_page_chain(cls, zid, pages)
+        if cls.huge:
+            mem.index[new] = mem.index[old]
+        mem.set_page_movable(new, self._ops_id)
 
     # ------------------------------------------------------------------
     # the deferred free of empty zspages (async_free_zspage)
@@ -667,7 +742,9 @@ class Pool:
         try:
             cls.objs_inuse -= 1
             self.obj_free(cls, zid, obj)
-            if self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
+            if self._zs_isolated[zid]:  # 2016 protocol: off the lists while isolated
+                self._free_in_isolated_zspage(cls, zid)
+            elif self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
                 self.free_zspage(cls, zid)
         finally:
             cls.lock.release()
@@ -779,6 +856,7 @@ class Pool:
                 raise ValueError(self._bad_range("map", handle, offset, length, size))
             zid = self.memory.private[self._h_obj[slot] >> OBJ_INDEX_BITS]
             self._zs_lock[zid] += 1  # zspage_read_lock
+            self._pinned[slot] = self._pinned.get(slot, 0) + 1  # pin_tag (2016)
             start = self._obj_addr(slot, offset)
             page_end = (start | _PAGE_MASK) + 1
             rest = -1 if start + length <= page_end else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
@@ -800,6 +878,10 @@ class Pool:
         finally:
             with pool_lock:
                 self._zs_lock[zid] -= 1  # zspage_read_unlock
+                if self._pinned[slot] == 1:  # unpin_tag
+                    del self._pinned[slot]
+                else:
+                    self._pinned[slot] -= 1
 
     def _obj_addr(self, slot: int, offset: int) -> int:
         """Arena address of byte ``offset`` of the caller's data (caller holds the pool lock).

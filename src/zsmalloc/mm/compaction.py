@@ -1,0 +1,145 @@
+"""Range evacuation and arena compaction (mm/compaction.c, memory offlining, CMA).
+
+Two users of the migration core:
+
+``evacuate(start, end)``
+    Empty a pfn range, as memory offlining and CMA allocation do: keep the
+    allocator out of the range, isolate every movable page in it, and
+    migrate them elsewhere.  Pages that cannot move (unmovable, locked, owner
+    busy) are reported.
+
+``compact()``
+    The kernel's two compaction scanners over the whole arena: a migration
+    scanner walking down from the top picks in-use movable pages, a free
+    scanner walking up from the bottom finds free frames; pages move down
+    while the lowest free frame is below the highest movable page.  Then the
+    high-water mark drops to just above the highest page still in use, the
+    free frames above it are given back to the OS, and the page descriptors
+    shrink with it::
+
+        before:  [U][.][U][.][.][U][.][U][U][.][U]        hwm = 11
+        after:   [U][U][U][U][U][U][.][.][.][.][.]  ->  [U][U][U][U][U][U]   hwm = 6
+
+This module is a mixin of :class:`zsmalloc.mm.Memory`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import mmap
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from zsmalloc.mm.constants import PAGE_SHIFT
+from zsmalloc.mm.migrate import MigrateMode, MigrateResult
+
+if TYPE_CHECKING:
+    from zsmalloc.mm.memory import Memory
+
+COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
+
+
+@dataclass
+class EvacuateResult(MigrateResult):
+    remaining: list[int] = field(default_factory=list)  # in-use frames still in the range
+
+    @property
+    def complete(self) -> bool:
+        return not self.remaining
+
+
+@dataclass
+class CompactResult(MigrateResult):
+    hwm_before: int = 0
+    hwm_after: int = 0
+    released: int = 0  # free frames above the new high-water mark given back
+
+
+class Compaction:
+    """Evacuation and compaction, mixed into :class:`~zsmalloc.mm.Memory`."""
+
+    def evacuate(
+        self: Memory,
+        start: int,
+        end: int,
+        mode: MigrateMode = MigrateMode.SYNC,
+        keep_excluded: bool = False,
+    ) -> EvacuateResult:
+        """Move every movable page out of ``[start, end)``.
+
+        The allocator stays out of the range while this runs, and afterwards
+        too if ``keep_excluded`` (an offlined range); undo with
+        ``unexclude_range(start, end)``.
+        """
+        result = EvacuateResult()
+        self.exclude_range(start, end)
+        try:
+            for _ in range(3):  # pages busy in one round may move in the next
+                pfns = self.movable_pfns(start, end)
+                if not pfns:
+                    break
+                isolated = [pfn for pfn in pfns if self.isolate_movable_page(pfn, mode)]
+                result.merge(self.migrate_pages(isolated, mode))
+        finally:
+            if not keep_excluded:
+                self.unexclude_range(start, end)
+        hi = min(end, self.hwm)
+        result.remaining = [pfn for pfn in range(start, hi) if self.refcount[pfn] > 0]
+        self.vmstat["evacuate_runs"] += 1
+        return result
+
+    def compact(self: Memory, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
+        """Move in-use movable frames down into free frames, then lower the high-water mark."""
+        result = CompactResult(hwm_before=self.hwm)
+        failed: set[int] = set()
+        while True:
+            with self._lock:
+                lowest_free = min([*self._pcp, *self._free[:1]], default=self.hwm)
+            batch = []
+            pfn = self.hwm - 1
+            while pfn > lowest_free and len(batch) < COMPACT_BATCH:
+                if pfn not in failed and self.movable_pfns(pfn, pfn + 1):
+                    batch.append(pfn)
+                pfn -= 1
+            if not batch:
+                break
+            isolated = [p for p in batch if self.isolate_movable_page(p, mode)]
+            failed.update(set(batch) - set(isolated))
+            if not isolated:
+                continue
+            res = self.migrate_pages(isolated, mode, target=(0, min(isolated)))
+            failed.update(res.failed_pfns)
+            result.merge(res)
+            if not res.succeeded:
+                break
+        result.released = self.shrink_arena()
+        result.hwm_after = self.hwm
+        self.vmstat["compact_runs"] += 1
+        self.vmstat["compact_pages_moved"] += result.succeeded
+        return result
+
+    def shrink_arena(self: Memory) -> int:
+        """Lower the high-water mark to just above the highest frame in use.
+
+        Free frames above it leave the hot list and the cold heap (given back
+        to the OS if they were resident), and the descriptor arrays shrink.
+        Returns how many free frames were dropped.
+        """
+        with self._lock:
+            refcount = self.refcount
+            new_hwm = self.hwm
+            while new_hwm > 0 and refcount[new_hwm - 1] <= 0:
+                new_hwm -= 1
+            if new_hwm == self.hwm:
+                return 0
+            resident = [pfn for pfn in self._pcp if pfn >= new_hwm]
+            if resident:
+                self._drain(resident)
+                self._pcp[:] = [pfn for pfn in self._pcp if pfn < new_hwm]
+            self._free[:] = [pfn for pfn in self._free if pfn < new_hwm]
+            heapq.heapify(self._free)
+            dropped = self.hwm - new_hwm
+            self.arena.madvise(mmap.MADV_DONTNEED, new_hwm << PAGE_SHIFT, dropped << PAGE_SHIFT)
+            self.hwm = new_hwm
+            self._shrink_descriptors(new_hwm)
+            return dropped
