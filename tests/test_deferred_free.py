@@ -41,7 +41,7 @@ def wait_until(cond, timeout: float = WAIT) -> bool:
 
 
 def worker_threads(pool: Pool) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"zs-free-{pool.name}"]
+    return [t for t in threading.enumerate() if t.name == f"zs-work-{pool.name}"]
 
 
 def empty_zspages(pool: Pool) -> int:

@@ -51,6 +51,8 @@ class PoolStats:
     objs_inuse: int
     bytes_requested: int
     freeable_pages: int
+    objs_compacted: int
+    compactions: int
     deferred_frees: int
     chain_size: int
     huge_class_size: int

@@ -83,14 +83,30 @@ from zsmalloc.errors import (
     PoolFullError,
 )
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
+from zsmalloc.pool.compact import shrinker_count, shrinker_scan, zs_compact
+from zsmalloc.pool.constants import (
+    ALLOC_GROUPS_MASK,
+    FG_NONE,
+    FREE_LIST_END,
+    HANDLE_FREED,
+    HANDLE_GEN_MASK,
+    HANDLE_GEN_SHIFT,
+    HANDLE_SLOT_MASK,
+    NR_FULLNESS_GROUPS,
+    OBJ_ALLOCATED_TAG,
+    OBJ_INDEX_BITS,
+    OBJ_INDEX_MASK,
+    OBJ_TAG_BITS,
+    ZS_INUSE_RATIO_0,
+    ZS_INUSE_RATIO_10,
+    ZS_INUSE_RATIO_100,
+)
 from zsmalloc.pool.migrate import movable_ops_for
 from zsmalloc.pool.size_class import (
     RULE_MIN_WASTE,
     ZS_DEFAULT_CHAIN_SIZE,
     ZS_HANDLE_SIZE,
     ZS_MAX_ALLOC_SIZE,
-    ZS_MAX_CHAIN_SIZE,
-    ZS_MIN_ALLOC_SIZE,
     ZS_SIZE_CLASSES,
     ClassSpec,
     build_class_table,
@@ -98,30 +114,9 @@ from zsmalloc.pool.size_class import (
 )
 from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
 
-OBJ_ALLOCATED_TAG = 1
-OBJ_TAG_BITS = 1
-# enough bits for the most objects a zspage can hold: 16 pages of 32-byte objects
-OBJ_INDEX_BITS = (ZS_MAX_CHAIN_SIZE * PAGE_SIZE // ZS_MIN_ALLOC_SIZE - 1).bit_length()
-OBJ_INDEX_MASK = (1 << OBJ_INDEX_BITS) - 1
-FREE_LIST_END = ((1 << 64) - 1) & ~OBJ_ALLOCATED_TAG  # the kernel's -1UL << OBJ_TAG_BITS
-
-HANDLE_SLOT_BITS = 31
-HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
-HANDLE_GEN_SHIFT = 32
-HANDLE_GEN_MASK = (1 << 32) - 1
-HANDLE_FREED = 1  # bit 0 set in the table: the slot holds no live handle
-
-# fullness groups (6.4+): 0 empty, 1..10 by tenths of use, 11 full
-ZS_INUSE_RATIO_0 = 0
-ZS_INUSE_RATIO_10 = 1
-ZS_INUSE_RATIO_99 = 10
-ZS_INUSE_RATIO_100 = 11
-NR_FULLNESS_GROUPS = 12
-FG_NONE = -1  # a zspage on no fullness list (being built, or taken by the deferred free)
-_ALLOC_GROUPS_MASK = (1 << ZS_INUSE_RATIO_100) - 1  # groups 0..10 can take an object
-
 _WORD_SHIFT = 3  # bytes -> 8-byte words
 _PAGE_MASK = PAGE_SIZE - 1
+_AUTO_COMPACT_INTERVAL = 1024  # frees between two looks at the shrinker count
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
 
 
@@ -209,6 +204,11 @@ class Pool:
 
     ``memory`` is the :class:`~zsmalloc.mm.Memory` to take frames from (a new
     private one by default); ``max_pages`` caps the pool's pages.
+    ``chain_size`` (4..16) and ``class_rule`` ("min-waste", or the pre-6.3
+    "used-percentage") shape the size classes.  ``migration`` picks the
+    movable-page protocol ("mainline", or "2016", see pool/migrate.py).
+    ``auto_compact_pages`` runs compaction in the background once that many
+    pages are freeable (the shrinker's count).
     """
 
     def __init__(
@@ -220,6 +220,7 @@ class Pool:
         *,
         class_rule: str = RULE_MIN_WASTE,
         migration: str = "mainline",
+        auto_compact_pages: int | None = None,
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
         if max_pages is not None and max_pages < 0:
@@ -228,6 +229,9 @@ class Pool:
         self.chain_size = chain_size
         self.class_rule = class_rule
         self.max_pages = max_pages
+        #: run compaction in the background once this many pages are freeable
+        self.auto_compact_pages = auto_compact_pages
+        self._auto_countdown = _AUTO_COMPACT_INTERVAL
         self._own_memory = memory is None
         self.memory = Memory() if memory is None else memory
         self._huge_class_size = huge_size
@@ -247,8 +251,8 @@ class Pool:
         self._cache_lock = threading.Lock()
         self._deferred_worker_lock = threading.Lock()
         self._deferred_batch: set[int] = set()
-        self._deferred_requested = False
-        self._deferred_running = False
+        self._work_requested: set[str] = set()
+        self._worker_running = False
 
         # struct zspage, as arrays indexed by zid
         self._zs_class = array("h")
@@ -271,6 +275,8 @@ class Pool:
 
         self.pages_allocated = 0
         self.pages_compacted = 0
+        self.objs_compacted = 0
+        self.nr_compactions = 0
         self.nr_deferred_frees = 0
         self._closed = False
         #: the movable-page callbacks the VM calls (pool/migrate.py)
@@ -381,7 +387,7 @@ class Pool:
         Popping the head is O(1) amortized on a dict, where peeking at the
         last entry after many removals is not.
         """
-        mask = cls.nonempty & _ALLOC_GROUPS_MASK
+        mask = cls.nonempty & ALLOC_GROUPS_MASK
         if not mask:
             return -1
         fg = mask.bit_length() - 1
@@ -618,24 +624,29 @@ class Pool:
     # the deferred free of empty zspages (async_free_zspage)
 
     def kick_deferred_free(self) -> None:
-        """Schedule the deferred-free worker (the kernel's ``schedule_work``)."""
-        with self._cache_lock:
-            self._deferred_requested = True
-            if self._deferred_running:
-                return
-            self._deferred_running = True
-        threading.Thread(
-            target=self._deferred_worker, name=f"zs-free-{self.name}", daemon=True
-        ).start()
+        """Schedule the deferred free (the kernel's ``schedule_work(&pool->free_work)``)."""
+        self._schedule_work("free")
 
-    def _deferred_worker(self) -> None:
+    def _schedule_work(self, work: str) -> None:
+        """Queue background work ("free" or "compact") for the pool's worker thread."""
+        with self._cache_lock:
+            self._work_requested.add(work)
+            if self._worker_running:
+                return
+            self._worker_running = True
+        threading.Thread(target=self._worker, name=f"zs-work-{self.name}", daemon=True).start()
+
+    def _worker(self) -> None:
         while True:
             with self._cache_lock:
-                if not self._deferred_requested or self._closed:
-                    self._deferred_running = False
+                if not self._work_requested or self._closed:
+                    self._worker_running = False
                     return
-                self._deferred_requested = False
-            self.async_free_zspage()
+                work = self._work_requested.pop()
+            if work == "free":
+                self.async_free_zspage()
+            elif self.shrinker_count() >= (self.auto_compact_pages or 0):
+                zs_compact(self)
 
     def async_free_zspage(self) -> int:
         """Free every empty zspage left on a group-0 list; return how many were freed.
@@ -749,6 +760,12 @@ class Pool:
         finally:
             cls.lock.release()
         self._h_free.append(slot)  # cache_free_handle
+        if self.auto_compact_pages is not None:
+            self._auto_countdown -= 1
+            if self._auto_countdown <= 0:
+                self._auto_countdown = _AUTO_COMPACT_INTERVAL
+                if self.shrinker_count() >= self.auto_compact_pages:
+                    self._schedule_work("compact")
 
     def write(self, handle: int, data: bytes, offset: int = 0) -> None:
         """Copy ``data`` into the object at ``offset``; it must fit in the size allocated."""
@@ -763,18 +780,12 @@ class Pool:
                 raise InvalidHandleError(self._bad_handle(handle))
             if offset < 0 or offset + n > self._h_size[slot]:
                 raise ValueError(self._bad_range("write", handle, offset, n, self._h_size[slot]))
-            start = self._obj_addr(slot, offset)
+            start = self.obj_addr(self._h_obj[slot], offset)
             end = start + n
-            arena = self.memory.arena
-            page_end = (start | _PAGE_MASK) + 1
-            if end <= page_end:
-                arena[start:end] = data
+            if end <= (start | _PAGE_MASK) + 1:
+                self.memory.arena[start:end] = data
             else:  # the object spans two pages
-                split = page_end - start
-                rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
-                view = memoryview(data)
-                arena[start:page_end] = view[:split]
-                arena[rest : rest + n - split] = view[split:]
+                self._write_span(start, data)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:
@@ -793,14 +804,11 @@ class Pool:
                 length = size - offset
             if offset < 0 or length < 0 or offset + length > size:
                 raise ValueError(self._bad_range("read", handle, offset, length, size))
-            start = self._obj_addr(slot, offset)
+            start = self.obj_addr(self._h_obj[slot], offset)
             end = start + length
-            arena = self.memory.arena
-            page_end = (start | _PAGE_MASK) + 1
-            if end <= page_end:
-                return arena[start:end]
-            rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
-            return arena[start:page_end] + arena[rest : rest + end - page_end]
+            if end <= (start | _PAGE_MASK) + 1:
+                return self.memory.arena[start:end]
+            return self._read_span(start, length)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:
@@ -818,7 +826,7 @@ class Pool:
                 raise InvalidHandleError(self._bad_handle(handle))
             if offset < 0 or offset + n > self._h_size[slot]:
                 raise ValueError(self._bad_range("read", handle, offset, n, self._h_size[slot]))
-            start = self._obj_addr(slot, offset)
+            start = self.obj_addr(self._h_obj[slot], offset)
             src = self.memory.buf
             split = min(n, ((start | _PAGE_MASK) + 1) - start)
             out[:split] = src[start : start + split]
@@ -857,7 +865,7 @@ class Pool:
             zid = self.memory.private[self._h_obj[slot] >> OBJ_INDEX_BITS]
             self._zs_lock[zid] += 1  # zspage_read_lock
             self._pinned[slot] = self._pinned.get(slot, 0) + 1  # pin_tag (2016)
-            start = self._obj_addr(slot, offset)
+            start = self.obj_addr(self._h_obj[slot], offset)
             page_end = (start | _PAGE_MASK) + 1
             rest = -1 if start + length <= page_end else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
         try:
@@ -883,13 +891,13 @@ class Pool:
                 else:
                     self._pinned[slot] -= 1
 
-    def _obj_addr(self, slot: int, offset: int) -> int:
-        """Arena address of byte ``offset`` of the caller's data (caller holds the pool lock).
+    def obj_addr(self, obj: int, offset: int) -> int:
+        """Arena address of byte ``offset`` of the caller's data in the object at location ``obj``.
 
         The bytes from there run to the end of that page at most; what lies
         beyond continues at the start of ``memory.next[addr >> PAGE_SHIFT]``.
+        Caller holds the pool lock (or the class lock of the object's class).
         """
-        obj = self._h_obj[slot]
         pfn = obj >> OBJ_INDEX_BITS
         mem = self.memory
         cls = self.size_class[self._zs_class[mem.private[pfn]]]
@@ -897,6 +905,33 @@ class Pool:
         if pos < PAGE_SIZE:
             return (pfn << PAGE_SHIFT) + pos
         return (mem.next[pfn] << PAGE_SHIFT) + pos - PAGE_SIZE
+
+    def _read_span(self, start: int, n: int) -> bytes:
+        """``n`` bytes of an object from arena address ``start``, across a page boundary."""
+        page_end = (start | _PAGE_MASK) + 1
+        arena = self.memory.arena
+        if start + n <= page_end:
+            return arena[start : start + n]
+        rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+        return arena[start:page_end] + arena[rest : rest + start + n - page_end]
+
+    def _write_span(self, start: int, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` into an object from arena address ``start``, across a page boundary."""
+        n = len(data)
+        page_end = (start | _PAGE_MASK) + 1
+        arena = self.memory.arena
+        if start + n <= page_end:
+            arena[start : start + n] = data
+            return
+        split = page_end - start
+        rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+        view = memoryview(data)
+        arena[start:page_end] = view[:split]
+        arena[rest : rest + n - split] = view[split:]
+
+    def obj_copy(self, cls: SizeClass, dst: int, src: int) -> None:
+        """Copy an object's data between two locations of its class (``zs_object_copy``)."""
+        self._write_span(self.obj_addr(dst, 0), self._read_span(self.obj_addr(src, 0), cls.size - cls.hdr))
 
     def _bad_handle(self, handle: object) -> str:
         if self._closed:
@@ -948,6 +983,20 @@ class Pool:
                 )
         return rows
 
+    def compact(self, policy: str = "ratio") -> int:
+        """``zs_compact``: move objects so that zspages empty; return the pages freed."""
+        self._check_open()
+        return zs_compact(self, policy)
+
+    def shrinker_count(self) -> int:
+        """Pages compaction could free now (the shrinker's ``count_objects``)."""
+        return shrinker_count(self)
+
+    def shrinker_scan(self) -> int:
+        """Compact for the shrinker: pages freed, or -1 (SHRINK_STOP) if none."""
+        self._check_open()
+        return shrinker_scan(self)
+
     def zs_can_compact(self, cls: SizeClass) -> int:
         """Pages that compacting this class could free (caller holds the class lock)."""
         wasted = cls.objs_allocated - cls.objs_inuse
@@ -969,6 +1018,8 @@ class Pool:
             objs_inuse=sum(r.obj_used for r in rows),
             bytes_requested=self._bytes_requested(),
             freeable_pages=sum(r.freeable for r in rows),
+            objs_compacted=self.objs_compacted,
+            compactions=self.nr_compactions,
             deferred_frees=self.nr_deferred_frees,
             chain_size=self.chain_size,
             huge_class_size=self._huge_class_size,

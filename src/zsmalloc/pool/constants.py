@@ -1,0 +1,36 @@
+"""Encodings shared by the allocator's modules: object tags, locations, handles, fullness groups.
+
+Object location (what a handle's table entry holds)::
+
+    (pfn << OBJ_INDEX_BITS) | obj_idx      pfn: the page the object starts in
+                                           obj_idx: its index in the zspage
+
+Handle (see pool/zsmalloc.py for the table)::
+
+    (generation << HANDLE_GEN_SHIFT) | (slot << 1)      bit 0 always clear
+"""
+
+from zsmalloc.mm import PAGE_SIZE
+from zsmalloc.pool.size_class import ZS_MAX_CHAIN_SIZE, ZS_MIN_ALLOC_SIZE
+
+OBJ_ALLOCATED_TAG = 1
+OBJ_TAG_BITS = 1
+# enough bits for the most objects a zspage can hold: 16 pages of 32-byte objects
+OBJ_INDEX_BITS = (ZS_MAX_CHAIN_SIZE * PAGE_SIZE // ZS_MIN_ALLOC_SIZE - 1).bit_length()
+OBJ_INDEX_MASK = (1 << OBJ_INDEX_BITS) - 1
+FREE_LIST_END = ((1 << 64) - 1) & ~OBJ_ALLOCATED_TAG  # the kernel's -1UL << OBJ_TAG_BITS
+
+HANDLE_SLOT_BITS = 31
+HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
+HANDLE_GEN_SHIFT = 32
+HANDLE_GEN_MASK = (1 << 32) - 1
+HANDLE_FREED = 1  # bit 0 set in the table: the slot holds no live handle
+
+# fullness groups (6.4+): 0 empty, 1..10 by tenths of use, 11 full
+ZS_INUSE_RATIO_0 = 0
+ZS_INUSE_RATIO_10 = 1
+ZS_INUSE_RATIO_99 = 10
+ZS_INUSE_RATIO_100 = 11
+NR_FULLNESS_GROUPS = 12
+FG_NONE = -1  # a zspage on no fullness list (being built, or taken by the deferred free)
+ALLOC_GROUPS_MASK = (1 << ZS_INUSE_RATIO_100) - 1  # groups 0..10 can take an object
