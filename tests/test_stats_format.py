@@ -421,6 +421,8 @@ def test_pool_stats(scenario):
         "objs_inuse": 277,
         "bytes_requested": requested,
         "freeable_pages": 6,
+        "objs_compacted": 0,
+        "compactions": 0,
         "deferred_frees": 0,
         "chain_size": 8,
         "huge_class_size": 3625,
