@@ -956,6 +956,24 @@ class Pool:
                 pass
         raise InvalidHandleError(self._bad_handle(handle))
 
+    def locate(self, handle: int) -> tuple[int, int]:
+        """(pfn of the page the object starts in, its index in the zspage)."""
+        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        with self._lock:
+            try:
+                if self._h_val[slot] == handle:
+                    obj = self._h_obj[slot]
+                    return obj >> OBJ_INDEX_BITS, obj & OBJ_INDEX_MASK
+            except IndexError:
+                pass
+        raise InvalidHandleError(self._bad_handle(handle))
+
+    def zspage_pfns(self, handle: int) -> list[int]:
+        """The pfns of the object's zspage, head page first."""
+        pfn, _ = self.locate(handle)
+        with self._lock:
+            return self.zspage_pages(self.memory.private[pfn])
+
     def __len__(self) -> int:
         """The number of live objects."""
         return sum(cls.objs_inuse for cls in self.classes)
