@@ -295,7 +295,8 @@ def test_freed_handle_slot_missing_from_the_cache(healthy):
     saved = list(st.pool._h_free)
     st.pool._h_free.remove(slot)
     expect_corruption(st, f"handle slot {slot} is free but not in the handle cache")
-    st.pool._h_free[:] = saved
+    del st.pool._h_free[:]
+    st.pool._h_free.extend(saved)
     st.verify()
 
 

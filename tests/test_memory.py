@@ -295,6 +295,10 @@ class _Model:
             heapq.heappush(self.cold, p)
         self.drained += len(self.hot)
         self.hot.clear()
+        # then the arena shrinks: the high-water mark drops to just above the top frame in use
+        self.hwm = max(self.refs, default=-1) + 1
+        self.cold = [p for p in self.cold if p < self.hwm]
+        heapq.heapify(self.cold)
 
 
 @settings(max_examples=60, deadline=None)

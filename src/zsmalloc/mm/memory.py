@@ -333,13 +333,19 @@ class Memory(Migration, Compaction):
         self.nr_drained += len(pfns)
 
     def drain_pages(self) -> int:
-        """Give every frame on the hot list back to the OS (``drain_all_pages``)."""
+        """Give every frame on the hot list back to the OS (``drain_all_pages``).
+
+        Then lower the high-water mark over the free frames at the top of the
+        arena (``shrink_arena``), so their descriptors go too.  Returns the
+        number of frames drained.
+        """
         with self._lock:
             n = len(self._pcp)
             if n:
                 self._drain(self._pcp)
                 self._pcp.clear()
-            return n
+        self.shrink_arena()
+        return n
 
     @property
     def nr_pcp(self) -> int:

@@ -73,7 +73,7 @@ import operator
 import threading
 from array import array
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 from zsmalloc.errors import (
     InvalidHandleError,
@@ -117,6 +117,7 @@ from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
 _WORD_SHIFT = 3  # bytes -> 8-byte words
 _PAGE_MASK = PAGE_SIZE - 1
 _AUTO_COMPACT_INTERVAL = 1024  # frees between two looks at the shrinker count
+_TRIM_MIN = 256  # trim() leaves tables alone unless this many entries can go
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
 
 
@@ -158,7 +159,7 @@ class SizeClass:
         self.lock = threading.Lock()
         #: one list per fullness group: dicts used as ordered sets of zids,
         #: the last inserted being the head of the list
-        self.fullness_list: tuple[dict[int, None], ...] = tuple({} for _ in range(NR_FULLNESS_GROUPS))
+        self.fullness_list: list[dict[int, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
         #: bit g set while fullness_list[g] is not empty
         self.nonempty = 0
         self.objs_allocated = 0
@@ -262,13 +263,14 @@ class Pool:
         self._zs_fg = array("b")
         self._zs_lock = array("i")  # zspage lock: readers > 0, -1 write-locked
         self._zs_isolated = array("i")  # pages isolated by the VM (2016 protocol)
-        self._zs_free: list[int] = []
+        self._zs_free = array("l")  # free zspage ids, a stack
 
         # handle table, indexed by slot (slot 0 unused: a handle is never 0)
         self._h_val = array("Q", [HANDLE_FREED])
         self._h_obj = array("Q", [0])
         self._h_size = array("H", [0])
-        self._h_free: list[int] = []
+        self._h_free = array("L")  # free slots, a stack
+        self._gen_base = 0  # generation of fresh slots: above any handle of a trimmed slot
         #: handle slots pinned by a caller's map() (count per slot); the 2016
         #: protocol's migrate refuses to move them
         self._pinned: dict[int, int] = {}
@@ -328,7 +330,7 @@ class Pool:
             if new <= old:
                 raise PoolFullError("handle table is full")
             extra = new - old
-            self._h_val.extend([HANDLE_FREED] * extra)  # generation 0, free
+            self._h_val.extend([(self._gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED] * extra)
             self._h_obj.frombytes(bytes(8 * extra))
             self._h_size.frombytes(bytes(2 * extra))
             self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
@@ -678,7 +680,9 @@ class Pool:
     def flush_deferred(self) -> int:
         """Run the deferred free now, in the caller; return the zspages it freed."""
         self._check_open()
-        return self.async_free_zspage()
+        freed = self.async_free_zspage()
+        self.trim()
+        return freed
 
     # ------------------------------------------------------------------
     # the public API
@@ -692,19 +696,20 @@ class Pool:
         cls = self._class_for_size[size]
         if cls is None:
             raise PoolClosedError(f"pool {self.name!r} is closed")
-        try:
-            slot = self._h_free.pop()
-        except IndexError:
-            slot = self._cache_alloc_handle()
-        h_val = self._h_val  # the slot's generation, bumped
-        handle = ((((h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK) << HANDLE_GEN_SHIFT) | (
-            slot << 1
-        )
-        self._h_size[slot] = size
-
         lock = cls.lock
         lock.acquire()
         try:
+            # cache_alloc_handle, under the class lock only so that trim()
+            # (which holds every class lock) never sees a slot half taken
+            try:
+                slot = self._h_free.pop()
+            except IndexError:
+                slot = self._cache_alloc_handle()
+            h_val = self._h_val  # the slot's generation, bumped
+            handle = ((((h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK) << HANDLE_GEN_SHIFT) | (
+                slot << 1
+            )
+            self._h_size[slot] = size
             zid = self.find_get_zspage(cls)
             if zid >= 0:
                 self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
@@ -1004,7 +1009,9 @@ class Pool:
     def compact(self, policy: str = "ratio") -> int:
         """``zs_compact``: move objects so that zspages empty; return the pages freed."""
         self._check_open()
-        return zs_compact(self, policy)
+        freed = zs_compact(self, policy)
+        self.trim()
+        return freed
 
     def shrinker_count(self) -> int:
         """Pages compaction could free now (the shrinker's ``count_objects``)."""
@@ -1050,6 +1057,62 @@ class Pool:
 
     # ------------------------------------------------------------------
     # consistency check, life cycle
+
+    def trim(self) -> None:
+        """Give back the table space held by free handle slots and zspage ids at the top.
+
+        Run by ``flush_deferred()``, ``compact()`` and ``close()``.  It stops the
+        world (the pool lock and every class lock), so that no slot or id is
+        half taken while the tables shrink.  Generations survive: a fresh slot
+        starts above every generation a trimmed slot ever had, so a stale
+        handle stays stale.
+        """
+        with ExitStack() as stack:
+            stack.enter_context(self._lock)
+            for cls in self.classes:
+                stack.enter_context(cls.lock)
+            stack.enter_context(self._cache_lock)
+            self._trim_handles()
+            self._trim_zspages()
+            for cls in self.classes:
+                lists = cls.fullness_list
+                for fg, lst in enumerate(lists):
+                    lists[fg] = dict(lst)  # a dict never shrinks by deletion: copy it
+
+    def _trim_handles(self) -> None:
+        h_val, free = self._h_val, self._h_free
+        free_set = set(free)
+        keep = len(h_val)
+        while keep > 1 and keep - 1 in free_set:
+            keep -= 1
+        if len(h_val) - keep < _TRIM_MIN:
+            return
+        top = max(h_val[slot] >> HANDLE_GEN_SHIFT for slot in range(keep, len(h_val)))
+        self._gen_base = max(self._gen_base, top)
+        del h_val[keep:]
+        del self._h_obj[keep:]
+        del self._h_size[keep:]
+        self._h_free = array("L", [slot for slot in free if slot < keep])
+
+    def _trim_zspages(self) -> None:
+        free = self._zs_free
+        free_set = set(free)
+        keep = len(self._zs_class)
+        while keep > 0 and keep - 1 in free_set:
+            keep -= 1
+        if len(self._zs_class) - keep < _TRIM_MIN:
+            return
+        for arr in (
+            self._zs_class,
+            self._zs_inuse,
+            self._zs_freeobj,
+            self._zs_first,
+            self._zs_fg,
+            self._zs_lock,
+            self._zs_isolated,
+        ):
+            del arr[keep:]
+        self._zs_free = array("l", [zid for zid in free if zid < keep])
 
     def check(self) -> None:
         """Walk every structure and raise CorruptionError on any inconsistency."""

@@ -1,0 +1,166 @@
+"""Run every benchmark and (re)write RESULTS.md and results/<name>.json.
+
+Runs, in order, ``bench_density.py`` (pages and process memory after a fill,
+against the kernel's exact page count and a dict peer) and ``bench_speed.py``
+(µs per malloc+write / read / free / churn at 1e4..1e6 live objects, against a
+dict peer).  Each writes ``<out>/results/<name>.json``; this script then writes
+``<out>/RESULTS.md``: the date, the machine, the method, every figure, and
+every target with PASS/FAIL.
+
+Usage::
+
+    .venv/bin/python benchmarks/run_all.py              # full run, ~5-10 minutes on 2 cores
+    .venv/bin/python benchmarks/run_all.py --quick      # smoke run, well under a minute
+    .venv/bin/python benchmarks/run_all.py --quick --out /tmp/bench   # leave benchmarks/ alone
+
+The default ``--out`` is ``benchmarks/`` itself.  The package measured is
+whichever ``zsmalloc`` the interpreter imports (RESULTS.md names its path and
+git commit); to measure a fixed commit while ``src/`` is being edited, point
+``PYTHONPATH`` at a clean checkout's ``src``.  The exit status is 0 when
+every benchmark ran, whatever the targets say (they are reported, not
+enforced), and 1 when one of them crashed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import bench_density
+import bench_speed
+import common
+from common import md_table, verdict
+
+BENCHMARKS = (bench_density, bench_speed)
+
+
+def machine_section(info: dict) -> str:
+    rows = [
+        ["CPU model", info["cpu_model"]],
+        ["cores", f"{info['logical_cores']} logical, {info['physical_cores']} physical"],
+        ["memory", f"{info['memory_gib']} GiB"],
+        ["Python", info["python"]],
+        ["kernel", info["kernel"]],
+        ["load average (1 min), start / end", f"{info['load_avg_1m']} / {info.get('load_avg_1m_end', '-')}"],
+        ["zsmalloc measured", f"`{info['zsmalloc_source']}`, git {info['git']}"],
+    ]
+    text = "## Machine\n\n" + md_table(["", ""], rows, align="ll")
+    busiest = max(info["load_avg_1m"], info.get("load_avg_1m_end", 0))
+    if busiest > 0.5 * (info["logical_cores"] or 1):
+        text += (
+            f"\n\n**The machine was busy during this run** (1-minute load average up to {busiest} on "
+            f"{info['logical_cores']} cores, of which the benchmark uses one): other processes competed "
+            "for the cores, so timings are inflated and noisy; ratios to the peer (measured round by "
+            "round, interleaved) hold up better than absolute figures."
+        )
+    return text
+
+
+def method_section(quick: bool) -> str:
+    lines = [
+        "## Method",
+        "",
+        "- Every figure compares our pool with a named peer measured **in the same run**, on the same "
+        "objects (same sizes, same bytes): a `dict` of `bytes` objects, the obvious pure-Python way to "
+        "keep byte strings behind keys.",
+        "- The machine is shared and noisy: timings are repeated (rounds) and reported as medians with "
+        "min-max; RSS figures are medians over repeated fresh subprocesses.",
+        "- Each configuration runs in a fresh Python subprocess, so RSS baselines are clean and no run "
+        "inherits another's heap.",
+        "- Object sizes come from the seeded mixes of `zsmalloc.workloads` (`kernel-build`, "
+        "`android-zstd`); object data are slices of one preallocated random byte string, so that "
+        "making the data costs the same, and little, for both peers.",
+        "- **The cyclic garbage collector is disabled (`gc.disable()`) while timing, for both peers.**",
+        "- Targets are reported, not enforced: a FAIL does not make the run fail.",
+    ]
+    if quick:
+        lines.append(
+            "- **This is a `--quick` run**: sizes are shrunk so that it finishes in well under a minute. "
+            "Its figures are a smoke test, not measurements; targets that only apply to full-size runs "
+            "show n/a."
+        )
+    return "\n".join(lines)
+
+
+def targets_section(targets: list[tuple[str, dict]]) -> str:
+    rows = [
+        [bench, t["name"], t["config"], t["value"], t["limit"], f"**{verdict(t['ok'])}**"]
+        for bench, t in targets
+    ]
+    passed = sum(1 for _, t in targets if t["ok"] is True)
+    failed = sum(1 for _, t in targets if t["ok"] is False)
+    head = f"## Targets\n\n{passed} PASS, {failed} FAIL, {len(targets) - passed - failed} n/a.\n\n"
+    return head + md_table(
+        ["benchmark", "target", "configuration", "value", "limit", "result"], rows, align="lllrrl"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run every benchmark and write RESULTS.md.")
+    parser.add_argument("--quick", action="store_true", help="shrink sizes: the whole run in under a minute")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=common.BENCH_DIR,
+        help="directory for RESULTS.md and results/*.json (default: benchmarks/)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=[b.NAME for b in BENCHMARKS],
+        action="append",
+        help="run only this benchmark (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    info = common.machine_info()
+    started = time.perf_counter()
+    sections: list[str] = []
+    targets: list[tuple[str, dict]] = []
+    crashed = []
+    docs: list[dict] = []
+    for bench in BENCHMARKS:
+        if args.only and bench.NAME not in args.only:
+            continue
+        t0 = time.perf_counter()
+        common.log(f"== {bench.NAME}")
+        try:
+            doc = bench.run(quick=args.quick)
+        except Exception:
+            crashed.append(bench.NAME)
+            tb = traceback.format_exc()
+            common.log(tb)
+            sections.append(f"## {bench.NAME}: CRASHED\n\n```\n{tb}```")
+            continue
+        doc["machine"] = info  # the same dict: the end-of-run load is filled in below
+        doc["seconds"] = round(time.perf_counter() - t0, 1)
+        docs.append(doc)
+        sections.append(bench.markdown(doc) + f"\n\n({bench.NAME}: {doc['seconds']} s)")
+        targets.extend((bench.NAME, t) for t in doc["targets"])
+    elapsed = time.perf_counter() - started
+    info["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    for doc in docs:
+        common.write_json(common.results_dir(out) / f"{doc['name']}.json", doc)
+
+    header = [
+        "# Benchmark results",
+        "",
+        f"Date: {info['date']}. Written by `benchmarks/run_all.py{' --quick' if args.quick else ''}` "
+        f"(`make bench`) in {elapsed:.0f} s; JSON in `results/`.",
+    ]
+    parts = ["\n".join(header), machine_section(info), method_section(args.quick), targets_section(targets)]
+    doc_md = "\n\n".join([*parts, *sections])
+    (out / "RESULTS.md").write_text(doc_md + "\n", encoding="utf-8")
+    common.log(f"wrote {out / 'RESULTS.md'} in {elapsed:.0f} s")
+    for bench, t in targets:
+        common.log(f"  {verdict(t['ok']):4}  {bench}: {t['name']} [{t['config']}] = {t['value']}")
+    return 1 if crashed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
