@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from zsmalloc import OutOfFramesError, PageStateError, ZsmallocError
 from zsmalloc.mm import PAGE_SIZE, Memory, PG_isolated, PG_locked, PG_movable
+from zsmalloc.mm.memory import VMSTAT_EVENTS
 
 WAIT = 5.0  # seconds a thread may take to react; only reached when something is broken
 
@@ -59,6 +60,7 @@ def test_fresh_memory_is_empty(mem):
         "nr_alloc_fail": 0,
         "nr_pcp": 0,
         "nr_drained": 0,
+        **dict.fromkeys(VMSTAT_EVENTS, 0),
     }
 
 

@@ -31,12 +31,19 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from zsmalloc.mm.constants import PAGE_SHIFT
+from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.mm.migrate import MigrateMode, MigrateResult
 
 if TYPE_CHECKING:
     from zsmalloc.mm.memory import Memory
 
 COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
+_TRIM_HEAP_FRAMES = 1024
+
+
+def _below(pfn: int) -> tuple[int, int]:
+    """Compaction moves a page only downwards."""
+    return 0, pfn
 
 
 @dataclass
@@ -107,7 +114,7 @@ class Compaction:
             failed.update(set(batch) - set(isolated))
             if not isolated:
                 continue
-            res = self.migrate_pages(isolated, mode, target=(0, min(isolated)))
+            res = self.migrate_pages(isolated, mode, target=_below)
             failed.update(res.failed_pfns)
             result.merge(res)
             if not res.succeeded:
@@ -142,4 +149,6 @@ class Compaction:
             self.arena.madvise(mmap.MADV_DONTNEED, new_hwm << PAGE_SHIFT, dropped << PAGE_SHIFT)
             self.hwm = new_hwm
             self._shrink_descriptors(new_hwm)
-            return dropped
+        if dropped >= _TRIM_HEAP_FRAMES:
+            trim_process_heap()  # the shrunk descriptor arrays left free heap memory
+        return dropped

@@ -59,17 +59,30 @@ import os
 import random
 import threading
 from array import array
-from collections import Counter
 
 from zsmalloc.errors import OutOfFramesError, PageStateError
 from zsmalloc.mm.compaction import Compaction
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
+from zsmalloc.mm.counters import Counters
 from zsmalloc.mm.migrate import Migration
 
 # Linux's MAP_NORESERVE; the mmap module does not export it.  Without it a
 # large capacity would be refused by the kernel's overcommit heuristic.
+VMSTAT_EVENTS = (
+    "isolate_success",
+    "isolate_fail",
+    "putback",
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "pgmigrate_nomem",
+    "pgmigrate_released",
+    "evacuate_runs",
+    "compact_runs",
+    "compact_pages_moved",
+)
+
 _MAP_NORESERVE = 0x4000
-_MIN_GROWTH = 256
+_MIN_GROWTH = 1024  # descriptor arrays: at least this many entries (buffers > 512 B stay out of pymalloc)
 PCP_HIGH = 64
 PCP_BATCH = 32
 
@@ -129,13 +142,10 @@ class Memory(Migration, Compaction):
 
         # counters (vmstat-like)
         self.nr_used = 0
-        self.nr_used_max = 0
-        self.nr_alloc = 0
-        self.nr_free = 0
-        self.nr_alloc_fail = 0
-        self.nr_drained = 0
-        #: migration and compaction event counters (like /proc/vmstat)
-        self.vmstat: Counter[str] = Counter()
+        #: allocator events: frames handed out and freed, failures, drains, peak use
+        self.events = Counters(("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max"))
+        #: migration and compaction events (like /proc/vmstat)
+        self.vmstat = Counters(VMSTAT_EVENTS)
 
         self._fail_next = 0
         self._fail_probability = 0.0
@@ -158,7 +168,7 @@ class Memory(Migration, Compaction):
         ``nr_alloc_fail``.
         """
         with self._lock:
-            hwm, used_max = self.hwm, self.nr_used_max
+            hwm, used_max = self.hwm, self.events["nr_used_max"]
             on_pcp = set(self._pcp)
             pfns: list[int] = []
             try:
@@ -179,8 +189,8 @@ class Memory(Migration, Compaction):
                         heapq.heappush(self._free, pfn)
                 else:
                     self.hwm = hwm
-                self.nr_used_max = used_max
-                self.nr_alloc -= len(pfns)
+                self.events["nr_used_max"] = used_max
+                self.events["nr_alloc"] -= len(pfns)
                 self.nr_used -= len(pfns)
                 raise
             return pfns
@@ -199,10 +209,10 @@ class Memory(Migration, Compaction):
         if self._fail_next or self._fail_probability:
             if self._fail_next:
                 self._fail_next -= 1
-                self.nr_alloc_fail += 1
+                self.events["nr_alloc_fail"] += 1
                 raise OutOfFramesError("page allocation failed (injected)")
             if self._fail_rng.random() < self._fail_probability:
-                self.nr_alloc_fail += 1
+                self.events["nr_alloc_fail"] += 1
                 raise OutOfFramesError("page allocation failed (injected)")
         if hi < 0 and not self._excluded:
             if self._pcp:
@@ -216,13 +226,13 @@ class Memory(Migration, Compaction):
         else:
             pfn = self._take_frame_in(lo, self.capacity if hi < 0 else hi)
         if pfn < 0:
-            self.nr_alloc_fail += 1
+            self.events["nr_alloc_fail"] += 1
             raise OutOfFramesError(f"no free frame (capacity {self.capacity}, {self.nr_used} in use)")
         self.refcount[pfn] = 1
-        self.nr_alloc += 1
+        self.events["nr_alloc"] += 1
         self.nr_used += 1
-        if self.nr_used > self.nr_used_max:
-            self.nr_used_max = self.nr_used
+        if self.nr_used > self.events["nr_used_max"]:
+            self.events["nr_used_max"] = self.nr_used
         return pfn
 
     def _take_hwm_frame(self) -> int:
@@ -308,7 +318,7 @@ class Memory(Migration, Compaction):
         self.next[pfn] = 0
         self.first_obj_offset[pfn] = 0
         self.nr_used -= 1
-        self.nr_free += 1
+        self.events["nr_free"] += 1
         pcp = self._pcp
         pcp.append(pfn)
         if len(pcp) > self.pcp_high:
@@ -330,7 +340,7 @@ class Memory(Migration, Compaction):
         free = self._free
         for pfn in pfns:
             heapq.heappush(free, pfn)
-        self.nr_drained += len(pfns)
+        self.events["nr_drained"] += len(pfns)
 
     def drain_pages(self) -> int:
         """Give every frame on the hot list back to the OS (``drain_all_pages``).
@@ -346,6 +356,12 @@ class Memory(Migration, Compaction):
                 self._pcp.clear()
         self.shrink_arena()
         return n
+
+    nr_alloc = property(lambda self: self.events["nr_alloc"], doc="frames handed out so far")
+    nr_free = property(lambda self: self.events["nr_free"], doc="frames returned so far")
+    nr_alloc_fail = property(lambda self: self.events["nr_alloc_fail"], doc="allocations refused")
+    nr_drained = property(lambda self: self.events["nr_drained"], doc="frames given back to the OS")
+    nr_used_max = property(lambda self: self.events["nr_used_max"], doc="peak frames in use")
 
     @property
     def nr_pcp(self) -> int:
@@ -579,7 +595,7 @@ class Memory(Migration, Compaction):
             "nr_alloc_fail": self.nr_alloc_fail,
             "nr_pcp": len(self._pcp),
             "nr_drained": self.nr_drained,
-            **self.vmstat,
+            **self.vmstat.to_dict(),
         }
 
     def close(self) -> None:

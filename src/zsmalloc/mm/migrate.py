@@ -37,12 +37,13 @@ lock, flags and allocator and nothing else.
 from __future__ import annotations
 
 import enum
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from zsmalloc.errors import OutOfFramesError, PageStateError
 from zsmalloc.mm.constants import PG_isolated, PG_locked, PG_movable
+from zsmalloc.mm.counters import Counters
 
 if TYPE_CHECKING:
     from zsmalloc.mm.memory import Memory
@@ -93,7 +94,7 @@ class MigrateResult:
 class Migration:
     """The VM side of page migration, mixed into :class:`~zsmalloc.mm.Memory`."""
 
-    vmstat: Counter
+    vmstat: Counters
 
     def _ops_of(self: Memory, pfn: int) -> MovableOps | None:
         return self._ops[self.movable_ops[pfn]]
@@ -155,7 +156,7 @@ class Migration:
         self: Memory,
         pfns: list[int],
         mode: MigrateMode = MigrateMode.SYNC,
-        target: tuple[int, int] | None = None,
+        target: tuple[int, int] | Callable[[int], tuple[int, int]] | None = None,
         passes: int = NR_MIGRATE_PASSES,
         putback: bool = True,
         lock_timeout: float | None = None,
@@ -163,7 +164,8 @@ class Migration:
         """Move isolated pages to new frames (kernel ``migrate_pages``).
 
         ``target`` is the pfn range ``[lo, hi)`` destinations are taken from
-        (lowest free first; default anywhere).  A page whose owner answers
+        (lowest free first; default anywhere), or a function giving that
+        range for each source pfn.  A page whose owner answers
         -EAGAIN is retried in the next pass, up to ``passes``.  Pages that
         could not move are put back to their owners when ``putback`` is true
         (else they stay isolated and are listed in ``failed_pfns``).
@@ -202,7 +204,7 @@ class Migration:
         self: Memory,
         src: int,
         mode: MigrateMode,
-        target: tuple[int, int] | None,
+        target: tuple[int, int] | Callable[[int], tuple[int, int]] | None,
         lock_timeout: float | None,
     ) -> tuple[int, int]:
         """One attempt at one page; returns (status, dst pfn or -1)."""
@@ -218,8 +220,11 @@ class Migration:
             self._release_if_freed(src)
             return MIGRATEPAGE_SUCCESS, -1
         try:
-            with self._lock:
+            if callable(target):
+                lo, hi = target(src)
+            else:
                 lo, hi = target if target is not None else (0, -1)
+            with self._lock:
                 dst = self._alloc_frame(lo, hi)
         except OutOfFramesError:
             self.unlock_page(src)

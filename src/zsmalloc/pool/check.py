@@ -261,8 +261,18 @@ def _check_locked(pool: Pool) -> None:
     # pages
     if pool.pages_allocated != total_pages:
         _fail(f"pool counts {pool.pages_allocated} pages, its zspages hold {total_pages}")
-    if pool._own_memory and mem.nr_used != total_pages:
-        _fail(f"memory has {mem.nr_used} frames in use, the pool holds {total_pages}")
+    if pool._own_memory:
+        # frames the VM still holds (isolated) after the pool let them go are not the pool's
+        held_by_vm = sum(
+            1
+            for pfn in range(mem.hwm)
+            if mem.refcount[pfn] > 0 and mem.flags[pfn] & (PG_isolated | PG_movable) == PG_isolated
+        )
+        if mem.nr_used - held_by_vm != total_pages:
+            _fail(
+                f"memory has {mem.nr_used} frames in use ({held_by_vm} held by the VM only), "
+                f"the pool holds {total_pages}"
+            )
 
 
 def _slot_of(header: int, slot_mask: int, where: str, seen: dict) -> int:

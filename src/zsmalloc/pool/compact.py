@@ -145,9 +145,10 @@ def zs_compact(pool: Pool, policy: str = "ratio") -> int:
         freed += f
         moved += m
     with pool._cache_lock:
-        pool.pages_compacted += freed
-        pool.objs_compacted += moved
-        pool.nr_compactions += 1
+        events = pool.events
+        events["pages_compacted"] += freed
+        events["objs_compacted"] += moved
+        events["compactions"] += 1
     return freed
 
 

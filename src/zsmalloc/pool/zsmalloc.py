@@ -70,6 +70,7 @@ because its caller holds the mapping for as long as it likes.
 from __future__ import annotations
 
 import operator
+import sys
 import threading
 from array import array
 from collections.abc import Iterator
@@ -83,6 +84,8 @@ from zsmalloc.errors import (
     PoolFullError,
 )
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
+from zsmalloc.mm.counters import Counters
+from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.pool.compact import shrinker_count, shrinker_scan, zs_compact
 from zsmalloc.pool.constants import (
     ALLOC_GROUPS_MASK,
@@ -118,6 +121,11 @@ _WORD_SHIFT = 3  # bytes -> 8-byte words
 _PAGE_MASK = PAGE_SIZE - 1
 _AUTO_COMPACT_INTERVAL = 1024  # frees between two looks at the shrinker count
 _TRIM_MIN = 256  # trim() leaves tables alone unless this many entries can go
+_DICT_COPY_BYTES = 4096
+# Tables never shrink below this many entries: their buffers then stay in the
+# C heap proper, not in Python's small-object arenas, where a small block made
+# late in a pool's life would keep a whole arena resident.
+_TABLE_MIN = 1024
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
 
 
@@ -276,10 +284,8 @@ class Pool:
         self._pinned: dict[int, int] = {}
 
         self.pages_allocated = 0
-        self.pages_compacted = 0
-        self.objs_compacted = 0
-        self.nr_compactions = 0
-        self.nr_deferred_frees = 0
+        #: compaction and deferred-free events
+        self.events = Counters(("pages_compacted", "objs_compacted", "compactions", "deferred_frees"))
         self._closed = False
         #: the movable-page callbacks the VM calls (pool/migrate.py)
         self.movable_ops = movable_ops_for(self, migration)
@@ -293,6 +299,26 @@ class Pool:
     def total_pages(self) -> int:
         """``zs_get_total_pages``: pages the pool holds, fragmentation included."""
         return self.pages_allocated
+
+    @property
+    def pages_compacted(self) -> int:
+        """Pages freed by compaction so far (zram's mm_stat field)."""
+        return self.events["pages_compacted"]
+
+    @property
+    def objs_compacted(self) -> int:
+        """Objects moved by compaction so far."""
+        return self.events["objs_compacted"]
+
+    @property
+    def nr_compactions(self) -> int:
+        """Calls of compact() (and of the background shrinker) so far."""
+        return self.events["compactions"]
+
+    @property
+    def nr_deferred_frees(self) -> int:
+        """Empty zspages freed by the deferred free so far."""
+        return self.events["deferred_frees"]
 
     @property
     def huge_class_size(self) -> int:
@@ -674,7 +700,7 @@ class Pool:
                 with cls.lock:
                     batch.discard(zid)
                     self._free_zspage(cls, zid)
-            self.nr_deferred_frees += len(taken)
+            self.events["deferred_frees"] += len(taken)
             return len(taken)
 
     def flush_deferred(self) -> int:
@@ -762,9 +788,9 @@ class Pool:
                 self._free_in_isolated_zspage(cls, zid)
             elif self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
                 self.free_zspage(cls, zid)
+            self._h_free.append(slot)  # cache_free_handle (under the class lock: see trim)
         finally:
             cls.lock.release()
-        self._h_free.append(slot)  # cache_free_handle
         if self.auto_compact_pages is not None:
             self._auto_countdown -= 1
             if self._auto_countdown <= 0:
@@ -1038,14 +1064,14 @@ class Pool:
         return PoolStats(
             name=self.name,
             pages_allocated=self.pages_allocated,
-            pages_compacted=self.pages_compacted,
+            pages_compacted=self.events["pages_compacted"],
             objs_allocated=sum(r.obj_allocated for r in rows),
             objs_inuse=sum(r.obj_used for r in rows),
             bytes_requested=self._bytes_requested(),
             freeable_pages=sum(r.freeable for r in rows),
-            objs_compacted=self.objs_compacted,
-            compactions=self.nr_compactions,
-            deferred_frees=self.nr_deferred_frees,
+            objs_compacted=self.events["objs_compacted"],
+            compactions=self.events["compactions"],
+            deferred_frees=self.events["deferred_frees"],
             chain_size=self.chain_size,
             huge_class_size=self._huge_class_size,
         )
@@ -1072,36 +1098,45 @@ class Pool:
             for cls in self.classes:
                 stack.enter_context(cls.lock)
             stack.enter_context(self._cache_lock)
-            self._trim_handles()
-            self._trim_zspages()
+            trimmed = self._trim_handles() + self._trim_zspages()
             for cls in self.classes:
                 lists = cls.fullness_list
                 for fg, lst in enumerate(lists):
-                    lists[fg] = dict(lst)  # a dict never shrinks by deletion: copy it
+                    # a dict never shrinks by deletion: clear an empty one (that
+                    # frees its table), copy a big one
+                    if not lst:
+                        lst.clear()
+                    elif sys.getsizeof(lst) > _DICT_COPY_BYTES:
+                        lists[fg] = dict(lst)
+        if trimmed:
+            trim_process_heap()
 
-    def _trim_handles(self) -> None:
+    def _trim_handles(self) -> int:
         h_val, free = self._h_val, self._h_free
         free_set = set(free)
         keep = len(h_val)
-        while keep > 1 and keep - 1 in free_set:
+        while keep > _TABLE_MIN and keep - 1 in free_set:
             keep -= 1
         if len(h_val) - keep < _TRIM_MIN:
-            return
+            return 0
         top = max(h_val[slot] >> HANDLE_GEN_SHIFT for slot in range(keep, len(h_val)))
         self._gen_base = max(self._gen_base, top)
         del h_val[keep:]
         del self._h_obj[keep:]
         del self._h_size[keep:]
-        self._h_free = array("L", [slot for slot in free if slot < keep])
+        kept = [slot for slot in free if slot < keep]
+        del free[:]  # in place: malloc and free use this array without the cache lock
+        free.extend(kept)
+        return len(free_set) - len(free)
 
-    def _trim_zspages(self) -> None:
+    def _trim_zspages(self) -> int:
         free = self._zs_free
         free_set = set(free)
         keep = len(self._zs_class)
-        while keep > 0 and keep - 1 in free_set:
+        while keep > _TABLE_MIN and keep - 1 in free_set:
             keep -= 1
         if len(self._zs_class) - keep < _TRIM_MIN:
-            return
+            return 0
         for arr in (
             self._zs_class,
             self._zs_inuse,
@@ -1112,7 +1147,10 @@ class Pool:
             self._zs_isolated,
         ):
             del arr[keep:]
-        self._zs_free = array("l", [zid for zid in free if zid < keep])
+        kept = [zid for zid in free if zid < keep]
+        del free[:]
+        free.extend(kept)
+        return len(free_set) - len(free)
 
     def check(self) -> None:
         """Walk every structure and raise CorruptionError on any inconsistency."""
