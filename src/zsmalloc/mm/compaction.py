@@ -90,8 +90,10 @@ class Compaction:
         finally:
             if not keep_excluded:
                 self.unexclude_range(start, end)
-        hi = min(end, self.hwm)
-        result.remaining = [pfn for pfn in range(start, hi) if self.refcount[pfn] > 0]
+        with self._lock:
+            result.remaining = [
+                pfn for pfn in range(start, min(end, self.hwm)) if self.refcount[pfn] > 0
+            ]
         self.vmstat["evacuate_runs"] += 1
         return result
 

@@ -395,7 +395,8 @@ class Memory(Migration, Compaction):
         )
 
     def page_in_use(self, pfn: int) -> bool:
-        return 0 <= pfn < self.hwm and self.refcount[pfn] > 0
+        with self._lock:
+            return 0 <= pfn < self.hwm and self.refcount[pfn] > 0
 
     def used_pfns(self) -> list[int]:
         """The pfns of all frames in use, ascending."""

@@ -273,10 +273,11 @@ class Migration:
 
     def movable_pfns(self: Memory, start: int = 0, end: int | None = None) -> list[int]:
         """In-use, movable, not isolated frames in ``[start, end)``."""
-        end = self.hwm if end is None else min(end, self.hwm)
-        flags, refcount = self.flags, self.refcount
-        return [
-            pfn
-            for pfn in range(start, end)
-            if refcount[pfn] > 0 and flags[pfn] & (PG_movable | PG_isolated) == PG_movable
-        ]
+        with self._lock:  # the descriptor arrays shrink under this lock
+            end = self.hwm if end is None else min(end, self.hwm)
+            flags, refcount = self.flags, self.refcount
+            return [
+                pfn
+                for pfn in range(start, end)
+                if refcount[pfn] > 0 and flags[pfn] & (PG_movable | PG_isolated) == PG_movable
+            ]

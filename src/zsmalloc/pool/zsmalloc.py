@@ -399,11 +399,21 @@ class Pool:
         self._zs_fg[zid] = FG_NONE
 
     def fix_fullness_group(self, cls: SizeClass, zid: int) -> int:
-        """Move a zspage to the list its inuse count calls for; return that group."""
+        """Move a zspage to the list its inuse count calls for; return that group.
+
+        (``remove_zspage`` then ``insert_zspage``, written out: this runs on
+        most frees.)
+        """
         newfg = cls.fg_of_inuse[self._zs_inuse[zid]]
-        if newfg != self._zs_fg[zid]:
-            self.remove_zspage(cls, zid)
-            self.insert_zspage(cls, zid, newfg)
+        zs_fg = self._zs_fg
+        oldfg = zs_fg[zid]
+        if newfg != oldfg:
+            lists = cls.fullness_list
+            old = lists[oldfg]
+            del old[zid]
+            lists[newfg][zid] = None
+            cls.nonempty = (cls.nonempty | (1 << newfg)) & ~(0 if old else 1 << oldfg)
+            zs_fg[zid] = newfg
         return newfg
 
     def find_get_zspage(self, cls: SizeClass) -> int:
@@ -736,10 +746,46 @@ class Pool:
                 slot << 1
             )
             self._h_size[slot] = size
-            zid = self.find_get_zspage(cls)
-            if zid >= 0:
-                self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
-                self.insert_zspage(cls, zid, cls.fg_of_inuse[self._zs_inuse[zid]])
+            # find_get_zspage: take the head of the fullest group with room
+            nonempty = cls.nonempty
+            mask = nonempty & ALLOC_GROUPS_MASK
+            if mask:
+                fg = mask.bit_length() - 1
+                lists = cls.fullness_list
+                lst = lists[fg]
+                zid = lst.popitem()[0]
+                # obj_malloc
+                zs_freeobj = self._zs_freeobj
+                idx = zs_freeobj[zid]
+                offset = idx * cls.size
+                mem = self.memory
+                pfn = self._zs_first[zid]
+                if offset >= PAGE_SIZE:
+                    nxt = mem.next
+                    for _ in range(offset >> PAGE_SHIFT):
+                        pfn = nxt[pfn]
+                words = mem.words
+                word = (pfn << _WORDS_PER_PAGE_SHIFT) | ((offset & _PAGE_MASK) >> _WORD_SHIFT)
+                if cls.huge:
+                    zs_freeobj[zid] = -1
+                    mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
+                else:
+                    link = words[word]
+                    zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
+                    words[word] = handle | OBJ_ALLOCATED_TAG
+                zs_inuse = self._zs_inuse
+                inuse = zs_inuse[zid] + 1
+                zs_inuse[zid] = inuse
+                self._h_obj[slot] = (pfn << OBJ_INDEX_BITS) | idx
+                # insert_zspage at the head of its new group
+                newfg = cls.fg_of_inuse[inuse]
+                lists[newfg][zid] = None
+                if newfg != fg:
+                    self._zs_fg[zid] = newfg
+                    nonempty |= 1 << newfg
+                    if not lst:
+                        nonempty &= ~(1 << fg)
+                    cls.nonempty = nonempty
                 cls.objs_inuse += 1
                 h_val[slot] = handle
                 return handle
@@ -783,7 +829,21 @@ class Pool:
             pool_lock.release()
         try:
             cls.objs_inuse -= 1
-            self.obj_free(cls, zid, obj)
+            # obj_free: push the slot at the head of the zspage's free list
+            zs_freeobj = self._zs_freeobj
+            idx = obj & OBJ_INDEX_MASK
+            if cls.huge:
+                self.memory.index[obj >> OBJ_INDEX_BITS] = 0
+            else:
+                head = zs_freeobj[zid]
+                self.memory.words[
+                    ((obj >> OBJ_INDEX_BITS) << _WORDS_PER_PAGE_SHIFT)
+                    | (((idx * cls.size) & _PAGE_MASK) >> _WORD_SHIFT)
+                ] = FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
+            zs_freeobj[zid] = idx
+            zs_inuse = self._zs_inuse
+            inuse = zs_inuse[zid] - 1
+            zs_inuse[zid] = inuse
             if self._zs_isolated[zid]:  # 2016 protocol: off the lists while isolated
                 self._free_in_isolated_zspage(cls, zid)
             elif self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
