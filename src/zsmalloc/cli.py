@@ -1,13 +1,15 @@
-"""The ``zsmalloc`` command line: ``demo`` (what ``make run`` runs) and ``classes``.
+"""The ``zsmalloc`` command line: ``demo`` (what ``make run`` runs), ``classes``, ``stress``.
 
 Top of the layer stack: it may use every package below, nothing uses it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
+from contextlib import nullcontext as _nullctx
 
 import click
 import psutil
@@ -16,6 +18,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, Pool, size_classes
+from zsmalloc.stress import run_stress
 from zsmalloc.workloads import MIXES, get_mix
 
 console = Console()
@@ -137,3 +140,32 @@ def classes(chain_size: int, rule: str, as_json: bool) -> None:
             str(waste), "yes" if s.huge else "",
         )
     console.print(table)
+
+
+@main.command()
+@click.option("--seconds", default=10.0, show_default=True, help="run time per protocol")
+@click.option("--threads", default=4, show_default=True, help="allocator threads (plus VM threads)")
+@click.option(
+    "--protocol",
+    type=click.Choice(["mainline", "2016", "both"]),
+    default="both",
+    show_default=True,
+)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool) -> None:
+    """Threads allocate, write, verify and free while others migrate, evacuate and compact."""
+    protocols = ["mainline", "2016"] if protocol == "both" else [protocol]
+    reports = []
+    for proto in protocols:
+        status = console.status(f"stress: {proto}, {seconds:g} s") if not as_json else _nullctx()
+        with status:
+            reports.append(run_stress(seconds=seconds, threads=threads, protocol=proto, seed=seed))
+    if as_json:
+        rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in reports]
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        for r in reports:
+            console.print(r.summary(), highlight=False)
+    if not all(r.ok for r in reports):
+        raise SystemExit(1)
