@@ -1,11 +1,16 @@
 """Run every benchmark and (re)write RESULTS.md and results/<name>.json.
 
 Runs, in order, ``bench_density.py`` (pages and process memory after a fill,
-against the kernel's exact page count and a dict peer) and ``bench_speed.py``
+against the kernel's exact page count and a dict peer), ``bench_speed.py``
 (µs per malloc+write / read / free / churn at 1e4..1e6 live objects, against a
-dict peer).  Each writes ``<out>/results/<name>.json``; this script then writes
-``<out>/RESULTS.md``: the date, the machine, the method, every figure, and
-every target with PASS/FAIL.
+dict peer), ``bench_migration.py`` (pages migrated per second, and µs per page
+against objects per page, against a raw 4 KiB copy), ``bench_churn.py`` (fill,
+free a random half, compact: pool bytes and RSS growth per live byte, against
+a dict peer) and ``bench_compaction_work.py`` (objects moved per page freed by
+the 6.4 compaction policy against the legacy one).  Each writes
+``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
+the date, the machine, the method, every figure, and every target with
+PASS/FAIL.
 
 Usage::
 
@@ -30,12 +35,15 @@ import time
 import traceback
 from pathlib import Path
 
+import bench_churn
+import bench_compaction_work
 import bench_density
+import bench_migration
 import bench_speed
 import common
 from common import md_table, verdict
 
-BENCHMARKS = (bench_density, bench_speed)
+BENCHMARKS = (bench_density, bench_speed, bench_migration, bench_churn, bench_compaction_work)
 
 
 def machine_section(info: dict) -> str:
@@ -66,7 +74,8 @@ def method_section(quick: bool) -> str:
         "",
         "- Every figure compares our pool with a named peer measured **in the same run**, on the same "
         "objects (same sizes, same bytes): a `dict` of `bytes` objects, the obvious pure-Python way to "
-        "keep byte strings behind keys.",
+        "keep byte strings behind keys. Page migration is compared with a raw 4 KiB memoryview copy, "
+        "and the 6.4 compaction policy with the legacy one, on the same churned pool.",
         "- The machine is shared and noisy: timings are repeated (rounds) and reported as medians with "
         "min-max; RSS figures are medians over repeated fresh subprocesses.",
         "- Each configuration runs in a fresh Python subprocess, so RSS baselines are clean and no run "

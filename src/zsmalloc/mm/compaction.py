@@ -30,7 +30,7 @@ import mmap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from zsmalloc.mm.constants import PAGE_SHIFT
+from zsmalloc.mm.constants import PAGE_SHIFT, PG_isolated, PG_movable
 from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.mm.migrate import MigrateMode, MigrateResult
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from zsmalloc.mm.memory import Memory
 
 COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
+_MOVABLE_MASK = PG_movable | PG_isolated
 _TRIM_HEAP_FRAMES = 1024
 
 
@@ -100,27 +101,22 @@ class Compaction:
     def compact(self: Memory, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
         """Move in-use movable frames down into free frames, then lower the high-water mark."""
         result = CompactResult(hwm_before=self.hwm)
-        failed: set[int] = set()
+        migrate_pfn = self.hwm - 1  # the migration scanner, walking down (cc->migrate_pfn)
         while True:
             with self._lock:
                 lowest_free = min([*self._pcp, *self._free[:1]], default=self.hwm)
-            batch = []
-            pfn = self.hwm - 1
-            while pfn > lowest_free and len(batch) < COMPACT_BATCH:
-                if pfn not in failed and self.movable_pfns(pfn, pfn + 1):
-                    batch.append(pfn)
-                pfn -= 1
+                flags, refcount = self.flags, self.refcount
+                migrate_pfn = min(migrate_pfn, self.hwm - 1)  # another thread may have shrunk it
+                batch = []
+                while migrate_pfn > lowest_free and len(batch) < COMPACT_BATCH:
+                    if refcount[migrate_pfn] > 0 and flags[migrate_pfn] & _MOVABLE_MASK == PG_movable:
+                        batch.append(migrate_pfn)
+                    migrate_pfn -= 1
             if not batch:
                 break
             isolated = [p for p in batch if self.isolate_movable_page(p, mode)]
-            failed.update(set(batch) - set(isolated))
-            if not isolated:
-                continue
-            res = self.migrate_pages(isolated, mode, target=_below)
-            failed.update(res.failed_pfns)
-            result.merge(res)
-            if not res.succeeded:
-                break
+            if isolated:
+                result.merge(self.migrate_pages(isolated, mode, target=_below))
         result.released = self.shrink_arena()
         result.hwm_after = self.hwm
         self.vmstat["compact_runs"] += 1

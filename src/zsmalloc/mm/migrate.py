@@ -267,8 +267,10 @@ class Migration:
         """Isolate, migrate, and put back what could not move, in one call."""
         isolated = [pfn for pfn in pfns if self.isolate_movable_page(pfn, mode)]
         result = self.migrate_pages(isolated, mode, target, passes)
-        result.failed += len(pfns) - len(isolated)
-        result.failed_pfns.extend(pfn for pfn in pfns if pfn not in set(isolated))
+        taken = set(isolated)
+        refused = [pfn for pfn in pfns if pfn not in taken]
+        result.failed += len(refused)
+        result.failed_pfns.extend(refused)
         return result
 
     def movable_pfns(self: Memory, start: int = 0, end: int | None = None) -> list[int]:
