@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import threading
 import time
+from array import array
 from contextlib import nullcontext as _nullctx
 
 import click
@@ -34,49 +36,109 @@ def main() -> None:
     """zsmalloc: the kernel's compressed-memory allocator, in Python, on real memory."""
 
 
+class _Migrator(threading.Thread):
+    """The VM at work during the demo: moves random in-use pages of the arena."""
+
+    def __init__(self, pool: Pool, seed: int) -> None:
+        super().__init__(name="demo-migrator", daemon=True)
+        self.pool, self.rng = pool, random.Random(seed)
+        self.stop = threading.Event()
+        self.moved = self.failed = 0
+
+    def run(self) -> None:
+        mem = self.pool.memory
+        while not self.stop.is_set():
+            used = mem.used_pfns()
+            if used:
+                res = mem.move_pages(self.rng.sample(used, min(32, len(used))))
+                self.moved += res.succeeded
+                self.failed += res.failed
+            self.stop.wait(0.002)
+
+
+def _figures(pool: Pool, payload: int, rss0: int) -> dict:
+    return {
+        "pages": pool.total_pages,
+        "payload": payload,
+        "pool_per_payload": pool.total_pages * 4096 / payload if payload else 0.0,
+        "rss_growth": _rss() - rss0,
+        "rss_per_payload": (_rss() - rss0) / payload if payload else 0.0,
+        "arena_hwm": pool.memory.hwm,
+    }
+
+
 @main.command()
 @click.option("--objects", default=150_000, show_default=True, help="objects to allocate")
 @click.option("--mix", type=click.Choice(sorted(MIXES)), default="kernel-build", show_default=True)
 @click.option("--free-share", default=0.5, show_default=True, help="share of objects freed")
 @click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
+@click.option("--migration", type=click.Choice(["mainline", "2016"]), default="mainline", show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
-def demo(objects: int, mix: str, free_share: float, chain_size: int, seed: int, as_json: bool) -> None:
-    """Fill a pool with a realistic size mix, free part of it, show the kernel's view."""
+def demo(
+    objects: int, mix: str, free_share: float, chain_size: int, migration: str, seed: int, as_json: bool
+) -> None:
+    """Fill a pool, free part of it while the VM migrates its pages, compact, verify, report."""
     size_mix = get_mix(mix)
     sizes = size_mix.sizes(objects, seed)
     rng = random.Random(seed)
+    source = rng.randbytes(1 << 20)
+    # the demo's own bookkeeping lives in arrays made before the baseline, so
+    # that the RSS figures are the pool's
+    handles = array("Q", bytes(8 * objects))
+    offsets = array("Q", bytes(8 * objects))
+    order = array("L", range(objects))
     rss0 = _rss()
-    pool = Pool(name="demo", chain_size=chain_size)
-    handles: list[int] = []
+    pool = Pool(name="demo", chain_size=chain_size, migration=migration)
     payload = 0
     t0 = time.perf_counter()
     with Progress(console=console, transient=True, disable=as_json) as progress:
         task = progress.add_task(f"fill ({size_mix.name})", total=objects)
         for i, size in enumerate(sizes):
+            off = rng.randrange(len(source) - size)
             h = pool.malloc(size)
-            pool.write(h, rng.randbytes(16) * (size // 16) + bytes(size % 16))
-            handles.append(h)
+            pool.write(h, source[off : off + size])
+            handles[i] = h
+            offsets[i] = off
             payload += size
             if i % 4096 == 0:
                 progress.update(task, completed=i)
     t_fill = time.perf_counter() - t0
-    filled = {"pages": pool.total_pages, "payload": payload, "rss_growth": _rss() - rss0}
+    stages = {"after fill": _figures(pool, payload, rss0)}
 
-    rng.shuffle(handles)
-    n_free = int(len(handles) * free_share)
-    for h in handles[:n_free]:
-        payload -= pool.handle_size(h)
-        pool.free(h)
-    kept = handles[n_free:]
-    pool.check()
-    churned = {"pages": pool.total_pages, "payload": payload, "rss_growth": _rss() - rss0}
-    classes = pool.format_classes()
-    stats = pool.stats()
-    for h in kept:
-        pool.free(h)
+    # free a random share while the VM migrates pages underneath
+    migrator = _Migrator(pool, seed)
+    migrator.start()
+    rng.shuffle(order)
+    n_free = int(objects * free_share)
+    t0 = time.perf_counter()
+    for i in order[:n_free]:
+        payload -= sizes[i]
+        pool.free(handles[i])
+    t_free = time.perf_counter() - t0
+    migrator.stop.set()
+    migrator.join(timeout=30)
+    kept = order[n_free:]
+    stages[f"after freeing {free_share:.0%}"] = _figures(pool, payload, rss0)
+    classes_before = pool.format_classes()
+
+    t0 = time.perf_counter()
+    pages_freed = pool.compact()
+    arena = pool.memory.compact()
     pool.flush_deferred()
-    emptied = {"pages": pool.total_pages, "rss_growth": _rss() - rss0}
+    pool.memory.drain_pages()
+    t_compact = time.perf_counter() - t0
+    stages["after compaction"] = _figures(pool, payload, rss0)
+
+    bad = [i for i in kept if pool.read(handles[i]) != source[offsets[i] : offsets[i] + sizes[i]]]
+    pool.check()
+    stats = pool.stats()
+    vmstat = pool.memory.vmstat.to_dict()
+    for i in kept:
+        pool.free(handles[i])
+    pool.flush_deferred()
+    pool.memory.drain_pages()
+    stages["after freeing all"] = _figures(pool, 0, rss0)
     pool.check()
     pool.close()
 
@@ -84,34 +146,58 @@ def demo(objects: int, mix: str, free_share: float, chain_size: int, seed: int, 
         "mix": size_mix.name,
         "objects": objects,
         "chain_size": chain_size,
+        "migration": migration,
         "fill_seconds": round(t_fill, 3),
-        "us_per_malloc_write": round(t_fill / objects * 1e6, 3),
-        "after_fill": filled,
-        "after_free": churned,
-        "after_free_all": emptied,
+        "free_seconds": round(t_free, 3),
+        "compact_seconds": round(t_compact, 3),
+        "pages_migrated_during_free": migrator.moved,
+        "migrations_refused_or_failed": migrator.failed,
+        "pool_compact_pages_freed": pages_freed,
+        "arena_compact": {
+            "moved": arena.succeeded,
+            "hwm_before": arena.hwm_before,
+            "hwm_after": arena.hwm_after,
+        },
+        "objects_verified": len(kept),
+        "objects_corrupt": len(bad),
+        "stages": stages,
         "pool": stats.to_dict(),
+        "vmstat": vmstat,
     }
     if as_json:
         click.echo(json.dumps(figures, indent=2))
-        return
-    console.rule(f"zsmalloc/{pool.name}/classes after freeing {free_share:.0%}")
+    else:
+        _print_demo(figures, classes_before, size_mix.description, free_share)
+    if bad:
+        raise SystemExit(f"{len(bad)} objects read back wrong")
+
+
+def _print_demo(figures: dict, classes: str, description: str, free_share: float) -> None:
+    console.rule(f"/sys/kernel/debug/zsmalloc/demo/classes after freeing {free_share:.0%}")
     console.print(classes, highlight=False, markup=False, soft_wrap=True)
-    table = Table(title=f"pool figures ({size_mix.description})")
-    for col in ("stage", "pages", "pool bytes / payload", "RSS growth / payload"):
+    title = f"pool ({description}), chain {figures['chain_size']}, {figures['migration']} migration"
+    table = Table(title=title)
+    for col in ("stage", "pages", "pool bytes / payload", "RSS growth / payload", "arena hwm"):
         table.add_column(col, justify="right")
-    for stage, f in (("after fill", filled), (f"after freeing {free_share:.0%}", churned)):
+    for stage, f in figures["stages"].items():
         table.add_row(
             stage,
             f"{f['pages']:,}",
-            f"{f['pages'] * 4096 / f['payload']:.3f}",
-            f"{f['rss_growth'] / f['payload']:.3f}",
+            f"{f['pool_per_payload']:.3f}" if f["payload"] else "-",
+            f"{f['rss_per_payload']:.3f}" if f["payload"] else f"{f['rss_growth'] / 2**20:.1f} MiB",
+            f"{f['arena_hwm']:,}",
         )
-    table.add_row("after freeing all", f"{emptied['pages']:,}", "-", f"{emptied['rss_growth']:,} B")
     console.print(table)
+    a = figures["arena_compact"]
     console.print(
-        f"fill: {objects:,} objects in {t_fill:.2f} s "
-        f"({figures['us_per_malloc_write']} µs per malloc+write, data generation included); "
-        f"freeable after the free: {stats.freeable_pages:,} pages (zs_can_compact)"
+        f"fill {figures['objects']:,} objects: {figures['fill_seconds']:.2f} s; "
+        f"free: {figures['free_seconds']:.2f} s while the VM migrated "
+        f"{figures['pages_migrated_during_free']:,} pages "
+        f"({figures['migrations_refused_or_failed']:,} refused or busy); "
+        f"zs_compact freed {figures['pool_compact_pages_freed']:,} pages, arena compaction moved "
+        f"{a['moved']:,} frames (hwm {a['hwm_before']:,} -> {a['hwm_after']:,}) in "
+        f"{figures['compact_seconds']:.2f} s; {figures['objects_verified']:,} objects verified, "
+        f"{figures['objects_corrupt']} corrupt."
     )
 
 
