@@ -871,12 +871,17 @@ class Pool:
                 raise InvalidHandleError(self._bad_handle(handle))
             if offset < 0 or offset + n > self._h_size[slot]:
                 raise ValueError(self._bad_range("write", handle, offset, n, self._h_size[slot]))
-            start = self.obj_addr(self._h_obj[slot], offset)
-            end = start + n
-            if end <= (start | _PAGE_MASK) + 1:
-                self.memory.arena[start:end] = data
-            else:  # the object spans two pages
-                self._write_span(start, data)
+            # obj_addr, written out
+            obj = self._h_obj[slot]
+            pfn = obj >> OBJ_INDEX_BITS
+            mem = self.memory
+            cls = self.size_class[self._zs_class[mem.private[pfn]]]
+            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
+            if pos + n <= PAGE_SIZE:
+                start = (pfn << PAGE_SHIFT) + pos
+                mem.arena[start : start + n] = data
+            else:  # the bytes start in the next page, or span two pages
+                self._write_span(self.obj_addr(obj, offset), data)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:
@@ -895,11 +900,16 @@ class Pool:
                 length = size - offset
             if offset < 0 or length < 0 or offset + length > size:
                 raise ValueError(self._bad_range("read", handle, offset, length, size))
-            start = self.obj_addr(self._h_obj[slot], offset)
-            end = start + length
-            if end <= (start | _PAGE_MASK) + 1:
-                return self.memory.arena[start:end]
-            return self._read_span(start, length)
+            # obj_addr, written out
+            obj = self._h_obj[slot]
+            pfn = obj >> OBJ_INDEX_BITS
+            mem = self.memory
+            cls = self.size_class[self._zs_class[mem.private[pfn]]]
+            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
+            if pos + length <= PAGE_SIZE:
+                start = (pfn << PAGE_SHIFT) + pos
+                return mem.arena[start : start + length]
+            return self._read_span(self.obj_addr(obj, offset), length)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
         finally:

@@ -1,0 +1,213 @@
+"""Compression backends for zram, and a small registry of them (the kernel's zcomp).
+
+A :class:`Codec` is a pair of plain callables, ``compress(page) -> bytes``
+and ``decompress(data) -> bytes`` (the 4096-byte page), plus the exception
+types its decompressor raises on damaged input.  The device binds the two
+callables to locals on its hot paths, so a codec costs one call each way.
+
+Registered names (the kernel's ``comp_algorithm`` names):
+
+``lz4`` (default)
+    The LZ4 *block* format with no size prefix, as the kernel stores it:
+    ``lz4.block.compress(page, store_size=False)``, decompressed with
+    ``uncompressed_size=4096``.  Thread-safe module functions.
+``lz4hc``
+    LZ4's high-compression mode, same block format (level 1..12, default 9).
+``zstd``
+    Zstandard at a fixed level (default 3, the kernel's default), with one
+    compressor and one decompressor object per thread (they are not
+    thread-safe), frames without the magic number, content size, checksum or
+    dictionary id: the page size is known.  Optional dictionary
+    (``dictionary=bytes``), as the kernel's ``algorithm_params dict=``.
+``deflate``
+    Raw deflate (zlib with ``wbits=-15``, no header or trailer), default level 6.
+``lzo``, ``lzo-rle``
+    Only when ``python-lzo`` imports.  python-lzo has no RLE variant, so
+    ``lzo-rle`` is LZO1X as well: the format is private to the device anyway.
+
+``register_codec(name, factory)`` adds one; ``factory(level, dictionary)``
+returns a :class:`Codec`.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import lz4.block
+import zstandard
+
+PAGE_SIZE = 4096
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One configured compression algorithm."""
+
+    name: str
+    #: page bytes (any buffer) -> compressed bytes
+    compress: Callable[..., bytes]
+    #: compressed bytes -> the page (4096 bytes)
+    decompress: Callable[..., bytes]
+    level: int | None = None
+    #: what ``decompress`` raises on damaged input
+    errors: tuple[type[BaseException], ...] = (ValueError,)
+
+    def __repr__(self) -> str:
+        level = "" if self.level is None else f" level {self.level}"
+        return f"<Codec {self.name}{level}>"
+
+
+CodecFactory = Callable[[int | None, bytes | None], Codec]
+_REGISTRY: dict[str, CodecFactory] = {}
+
+
+def register_codec(name: str, factory: CodecFactory) -> None:
+    """Make ``name`` available to :func:`get_codec` (replacing any earlier one)."""
+    _REGISTRY[name] = factory
+
+
+def available_codecs() -> list[str]:
+    """The names :func:`get_codec` accepts, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_codec(name: str, level: int | None = None, dictionary: bytes | None = None) -> Codec:
+    """A configured codec: ``level`` (None: the algorithm's default) and, for zstd, a dictionary."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown compression algorithm {name!r}; available: {available_codecs()}") from None
+    return factory(level, dictionary)
+
+
+def _no_dictionary(name: str, dictionary: bytes | None) -> None:
+    if dictionary is not None:
+        raise ValueError(f"{name} does not take a dictionary here (only zstd does)")
+
+
+# ----------------------------------------------------------------------
+# lz4, lz4hc
+
+
+def _lz4(level: int | None, dictionary: bytes | None) -> Codec:
+    _no_dictionary("lz4", dictionary)
+    if level is None or level <= 1:
+        compress = partial(lz4.block.compress, store_size=False)
+    else:  # the kernel's lz4 level is an acceleration factor
+        compress = partial(lz4.block.compress, mode="fast", acceleration=level, store_size=False)
+    return Codec(
+        "lz4",
+        compress,
+        partial(lz4.block.decompress, uncompressed_size=PAGE_SIZE),
+        level,
+        (lz4.block.LZ4BlockError, ValueError),
+    )
+
+
+def _lz4hc(level: int | None, dictionary: bytes | None) -> Codec:
+    _no_dictionary("lz4hc", dictionary)
+    level = 9 if level is None else level
+    if not 1 <= level <= 12:
+        raise ValueError(f"lz4hc level must be within 1..12, not {level}")
+    return Codec(
+        "lz4hc",
+        partial(lz4.block.compress, mode="high_compression", compression=level, store_size=False),
+        partial(lz4.block.decompress, uncompressed_size=PAGE_SIZE),
+        level,
+        (lz4.block.LZ4BlockError, ValueError),
+    )
+
+
+# ----------------------------------------------------------------------
+# zstd
+
+
+def _zstd(level: int | None, dictionary: bytes | None) -> Codec:
+    level = 3 if level is None else level
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level,
+        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
+        write_content_size=False,
+        write_checksum=False,
+        write_dict_id=False,
+    )
+    zdict = None if dictionary is None else zstandard.ZstdCompressionDict(bytes(dictionary))
+    local = threading.local()
+
+    def compress(data, _local=local) -> bytes:
+        try:
+            cctx = _local.cctx
+        except AttributeError:
+            cctx = _local.cctx = zstandard.ZstdCompressor(dict_data=zdict, compression_params=params)
+        return cctx.compress(data)
+
+    def decompress(data, _local=local) -> bytes:
+        try:
+            dctx = _local.dctx
+        except AttributeError:
+            dctx = _local.dctx = zstandard.ZstdDecompressor(
+                dict_data=zdict, format=zstandard.FORMAT_ZSTD1_MAGICLESS
+            )
+        return dctx.decompress(data, max_output_size=PAGE_SIZE)
+
+    return Codec("zstd", compress, decompress, level, (zstandard.ZstdError, ValueError))
+
+
+# ----------------------------------------------------------------------
+# deflate
+
+
+def _deflate(level: int | None, dictionary: bytes | None) -> Codec:
+    _no_dictionary("deflate", dictionary)
+    level = 6 if level is None else level
+    if not 0 <= level <= 9:
+        raise ValueError(f"deflate level must be within 0..9, not {level}")
+    return Codec(
+        "deflate",
+        partial(zlib.compress, level=level, wbits=-15),
+        partial(zlib.decompress, wbits=-15, bufsize=PAGE_SIZE),
+        level,
+        (zlib.error, ValueError),
+    )
+
+
+register_codec("lz4", _lz4)
+register_codec("lz4hc", _lz4hc)
+register_codec("zstd", _zstd)
+register_codec("deflate", _deflate)
+
+
+# ----------------------------------------------------------------------
+# lzo, only with python-lzo
+
+try:  # pragma: no cover - depends on an optional package
+    import lzo as _lzo_module
+except ImportError:  # pragma: no cover
+    _lzo_module = None
+
+if _lzo_module is not None:  # pragma: no cover - python-lzo is not a dependency
+
+    def _make_lzo(name: str) -> CodecFactory:
+        def factory(level: int | None, dictionary: bytes | None) -> Codec:
+            _no_dictionary(name, dictionary)
+            lvl = 1 if level is None else level
+
+            def compress(data, _c=_lzo_module.compress, _l=lvl) -> bytes:
+                return _c(bytes(data), _l, False)
+
+            def decompress(data, _d=_lzo_module.decompress) -> bytes:
+                return _d(bytes(data), False, PAGE_SIZE)
+
+            return Codec(name, compress, decompress, lvl, (_lzo_module.error, ValueError))
+
+        return factory
+
+    register_codec("lzo", _make_lzo("lzo"))
+    register_codec("lzo-rle", _make_lzo("lzo-rle"))
+
+
+__all__ = ["Codec", "available_codecs", "get_codec", "register_codec"]
