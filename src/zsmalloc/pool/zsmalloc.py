@@ -375,11 +375,6 @@ class Pool:
             self._zs_isolated.append(0)
             return zid
 
-    def _cache_free_zspage(self, zid: int) -> None:
-        self._zs_class[zid] = -1
-        self._zs_first[zid] = -1
-        with self._cache_lock:
-            self._zs_free.append(zid)
 
     # ------------------------------------------------------------------
     # fullness lists (caller holds the class lock)
@@ -586,9 +581,11 @@ class Pool:
             keep = tuple(pfn for pfn in pages if self.memory.page_isolated(pfn))
         self.memory.unlock_and_free_pages(pages, keep)
         self._zs_isolated[zid] = 0
-        self._cache_free_zspage(zid)
+        self._zs_class[zid] = -1
+        self._zs_first[zid] = -1
         cls.objs_allocated -= cls.objs_per_zspage
-        with self._cache_lock:
+        with self._cache_lock:  # cache_free_zspage, and the page count
+            self._zs_free.append(zid)
             self.pages_allocated -= cls.pages_per_zspage
 
     def _free_in_isolated_zspage(self, cls: SizeClass, zid: int) -> None:
