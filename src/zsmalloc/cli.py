@@ -1,4 +1,4 @@
-"""The ``zsmalloc`` command line: ``demo`` (what ``make run`` runs), ``classes``, ``stress``.
+"""The ``zsmalloc`` command line: ``demo`` (what ``make run`` runs), ``classes``, ``stress``, ``protocheck``.
 
 Top of the layer stack: it may use every package below, nothing uses it.
 """
@@ -20,6 +20,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, Pool, size_classes
+from zsmalloc.protocheck import SCENARIOS, run_named
 from zsmalloc.stress import run_stress
 from zsmalloc.workloads import MIXES, get_mix
 
@@ -255,3 +256,27 @@ def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool
             console.print(r.summary(), highlight=False)
     if not all(r.ok for r in reports):
         raise SystemExit(1)
+
+
+@main.command()
+@click.argument("scenario", default="all")
+@click.option(
+    "--protocol",
+    type=click.Choice(["mainline", "2016", "2016-v3"]),
+    default="mainline",
+    show_default=True,
+    help="2016-v3 is the reviewed patch with the race: the checker should find it",
+)
+@click.option("--random", "random_runs", type=int, default=0, help="random interleavings instead of all")
+@click.option("--seed", default=0, show_default=True)
+def protocheck(scenario: str, protocol: str, random_runs: int, seed: int) -> None:
+    """Run a migration-protocol scenario over every interleaving of its actors' steps.
+
+    SCENARIO is one of the built-in scenarios (zsmalloc.protocheck.SCENARIOS) or "all".
+    """
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise click.BadParameter(f"known scenarios: {', '.join(SCENARIOS)}, all", param_hint="SCENARIO")
+    status = run_named(
+        scenario, protocol, exhaustive=not random_runs, n=random_runs or 200, seed=seed, echo=console.print
+    )
+    raise SystemExit(status)

@@ -66,7 +66,10 @@ After every step (but a no-op, which calls nothing):
 At the end of every run: open mappings are closed, held page locks dropped,
 every page still isolated is put back, the deferred free is flushed, everything
 is checked and read back, every live object is freed, the deferred free is
-flushed again, and the pool must hold no page and the Memory no frame
+flushed again and everything checked again; then the *probe*: the emptied pool
+must still serve a malloc, write, read-back and free of every size the run
+used (damage to the fullness lists shows here even when check() is blind);
+and at last the pool must hold no page and the Memory no frame
 (``pool.total_pages == 0`` and ``memory.nr_used == 0``).  Any exception, in a
 step or in a check, fails the run.
 

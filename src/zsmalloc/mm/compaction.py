@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
 _MOVABLE_MASK = PG_movable | PG_isolated
+_SCAN_CHUNK = 256  # frames the migration scanner looks at per hold of the Memory lock
 _TRIM_HEAP_FRAMES = 1024
 
 
@@ -105,13 +106,19 @@ class Compaction:
         while True:
             with self._lock:
                 lowest_free = min([*self._pcp, *self._free[:1]], default=self.hwm)
-                flags, refcount = self.flags, self.refcount
                 migrate_pfn = min(migrate_pfn, self.hwm - 1)  # another thread may have shrunk it
-                batch = []
-                while migrate_pfn > lowest_free and len(batch) < COMPACT_BATCH:
-                    if refcount[migrate_pfn] > 0 and flags[migrate_pfn] & _MOVABLE_MASK == PG_movable:
-                        batch.append(migrate_pfn)
-                    migrate_pfn -= 1
+            batch: list[int] = []
+            while migrate_pfn > lowest_free and len(batch) < COMPACT_BATCH:
+                lo = max(lowest_free + 1, migrate_pfn + 1 - _SCAN_CHUNK)
+                flags, refcount = self.descriptor_snapshot(lo, migrate_pfn + 1)
+                for i in range(len(flags) - 1, -1, -1):
+                    if len(batch) == COMPACT_BATCH:
+                        break
+                    if flags[i] & _MOVABLE_MASK == PG_movable and refcount[i] > 0:
+                        batch.append(lo + i)
+                    migrate_pfn = lo + i - 1
+                else:
+                    migrate_pfn = lo - 1
             if not batch:
                 break
             isolated = [p for p in batch if self.isolate_movable_page(p, mode)]

@@ -37,6 +37,7 @@ lock, flags and allocator and nothing else.
 from __future__ import annotations
 
 import enum
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -275,11 +276,21 @@ class Migration:
 
     def movable_pfns(self: Memory, start: int = 0, end: int | None = None) -> list[int]:
         """In-use, movable, not isolated frames in ``[start, end)``."""
-        with self._lock:  # the descriptor arrays shrink under this lock
+        flags, refcount = self.descriptor_snapshot(start, end)
+        return [
+            start + i
+            for i, f in enumerate(flags)
+            if f & (PG_movable | PG_isolated) == PG_movable and refcount[i] > 0
+        ]
+
+    def descriptor_snapshot(self: Memory, start: int, end: int | None = None) -> tuple[bytes, array]:
+        """Copies of the flags and refcounts of ``[start, end)`` (clamped to the arena).
+
+        Scanners work on these, not on the live arrays: the copy is one C
+        memcpy under the Memory lock, so a long scan neither holds the lock
+        (starving allocations) nor races with ``shrink_arena``.
+        """
+        with self._lock:
             end = self.hwm if end is None else min(end, self.hwm)
-            flags, refcount = self.flags, self.refcount
-            return [
-                pfn
-                for pfn in range(start, end)
-                if refcount[pfn] > 0 and flags[pfn] & (PG_movable | PG_isolated) == PG_movable
-            ]
+            start = min(start, end)
+            return bytes(self.flags[start:end]), self.refcount[start:end]

@@ -30,6 +30,7 @@ has more than one page and more than one object, minus 7.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from zsmalloc.mm import PAGE_SIZE
@@ -113,6 +114,12 @@ def build_class_table(
     canonical index to its :class:`ClassSpec`.
     """
     _check_args(chain_size, rule)
+    canonical, specs, huge = _class_table(chain_size, rule)
+    return list(canonical), dict(specs), huge
+
+
+@functools.cache
+def _class_table(chain_size: int, rule: str) -> tuple[tuple[int, ...], dict[int, ClassSpec], int]:
     pages_for = calculate_zspage_chain_size if rule == RULE_MIN_WASTE else get_pages_per_zspage
     canonical = [0] * ZS_SIZE_CLASSES
     specs: dict[int, ClassSpec] = {}
@@ -130,7 +137,7 @@ def build_class_table(
         prev = ClassSpec(i, size, pages, objs, huge=(pages == 1 and objs == 1))
         specs[i] = prev
         canonical[i] = i
-    return canonical, specs, huge_class_size
+    return tuple(canonical), specs, huge_class_size
 
 
 def size_classes(

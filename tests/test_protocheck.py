@@ -1,0 +1,335 @@
+"""The protocol checker (zsmalloc.protocheck): it explores what it claims, and it has teeth.
+
+- Every built-in scenario, explored exhaustively under "mainline" and "2016",
+  finds no failure; the number of interleavings run is checked against the
+  multinomial coefficient computed here from the actors' program lengths, and
+  every step of every actor must have done something in at least one
+  interleaving (a scenario whose steps are all no-ops would pass vacuously).
+- A bigger scenario, 200 random interleavings per protocol, finds nothing.
+- "2016-v3" (the reviewed patch's race) is caught, with the expected minimal
+  sequence and check()'s message; the set of failing interleavings is exactly
+  the one predicted here by hand.
+- With Pool.check sabotaged, the other checks catch v3 only where its damage
+  reaches an allocation (during the run, or in the end-of-run probe); in the
+  plain seed race the damage is a counter of a freed zspage id, which only
+  check() sees.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections import Counter
+
+import pytest
+
+from zsmalloc import Pool
+from zsmalloc import protocheck as pc
+
+GOOD = ("mainline", "2016")
+
+
+def expected_interleavings(scenario: pc.Scenario) -> int:
+    """(n1 + ... + nk)! / (n1! ... nk!), from the programs themselves."""
+    lengths = [len(actor.steps) for actor in scenario.actors]
+    n = math.factorial(sum(lengths))
+    for k in lengths:
+        n //= math.factorial(k)
+    return n
+
+
+@functools.cache
+def exhaustive(name: str, protocol: str) -> pc.Report:
+    return pc.explore_exhaustive(pc.SCENARIOS[name], protocol)
+
+
+def positions(schedule: tuple[int, ...]) -> dict[tuple[int, int], int]:
+    """(actor, k) -> the turn at which actor's k-th step is scheduled."""
+    seen: Counter[int] = Counter()
+    where = {}
+    for turn, a in enumerate(schedule):
+        where[(a, seen[a])] = turn
+        seen[a] += 1
+    return where
+
+
+# ----------------------------------------------------------------------
+# the enumeration itself
+
+
+@pytest.mark.parametrize("lengths", [(1,), (2, 1), (2, 2, 2), (3, 1, 2), (1, 1, 1, 1), (4, 0, 2)])
+def test_interleavings_are_all_the_orderings_once(lengths):
+    labels = [a for a, k in enumerate(lengths) for _ in range(k)]
+    want = set(itertools.permutations(labels))
+    got = list(pc.interleavings(lengths))
+    assert len(got) == len(set(got)) == len(want) == pc.multinomial(lengths)
+    assert set(got) == want
+
+
+def test_builtin_scenarios_cover_the_brief():
+    themes = {
+        "seed-race": ["isolate", "putback", "migrate", "free"],
+        "migrate-vs-malloc-free": ["isolate", "migrate", "free", "malloc"],
+        "two-pages": ["isolate"],
+        "compact-vs-migration": ["compact", "isolate", "migrate"],
+        "deferred-vs-migration": ["flush", "lock", "migrate", "free"],
+        "malloc-reuses-empty": ["malloc", "free", "lock"],
+        "vm-compaction": ["mm_compact", "evacuate", "migrate"],
+        "map-vs-migration": ["map_begin", "map_end", "migrate"],
+    }
+    for name, ops in themes.items():
+        have = {step.op for actor in pc.SCENARIOS[name].actors for step in actor.steps}
+        assert set(ops) <= have, name
+    two = pc.SCENARIOS["two-pages"]
+    isolated = {s.target for a in two.actors for s in a.steps if s.op == "isolate"}
+    assert len(isolated) == 2
+    assert set(pc.EXHAUSTIVE) == set(pc.SCENARIOS) - {"stress"}
+
+
+# ----------------------------------------------------------------------
+# the good protocols hold
+
+
+@pytest.mark.parametrize("protocol", GOOD)
+@pytest.mark.parametrize("name", pc.EXHAUSTIVE)
+def test_builtin_scenario_exhaustive_finds_nothing(name, protocol):
+    scenario = pc.SCENARIOS[name]
+    report = exhaustive(name, protocol)
+    want = expected_interleavings(scenario)
+    assert want > 1
+    assert report.interleavings == want
+    assert report.possible == want
+    assert report.failing == 0, report.render()
+    assert report.ok
+    assert 0 < report.executions <= want
+    assert report.idle_steps() == [], f"steps never exercised in {name}: {report.idle_steps()}"
+
+
+@pytest.mark.parametrize("protocol", GOOD)
+def test_random_exploration_of_stress_finds_nothing(protocol):
+    scenario = pc.SCENARIOS["stress"]
+    assert len(scenario.actors) >= 3
+    report = pc.explore_random(scenario, protocol, n=200, seed=0)
+    assert report.interleavings == 200
+    assert report.possible == expected_interleavings(scenario) > 10_000
+    assert report.failing == 0, report.render()
+    assert report.executions > 150  # 200 draws from millions: nearly all distinct
+    assert report.idle_steps() == []
+
+
+def test_random_exploration_is_deterministic_and_draws_valid_interleavings():
+    scenario = pc.SCENARIOS["seed-race-aftermath"]
+    a = pc.explore_random(scenario, "2016-v3", n=20, seed=7)
+    b = pc.explore_random(scenario, "2016-v3", n=20, seed=7)
+    assert a.failed == b.failed and a.failing == b.failing > 0
+    valid = set(pc.interleavings(scenario.lengths))
+    assert set(a.failed) <= valid
+
+
+def test_exhaustive_refuses_a_scenario_too_big():
+    with pytest.raises(ValueError, match="explore_random"):
+        pc.explore_exhaustive(pc.SCENARIOS["stress"], "mainline")
+
+
+# ----------------------------------------------------------------------
+# teeth: the reviewed patch (v3)
+
+
+def test_v3_seed_race_is_caught_with_a_minimal_sequence():
+    report = exhaustive("seed-race", "2016-v3")
+    assert report.interleavings == expected_interleavings(pc.SCENARIOS["seed-race"]) == 90
+    assert report.failing > 0
+    assert not report.ok
+    run = report.minimal
+    assert run is not None and run.failure is not None
+    steps = [step for _, step in run.executed]
+    # isolate, then the frees, then putback (or a second isolation) of the page
+    isolate_at = steps.index("isolate(mid)")
+    frees = [steps.index("free(b)"), steps.index("free(c)")]
+    assert isolate_at < min(frees)
+    assert steps[-1] in ("putback(mid)", "isolate(mid)")
+    assert max(frees) < len(steps) - 1
+    assert run.executed == (
+        ("vm", "isolate(mid)"),
+        ("user", "free(b)"),
+        ("user", "free(c)"),
+        ("vm", "putback(mid)"),
+    )
+    assert run.failure.after == 4
+    assert run.failure.where == "pool.check()"
+    assert "CorruptionError" in run.failure.message
+    assert "isolated pages" in run.failure.message  # check()'s own words: a freed zspage, -1 isolated
+    text = report.render()
+    lines = [ln for ln in text.splitlines() if ln.strip()[:2] in ("1.", "2.", "3.", "4.")]
+    assert ["isolate(mid)" in lines[0], "free(b)" in lines[1], "free(c)" in lines[2]] == [True] * 3
+    assert "putback(mid)" in lines[3]
+    assert "FAILED after step 4, pool.check(): CorruptionError" in text
+
+
+def test_v3_fails_exactly_where_predicted():
+    """Fails iff vm isolates the page (before vm2 does, before the zspage empties) and puts it
+    back after the last free; vm2 only ever migrates, which releases a destroyed page safely."""
+    scenario = pc.SCENARIOS["seed-race"]
+    vm, vm2, user = 0, 1, 2
+    assert [a.name for a in scenario.actors] == ["vm", "vm2", "user"]
+    predicted = set()
+    for schedule in pc.interleavings(scenario.lengths):
+        at = positions(schedule)
+        isolated_first = at[(vm, 0)] < at[(vm2, 0)] and at[(vm, 0)] < at[(user, 1)]
+        if isolated_first and at[(user, 1)] < at[(vm, 1)]:
+            predicted.add(schedule)
+    report = exhaustive("seed-race", "2016-v3")
+    assert set(report.failed) == predicted
+    assert len(predicted) == 16
+
+
+@pytest.mark.parametrize(
+    "name", ["seed-race-reuse", "seed-race-aftermath", "two-pages", "malloc-reuses-empty"]
+)
+def test_v3_is_caught_in_other_scenarios(name):
+    report = exhaustive(name, "2016-v3")
+    assert report.interleavings == expected_interleavings(pc.SCENARIOS[name])
+    assert report.failing > 0
+    assert report.minimal is not None and report.minimal.failure is not None
+    assert "isolated" in report.minimal.failure.message
+
+
+# ----------------------------------------------------------------------
+# teeth without check(): what the read-back, the leak check and the probe see
+
+
+@pytest.fixture
+def no_check(monkeypatch):
+    monkeypatch.setattr(Pool, "check", lambda self: None)
+
+
+def test_without_check_the_plain_seed_race_goes_unseen(no_check):
+    """The v3 damage in the plain race is a counter of a zspage id already freed (-1 isolated
+    pages); no object, page or frame is wrong, and the next zspage built on that id resets it.
+    Only check() sees it: read-back, the leak check and the probe do not."""
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race"], "2016-v3")
+    assert report.interleavings == 90
+    assert report.failing == 0
+
+
+def test_without_check_v3_is_caught_when_the_user_goes_on(no_check):
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-aftermath"], "2016-v3")
+    assert report.failing > 0
+    run = report.minimal
+    assert run is not None and run.failure is not None
+    assert run.failure.where == "step raised"
+    steps = [step for _, step in run.executed]
+    assert steps.index("isolate(mid)") < steps.index("free(c)") < steps.index("putback(mid)")
+    assert steps[-1].startswith("malloc(")  # a later malloc takes the freed zspage off a list
+
+
+def test_without_check_v3_is_caught_by_the_end_of_run_probe(no_check):
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-reuse"], "2016-v3")
+    assert report.failing > 0
+    assert set(report.kinds) == {"end of run, step raised"}
+    run = report.minimal
+    assert run is not None and run.trace[-1].step == "probe"
+    steps = [step for _, step in run.executed]
+    assert steps.index("isolate(mid)") < steps.index("free(c)") < steps.index("putback(mid)")
+    assert steps.index("malloc(x, 3064)") < steps.index("putback(mid)")
+
+
+def test_map_check_catches_migration_that_ignores_readers(monkeypatch):
+    """Mainline with a zspage write-trylock that ignores readers: a page moves under a mapping."""
+    monkeypatch.setattr(Pool, "zspage_write_trylock", lambda self, zid: True)
+    report = pc.explore_exhaustive(pc.SCENARIOS["map-vs-migration"], "mainline")
+    assert report.failing > 0
+    assert report.minimal is not None and report.minimal.failure is not None
+    steps = [step for _, step in report.minimal.executed]
+    assert steps.index("map_begin(a)") < steps.index("migrate(head)")
+    assert "moved" in report.minimal.failure.message or "write-locked" in report.minimal.failure.message
+
+
+# ----------------------------------------------------------------------
+# the model: no-ops, waiting, deadlock
+
+
+def test_steps_whose_precondition_fails_are_noops():
+    scenario = pc.Scenario(
+        "noops",
+        "migrate and putback without isolation, double free, write of a freed object",
+        pc.SCENARIOS["seed-race"].setup,
+        (
+            pc.Actor("vm", [pc.migrate("mid"), pc.putback("mid")]),
+            pc.Actor("user", [pc.free("b"), pc.free("b"), pc.write("b")]),
+        ),
+    )
+    run = pc.execute(scenario, "mainline", (0, 0, 1, 1, 1))
+    assert run.failure is None, run.render()
+    results = [e.result for e in run.trace if e.actor != "teardown"]
+    assert results[0].startswith("no-op") and results[1].startswith("no-op")
+    assert results[2] == "freed b"
+    assert results[3].startswith("no-op") and results[4].startswith("no-op")
+    assert run.effective == {(1, 0)}
+
+
+def test_a_step_waits_for_the_page_lock_and_wakes_after_unlock():
+    scenario = pc.SCENARIOS["deferred-vs-migration"]
+    vm, locker, user, worker = range(4)
+    run = pc.execute(scenario, "mainline", (locker, user, worker, vm, vm, locker))
+    assert run.failure is None, run.render()
+    lines = [(e.n, e.actor, e.step, e.result) for e in run.trace if e.actor != "teardown"]
+    assert lines[2][0] is None and lines[2][1] == "worker" and lines[2][3].startswith("waits: ")
+    assert [(a, s) for n, a, s, _ in lines if n is not None] == [
+        ("locker", "lock(head)"),
+        ("user", "free(c)"),
+        ("vm", "isolate(mid)"),
+        ("vm", "migrate(mid)"),
+        ("locker", "unlock(head)"),
+        ("worker", "flush()"),
+    ]
+    assert lines[-1][3].startswith("woke up; deferred free (requested: free) freed 1 zspages")
+
+
+def test_a_write_waits_while_another_actor_maps_the_object():
+    scenario = pc.Scenario(
+        "write-under-map",
+        "the user's own rule: an object is not changed under its reader",
+        pc.SCENARIOS["map-vs-migration"].setup,
+        (pc.Actor("reader", [pc.map_begin("a"), pc.map_end("a")]), pc.Actor("user", [pc.write("a")])),
+    )
+    run = pc.execute(scenario, "mainline", (0, 1, 0))
+    assert run.failure is None, run.render()
+    lines = [(e.n, e.actor, e.step, e.result) for e in run.trace if e.actor != "teardown"]
+    assert lines[0][3] == "mapped a (3064 bytes, in place)"
+    assert lines[1][0] is None and lines[1][3] == "waits: a is mapped by reader"
+    assert lines[2][2] == "map_end(a)" and lines[3][2] == "write(a)"
+    assert lines[3][3].startswith("woke up; wrote")
+
+
+def test_a_lock_never_released_is_a_deadlock():
+    base = pc.SCENARIOS["deferred-vs-migration"]
+    scenario = pc.Scenario(
+        "deadlock",
+        "the locker never unlocks",
+        base.setup,
+        (
+            pc.Actor("locker", [pc.lock("head")]),
+            pc.Actor("user", [pc.free("c")]),
+            pc.Actor("worker", [pc.flush()]),
+        ),
+    )
+    report = pc.explore_exhaustive(scenario, "mainline")
+    assert report.interleavings == 6
+    assert report.kinds["deadlock"] > 0
+    assert "wait forever" in report.minimal.failure.message
+
+
+def test_run_named_prints_and_returns_a_status():
+    out: list[str] = []
+    assert pc.run_named("seed-race-aftermath", "mainline", echo=out.append) == 0
+    assert "28 of 28 interleavings run" in out[0] and "no failure" in out[0]
+    out.clear()
+    assert pc.run_named("seed-race-aftermath", "2016-v3", echo=out.append) == 1
+    assert "FAILED" in out[0] and "minimal failing sequence" in out[0]
+    out.clear()
+    assert pc.run_named("seed-race-aftermath", "2016", exhaustive=False, n=10, echo=out.append) == 0
+    assert "10 of 28 interleavings run" in out[0]
+    with pytest.raises(ValueError, match="unknown scenario"):
+        pc.run_named("no-such-scenario")
