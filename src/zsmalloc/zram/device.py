@@ -338,8 +338,7 @@ class ZramDevice:
         lock = self._locks[s]
         lock.acquire()
         try:
-            handles = self._handle
-            old = handles[index]
+            old = self._handle[index]
             old_flags = self._flags[index]
             if old_flags:
                 self._free_slot(index, s)
@@ -347,14 +346,7 @@ class ZramDevice:
                 pool.free(old)
                 self._st_compr[s] -= self._size[index]
                 self._st_stored[s] -= 1
-            handles[index] = handle
-            self._size[index] = clen
-            self._flags[index] = new_flags
-            self._st_compr[s] += clen
-            self._st_stored[s] += 1
-            if new_flags:
-                self._st_huge[s] += 1
-                self._st_huge_since[s] += 1
+            self._store_slot(index, s, handle, clen, new_flags)
         finally:
             lock.release()
 
@@ -481,6 +473,10 @@ class ZramDevice:
         if self.pool.pages_allocated > self._max_used_pages:
             self._update_used_max()
         self._free_slot(index, s)
+        self._store_slot(index, s, handle, clen, new_flags)
+
+    def _store_slot(self, index: int, s: int, handle: int, clen: int, new_flags: int) -> None:
+        """Record a stored page in its (empty) slot and count it; caller holds the slot lock."""
         self._handle[index] = handle
         self._size[index] = clen
         self._flags[index] = new_flags
