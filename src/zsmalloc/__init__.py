@@ -2,9 +2,12 @@
 
 Layers, each a package, data flowing down (nothing below imports above)::
 
-    zsmalloc.cli    command line (demo, stats, bench)
-    zsmalloc.pool   the allocator: size classes, zspages, handles, stats
-    zsmalloc.mm     the VM: page frames in an mmap arena, descriptors, page locks
+    zsmalloc.cli    command line (demo, classes, stress, protocheck)
+    zsmalloc.zram   ZramDevice: a compressed RAM block store on the pool
+    zsmalloc.pool   the allocator: size classes, zspages, handles, stats,
+                    compaction, the movable-page callbacks
+    zsmalloc.mm     the VM: page frames in an mmap arena, descriptors, page
+                    locks, the migration core, arena compaction
 
 Quick start::
 
