@@ -2,7 +2,7 @@
 
 The quick run shrinks every size (20k objects for density, 1e3..1e5 live
 objects for speed, 10k objects for migration and churn, 5k for the compaction
-sweep) so that it takes well under a minute; it writes into a
+sweep, 2k pages for zram) so that it takes well under a minute; it writes into a
 temporary directory (``--out``), never over ``benchmarks/RESULTS.md``.  Its
 figures are not checked, only that the run finishes and writes every section.
 """
@@ -49,6 +49,7 @@ def test_run_all_quick(tmp_path: Path) -> None:
         "### µs per page against objects per page",
         "## Churn (`bench_churn.py`)",
         "## Compaction work (`bench_compaction_work.py`)",
+        "## zram (`bench_zram.py`)",
         "CPU model",
         "gc.disable()",
         "--quick",
@@ -57,7 +58,7 @@ def test_run_all_quick(tmp_path: Path) -> None:
     assert "PASS" in text or "FAIL" in text
     assert "CRASHED" not in text
 
-    for name in ("density", "speed", "migration", "churn", "compaction_work"):
+    for name in ("density", "speed", "migration", "churn", "compaction_work", "zram"):
         doc = json.loads((tmp_path / "results" / f"{name}.json").read_text(encoding="utf-8"))
         assert doc["name"] == name and doc["quick"] is True
         assert doc["targets"], f"{name}.json has no targets"

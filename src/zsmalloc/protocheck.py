@@ -97,8 +97,12 @@ message for a corruption), for example::
       1. vm     isolate(mid)  isolated pfn 1  [pool 3 pages, 3 frames]
       2. user   free(b)       freed b         [pool 3 pages, 3 frames]
       3. user   free(c)       freed c         [pool 0 pages, 1 frames]
-      4. vm     putback(mid)  put back pfn 1  [pool 0 pages, 0 frames]
-    FAILED after step 4, pool.check(): CorruptionError: free zspage id 0 has -1 isolated pages
+    FAILED after step 3, pool.check(): CorruptionError: page 1 (isolated) is movable
+    for this pool but names zspage 0, a free zspage id
+
+(the reviewed v3 patch: zs_free destroyed a zspage whose page the VM holds
+isolated; the putback that would come next works on a zspage that no longer
+exists, and ``check()`` says so at the step that broke the invariant).
 
 Use :func:`run_named` (``zsmalloc protocheck``) for the built-in scenarios
 (:data:`SCENARIOS`), or build your own from :class:`World`, :class:`Actor` and

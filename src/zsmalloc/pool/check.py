@@ -68,6 +68,7 @@ def _check_locked(pool: Pool) -> None:
 
     per_class_zspages: dict[int, int] = {}
     off_list: dict[int, int] = {}  # isolated zspages, per class
+    chain_pages: set[int] = set()  # every page of every live zspage
     per_class_inuse: dict[int, int] = {}
     live_objects: dict[int, tuple[int, int]] = {}  # handle slot -> (location, handle) in a header
     total_pages = 0
@@ -117,6 +118,7 @@ def _check_locked(pool: Pool) -> None:
             if not mem.flags[pfn] & PG_movable or mem.movable_ops[pfn] != pool._ops_id:
                 _fail(f"{where}: page {pfn} is not marked movable by this pool")
         total_pages += len(pages)
+        chain_pages.update(pages)
 
         def slot_word(idx: int, pages: list[int] = pages, size: int = cls.size) -> tuple[int, int]:
             off = idx * size
@@ -258,7 +260,16 @@ def _check_locked(pool: Pool) -> None:
     if n_live != len(live_objects):
         _fail(f"{len(live_objects)} objects are allocated but {n_live} handles are live")
 
-    # pages
+    # pages: every page marked movable for this pool is in the chain of a live
+    # zspage (an isolated page that still names a destroyed zspage is the
+    # state the 2016 review's race left behind)
+    ops_id = pool._ops_id
+    for pfn in range(mem.hwm):
+        if mem.flags[pfn] & PG_movable and mem.movable_ops[pfn] == ops_id and pfn not in chain_pages:
+            zid = mem.private[pfn]
+            state = "a free zspage id" if pool._zs_class[zid] < 0 else "a zspage whose chain lacks it"
+            isolated = " (isolated)" if mem.flags[pfn] & PG_isolated else ""
+            _fail(f"page {pfn}{isolated} is movable for this pool but names zspage {zid}, {state}")
     if pool.pages_allocated != total_pages:
         _fail(f"pool counts {pool.pages_allocated} pages, its zspages hold {total_pages}")
     if pool._own_memory:

@@ -1,0 +1,593 @@
+"""zram: page write/read throughput and memory of ``ZramDevice`` against a dict of lz4 bytes.
+
+What it measures
+----------------
+The same seeded set of 4 KiB pages (50k pages, 195 MiB, in the full run;
+2k with ``--quick``) is stored in
+
+- **ours**: ``ZramDevice(n * 4096, algorithm="lz4")``: ``write_page(i, page)``
+  and ``read_page(i)``;
+- **the dict peer**: ``d[i] = lz4.block.compress(page, store_size=False)``
+  and ``lz4.block.decompress(d[i], uncompressed_size=4096)``: the obvious
+  pure-Python compressed page store, with the same codec;
+- zict's compressed mapping, only if ``zict`` is importable (it is not a
+  dependency, and is reported "not installed" when absent).
+
+(a) write throughput and (b) read throughput, in pages/s and MB/s of
+uncompressed page data (MB = 10^6 bytes); targets: ours >= 0.8 x the dict
+peer for writes and >= 0.7 x for reads.  (c) memory: the process RSS growth
+(RSS minus the RSS read just before the store was created) after the fill,
+against the device's ``mm_stat().compr_data_size`` (target <= 1.08 x); then
+a random half of the pages is discarded (``dev.discard(i, 1)``, fixed seed,
+random order), followed by ``dev.compact()`` and ``dev.pool.memory.compact()``
+(each followed by ``flush_deferred()``, ``memory.drain_pages()`` and
+``gc.collect()``), and the RSS growth is compared with the dict peer's
+after ``del d[i]`` of the same keys (target: ours <= 0.6 x the dict's).
+
+The pages
+---------
+Built by :class:`Pages` from seed 4321, to spread lz4 ratios roughly like a
+mixed kernel-build memory image: 10 % zero pages (zram stores them as "same"
+pages, no allocation), 5 % random pages (incompressible: "huge" in zram),
+and 85 % text pages.  A text page is a 4096-byte slice, at a random offset,
+of one of 10 streams (chosen at random); stream j repeats a unit of random
+words (the 400-word vocabulary of ``tests/zram_pages.py``, seed 12345) of
+``PERIODS[j]`` bytes, 128 B .. 3 KiB (lz4 finds the repeats) or 64 KiB (no
+repeat within a page: plain text, ~2.9 KB under lz4); then a share
+``0.4 * U^2`` (U uniform in 0..1) of its bytes is overwritten by random runs
+of 16..256 bytes.  lz4 then leaves p10 / median / p90 of about 0.5 / 1.5 /
+3.0 KB of a text page (mean ~1.6 KB; ~8 % of text pages exceed 3 KB), and the
+whole set compresses about 2.5:1: a spread of the kind a kernel-build
+memory image shows in zram.  The pages are made before the RSS baseline and
+the timing.
+
+How
+---
+Throughput: each round is a fresh subprocess that makes the pages, then
+times ours and the dict peer, in alternating order from round to round,
+writing every page (indexes 0..n-1 in order), then reading every page back
+(in a shuffled order, the same for both); reads are verified after the
+timing.  ``gc.disable()`` while timing.  Full run: 5 rounds; medians with
+min-max.  Memory: each store in its own fresh subprocess (3 of each,
+interleaved, in the full run); RSS figures are medians.
+
+Run: ``.venv/bin/python benchmarks/bench_zram.py [--quick] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+from pathlib import Path
+
+import lz4.block
+
+import common
+from common import fmt, fmt_int, fmt_mib, md_table
+
+NAME = "zram"
+SEED = 4321
+FULL_N = 50_000
+QUICK_N = 2_000
+FULL_ROUNDS = 5
+FULL_MEM_REPEATS = 3
+PAGE = 4096
+ZERO_SHARE = 0.10
+RANDOM_SHARE = 0.05
+MAX_NOISE = 0.40  # the largest share of random bytes in a text page (drawn as MAX_NOISE * U^2)
+PERIODS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 65536)  # text streams' repeat periods
+STREAM_LEN = 1 << 16
+DISCARD_FRACTION = 0.5
+WRITE_LIMIT = 0.8  # ours / dict, pages/s
+READ_LIMIT = 0.7
+FILL_RSS_LIMIT = 1.08  # RSS growth / compr_data_size after the fill
+CHURN_RSS_LIMIT = 0.6  # ours / dict RSS growth after discarding half
+
+
+# ----------------------------------------------------------------------
+# the pages
+
+
+def _vocab() -> list[bytes]:
+    rng = random.Random(12345)  # the vocabulary of tests/zram_pages.py
+    return [
+        bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(400)
+    ]
+
+
+class Pages:
+    """``n`` seeded pages: zero, random (huge) and text pages with a random share of noise."""
+
+    def __init__(self, n: int, seed: int = SEED) -> None:
+        rng = random.Random(seed)
+        words = _vocab()
+        streams = []
+        for period in PERIODS:
+            parts: list[bytes] = []
+            total = 0
+            while total < period:
+                w = rng.choice(words) + b" "
+                parts.append(w)
+                total += len(w)
+            unit = b"".join(parts)[:period]
+            streams.append(unit * ((STREAM_LEN + PAGE) // period + 1))
+        zero = bytes(PAGE)
+        pages = []
+        kinds = {"zero": 0, "random": 0, "text": 0}
+        for _ in range(n):
+            r = rng.random()
+            if r < ZERO_SHARE:
+                pages.append(zero)
+                kinds["zero"] += 1
+                continue
+            if r < ZERO_SHARE + RANDOM_SHARE:
+                pages.append(rng.randbytes(PAGE))
+                kinds["random"] += 1
+                continue
+            stream = rng.choice(streams)
+            off = rng.randrange(STREAM_LEN)
+            page = bytearray(stream[off : off + PAGE])
+            noise = int(rng.random() ** 2 * MAX_NOISE * PAGE)
+            while noise > 0:
+                run = min(noise, rng.randint(16, 256))
+                at = rng.randrange(PAGE - run)
+                page[at : at + run] = rng.randbytes(run)
+                noise -= run
+            pages.append(bytes(page))
+            kinds["text"] += 1
+        self.pages = pages
+        self.kinds = kinds
+        self.n = n
+        self.victims = random.Random(seed + 1).sample(range(n), int(n * DISCARD_FRACTION))
+        self.read_order = list(range(n))
+        random.Random(seed + 2).shuffle(self.read_order)
+
+
+def lz4_stats(pages: list[bytes]) -> dict:
+    sizes = sorted(len(lz4.block.compress(p, store_size=False)) for p in pages)
+    n = len(sizes)
+    return {
+        "lz4_bytes": sum(sizes),
+        "lz4_p10": sizes[n // 10],
+        "lz4_median": sizes[n // 2],
+        "lz4_p90": sizes[(9 * n) // 10],
+    }
+
+
+# ----------------------------------------------------------------------
+# the stores, timed
+
+
+def _time_ours(pages: Pages) -> tuple[float, float, bool]:
+    from zsmalloc.zram import ZramDevice
+
+    dev = ZramDevice(pages.n * PAGE, algorithm="lz4")
+    write, read, data, order = dev.write_page, dev.read_page, pages.pages, pages.read_order
+    t0 = time.perf_counter()
+    for i, page in enumerate(data):
+        write(i, page)
+    t1 = time.perf_counter()
+    for i in order:
+        read(i)
+    t2 = time.perf_counter()
+    ok = all(read(i) == data[i] for i in range(pages.n))
+    dev.close()
+    return t1 - t0, t2 - t1, ok
+
+
+def _time_dict(pages: Pages) -> tuple[float, float, bool]:
+    compress, decompress = lz4.block.compress, lz4.block.decompress
+    d: dict[int, bytes] = {}
+    data, order = pages.pages, pages.read_order
+    t0 = time.perf_counter()
+    for i, page in enumerate(data):
+        d[i] = compress(page, store_size=False)
+    t1 = time.perf_counter()
+    for i in order:
+        decompress(d[i], uncompressed_size=PAGE)
+    t2 = time.perf_counter()
+    ok = all(decompress(d[i], uncompressed_size=PAGE) == data[i] for i in range(pages.n))
+    return t1 - t0, t2 - t1, ok
+
+
+def _zict_mapping():
+    """zict's compressed mapping (``Func(compress, decompress, dict)``), or None if zict is absent."""
+    try:
+        import zict  # not a dependency: measured only when present
+    except ImportError:
+        return None
+
+    def dump(page: bytes) -> bytes:
+        return lz4.block.compress(page, store_size=False)
+
+    def load(blob: bytes) -> bytes:
+        return lz4.block.decompress(blob, uncompressed_size=PAGE)
+
+    return zict.Func(dump, load, {})
+
+
+def _time_zict(pages: Pages) -> tuple[float, float, bool] | None:
+    m = _zict_mapping()
+    if m is None:
+        return None
+    data, order = pages.pages, pages.read_order
+    t0 = time.perf_counter()
+    for i, page in enumerate(data):
+        m[i] = page
+    t1 = time.perf_counter()
+    for i in order:
+        m[i]
+    t2 = time.perf_counter()
+    ok = all(m[i] == data[i] for i in range(pages.n))
+    return t1 - t0, t2 - t1, ok
+
+
+# ----------------------------------------------------------------------
+# workers
+
+
+def worker_speed(n: int, round_no: int) -> dict:
+    pages = Pages(n)
+    order = [("ours", _time_ours), ("dict", _time_dict), ("zict", _time_zict)]
+    if round_no % 2:
+        order[0], order[1] = order[1], order[0]
+    out: dict = {"kinds": pages.kinds, **lz4_stats(pages.pages)}
+    for name, fn in order:
+        gc.collect()
+        gc.disable()
+        try:
+            res = fn(pages)
+        finally:
+            gc.enable()
+        if res is None:
+            out[name] = None
+            continue
+        w, r, ok = res
+        out[name] = {"write_s": w, "read_s": r, "intact": ok}
+    return out
+
+
+def worker_mem_ours(n: int) -> dict:
+    from zsmalloc.zram import ZramDevice
+
+    pages = Pages(n)
+    gc.collect()
+    common.malloc_trim()  # the page maker's freed temporaries out of the baseline (both stores)
+    rss0 = common.rss_bytes()
+    dev = ZramDevice(n * PAGE, algorithm="lz4")
+    for i, page in enumerate(pages.pages):
+        dev.write_page(i, page)
+    gc.collect()
+    rss_filled = common.rss_bytes()
+    st_filled = dev.mm_stat()
+    for i in pages.victims:
+        dev.discard(i, 1)
+    pool = dev.pool
+    pool.flush_deferred()
+    pool.memory.drain_pages()
+    gc.collect()
+    rss_discarded = common.rss_bytes()
+    dev.compact()
+    pool.flush_deferred()
+    pool.memory.drain_pages()
+    pool.memory.compact()
+    pool.flush_deferred()
+    pool.memory.drain_pages()
+    gc.collect()
+    rss_compacted = common.rss_bytes()
+    st_final = dev.mm_stat()
+    dead = set(pages.victims)
+    zero = bytes(PAGE)
+    intact = all(dev.read_page(i) == (zero if i in dead else pages.pages[i]) for i in range(n))
+    try:
+        dev.check()
+    except Exception:  # reported, not raised
+        intact = False
+    return {
+        "rss_start": rss0,
+        "filled": {
+            "rss_growth": rss_filled - rss0,
+            "compr_data_size": st_filled.compr_data_size,
+            "mem_used_total": st_filled.mem_used_total,
+            "same_pages": st_filled.same_pages,
+            "huge_pages": st_filled.huge_pages,
+        },
+        "discarded": {"rss_growth": rss_discarded - rss0},
+        "compacted": {
+            "rss_growth": rss_compacted - rss0,
+            "compr_data_size": st_final.compr_data_size,
+            "mem_used_total": st_final.mem_used_total,
+        },
+        "intact": intact,
+    }
+
+
+def worker_mem_dict(n: int) -> dict:
+    pages = Pages(n)
+    compress = lz4.block.compress
+    gc.collect()
+    common.malloc_trim()  # as for ours
+    rss0 = common.rss_bytes()
+    d: dict[int, bytes] = {}
+    for i, page in enumerate(pages.pages):
+        d[i] = compress(page, store_size=False)
+    gc.collect()
+    rss_filled = common.rss_bytes()
+    held_filled = sum(len(v) for v in d.values())
+    for i in pages.victims:
+        del d[i]
+    gc.collect()
+    rss_deleted = common.rss_bytes()
+    held_live = sum(len(v) for v in d.values())
+    return {
+        "rss_start": rss0,
+        "filled": {"rss_growth": rss_filled - rss0, "lz4_bytes": held_filled},
+        "deleted": {"rss_growth": rss_deleted - rss0, "lz4_bytes": held_live},
+    }
+
+
+# ----------------------------------------------------------------------
+# the driver
+
+
+def _rate(n: int, seconds: list[float]) -> dict:
+    """pages/s and MB/s (median, min, max over rounds) from per-round times."""
+    rates = [n / s for s in seconds]
+    med = common.median(rates)
+    return {
+        "pages_per_s": med,
+        "pages_per_s_min": min(rates),
+        "pages_per_s_max": max(rates),
+        "mb_per_s": med * PAGE / 1e6,
+    }
+
+
+def run(quick: bool = False) -> dict:
+    n = QUICK_N if quick else FULL_N
+    rounds = 1 if quick else FULL_ROUNDS
+    mem_repeats = 1 if quick else FULL_MEM_REPEATS
+    script = Path(__file__).resolve()
+
+    speed_runs = []
+    for r in range(rounds):
+        common.log(f"zram: throughput, {n:,} pages, round {r + 1}/{rounds}")
+        speed_runs.append(common.run_worker(script, ["speed", str(n), str(r)]))
+    ours_runs, dict_runs = [], []
+    for r in range(mem_repeats):
+        common.log(f"zram: memory, ZramDevice, {n:,} pages, run {r + 1}/{mem_repeats}")
+        ours_runs.append(common.run_worker(script, ["mem-ours", str(n)]))
+        common.log(f"zram: memory, dict peer, {n:,} pages, run {r + 1}/{mem_repeats}")
+        dict_runs.append(common.run_worker(script, ["mem-dict", str(n)]))
+
+    speed: dict = {}
+    for store in ("ours", "dict", "zict"):
+        if speed_runs[0][store] is None:
+            speed[store] = None
+            continue
+        rs = [run_[store] for run_ in speed_runs]
+        speed[store] = {
+            "write": _rate(n, [x["write_s"] for x in rs]),
+            "read": _rate(n, [x["read_s"] for x in rs]),
+            "intact": all(x["intact"] for x in rs),
+        }
+    # ratios per round (the two stores ran side by side in each), then the median
+    w_ratio = common.median(x["dict"]["write_s"] / x["ours"]["write_s"] for x in speed_runs)
+    r_ratio = common.median(x["dict"]["read_s"] / x["ours"]["read_s"] for x in speed_runs)
+
+    def med(runs: list[dict], stage: str, key: str) -> float:
+        return common.median(x[stage][key] for x in runs)
+
+    ours_mem = {
+        "rss_start": common.median(x["rss_start"] for x in ours_runs),
+        "filled_rss_growth": med(ours_runs, "filled", "rss_growth"),
+        "discarded_rss_growth": med(ours_runs, "discarded", "rss_growth"),
+        "compacted_rss_growth": med(ours_runs, "compacted", "rss_growth"),
+        "filled": ours_runs[0]["filled"],
+        "compacted": {k: v for k, v in ours_runs[0]["compacted"].items() if k != "rss_growth"},
+        "intact": all(x["intact"] for x in ours_runs),
+        "runs": ours_runs,
+    }
+    dict_mem = {
+        "rss_start": common.median(x["rss_start"] for x in dict_runs),
+        "filled_rss_growth": med(dict_runs, "filled", "rss_growth"),
+        "deleted_rss_growth": med(dict_runs, "deleted", "rss_growth"),
+        "filled_lz4_bytes": dict_runs[0]["filled"]["lz4_bytes"],
+        "deleted_lz4_bytes": dict_runs[0]["deleted"]["lz4_bytes"],
+        "runs": dict_runs,
+    }
+    fill_ratio = ours_mem["filled_rss_growth"] / ours_mem["filled"]["compr_data_size"]
+    churn_ratio = ours_mem["compacted_rss_growth"] / dict_mem["deleted_rss_growth"]
+
+    config = f"{n:,} pages, lz4"
+    intact = ours_mem["intact"] and speed["ours"]["intact"] and speed["dict"]["intact"]
+    targets = [
+        {
+            "name": "write pages/s, ZramDevice / dict of lz4 bytes",
+            "config": config,
+            "value": fmt(w_ratio, 2),
+            "limit": f">= {WRITE_LIMIT}",
+            "ok": w_ratio >= WRITE_LIMIT,
+        },
+        {
+            "name": "read pages/s, ZramDevice / dict of lz4 bytes",
+            "config": config,
+            "value": fmt(r_ratio, 2),
+            "limit": f">= {READ_LIMIT}",
+            "ok": r_ratio >= READ_LIMIT,
+        },
+        {
+            "name": "RSS growth after fill / compr_data_size",
+            "config": config,
+            "value": fmt(fill_ratio),
+            "limit": f"<= {FILL_RSS_LIMIT}",
+            "ok": fill_ratio <= FILL_RSS_LIMIT,
+        },
+        {
+            "name": "RSS growth after discard of half + compaction, ours / dict after del",
+            "config": config,
+            "value": fmt(churn_ratio),
+            "limit": f"<= {CHURN_RSS_LIMIT}",
+            "ok": churn_ratio <= CHURN_RSS_LIMIT,
+        },
+        {
+            "name": "pages read back intact, check() clean",
+            "config": config,
+            "value": "yes" if intact else "no",
+            "limit": "yes",
+            "ok": intact,
+        },
+    ]
+    first = speed_runs[0]
+    return {
+        "name": NAME,
+        "quick": quick,
+        "seed": SEED,
+        "pages": n,
+        "rounds": rounds,
+        "mem_repeats": mem_repeats,
+        "kinds": first["kinds"],
+        "lz4": {k: first[k] for k in ("lz4_bytes", "lz4_p10", "lz4_median", "lz4_p90")},
+        "zict": "measured" if speed["zict"] is not None else "not installed",
+        "speed": speed,
+        "write_ratio": w_ratio,
+        "read_ratio": r_ratio,
+        "speed_runs": speed_runs,
+        "memory": {"ours": ours_mem, "dict": dict_mem},
+        "fill_rss_ratio": fill_ratio,
+        "churn_rss_ratio": churn_ratio,
+        "targets": targets,
+    }
+
+
+def markdown(doc: dict) -> str:
+    n = doc["pages"]
+    k, lz = doc["kinds"], doc["lz4"]
+    out = [
+        "## zram (`bench_zram.py`)",
+        "",
+        f"Method: {n:,} seeded pages (seed {doc['seed']}): {k['zero']:,} zero pages, {k['random']:,} "
+        f"random (incompressible) pages and {k['text']:,} text pages (a slice of a stream repeating a "
+        "unit of random words, period 128 B to 64 KiB, with 0-40 % of the bytes overwritten by random "
+        "runs; see the module docstring). lz4 (`store_size=False`) leaves "
+        f"{fmt_mib(lz['lz4_bytes'])} MiB of {fmt_mib(n * PAGE)} MiB; per page p10 / median / p90 = "
+        f"{lz['lz4_p10']:,} / {lz['lz4_median']:,} / {lz['lz4_p90']:,} bytes. Ours: "
+        '`ZramDevice(n * 4096, algorithm="lz4")`, `write_page(i, page)` for i in order, then '
+        "`read_page(i)` in a shuffled order. Peer: a `dict {i: lz4.block.compress(page, "
+        "store_size=False)}`, read with `lz4.block.decompress(..., uncompressed_size=4096)`, same pages, "
+        f"same orders. Throughput: {doc['rounds']} round(s), each a fresh subprocess timing both "
+        "stores (alternating which goes first), `gc.disable()` while timing; medians (min-max); the "
+        "ratio is the median of the per-round ratios. MB = 10^6 bytes of uncompressed pages. "
+        f"zict's compressed mapping: {doc['zict']}.",
+        "",
+    ]
+    rows = []
+    for store, label in (("ours", "ZramDevice"), ("dict", "dict of lz4 bytes"), ("zict", "zict Func+dict")):
+        s = doc["speed"][store]
+        if s is None:
+            rows.append([label, "not installed", "-", "not installed", "-"])
+            continue
+        w, r = s["write"], s["read"]
+        rows.append(
+            [
+                label,
+                f"{w['pages_per_s']:,.0f} ({w['pages_per_s_min']:,.0f}-{w['pages_per_s_max']:,.0f})",
+                f"{w['mb_per_s']:,.0f}",
+                f"{r['pages_per_s']:,.0f} ({r['pages_per_s_min']:,.0f}-{r['pages_per_s_max']:,.0f})",
+                f"{r['mb_per_s']:,.0f}",
+            ]
+        )
+    rows.append(["ours / dict", fmt(doc["write_ratio"], 2), "", fmt(doc["read_ratio"], 2), ""])
+    out.append(md_table(["store", "write pages/s", "write MB/s", "read pages/s", "read MB/s"], rows))
+    om, dm = doc["memory"]["ours"], doc["memory"]["dict"]
+    f, c = om["filled"], om["compacted"]
+    out += [
+        "",
+        "### Memory",
+        "",
+        "Each store in its own fresh subprocess (the pages are made first, then `malloc_trim(0)`), "
+        f"{doc['mem_repeats']} run(s) of each, medians. **RSS growth = process RSS minus the RSS read "
+        "just before the store was created.** Then a random half of the pages (seed "
+        f"{doc['seed'] + 1}) is discarded (`dev.discard(i, 1)`) and the device compacted "
+        "(`dev.compact()`, then `dev.pool.memory.compact()`, each followed by `flush_deferred()`, "
+        "`memory.drain_pages()`, `gc.collect()`); the dict peer deletes the same keys (`del d[i]`).",
+        "",
+    ]
+    rows = [
+        [
+            "ZramDevice, filled",
+            fmt_mib(f["compr_data_size"]),
+            fmt_mib(f["mem_used_total"]),
+            fmt_mib(om["filled_rss_growth"]),
+            fmt(om["filled_rss_growth"] / f["compr_data_size"]),
+        ],
+        ["ZramDevice, after discard of half", "-", "-", fmt_mib(om["discarded_rss_growth"]), "-"],
+        [
+            "ZramDevice, + dev.compact() + memory.compact()",
+            fmt_mib(c["compr_data_size"]),
+            fmt_mib(c["mem_used_total"]),
+            fmt_mib(om["compacted_rss_growth"]),
+            fmt(om["compacted_rss_growth"] / c["compr_data_size"]),
+        ],
+        [
+            "dict of lz4 bytes, filled",
+            fmt_mib(dm["filled_lz4_bytes"]),
+            "-",
+            fmt_mib(dm["filled_rss_growth"]),
+            fmt(dm["filled_rss_growth"] / dm["filled_lz4_bytes"]),
+        ],
+        [
+            "dict of lz4 bytes, after `del` of the same half",
+            fmt_mib(dm["deleted_lz4_bytes"]),
+            "-",
+            fmt_mib(dm["deleted_rss_growth"]),
+            fmt(dm["deleted_rss_growth"] / dm["deleted_lz4_bytes"]),
+        ],
+    ]
+    out.append(
+        md_table(
+            [
+                "store, point",
+                "compressed bytes MiB",
+                "mem_used_total MiB",
+                "RSS growth MiB",
+                "RSS growth / compressed bytes",
+            ],
+            rows,
+        )
+    )
+    out += [
+        "",
+        f"Same pages: {fmt_int(f['same_pages'])} (stored without allocation), huge pages: "
+        f"{fmt_int(f['huge_pages'])}. The dict's compressed bytes count zero pages' lz4 output "
+        "(a few bytes each), the device's do not. RSS growth after compaction, ours / dict: "
+        f"{fmt(doc['churn_rss_ratio'])}.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=common.BENCH_DIR, help="write results/<name>.json here")
+    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        kind, n, *rest = args.worker
+        if kind == "speed":
+            common.emit_result(worker_speed(int(n), int(rest[0])))
+        elif kind == "mem-ours":
+            common.emit_result(worker_mem_ours(int(n)))
+        else:
+            common.emit_result(worker_mem_dict(int(n)))
+        return 0
+    doc = run(quick=args.quick)
+    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
