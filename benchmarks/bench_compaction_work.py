@@ -31,7 +31,6 @@ Run: ``.venv/bin/python benchmarks/bench_compaction_work.py [--quick] [--out DIR
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -223,11 +222,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
-    parser.add_argument("--out", type=Path, default=common.BENCH_DIR, help="write results/<name>.json here")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = common.parse_args(__doc__, argv)
     if args.worker:
         mix, n, frac, policy = args.worker
         common.emit_result(worker(mix, int(n), float(frac), policy))

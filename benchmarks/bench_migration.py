@@ -47,7 +47,6 @@ Run: ``.venv/bin/python benchmarks/bench_migration.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import gc
 import random
@@ -444,11 +443,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
-    parser.add_argument("--out", type=Path, default=common.BENCH_DIR, help="write results/<name>.json here")
-    parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = common.parse_args(__doc__, argv)
     if args.worker:
         kind, *rest = args.worker
         if kind == "throughput":

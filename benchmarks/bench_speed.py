@@ -52,7 +52,6 @@ Run: ``.venv/bin/python benchmarks/bench_speed.py [--quick] [--out DIR]``.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import random
 import sys
@@ -511,11 +510,7 @@ def markdown(doc: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
-    parser.add_argument("--out", type=Path, default=common.BENCH_DIR, help="write results/<name>.json here")
-    parser.add_argument("--worker", nargs=3, metavar=("LIVES", "ROUNDS", "OPS"), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    args = common.parse_args(__doc__, argv, worker_nargs=3)
     if args.worker:
         lives, rounds, ops = args.worker
         common.emit_result(worker([int(n) for n in lives.split(",")], int(rounds), int(ops)))

@@ -15,6 +15,7 @@ with :data:`RESULT_PREFIX`; anything else the worker prints goes to stderr.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -208,3 +209,12 @@ def write_json(path: Path, obj: object) -> None:
 def results_dir(out: Path) -> Path:
     """Where the JSON files go for an output directory (``<out>/results``)."""
     return out / "results"
+
+
+def parse_args(doc: str, argv: list[str] | None, worker_nargs: int | str = "+") -> argparse.Namespace:
+    """The command line every benchmark script takes: --quick, --out, and the hidden --worker."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR, help="write results/<name>.json here")
+    parser.add_argument("--worker", nargs=worker_nargs, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)

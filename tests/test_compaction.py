@@ -10,13 +10,12 @@ there is nothing to free.
 
 from __future__ import annotations
 
-import functools
 import random
 import threading
-import time
 
 import pytest
 
+from helpers import pattern, wait_until
 from zsmalloc import Pool
 from zsmalloc.pool.compact import SHRINK_STOP
 
@@ -25,25 +24,10 @@ REQ = 1560  # class 96: 5 pages, 13 objects
 CLASS = 96
 PAGES = 5
 OBJS = 13
-WAIT = 10.0
 
 
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
-@functools.cache
-def _unit(tag: int) -> bytes:
-    return bytes((tag * 131 + i * 7) & 0xFF for i in range(251))
-
-
-def pattern(tag: int, size: int) -> bytes:
-    return (_unit(tag % 4096) * (size // 251 + 1))[:size]
 
 
 def can_compact(row) -> int:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from helpers import WAIT, wait_until
 from zsmalloc import Pool
 from zsmalloc.pool.zsmalloc import OBJ_INDEX_BITS
 
@@ -24,20 +25,12 @@ SLOT_MASK = (1 << 31) - 1
 REQ = 1560  # class 96 with chain 8: 5 pages, 13 objects
 CLASS = 96
 PAGES = 5
-WAIT = 10.0
 
 
 def zid_of(pool: Pool, h: int) -> int:
     return pool.memory.private[pool._h_obj[(h >> 1) & SLOT_MASK] >> OBJ_INDEX_BITS]
 
 
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def worker_threads(pool: Pool) -> list[threading.Thread]:

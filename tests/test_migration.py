@@ -15,7 +15,6 @@ A 4096-byte request is a huge object: one page, no header.
 
 from __future__ import annotations
 
-import functools
 import os
 import random
 import threading
@@ -23,6 +22,7 @@ import time
 
 import pytest
 
+from helpers import WAIT, pattern, wait_until
 from zsmalloc import Memory, PageStateError, Pool
 from zsmalloc.mm import PAGE_SIZE, MigrateMode
 from zsmalloc.pool.constants import FG_NONE
@@ -33,27 +33,11 @@ CLASS = 96
 PAGES = 5
 OBJS = 13
 FIRST_PAGE_OF_OBJ = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
-WAIT = 10.0
 MIN_DESCRIPTORS = 1024  # Memory never shrinks its descriptor arrays below this (mm/memory.py)
 
 
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
-@functools.cache
-def _unit(tag: int) -> bytes:
-    return bytes((tag * 131 + i * 7) & 0xFF for i in range(251))
-
-
-def pattern(tag: int, size: int) -> bytes:
-    """Bytes that differ from object to object and from offset to offset (period 251)."""
-    return (_unit(tag % 4096) * (size // 251 + 1))[:size]
 
 
 class Zs:

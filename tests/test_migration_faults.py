@@ -10,11 +10,11 @@ zs_compact allocates no page at all, so it cannot fail this way.
 
 from __future__ import annotations
 
-import functools
 import random
 
 import pytest
 
+from helpers import pattern
 from zsmalloc import Memory, Pool
 from zsmalloc.mm import MigrateMode
 
@@ -22,13 +22,6 @@ PROTOCOLS = ["mainline", "2016"]
 REQ = 1560  # class 96: 5 pages, 13 objects
 
 
-@functools.cache
-def _unit(tag: int) -> bytes:
-    return bytes((tag * 131 + i * 7) & 0xFF for i in range(251))
-
-
-def pattern(tag: int, size: int) -> bytes:
-    return (_unit(tag % 4096) * (size // 251 + 1))[:size]
 
 
 def fill(pool: Pool, n: int, seed: int) -> dict[int, bytes]:

@@ -16,13 +16,12 @@ per zspage.
 
 from __future__ import annotations
 
-import functools
 import random
 import threading
-import time
 
 import pytest
 
+from helpers import WAIT, pattern, wait_until
 from zsmalloc import CorruptionError, Pool
 from zsmalloc.mm import MIGRATEPAGE_SUCCESS, PAGE_SIZE, MigrateMode
 from zsmalloc.pool.constants import FG_NONE
@@ -32,25 +31,10 @@ REQ = 1560
 CLASS = 96
 PAGES = 5
 OBJS = 13
-WAIT = 10.0
 
 
-def wait_until(cond, timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
 
 
-@functools.cache
-def _unit(tag: int) -> bytes:
-    return bytes((tag * 131 + i * 7) & 0xFF for i in range(251))
-
-
-def pattern(tag: int, size: int) -> bytes:
-    return (_unit(tag % 4096) * (size // 251 + 1))[:size]
 
 
 def vm_held(pool: Pool) -> list[int]:
