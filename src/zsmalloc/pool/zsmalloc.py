@@ -411,26 +411,6 @@ class Pool:
             zs_fg[zid] = newfg
         return newfg
 
-    def find_get_zspage(self, cls: SizeClass) -> int:
-        """Take the head zspage of the fullest group with room off its list; -1 if none.
-
-        The kernel peeks at that zspage and lets ``fix_fullness_group`` move it
-        after the allocation; taking it off and re-inserting it at the head of
-        the group its new inuse calls for leaves the lists in the same state.
-        Popping the head is O(1) amortized on a dict, where peeking at the
-        last entry after many removals is not.
-        """
-        mask = cls.nonempty & ALLOC_GROUPS_MASK
-        if not mask:
-            return -1
-        fg = mask.bit_length() - 1
-        lst = cls.fullness_list[fg]
-        zid = lst.popitem()[0]
-        if not lst:
-            cls.nonempty &= ~(1 << fg)
-        self._zs_fg[zid] = FG_NONE
-        return zid
-
     def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
         """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
         idx = self._zs_freeobj[zid]
@@ -743,7 +723,12 @@ class Pool:
                 slot << 1
             )
             self._h_size[slot] = size
-            # find_get_zspage: take the head of the fullest group with room
+            # find_get_zspage: take the head of the fullest group with room off
+            # its list.  The kernel peeks at it and lets fix_fullness_group move
+            # it after obj_malloc; popping it and re-inserting it at the head of
+            # the group its new inuse calls for leaves the lists in the same
+            # state, and popitem() is O(1) amortized where peeking at a dict's
+            # last entry after many removals is not.
             nonempty = cls.nonempty
             mask = nonempty & ALLOC_GROUPS_MASK
             if mask:
