@@ -437,17 +437,13 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    kind, mix, n = args
+    return (worker_pool if kind == "pool" else worker_dict)(mix, int(n))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv)
-    if args.worker:
-        kind, mix, n = args.worker
-        worker = worker_pool if kind == "pool" else worker_dict
-        common.emit_result(worker(mix, int(n)))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch)
 
 
 if __name__ == "__main__":

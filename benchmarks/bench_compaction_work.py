@@ -221,16 +221,13 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    mix, n, frac, policy = args
+    return worker(mix, int(n), float(frac), policy)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv)
-    if args.worker:
-        mix, n, frac, policy = args.worker
-        common.emit_result(worker(mix, int(n), float(frac), policy))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch)
 
 
 if __name__ == "__main__":

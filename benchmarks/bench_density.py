@@ -481,21 +481,17 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    kind, *rest = args
+    if kind == "pool":
+        mix, chain, n = rest
+        return worker_pool(mix, int(chain), int(n))
+    mix, n = rest
+    return worker_dict(mix, int(n))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv)
-    if args.worker:
-        kind, *rest = args.worker
-        if kind == "pool":
-            mix, chain, n = rest
-            common.emit_result(worker_pool(mix, int(chain), int(n)))
-        else:
-            mix, n = rest
-            common.emit_result(worker_dict(mix, int(n)))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch)
 
 
 if __name__ == "__main__":

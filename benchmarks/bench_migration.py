@@ -442,21 +442,17 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    kind, *rest = args
+    if kind == "throughput":
+        protocol, n, rounds, big_rounds = rest
+        return worker_throughput(protocol, int(n), int(rounds), int(big_rounds))
+    protocol, request, pages, passes = rest
+    return worker_per_page(protocol, int(request), int(pages), int(passes))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv)
-    if args.worker:
-        kind, *rest = args.worker
-        if kind == "throughput":
-            protocol, n, rounds, big_rounds = rest
-            common.emit_result(worker_throughput(protocol, int(n), int(rounds), int(big_rounds)))
-        else:
-            protocol, request, pages, passes = rest
-            common.emit_result(worker_per_page(protocol, int(request), int(pages), int(passes)))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch)
 
 
 if __name__ == "__main__":

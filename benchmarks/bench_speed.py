@@ -509,16 +509,13 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    lives, rounds, ops = args
+    return worker([int(n) for n in lives.split(",")], int(rounds), int(ops))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv, worker_nargs=3)
-    if args.worker:
-        lives, rounds, ops = args.worker
-        common.emit_result(worker([int(n) for n in lives.split(",")], int(rounds), int(ops)))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch, worker_nargs=3)
 
 
 if __name__ == "__main__":

@@ -567,21 +567,17 @@ def markdown(doc: dict) -> str:
     return "\n".join(out)
 
 
+def _dispatch(args: list[str]) -> dict:
+    kind, n, *rest = args
+    if kind == "speed":
+        return worker_speed(int(n), int(rest[0]))
+    if kind == "mem-ours":
+        return worker_mem_ours(int(n))
+    return worker_mem_dict(int(n))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = common.parse_args(__doc__, argv)
-    if args.worker:
-        kind, n, *rest = args.worker
-        if kind == "speed":
-            common.emit_result(worker_speed(int(n), int(rest[0])))
-        elif kind == "mem-ours":
-            common.emit_result(worker_mem_ours(int(n)))
-        else:
-            common.emit_result(worker_mem_dict(int(n)))
-        return 0
-    doc = run(quick=args.quick)
-    common.write_json(common.results_dir(args.out) / f"{NAME}.json", doc)
-    print(markdown(doc))
-    return 0
+    return common.bench_main(__doc__, argv, NAME, run, markdown, _dispatch)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import psutil
@@ -211,10 +211,31 @@ def results_dir(out: Path) -> Path:
     return out / "results"
 
 
-def parse_args(doc: str, argv: list[str] | None, worker_nargs: int | str = "+") -> argparse.Namespace:
-    """The command line every benchmark script takes: --quick, --out, and the hidden --worker."""
+def bench_main(
+    doc: str,
+    argv: list[str] | None,
+    name: str,
+    run: Callable[..., dict],
+    markdown: Callable[[dict], str],
+    dispatch: Callable[[list[str]], dict],
+    worker_nargs: int | str = "+",
+) -> int:
+    """The entry point every benchmark script shares.
+
+    ``--worker ARGS...`` runs one measurement in this (fresh) process through
+    ``dispatch`` and prints its JSON for the parent; otherwise ``run`` measures
+    everything and the result goes to ``<out>/results/<name>.json`` and, as
+    Markdown, to stdout.
+    """
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shrink sizes (a smoke run)")
     parser.add_argument("--out", type=Path, default=BENCH_DIR, help="write results/<name>.json here")
     parser.add_argument("--worker", nargs=worker_nargs, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.worker:
+        emit_result(dispatch(args.worker))
+        return 0
+    result = run(quick=args.quick)
+    write_json(results_dir(args.out) / f"{name}.json", result)
+    print(markdown(result))
+    return 0
