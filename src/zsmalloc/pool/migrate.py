@@ -97,14 +97,21 @@ class MainlineMovableOps:
 
     # ------------------------------------------------------------------
 
-    def move_page(self, cls: SizeClass, zid: int, dst: int, src: int) -> None:
-        """Copy ``src`` into ``dst``, re-point its objects' handles, and swap it in the chain."""
+    def move_page(
+        self, cls: SizeClass, zid: int, dst: int, src: int, objs: list[tuple[int, int]] | None = None
+    ) -> None:
+        """Copy ``src`` into ``dst``, re-point its objects' handles, and swap it in the chain.
+
+        ``objs`` is ``pool.objs_in_page(cls, zid, src)`` when the caller already has it.
+        """
         pool = self.pool
         mem = pool.memory
         buf = mem.buf
         d, s = dst << PAGE_SHIFT, src << PAGE_SHIFT
         buf[d : d + PAGE_SIZE] = buf[s : s + PAGE_SIZE]
-        for slot, idx in pool.objs_in_page(cls, zid, src):
+        if objs is None:
+            objs = pool.objs_in_page(cls, zid, src)
+        for slot, idx in objs:
             pool.record_obj(slot, dst, idx)
         pool.replace_sub_page(cls, zid, dst, src)
         mem.get_page(dst)  # the pool's reference on its new page
@@ -150,9 +157,10 @@ class Seed2016MovableOps(MainlineMovableOps):
                 # caller has mapped (pinned) keeps the page where it is.  The
                 # copy below runs under the pool lock, which stands for the pins
                 # the 2016 code held on the other objects meanwhile.
-                if any(slot in pool._pinned for slot, _ in pool.objs_in_page(cls, zid, src)):
+                objs = pool.objs_in_page(cls, zid, src)
+                if any(slot in pool._pinned for slot, _ in objs):
                     return EAGAIN
-                self.move_page(cls, zid, dst, src)
+                self.move_page(cls, zid, dst, src, objs)
                 self.after_migrate(cls, zid)
         self.release_old_page(src)
         return MIGRATEPAGE_SUCCESS
