@@ -1,40 +1,26 @@
-"""The ``zsmalloc`` command line: ``demo`` (what ``make run`` runs), ``classes``, ``stress``, ``protocheck``.
+"""``zsmalloc pool-demo``: the allocator alone, without zram.
 
-Top of the layer stack: it may use every package below, nothing uses it.
+Fill a pool with a size mix, free part of it while a VM thread migrates its
+pages, compact, verify every object, and print the kernel's classes table and
+the pool's figures at each stage.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import threading
 import time
 from array import array
-from contextlib import nullcontext as _nullctx
 
 import click
-import psutil
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, Pool, size_classes
-from zsmalloc.protocheck import SCENARIOS, run_named
-from zsmalloc.stress import run_stress
+from zsmalloc.cli.app import console, main
+from zsmalloc.cli.app import rss as _rss
+from zsmalloc.pool import Pool
 from zsmalloc.workloads import MIXES, get_mix
-
-console = Console()
-
-
-def _rss() -> int:
-    return psutil.Process().memory_info().rss
-
-
-@click.group()
-@click.version_option(package_name="zsmalloc")
-def main() -> None:
-    """zsmalloc: the kernel's compressed-memory allocator, in Python, on real memory."""
 
 
 class _Migrator(threading.Thread):
@@ -68,7 +54,7 @@ def _figures(pool: Pool, payload: int, rss0: int) -> dict:
     }
 
 
-@main.command()
+@main.command("pool-demo")
 @click.option("--objects", default=150_000, show_default=True, help="objects to allocate")
 @click.option("--mix", type=click.Choice(sorted(MIXES)), default="kernel-build", show_default=True)
 @click.option("--free-share", default=0.5, show_default=True, help="share of objects freed")
@@ -76,7 +62,7 @@ def _figures(pool: Pool, payload: int, rss0: int) -> dict:
 @click.option("--migration", type=click.Choice(["mainline", "2016"]), default="mainline", show_default=True)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
-def demo(
+def pool_demo(
     objects: int, mix: str, free_share: float, chain_size: int, migration: str, seed: int, as_json: bool
 ) -> None:
     """Fill a pool, free part of it while the VM migrates its pages, compact, verify, report."""
@@ -200,83 +186,3 @@ def _print_demo(figures: dict, classes: str, description: str, free_share: float
         f"{figures['compact_seconds']:.2f} s; {figures['objects_verified']:,} objects verified, "
         f"{figures['objects_corrupt']} corrupt."
     )
-
-
-@main.command()
-@click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
-@click.option(
-    "--rule",
-    type=click.Choice([RULE_MIN_WASTE, RULE_USED_PERCENTAGE]),
-    default=RULE_MIN_WASTE,
-    show_default=True,
-)
-@click.option("--json", "as_json", is_flag=True)
-def classes(chain_size: int, rule: str, as_json: bool) -> None:
-    """Print the canonical size-class table for a chain limit and selection rule."""
-    specs = size_classes(chain_size, rule)
-    if as_json:
-        click.echo(json.dumps([s.__dict__ for s in specs], indent=2))
-        return
-    table = Table(title=f"{len(specs)} canonical classes, chain limit {chain_size}, rule {rule}")
-    for col in ("class", "size", "pages_per_zspage", "objs_per_zspage", "waste/zspage", "huge"):
-        table.add_column(col, justify="right")
-    for s in specs:
-        waste = s.pages_per_zspage * 4096 - s.objs_per_zspage * s.size
-        table.add_row(
-            str(s.index), str(s.size), str(s.pages_per_zspage), str(s.objs_per_zspage),
-            str(waste), "yes" if s.huge else "",
-        )
-    console.print(table)
-
-
-@main.command()
-@click.option("--seconds", default=10.0, show_default=True, help="run time per protocol")
-@click.option("--threads", default=4, show_default=True, help="allocator threads (plus VM threads)")
-@click.option(
-    "--protocol",
-    type=click.Choice(["mainline", "2016", "both"]),
-    default="both",
-    show_default=True,
-)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool) -> None:
-    """Threads allocate, write, verify and free while others migrate, evacuate and compact."""
-    protocols = ["mainline", "2016"] if protocol == "both" else [protocol]
-    reports = []
-    for proto in protocols:
-        status = console.status(f"stress: {proto}, {seconds:g} s") if not as_json else _nullctx()
-        with status:
-            reports.append(run_stress(seconds=seconds, threads=threads, protocol=proto, seed=seed))
-    if as_json:
-        rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in reports]
-        click.echo(json.dumps(rows, indent=2, default=str))
-    else:
-        for r in reports:
-            console.print(r.summary(), highlight=False)
-    if not all(r.ok for r in reports):
-        raise SystemExit(1)
-
-
-@main.command()
-@click.argument("scenario", default="all")
-@click.option(
-    "--protocol",
-    type=click.Choice(["mainline", "2016", "2016-v3"]),
-    default="mainline",
-    show_default=True,
-    help="2016-v3 is the reviewed patch with the race: the checker should find it",
-)
-@click.option("--random", "random_runs", type=int, default=0, help="random interleavings instead of all")
-@click.option("--seed", default=0, show_default=True)
-def protocheck(scenario: str, protocol: str, random_runs: int, seed: int) -> None:
-    """Run a migration-protocol scenario over every interleaving of its actors' steps.
-
-    SCENARIO is one of the built-in scenarios (zsmalloc.protocheck.SCENARIOS) or "all".
-    """
-    if scenario != "all" and scenario not in SCENARIOS:
-        raise click.BadParameter(f"known scenarios: {', '.join(SCENARIOS)}, all", param_hint="SCENARIO")
-    status = run_named(
-        scenario, protocol, exhaustive=not random_runs, n=random_runs or 200, seed=seed, echo=console.print
-    )
-    raise SystemExit(status)

@@ -1,0 +1,14 @@
+"""The ``zsmalloc`` command line (click + rich): the top of the layer stack.
+
+It may use every package below; nothing uses it.  One module per command
+family, each registering on the group in :mod:`zsmalloc.cli.app`:
+
+``pool_demo``  ``zsmalloc pool-demo``: the allocator alone
+``classes``    ``zsmalloc classes``: the size-class table
+``checks``     ``zsmalloc stress`` and ``zsmalloc protocheck``
+"""
+
+from zsmalloc.cli import checks, classes, pool_demo
+from zsmalloc.cli.app import main
+
+__all__ = ["checks", "classes", "main", "pool_demo"]
