@@ -22,7 +22,8 @@ published figures, not traces:
     a workload.
 
 The module is a leaf: it imports nothing from the layers, and anything may use
-it (the CLI, benchmarks, tests, later the zram page generators).
+it (the CLI, benchmarks, tests, and :mod:`zsmalloc.workloads.pages`, which
+turns these sizes into page contents).
 """
 
 from __future__ import annotations
