@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from array import array
 
@@ -19,28 +18,9 @@ from rich.table import Table
 
 from zsmalloc.cli.app import console, main
 from zsmalloc.cli.app import rss as _rss
+from zsmalloc.mm import BackgroundMigration
 from zsmalloc.pool import Pool
 from zsmalloc.workloads import MIXES, get_mix
-
-
-class _Migrator(threading.Thread):
-    """The VM at work during the demo: moves random in-use pages of the arena."""
-
-    def __init__(self, pool: Pool, seed: int) -> None:
-        super().__init__(name="demo-migrator", daemon=True)
-        self.pool, self.rng = pool, random.Random(seed)
-        self.stop = threading.Event()
-        self.moved = self.failed = 0
-
-    def run(self) -> None:
-        mem = self.pool.memory
-        while not self.stop.is_set():
-            used = mem.used_pfns()
-            if used:
-                res = mem.move_pages(self.rng.sample(used, min(32, len(used))))
-                self.moved += res.succeeded
-                self.failed += res.failed
-            self.stop.wait(0.002)
 
 
 def _figures(pool: Pool, payload: int, rss0: int) -> dict:
@@ -94,7 +74,7 @@ def pool_demo(
     stages = {"after fill": _figures(pool, payload, rss0)}
 
     # free a random share while the VM migrates pages underneath
-    migrator = _Migrator(pool, seed)
+    migrator = BackgroundMigration(pool.memory, seed, evacuate_every=0)
     migrator.start()
     rng.shuffle(order)
     n_free = int(objects * free_share)
@@ -103,8 +83,7 @@ def pool_demo(
         payload -= sizes[i]
         pool.free(handles[i])
     t_free = time.perf_counter() - t0
-    migrator.stop.set()
-    migrator.join(timeout=30)
+    migrator.stop()
     kept = order[n_free:]
     stages[f"after freeing {free_share:.0%}"] = _figures(pool, payload, rss0)
     classes_before = pool.format_classes()
@@ -138,7 +117,7 @@ def pool_demo(
         "free_seconds": round(t_free, 3),
         "compact_seconds": round(t_compact, 3),
         "pages_migrated_during_free": migrator.moved,
-        "migrations_refused_or_failed": migrator.failed,
+        "migrations_refused_or_failed": migrator.refused,
         "pool_compact_pages_freed": pages_freed,
         "arena_compact": {
             "moved": arena.succeeded,
