@@ -1,0 +1,216 @@
+"""``zsmalloc serve``: a zram device exported over NBD until SIGINT or SIGTERM.
+
+The device lives as long as the command: it starts empty and its contents go
+when the server stops.  By default the server listens on 127.0.0.1:10809
+only; ``--socket PATH`` listens on a Unix socket (mode 0600) instead, and
+``--host``/``--port`` name another TCP address (with ``--socket``, both).
+
+While it serves, ``kill -USR1 <pid>`` prints the live statistics: the
+device's ``mm_stat`` and ``io_stat``, the server's counters and the pool's
+``classes`` table.  SIGINT or SIGTERM stops it: no new connection is
+accepted, requests in flight are answered, the device is checked
+(``ZramDevice.check``) and a summary is printed.  ``--json`` prints each of
+these as one JSON object per line (``"event"``: ``listening``, ``stats``,
+``summary``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import time
+
+import click
+from rich.table import Table
+
+from zsmalloc.cli.app import console, main
+from zsmalloc.errors import CorruptionError
+from zsmalloc.nbd import Limits, NbdServer
+from zsmalloc.zram import ZramDevice, available_codecs
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+class ByteSize(click.ParamType):
+    """A byte count: ``4096``, ``64K``, ``512M``, ``1G``, ``1.5GiB`` (binary units)."""
+
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE_RE.match(str(value))
+        if not m:
+            self.fail(f"{value!r} is not a size (examples: 4096, 64K, 512M, 1G)", param, ctx)
+        return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _report(server: NbdServer, started: float) -> dict:
+    dev = server.device
+    return {
+        "export": server.name,
+        "addresses": server.addresses,
+        "size": dev.disksize,
+        "algorithm": dev.algorithm,
+        "uptime_s": round(time.monotonic() - started, 3),
+        "mm_stat": dev.mm_stat().to_dict(),
+        "io_stat": dev.io_stat().to_dict(),
+        "server": server.snapshot(),
+    }
+
+
+def _stats_tables(report: dict) -> list[Table]:
+    dev = Table(title="device (mm_stat, io_stat)", title_justify="left", show_header=False)
+    dev.add_column("", justify="left")
+    dev.add_column("", justify="right")
+    for name, value in (*report["mm_stat"].items(), *report["io_stat"].items()):
+        dev.add_row(name, f"{value:,}")
+    srv = report["server"]
+    nbd = Table(title="NBD server", title_justify="left", show_header=False)
+    nbd.add_column("", justify="left")
+    nbd.add_column("", justify="right")
+    nbd.add_row("connections (active)", f"{srv['connections']:,} ({srv['active']})")
+    nbd.add_row("refused / hard disconnects", f"{srv['refused']:,} / {srv['hard_disconnects']:,}")
+    for cmd, n in sorted(srv["requests"].items()):
+        nbd.add_row(cmd, f"{n:,}")
+    for err, n in sorted(srv["errors"].items()):
+        nbd.add_row(f"error replies {err}", f"{n:,}")
+    nbd.add_row("bytes read / written", f"{srv['bytes_read']:,} / {srv['bytes_written']:,}")
+    return [dev, nbd]
+
+
+def _print_stats(server: NbdServer, started: float, as_json: bool) -> None:
+    """SIGUSR1: the live statistics and the classes table."""
+    report = _report(server, started)
+    classes = server.device.pool.class_stats()
+    if as_json:
+        report["classes"] = [c.to_dict() for c in classes]
+        _emit({"event": "stats", **report})
+        return
+    for table in _stats_tables(report):
+        console.print(table)
+    click.echo(server.device.pool.format_classes(), nl=False)  # the kernel's layout, never wrapped
+    sys.stdout.flush()
+
+
+def _print_summary(report: dict, as_json: bool) -> None:
+    if as_json:
+        _emit({"event": "summary", **report})
+        return
+    mm = report["mm_stat"]
+    ratio = mm["orig_data_size"] / mm["compr_data_size"] if mm["compr_data_size"] else 0.0
+    head = Table(title="zsmalloc serve: summary", show_header=False, title_justify="left")
+    head.add_column("", justify="left")
+    head.add_column("", justify="right")
+    head.add_row("export", f"{report['export']!r}, {report['size']:,} bytes, {report['algorithm']}")
+    head.add_row("served for", f"{report['uptime_s']:.1f} s")
+    head.add_row("compression ratio (orig / compr)", f"{ratio:.2f}")
+    head.add_row("device check", report["check"])
+    console.print(head)
+    for table in _stats_tables(report):
+        console.print(table)
+
+
+def _emit(obj: dict) -> None:
+    click.echo(json.dumps(obj))
+    sys.stdout.flush()
+
+
+async def _serve(
+    server: NbdServer, socket_path: str | None, host: str | None, port: int | None, as_json: bool
+) -> dict:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    started = time.monotonic()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _print_stats, server, started, as_json)
+    try:
+        try:
+            if socket_path is not None:
+                await server.listen_unix(socket_path)
+            if socket_path is None or host is not None or port is not None:
+                await server.listen_tcp(host or "127.0.0.1", 10809 if port is None else port)
+        except OSError as exc:
+            await server.close()
+            raise click.ClickException(f"cannot listen: {exc}") from exc
+        if as_json:
+            pid = os.getpid()
+            _emit({"event": "listening", "pid": pid, "addresses": server.addresses, "size": server.size})
+        else:
+            console.print(
+                f"serving {server.name!r} ({server.size:,} bytes, {server.device.algorithm}) on "
+                f"{', '.join(server.addresses)}; pid {os.getpid()}: SIGUSR1 prints statistics, "
+                "SIGINT/SIGTERM stops",
+                highlight=False,
+            )
+            sys.stdout.flush()
+        await stop.wait()
+        await server.close()
+        return _report(server, started)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+
+
+@main.command()
+@click.option("--size", required=True, type=ByteSize(), help="device size, e.g. 1G (rounded up to 4 KiB)")
+@click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
+@click.option("--mem-limit", type=ByteSize(), default=0, help="cap on the pool's memory (0: none)")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="listen on this Unix socket")
+@click.option("--host", help="TCP address to listen on [default: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default: 10809]")
+@click.option("--name", default="zram0", show_default=True, help='export name ("" selects it too)')
+@click.option("--max-request", type=ByteSize(), default="32M", show_default=True, help="largest request")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="I/O threads")
+@click.option("--max-connections", type=click.IntRange(1, 4096), default=64, show_default=True)
+@click.option("-v", "--verbose", is_flag=True, help="log connections and protocol errors to stderr")
+@click.option("--json", "as_json", is_flag=True, help="print events and statistics as JSON lines")
+def serve(
+    size: int,
+    algorithm: str,
+    mem_limit: int,
+    socket_path: str | None,
+    host: str | None,
+    port: int | None,
+    name: str,
+    max_request: int,
+    workers: int,
+    max_connections: int,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Serve a compressed RAM disk (a zram device) over NBD until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        limits = Limits(
+            max_request=max_request,
+            max_inflight_bytes=max(2 * max_request, Limits.max_inflight_bytes),
+            max_connections=max_connections,
+        )
+        device = ZramDevice(size, algorithm=algorithm, mem_limit=mem_limit)
+        server = NbdServer(device, name=name, limits=limits, workers=workers)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        report = asyncio.run(_serve(server, socket_path, host, port, as_json))
+        try:
+            device.check()
+            report["check"] = "ok"
+        except CorruptionError as exc:
+            report["check"] = f"FAILED: {exc}"
+        _print_summary(report, as_json)
+    finally:
+        device.close()
+    if report["check"] != "ok":
+        raise SystemExit(1)

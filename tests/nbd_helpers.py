@@ -1,0 +1,71 @@
+"""What the NBD tests share: a served device, the real-client tool check, test images."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+from zsmalloc.nbd import Limits, NbdServer, ServerThread
+from zsmalloc.zram import ZramDevice
+
+#: when "1" (CI), a missing client tool fails the test instead of skipping it
+REQUIRE_CLIENTS = os.environ.get("ZSMALLOC_REQUIRE_NBD_CLIENTS") == "1"
+
+
+def need_tools(*tools: str) -> None:
+    """Skip the test (or fail it under ZSMALLOC_REQUIRE_NBD_CLIENTS=1) unless every tool is on PATH."""
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not missing:
+        return
+    why = f"NBD client tools missing: {', '.join(missing)} (Debian: libnbd-bin, qemu-utils, nbdfuse, nbdkit)"
+    if REQUIRE_CLIENTS:
+        pytest.fail(why + "; ZSMALLOC_REQUIRE_NBD_CLIENTS=1 requires them")
+    pytest.skip(why)
+
+
+@contextlib.contextmanager
+def served(
+    size: int = 16 << 20,
+    limits: Limits | None = None,
+    device: ZramDevice | None = None,
+    **server_args: object,
+) -> Iterator[ServerThread]:
+    """A fresh device (or ``device``) served on a Unix socket in a short temporary directory.
+
+    On exit the server is stopped and the device checked (``check()``) and closed.
+    """
+    dev = device if device is not None else ZramDevice(size, algorithm="lz4")
+    with tempfile.TemporaryDirectory(prefix="nbd") as tmp:
+        path = os.path.join(tmp, "s")
+        st = ServerThread(NbdServer(dev, limits=limits, **server_args), unix_path=path)
+        st.socket_path = path  # type: ignore[attr-defined]
+        try:
+            with st:
+                yield st
+            dev.check()
+        finally:
+            dev.close()
+
+
+def image(size: int, seed: int) -> bytes:
+    """``size`` bytes of disk image: runs of random, zero and text-like pages, from ``seed``."""
+    rng = random.Random(seed)
+    words = [bytes(rng.choice(b"abcdefghij klmnop") for _ in range(rng.randint(2, 9))) for _ in range(64)]
+    out = bytearray()
+    while len(out) < size:
+        kind = rng.random()
+        run = rng.randint(1, 16) * 4096 + rng.choice((0, 0, 0, rng.randrange(4096)))  # sometimes unaligned
+        if kind < 0.3:
+            out += rng.randbytes(run)
+        elif kind < 0.5:
+            out += bytes(run)
+        else:
+            text = b" ".join(rng.choice(words) for _ in range(run // 4))
+            out += text[:run].ljust(run, b".")
+    return bytes(out[:size])
