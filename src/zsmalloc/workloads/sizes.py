@@ -32,7 +32,10 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-MAX_SIZE = 4096
+#: the page size of every workload here (zram's, on x86-64)
+PAGE_SIZE = 4096
+#: the largest stored object: a whole page
+MAX_SIZE = PAGE_SIZE
 
 
 def _clip(x: float, lo: int, hi: int) -> int:
