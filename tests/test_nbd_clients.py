@@ -43,6 +43,16 @@ def workdir():
         yield Path(tmp)
 
 
+def test_missing_tool_skips_or_fails_as_ci_requires(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nbd_helpers, "REQUIRE_CLIENTS", True)
+    with pytest.raises(pytest.fail.Exception, match="ZSMALLOC_REQUIRE_NBD_CLIENTS"):
+        need_tools("sh", "no-such-nbd-tool")
+    monkeypatch.setattr(nbd_helpers, "REQUIRE_CLIENTS", False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-nbd-tool"):
+        need_tools("sh", "no-such-nbd-tool")
+    need_tools("sh")  # present: neither
+
+
 def test_nbdinfo_reports_size_flags_and_block_sizes() -> None:
     need_tools("nbdinfo")
     with served(SIZE + 12345) as st:  # rounded up to whole pages
