@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import nbd_helpers
 from nbd_helpers import image, need_tools, served
 from zsmalloc.nbd import Limits
 
