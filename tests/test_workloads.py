@@ -31,7 +31,7 @@ from zsmalloc.workloads import (
     snapshot_pages,
     tolerance,
 )
-from zsmalloc.workloads.process import heap_child
+from zsmalloc.workloads.process import _anonymous_regions, heap_child
 
 
 def lz4_size(page: bytes) -> int:
@@ -196,6 +196,22 @@ def test_shared_library_pages_are_elf():
 
 # ----------------------------------------------------------------------
 # process snapshots
+
+
+def test_snapshot_reads_the_private_writable_anonymous_mappings():
+    maps = textwrap.dedent(
+        """\
+        55d000-55e000 rw-p 00000000 00:00 0                          [heap]
+        7f0000-7f1000 rw-p 00000000 00:00 0
+        7f1000-7f2000 rw-p 00001000 08:01 123                        /usr/lib/libc.so.6
+        7f2000-7f3000 rw-p 00000000 00:00 0                          [anon:arena]
+        7f3000-7f4000 r--p 00000000 00:00 0
+        7f4000-7f5000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+        7ffd00-7ffe00 rw-p 00000000 00:00 0                          [stack]
+        """
+    )
+    expected = [(0x55D000, 0x55E000), (0x7F0000, 0x7F1000), (0x7F2000, 0x7F3000)]
+    assert list(_anonymous_regions(maps)) == expected
 
 
 def test_process_pages_read_a_child_heap_and_kill_it():

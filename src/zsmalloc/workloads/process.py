@@ -1,9 +1,9 @@
 """Pages of a live process's anonymous memory, read through ``/proc``: what it would swap to zram.
 
 :func:`snapshot_pages` reads the private writable anonymous mappings of a
-process (``rw-p`` lines of ``/proc/PID/maps`` with no file: the ``[heap]`` and
-the anonymous mmaps where malloc and pymalloc keep their arenas; not the
-stack), in address order, page by page from ``/proc/PID/mem``.  Only resident
+process (``rw-p`` lines of ``/proc/PID/maps`` with no file: the ``[heap]``, and
+the anonymous mmaps, named ``[anon:...]`` or not, where malloc and pymalloc
+keep their arenas; not the stack), in address order, page by page from ``/proc/PID/mem``.  Only resident
 or swapped pages are read (bits 63 and 62 of ``/proc/PID/pagemap``): a page
 never touched has no memory behind it and would never reach swap.  Reading
 stops at ``max_bytes``.  A page that cannot be read (``EIO``) is skipped.
@@ -80,7 +80,7 @@ def _anonymous_regions(maps: str) -> Iterator[tuple[int, int]]:
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
         path = fields[5].strip() if len(fields) == 6 else ""
-        if fields[1] == "rw-p" and path in ("", "[heap]"):
+        if fields[1] == "rw-p" and (path in ("", "[heap]") or path.startswith("[anon:")):
             start, end = fields[0].split("-")
             yield int(start, 16), int(end, 16)
 
