@@ -270,8 +270,8 @@ def test_page_sources_make_at_most_n_pages():
     assert {"stdlib", "shared-libs", "process"} <= set(PAGE_SOURCES)
     for name, source in PAGE_SOURCES.items():
         assert get_page_source(name) is source
-        pages = list(source.pages(5, 1))
+        pages = list(source(5, 1))
         assert 0 < len(pages) <= 5 and all(len(p) == PAGE_SIZE for p in pages), name
-    assert list(get_page_source("kernel-build").pages(20, 3)) == list(mix_pages("kernel-build", 20, seed=3))
+    assert list(get_page_source("kernel-build")(20, 3)) == list(mix_pages("kernel-build", 20, seed=3))
     with pytest.raises(ValueError, match="unknown page source"):
         get_page_source("no-such-source")

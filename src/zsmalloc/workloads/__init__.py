@@ -14,11 +14,12 @@
     child Python that builds a heap by default: :func:`process_pages`.
 
 :data:`PAGE_SOURCES` names them all for a ``--workload NAME`` option: each
-:class:`PageSource` makes at most ``n`` pages of 4096 bytes for a seed.  The
-mix and file sources give the same bytes for the same seed (on the same
-machine, for files); ``process`` cannot (addresses, allocator state) and raises
-:class:`SnapshotNotPermitted` where the kernel forbids reading another
-process's memory, for the caller to fall back to another source.
+:class:`PageSource` is a callable ``(n, seed)`` that makes at most ``n`` pages
+of 4096 bytes.  The mix and file sources give the same bytes for the same seed
+(on the same machine, for files); ``process`` cannot (addresses, allocator
+state) and raises :class:`SnapshotNotPermitted` where the kernel forbids
+reading another process's memory, for the caller to fall back to another
+source.
 
 The package is a leaf: it imports nothing from the allocator, zram or the CLI.
 """
@@ -37,11 +38,14 @@ from zsmalloc.workloads.sizes import MAX_SIZE, MIXES, PAGE_SIZE, SizeMix, get_mi
 
 @dataclass(frozen=True)
 class PageSource:
-    """A named source of pages: ``pages(n, seed)`` iterates over at most ``n`` pages of 4096 bytes."""
+    """A named source of pages: ``source(n, seed)`` iterates over at most ``n`` pages of 4096 bytes."""
 
     name: str
     description: str
     pages: Callable[[int, int], Iterator[bytes]]
+
+    def __call__(self, n: int, seed: int) -> Iterator[bytes]:
+        return self.pages(n, seed)
 
 
 def _file_source(kind: str, n: int, seed: int) -> Iterator[bytes]:
