@@ -254,9 +254,11 @@ class Memory(Migration, Compaction):
         for i, pfn in enumerate(pcp):
             if self._allowed(pfn, lo, hi) and (best < 0 or pfn < pcp[best]):
                 best = i
-        if best >= 0:
-            return pcp.pop(best)
         free = self._free
+        if best >= 0 and not (free and free[0] < pcp[best]):
+            return pcp.pop(best)
+        if best >= 0:
+            hi = pcp[best]  # a cold frame below the best hot one, or else the hot one
         rejected = []
         pfn = -1
         while free and free[0] < hi:
@@ -269,6 +271,8 @@ class Memory(Migration, Compaction):
             heapq.heappush(free, cand)
         if pfn >= 0:
             return pfn
+        if best >= 0:
+            return pcp.pop(best)
         # never-touched frames above the high-water mark; skipped ones become cold free frames
         while self.hwm < min(hi, self.capacity):
             if self._allowed(self.hwm, lo, hi):
