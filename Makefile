@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/zsmalloc pool-demo
+	$(VENV)/bin/zsmalloc demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -2,7 +2,7 @@
 
 Layers, each a package, data flowing down (nothing below imports above)::
 
-    zsmalloc.cli    command line (pool-demo, classes, stress, protocheck)
+    zsmalloc.cli    command line (demo, stats, bench, pool-demo, classes, stress, protocheck)
     zsmalloc.zram   ZramDevice: a compressed RAM block store on the pool
     zsmalloc.pool   the allocator: size classes, zspages, handles, stats,
                     compaction, the movable-page callbacks

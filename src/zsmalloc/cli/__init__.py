@@ -3,13 +3,16 @@
 It may use every package below; nothing uses it.  One module per command
 family, each registering on the group in :mod:`zsmalloc.cli.app`:
 
+``demo``       ``zsmalloc demo``: the main job, a zram device end to end (``plot`` draws its PNG)
+``stats``      ``zsmalloc stats``: zram's and zsmalloc's stats files for a workload or an image
+``bench``      ``zsmalloc bench``: throughput against a dict of lz4 bytes and zict
 ``pool_demo``  ``zsmalloc pool-demo``: the allocator alone
 ``classes``    ``zsmalloc classes``: the size-class table
 ``checks``     ``zsmalloc stress`` and ``zsmalloc protocheck``
 ``serve``      ``zsmalloc serve``: a zram device exported over NBD
 """
 
-from zsmalloc.cli import checks, classes, pool_demo, serve
+from zsmalloc.cli import bench, checks, classes, demo, pool_demo, serve, stats
 from zsmalloc.cli.app import main
 
-__all__ = ["checks", "classes", "main", "pool_demo", "serve"]
+__all__ = ["bench", "checks", "classes", "demo", "main", "pool_demo", "serve", "stats"]

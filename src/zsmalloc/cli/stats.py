@@ -1,0 +1,138 @@
+"""``zsmalloc stats``: what zram would report for a workload or a disk image, in the kernel's formats.
+
+Loads the pages into a fresh ``ZramDevice`` (optionally discards a share and
+compacts), then prints the files a zram user reads, under their sysfs and
+debugfs names: ``disksize``, ``comp_algorithm``, ``mm_stat``, ``io_stat``,
+``bd_stat`` and zsmalloc's ``classes``.  With ``--json``, the same as numbers.
+Useful to compare algorithms and chain sizes on one's own data::
+
+    zsmalloc stats --image disk.img --algorithm zstd --chain-size 16
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from zsmalloc.cli.app import console, main
+from zsmalloc.workloads import PAGE_SOURCES, get_page_source
+from zsmalloc.zram import ZramDevice
+from zsmalloc.zram.codecs import available_codecs
+
+PAGE = 4096
+
+
+MM_STAT_MEANING = {
+    "orig_data_size": "bytes of the pages stored, uncompressed",
+    "compr_data_size": "bytes of their compressed objects",
+    "mem_used_total": "bytes of the pool's pages, fragmentation included",
+    "mem_limit": "the pool's limit in bytes, 0 for none",
+    "mem_used_max": "the high-water mark of mem_used_total",
+    "same_pages": "pages of one repeated word, stored without memory",
+    "pages_compacted": "pool pages freed by compaction",
+    "huge_pages": "pages stored whole (incompressible)",
+    "huge_pages_since": "huge pages ever stored",
+}
+
+
+def mm_stat_table(mm_stat: dict[str, int]) -> Table:
+    """The nine mm_stat fields, one per row in the kernel's order, with what each counts."""
+    table = Table(box=None, pad_edge=False, show_header=False)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_column("meaning", style="dim")
+    for key, value in mm_stat.items():
+        table.add_row(key, f"{value:,}", MM_STAT_MEANING[key])
+    return table
+
+
+def _image_pages(path: Path) -> Iterator[bytes]:
+    """The file's 4 KiB pages, the last one zero-padded."""
+    with path.open("rb") as f:
+        while page := f.read(PAGE):
+            yield page.ljust(PAGE, b"\0")
+
+
+def _comp_algorithm_line(selected: str) -> str:
+    """``comp_algorithm``'s text: every algorithm, the selected one in brackets."""
+    return " ".join(f"[{a}]" if a == selected else a for a in available_codecs())
+
+
+@main.command()
+@click.option(
+    "--workload", type=click.Choice(sorted(PAGE_SOURCES)), default="kernel-build", show_default=True
+)
+@click.option(
+    "--image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="store this file's pages instead of a workload",
+)
+@click.option("--pages", "n_pages", default=16384, show_default=True, type=click.IntRange(1))
+@click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
+@click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
+@click.option(
+    "--discard", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="share discarded"
+)
+@click.option("--compact", is_flag=True, help="run zram's compact after the discards")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
+def stats(
+    workload: str,
+    image: Path | None,
+    n_pages: int,
+    algorithm: str,
+    chain_size: int,
+    discard: float,
+    compact: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Store a workload (or a file) in a zram device and print its stats in the kernel's formats."""
+    if image is not None:
+        n_pages = max(1, -(-image.stat().st_size // PAGE))
+        pages: Iterator[bytes] = _image_pages(image)
+        label = str(image)
+    else:
+        pages = iter(get_page_source(workload)(n_pages, seed))
+        label = workload
+    with ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, name="zram0") as dev:
+        for i, page in enumerate(pages):
+            dev.write_page(i, page)
+        for i in random.Random(seed).sample(range(n_pages), int(n_pages * discard)):
+            dev.discard(i)
+        pages_compacted = dev.compact() if compact else 0
+        dev.check()
+        if as_json:
+            out = {
+                "source": label,
+                "disksize": dev.disksize,
+                "comp_algorithm": algorithm,
+                "chain_size": chain_size,
+                "discarded_share": discard,
+                "compact_pages_freed": pages_compacted,
+                "mm_stat": dev.mm_stat().to_dict(),
+                "io_stat": dev.io_stat().to_dict(),
+                "bd_stat": dev.bd_stat().to_dict(),
+                "classes": [c.to_dict() for c in dev.pool.class_stats() if c.obj_allocated],
+                "pool": dev.pool.stats().to_dict(),
+            }
+            click.echo(json.dumps(out, indent=2))
+            return
+        sysfs = "/sys/block/zram0"
+        for name, text in (
+            ("disksize", f"{dev.disksize}\n"),
+            ("comp_algorithm", _comp_algorithm_line(algorithm) + "\n"),
+            ("mm_stat", dev.format_mm_stat()),
+            ("io_stat", dev.format_io_stat()),
+            ("bd_stat", dev.format_bd_stat()),
+        ):
+            console.print(f"[bold]{sysfs}/{name}[/bold]")
+            console.print(text, end="", highlight=False, markup=False)
+        console.print(mm_stat_table(dev.mm_stat().to_dict()))
+        console.print(f"[bold]/sys/kernel/debug/zsmalloc/zram0/classes[/bold]  ({label}, chain {chain_size})")
+        console.print(dev.pool.format_classes(), highlight=False, markup=False, soft_wrap=True)

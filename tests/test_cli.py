@@ -1,0 +1,96 @@
+"""The ``zsmalloc`` console script, driven through click's runner on small inputs."""
+
+from __future__ import annotations
+
+import json
+
+import lz4.block
+import pytest
+from click.testing import CliRunner
+
+from zsmalloc.cli import main
+from zsmalloc.zram import ZramDevice
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_demo_json_reports_an_intact_device_and_the_peer(tmp_path):
+    png = tmp_path / "demo.png"
+    out = json.loads(run("demo", "--pages", "600", "--png", str(png), "--json"))
+    dev, peer = out["device"], out["peer"]
+    assert dev["pages_verified"] == 600 and dev["pages_corrupt"] == 0
+    assert peer["pages_corrupt"] == 0
+    assert dev["churn_ops"] == int(600 * 0.3) + int(600 * 0.4)
+    # compaction does not add pool pages, and the arena's high-water mark does not rise
+    assert dev["after_compaction"]["pool_pages"] <= dev["before_compaction"]["pool_pages"]
+    assert dev["arena_compaction"]["hwm_after"] <= dev["arena_compaction"]["hwm_before"]
+    # mm_stat after the churn: 30% rewritten, 40% discarded -> 60% of the pages stored
+    assert dev["mm_stat"]["orig_data_size"] == (600 - int(600 * 0.4)) * 4096
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_demo_text_prints_the_kernel_files(tmp_path):
+    out = run("demo", "--pages", "400", "--no-png", "--workload", "android-zstd")
+    assert "/sys/kernel/debug/zsmalloc/zram0/classes" in out
+    assert "obj_allocated" in out and "pages_per_zspage" in out
+    assert "mm_stat:" in out and "dict of lz4" in out
+    assert "verified 400 pages byte for byte, 0 wrong" in out
+
+
+def test_stats_of_an_image_match_a_device_fed_by_hand(tmp_path):
+    image = tmp_path / "disk.img"
+    text = b"the quick brown fox jumps over the lazy dog\n" * 300
+    image.write_bytes(text + bytes(4096 * 3) + b"tail")  # partial last page
+    out = json.loads(run("stats", "--image", str(image), "--json"))
+    pages = -(-image.stat().st_size // 4096)
+    assert out["disksize"] == pages * 4096
+    data = image.read_bytes().ljust(pages * 4096, b"\0")
+    with ZramDevice(pages * 4096) as dev:
+        for i in range(pages):
+            dev.write_page(i, data[i * 4096 : (i + 1) * 4096])
+        assert out["mm_stat"] == dev.mm_stat().to_dict()
+    assert out["mm_stat"]["same_pages"] >= 2  # the zero pages in the middle
+
+
+def test_stats_text_has_the_sysfs_files():
+    out = run("stats", "--pages", "300", "--discard", "0.5", "--compact", "--algorithm", "zstd")
+    for name in ("disksize", "comp_algorithm", "mm_stat", "io_stat", "bd_stat"):
+        assert f"/sys/block/zram0/{name}" in out
+    assert "[zstd]" in out
+
+
+def test_bench_json_compares_the_same_pages():
+    out = json.loads(run("bench", "--pages", "300", "--rounds", "1", "--json"))
+    stores = out["stores"]
+    assert "dict of lz4 bytes" in stores and len(stores) >= 2
+    assert all(s["pages_wrong"] == 0 and s["write_pages_per_s"] > 0 for s in stores.values())
+    ours = next(iter(stores.values()))
+    assert ours["ours_over_this_write"] == pytest.approx(1.0)
+
+
+def test_bench_lz4_dict_peer_stores_lz4_blocks():
+    from zsmalloc.cli.bench import time_lz4_dict
+
+    pages = [bytes([i]) * 4096 for i in range(5)]
+    d, (_, _, bad) = time_lz4_dict(pages, [4, 3, 2, 1, 0])
+    assert bad == 0
+    assert lz4.block.decompress(d[3], uncompressed_size=4096) == pages[3]
+
+
+def test_pool_demo_and_classes_json():
+    out = json.loads(run("pool-demo", "--objects", "3000", "--json"))
+    assert out["objects_corrupt"] == 0 and out["stages"]["after freeing all"]["pages"] == 0
+    classes = json.loads(run("classes", "--json"))
+    assert classes[-1]["size"] == 4096
+
+
+def test_protocheck_finds_the_2016_race():
+    result = CliRunner().invoke(main, ["protocheck", "seed-race", "--protocol", "2016-v3"])
+    assert result.exit_code != 0
+    assert "CorruptionError" in result.output
