@@ -10,8 +10,9 @@ The same seeded set of 4 KiB pages (50k pages, 195 MiB, in the full run;
 - **the dict peer**: ``d[i] = lz4.block.compress(page, store_size=False)``
   and ``lz4.block.decompress(d[i], uncompressed_size=4096)``: the obvious
   pure-Python compressed page store, with the same codec;
-- zict's compressed mapping, only if ``zict`` is importable (it is not a
-  dependency, and is reported "not installed" when absent).
+- **zict**: ``zict.Func(compress, decompress, dict)`` with the same lz4
+  calls, the compressed mapping Dask spills to (the ``bench`` extra installs
+  it; reported "not installed" when absent).
 
 (a) write throughput and (b) read throughput, in pages/s and MB/s of
 uncompressed page data (MB = 10^6 bytes); targets: ours >= 0.8 x the dict
@@ -22,24 +23,18 @@ a random half of the pages is discarded (``dev.discard(i, 1)``, fixed seed,
 random order), followed by ``dev.compact()`` and ``dev.pool.memory.compact()``
 (each followed by ``flush_deferred()``, ``memory.drain_pages()`` and
 ``gc.collect()``), and the RSS growth is compared with the dict peer's
-after ``del d[i]`` of the same keys (target: ours <= 0.6 x the dict's).
+after ``del d[i]`` of the same keys (target: ours <= 0.6 x the dict's), and
+with zict's after ``del m[i]``.
 
 The pages
 ---------
-Built by :class:`Pages` from seed 4321, to spread lz4 ratios roughly like a
-mixed kernel-build memory image: 10 % zero pages (zram stores them as "same"
-pages, no allocation), 5 % random pages (incompressible: "huge" in zram),
-and 85 % text pages.  A text page is a 4096-byte slice, at a random offset,
-of one of 10 streams (chosen at random); stream j repeats a unit of random
-words (the 400-word vocabulary of ``tests/zram_pages.py``, seed 12345) of
-``PERIODS[j]`` bytes, 128 B .. 3 KiB (lz4 finds the repeats) or 64 KiB (no
-repeat within a page: plain text, ~2.9 KB under lz4); then a share
-``0.4 * U^2`` (U uniform in 0..1) of its bytes is overwritten by random runs
-of 16..256 bytes.  lz4 then leaves p10 / median / p90 of about 0.5 / 1.5 /
-3.0 KB of a text page (mean ~1.6 KB; ~8 % of text pages exceed 3 KB), and the
-whole set compresses about 2.5:1: a spread of the kind a kernel-build
-memory image shows in zram.  The pages are made before the RSS baseline and
-the timing.
+``zsmalloc.workloads.get_page_source("kernel-build")(n, 4321)``: real 4 KiB
+page contents whose lz4 sizes follow the kernel-build mix of KERNEL.md
+section 8 (8 % incompressible pages, stored whole as "huge"; the rest mostly
+1.1-2.5 KB), with 15 % same-filled pages (90 % of them zero), which zram
+keeps without allocating (see ``zsmalloc/workloads/pages.py`` for how each
+page is calibrated against lz4).  The pages are made before the RSS
+baseline and the timing.
 
 How
 ---
@@ -66,19 +61,16 @@ import lz4.block
 
 import common
 from common import fmt, fmt_int, fmt_mib, md_table
+from zsmalloc.workloads import get_page_source
 
 NAME = "zram"
 SEED = 4321
+WORKLOAD = "kernel-build"
 FULL_N = 50_000
 QUICK_N = 2_000
 FULL_ROUNDS = 5
 FULL_MEM_REPEATS = 3
 PAGE = 4096
-ZERO_SHARE = 0.10
-RANDOM_SHARE = 0.05
-MAX_NOISE = 0.40  # the largest share of random bytes in a text page (drawn as MAX_NOISE * U^2)
-PERIODS = (128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 65536)  # text streams' repeat periods
-STREAM_LEN = 1 << 16
 DISCARD_FRACTION = 0.5
 WRITE_LIMIT = 0.8  # ours / dict, pages/s
 READ_LIMIT = 0.7
@@ -90,56 +82,13 @@ CHURN_RSS_LIMIT = 0.6  # ours / dict RSS growth after discarding half
 # the pages
 
 
-def _vocab() -> list[bytes]:
-    rng = random.Random(12345)  # the vocabulary of tests/zram_pages.py
-    return [
-        bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(400)
-    ]
-
-
 class Pages:
-    """``n`` seeded pages: zero, random (huge) and text pages with a random share of noise."""
+    """``n`` pages of the workload, with the discard victims and the read order drawn from the seed."""
 
     def __init__(self, n: int, seed: int = SEED) -> None:
-        rng = random.Random(seed)
-        words = _vocab()
-        streams = []
-        for period in PERIODS:
-            parts: list[bytes] = []
-            total = 0
-            while total < period:
-                w = rng.choice(words) + b" "
-                parts.append(w)
-                total += len(w)
-            unit = b"".join(parts)[:period]
-            streams.append(unit * ((STREAM_LEN + PAGE) // period + 1))
-        zero = bytes(PAGE)
-        pages = []
-        kinds = {"zero": 0, "random": 0, "text": 0}
-        for _ in range(n):
-            r = rng.random()
-            if r < ZERO_SHARE:
-                pages.append(zero)
-                kinds["zero"] += 1
-                continue
-            if r < ZERO_SHARE + RANDOM_SHARE:
-                pages.append(rng.randbytes(PAGE))
-                kinds["random"] += 1
-                continue
-            stream = rng.choice(streams)
-            off = rng.randrange(STREAM_LEN)
-            page = bytearray(stream[off : off + PAGE])
-            noise = int(rng.random() ** 2 * MAX_NOISE * PAGE)
-            while noise > 0:
-                run = min(noise, rng.randint(16, 256))
-                at = rng.randrange(PAGE - run)
-                page[at : at + run] = rng.randbytes(run)
-                noise -= run
-            pages.append(bytes(page))
-            kinds["text"] += 1
-        self.pages = pages
-        self.kinds = kinds
+        self.pages = list(get_page_source(WORKLOAD)(n, seed))
         self.n = n
+        self.same = sum(p[:8] * 512 == p for p in self.pages)
         self.victims = random.Random(seed + 1).sample(range(n), int(n * DISCARD_FRACTION))
         self.read_order = list(range(n))
         random.Random(seed + 2).shuffle(self.read_order)
@@ -192,8 +141,8 @@ def _time_dict(pages: Pages) -> tuple[float, float, bool]:
     return t1 - t0, t2 - t1, ok
 
 
-def _zict_mapping():
-    """zict's compressed mapping (``Func(compress, decompress, dict)``), or None if zict is absent."""
+def _zict_mapping(raw: dict[int, bytes] | None = None):
+    """zict's compressed mapping (``Func(compress, decompress, raw)``), or None if zict is absent."""
     try:
         import zict  # not a dependency: measured only when present
     except ImportError:
@@ -205,7 +154,7 @@ def _zict_mapping():
     def load(blob: bytes) -> bytes:
         return lz4.block.decompress(blob, uncompressed_size=PAGE)
 
-    return zict.Func(dump, load, {})
+    return zict.Func(dump, load, {} if raw is None else raw)
 
 
 def _time_zict(pages: Pages) -> tuple[float, float, bool] | None:
@@ -233,7 +182,7 @@ def worker_speed(n: int, round_no: int) -> dict:
     order = [("ours", _time_ours), ("dict", _time_dict), ("zict", _time_zict)]
     if round_no % 2:
         order[0], order[1] = order[1], order[0]
-    out: dict = {"kinds": pages.kinds, **lz4_stats(pages.pages)}
+    out: dict = {"same_filled": pages.same, **lz4_stats(pages.pages)}
     for name, fn in order:
         gc.collect()
         gc.disable()
@@ -304,23 +253,30 @@ def worker_mem_ours(n: int) -> dict:
     }
 
 
-def worker_mem_dict(n: int) -> dict:
+def worker_mem_peer(n: int, peer: str) -> dict:
+    """RSS of the dict peer (``peer == "dict"``) or of zict's mapping, filled and after ``del``."""
     pages = Pages(n)
     compress = lz4.block.compress
     gc.collect()
     common.malloc_trim()  # as for ours
     rss0 = common.rss_bytes()
-    d: dict[int, bytes] = {}
-    for i, page in enumerate(pages.pages):
-        d[i] = compress(page, store_size=False)
+    raw: dict[int, bytes] = {}
+    if peer == "dict":
+        store = raw
+        for i, page in enumerate(pages.pages):
+            raw[i] = compress(page, store_size=False)
+    else:
+        store = _zict_mapping(raw)
+        for i, page in enumerate(pages.pages):
+            store[i] = page
     gc.collect()
     rss_filled = common.rss_bytes()
-    held_filled = sum(len(v) for v in d.values())
+    held_filled = sum(len(v) for v in raw.values())
     for i in pages.victims:
-        del d[i]
+        del store[i]
     gc.collect()
     rss_deleted = common.rss_bytes()
-    held_live = sum(len(v) for v in d.values())
+    held_live = sum(len(v) for v in raw.values())
     return {
         "rss_start": rss0,
         "filled": {"rss_growth": rss_filled - rss0, "lz4_bytes": held_filled},
@@ -354,12 +310,15 @@ def run(quick: bool = False) -> dict:
     for r in range(rounds):
         common.log(f"zram: throughput, {n:,} pages, round {r + 1}/{rounds}")
         speed_runs.append(common.run_worker(script, ["speed", str(n), str(r)]))
-    ours_runs, dict_runs = [], []
+    zict_here = speed_runs[0]["zict"] is not None
+    ours_runs: list[dict] = []
+    peer_runs: dict[str, list[dict]] = {"dict": [], "zict": []} if zict_here else {"dict": []}
     for r in range(mem_repeats):
         common.log(f"zram: memory, ZramDevice, {n:,} pages, run {r + 1}/{mem_repeats}")
         ours_runs.append(common.run_worker(script, ["mem-ours", str(n)]))
-        common.log(f"zram: memory, dict peer, {n:,} pages, run {r + 1}/{mem_repeats}")
-        dict_runs.append(common.run_worker(script, ["mem-dict", str(n)]))
+        for peer, runs in peer_runs.items():
+            common.log(f"zram: memory, {peer} peer, {n:,} pages, run {r + 1}/{mem_repeats}")
+            runs.append(common.run_worker(script, ["mem-peer", str(n), peer]))
 
     speed: dict = {}
     for store in ("ours", "dict", "zict"):
@@ -389,14 +348,18 @@ def run(quick: bool = False) -> dict:
         "intact": all(x["intact"] for x in ours_runs),
         "runs": ours_runs,
     }
-    dict_mem = {
-        "rss_start": common.median(x["rss_start"] for x in dict_runs),
-        "filled_rss_growth": med(dict_runs, "filled", "rss_growth"),
-        "deleted_rss_growth": med(dict_runs, "deleted", "rss_growth"),
-        "filled_lz4_bytes": dict_runs[0]["filled"]["lz4_bytes"],
-        "deleted_lz4_bytes": dict_runs[0]["deleted"]["lz4_bytes"],
-        "runs": dict_runs,
+    peers_mem = {
+        peer: {
+            "rss_start": common.median(x["rss_start"] for x in runs),
+            "filled_rss_growth": med(runs, "filled", "rss_growth"),
+            "deleted_rss_growth": med(runs, "deleted", "rss_growth"),
+            "filled_lz4_bytes": runs[0]["filled"]["lz4_bytes"],
+            "deleted_lz4_bytes": runs[0]["deleted"]["lz4_bytes"],
+            "runs": runs,
+        }
+        for peer, runs in peer_runs.items()
     }
+    dict_mem = peers_mem["dict"]
     fill_ratio = ours_mem["filled_rss_growth"] / ours_mem["filled"]["compr_data_size"]
     churn_ratio = ours_mem["compacted_rss_growth"] / dict_mem["deleted_rss_growth"]
 
@@ -447,14 +410,15 @@ def run(quick: bool = False) -> dict:
         "pages": n,
         "rounds": rounds,
         "mem_repeats": mem_repeats,
-        "kinds": first["kinds"],
+        "workload": WORKLOAD,
+        "same_filled": first["same_filled"],
         "lz4": {k: first[k] for k in ("lz4_bytes", "lz4_p10", "lz4_median", "lz4_p90")},
         "zict": "measured" if speed["zict"] is not None else "not installed",
         "speed": speed,
         "write_ratio": w_ratio,
         "read_ratio": r_ratio,
         "speed_runs": speed_runs,
-        "memory": {"ours": ours_mem, "dict": dict_mem},
+        "memory": {"ours": ours_mem, **peers_mem},
         "fill_rss_ratio": fill_ratio,
         "churn_rss_ratio": churn_ratio,
         "targets": targets,
@@ -463,23 +427,22 @@ def run(quick: bool = False) -> dict:
 
 def markdown(doc: dict) -> str:
     n = doc["pages"]
-    k, lz = doc["kinds"], doc["lz4"]
+    lz = doc["lz4"]
     out = [
         "## zram (`bench_zram.py`)",
         "",
-        f"Method: {n:,} seeded pages (seed {doc['seed']}): {k['zero']:,} zero pages, {k['random']:,} "
-        f"random (incompressible) pages and {k['text']:,} text pages (a slice of a stream repeating a "
-        "unit of random words, period 128 B to 64 KiB, with 0-40 % of the bytes overwritten by random "
-        "runs; see the module docstring). lz4 (`store_size=False`) leaves "
+        f"Method: {n:,} pages of the `{doc['workload']}` page source (seed {doc['seed']}; "
+        "`zsmalloc.workloads`): page contents whose lz4 sizes follow the kernel-build mix of KERNEL.md "
+        f"section 8, {doc['same_filled']:,} of them same-filled. lz4 (`store_size=False`) leaves "
         f"{fmt_mib(lz['lz4_bytes'])} MiB of {fmt_mib(n * PAGE)} MiB; per page p10 / median / p90 = "
         f"{lz['lz4_p10']:,} / {lz['lz4_median']:,} / {lz['lz4_p90']:,} bytes. Ours: "
         '`ZramDevice(n * 4096, algorithm="lz4")`, `write_page(i, page)` for i in order, then '
-        "`read_page(i)` in a shuffled order. Peer: a `dict {i: lz4.block.compress(page, "
-        "store_size=False)}`, read with `lz4.block.decompress(..., uncompressed_size=4096)`, same pages, "
-        f"same orders. Throughput: {doc['rounds']} round(s), each a fresh subprocess timing both "
-        "stores (alternating which goes first), `gc.disable()` while timing; medians (min-max); the "
-        "ratio is the median of the per-round ratios. MB = 10^6 bytes of uncompressed pages. "
-        f"zict's compressed mapping: {doc['zict']}.",
+        "`read_page(i)` in a shuffled order. Peers: a `dict {i: lz4.block.compress(page, "
+        "store_size=False)}`, read with `lz4.block.decompress(..., uncompressed_size=4096)`, and zict's "
+        "`Func(compress, decompress, dict)` with the same calls; same pages, same orders. Throughput: "
+        f"{doc['rounds']} round(s), each a fresh subprocess timing every store (rotating which goes "
+        "first), `gc.disable()` while timing; medians (min-max); the ratio is the median of the "
+        f"per-round ratios. MB = 10^6 bytes of uncompressed pages. zict: {doc['zict']}.",
         "",
     ]
     rows = []
@@ -500,7 +463,7 @@ def markdown(doc: dict) -> str:
         )
     rows.append(["ours / dict", fmt(doc["write_ratio"], 2), "", fmt(doc["read_ratio"], 2), ""])
     out.append(md_table(["store", "write pages/s", "write MB/s", "read pages/s", "read MB/s"], rows))
-    om, dm = doc["memory"]["ours"], doc["memory"]["dict"]
+    om = doc["memory"]["ours"]
     f, c = om["filled"], om["compacted"]
     out += [
         "",
@@ -511,7 +474,7 @@ def markdown(doc: dict) -> str:
         "just before the store was created.** Then a random half of the pages (seed "
         f"{doc['seed'] + 1}) is discarded (`dev.discard(i, 1)`) and the device compacted "
         "(`dev.compact()`, then `dev.pool.memory.compact()`, each followed by `flush_deferred()`, "
-        "`memory.drain_pages()`, `gc.collect()`); the dict peer deletes the same keys (`del d[i]`).",
+        "`memory.drain_pages()`, `gc.collect()`); the peers delete the same keys (`del d[i]`).",
         "",
     ]
     rows = [
@@ -530,21 +493,27 @@ def markdown(doc: dict) -> str:
             fmt_mib(om["compacted_rss_growth"]),
             fmt(om["compacted_rss_growth"] / c["compr_data_size"]),
         ],
-        [
-            "dict of lz4 bytes, filled",
-            fmt_mib(dm["filled_lz4_bytes"]),
-            "-",
-            fmt_mib(dm["filled_rss_growth"]),
-            fmt(dm["filled_rss_growth"] / dm["filled_lz4_bytes"]),
-        ],
-        [
-            "dict of lz4 bytes, after `del` of the same half",
-            fmt_mib(dm["deleted_lz4_bytes"]),
-            "-",
-            fmt_mib(dm["deleted_rss_growth"]),
-            fmt(dm["deleted_rss_growth"] / dm["deleted_lz4_bytes"]),
-        ],
     ]
+    for peer, label in (("dict", "dict of lz4 bytes"), ("zict", "zict Func(lz4)")):
+        pm = doc["memory"].get(peer)
+        if pm is None:
+            continue
+        rows += [
+            [
+                f"{label}, filled",
+                fmt_mib(pm["filled_lz4_bytes"]),
+                "-",
+                fmt_mib(pm["filled_rss_growth"]),
+                fmt(pm["filled_rss_growth"] / pm["filled_lz4_bytes"]),
+            ],
+            [
+                f"{label}, after `del` of the same half",
+                fmt_mib(pm["deleted_lz4_bytes"]),
+                "-",
+                fmt_mib(pm["deleted_rss_growth"]),
+                fmt(pm["deleted_rss_growth"] / pm["deleted_lz4_bytes"]),
+            ],
+        ]
     out.append(
         md_table(
             [
@@ -562,7 +531,12 @@ def markdown(doc: dict) -> str:
         f"Same pages: {fmt_int(f['same_pages'])} (stored without allocation), huge pages: "
         f"{fmt_int(f['huge_pages'])}. The dict's compressed bytes count zero pages' lz4 output "
         "(a few bytes each), the device's do not. RSS growth after compaction, ours / dict: "
-        f"{fmt(doc['churn_rss_ratio'])}.",
+        f"{fmt(doc['churn_rss_ratio'])}"
+        + (
+            f"; ours / zict: {fmt(om['compacted_rss_growth'] / doc['memory']['zict']['deleted_rss_growth'])}."
+            if "zict" in doc["memory"]
+            else "."
+        ),
     ]
     return "\n".join(out)
 
@@ -573,7 +547,7 @@ def _dispatch(args: list[str]) -> dict:
         return worker_speed(int(n), int(rest[0]))
     if kind == "mem-ours":
         return worker_mem_ours(int(n))
-    return worker_mem_dict(int(n))
+    return worker_mem_peer(int(n), rest[0])
 
 
 def main(argv: list[str] | None = None) -> int:
