@@ -272,8 +272,8 @@ class NbdClient:
     def _structured(self) -> Reply:
         """The chunks of one structured reply, its first magic number already read."""
         cookie = None
-        buf = bytearray()
         reply: Reply | None = None
+        pieces: list[tuple[int, bytes]] = []  # the data chunks, placed once the reply is complete
         while True:
             if reply is not None:
                 (magic,) = p.U32.unpack(self.recv_exactly(4))
@@ -285,18 +285,17 @@ class NbdClient:
                 cookie = chunk_cookie
                 cmd, req_offset, req_length = self._pending[cookie]
                 reply = Reply(cookie)
-                buf = bytearray(req_length)
             elif chunk_cookie != cookie:
                 raise NbdProtocolError("chunks of two replies interleaved (this client does not merge them)")
             if ctype == p.NBD_REPLY_TYPE_OFFSET_DATA:
                 (at,) = p.OFFSET_DATA.unpack_from(payload)
                 data = payload[8:]
-                self._place(buf, req_offset, at, len(data))
-                buf[at - req_offset : at - req_offset + len(data)] = data
+                self._check_chunk(req_offset, req_length, at, len(data))
+                pieces.append((at - req_offset, data))
                 reply.chunks.append((ctype, at, len(data)))
             elif ctype == p.NBD_REPLY_TYPE_OFFSET_HOLE:
                 at, size = p.OFFSET_HOLE.unpack(payload)
-                self._place(buf, req_offset, at, size)
+                self._check_chunk(req_offset, req_length, at, size)
                 reply.chunks.append((ctype, at, size))
             elif ctype & (1 << 15):
                 reply.error, n = p.ERROR_CHUNK.unpack_from(payload)
@@ -311,12 +310,15 @@ class NbdClient:
             covered = sum(n for t, _, n in reply.chunks if t in (1, 2))
             if covered != req_length:
                 raise NbdProtocolError(f"read reply covers {covered} of {req_length} bytes")
+            buf = bytearray(req_length)  # holes read as zeros
+            for at, data in pieces:
+                buf[at : at + len(data)] = data
             reply.data = bytes(buf)
         return reply
 
     @staticmethod
-    def _place(buf: bytearray, req_offset: int, at: int, n: int) -> None:
-        if n == 0 or at < req_offset or at + n > req_offset + len(buf):
+    def _check_chunk(req_offset: int, req_length: int, at: int, n: int) -> None:
+        if n == 0 or at < req_offset or at + n > req_offset + req_length:
             raise NbdProtocolError(f"a chunk of [{at}, {at + n}) outside the request or empty")
 
     def request(
