@@ -111,6 +111,7 @@ the step constructors (:func:`isolate`, :func:`free`, ...).
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -913,6 +914,34 @@ class Report:
         if self.minimal is None or f.after < self.minimal.failure.after:  # type: ignore[union-attr]
             self.minimal = run
 
+    def to_dict(self) -> dict:
+        """The figures of :meth:`render`, for ``zsmalloc protocheck --json``."""
+        run = self.minimal
+        minimal = None
+        if run is not None and run.failure is not None:
+            minimal = {
+                "steps": [
+                    {"n": e.n, "actor": e.actor, "step": e.step, "result": e.result, "state": e.state}
+                    for e in run.trace
+                ],
+                "failed_after": run.failure.after,
+                "where": run.failure.where,
+                "message": run.failure.message,
+            }
+        return {
+            "scenario": self.scenario.name,
+            "protocol": self.protocol,
+            "mode": self.mode,
+            "interleavings": self.interleavings,
+            "possible": self.possible,
+            "executions": self.executions,
+            "failing": self.failing,
+            "failures_by_kind": dict(self.kinds),
+            "seconds": round(self.seconds, 3),
+            "ok": self.ok,
+            "minimal_failing_sequence": minimal,
+        }
+
     def render(self) -> str:
         sc = self.scenario
         lines = [
@@ -1177,10 +1206,12 @@ def run_named(
     n: int = 200,
     seed: int = 0,
     echo: Callable[[str], object] = print,
+    as_json: bool = False,
 ) -> int:
     """Explore a built-in scenario (or "all") and print the report; 0 if nothing failed, else 1.
 
-    The entry point of ``zsmalloc protocheck``.
+    The entry point of ``zsmalloc protocheck``; ``as_json`` prints one JSON
+    list of :meth:`Report.to_dict` instead of the text.
     """
     if name == "all":
         names = list(EXHAUSTIVE if exhaustive else SCENARIOS)
@@ -1189,12 +1220,17 @@ def run_named(
     else:
         raise ValueError(f"unknown scenario {name!r}; the scenarios are {', '.join(SCENARIOS)} (or 'all')")
     status = 0
+    reports = []
     for i, sc_name in enumerate(names):
         sc = SCENARIOS[sc_name]
         report = explore_exhaustive(sc, protocol) if exhaustive else explore_random(sc, protocol, n, seed)
-        if i:
-            echo("")
-        echo(report.render())
+        reports.append(report.to_dict())
+        if not as_json:
+            if i:
+                echo("")
+            echo(report.render())
         if not report.ok:
             status = 1
+    if as_json:
+        echo(json.dumps(reports, indent=2))
     return status

@@ -58,7 +58,8 @@ def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool
 )
 @click.option("--random", "random_runs", type=int, default=0, help="random interleavings instead of all")
 @click.option("--seed", default=0, show_default=True)
-def protocheck(scenario: str, protocol: str, random_runs: int, seed: int) -> None:
+@click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
+def protocheck(scenario: str, protocol: str, random_runs: int, seed: int, as_json: bool) -> None:
     """Run a migration-protocol scenario over every interleaving of its actors' steps.
 
     SCENARIO is one of the built-in scenarios (zsmalloc.protocheck.SCENARIOS) or "all".
@@ -66,6 +67,12 @@ def protocheck(scenario: str, protocol: str, random_runs: int, seed: int) -> Non
     if scenario != "all" and scenario not in SCENARIOS:
         raise click.BadParameter(f"known scenarios: {', '.join(SCENARIOS)}, all", param_hint="SCENARIO")
     status = run_named(
-        scenario, protocol, exhaustive=not random_runs, n=random_runs or 200, seed=seed, echo=console.print
+        scenario,
+        protocol,
+        exhaustive=not random_runs,
+        n=random_runs or 200,
+        seed=seed,
+        echo=click.echo if as_json else console.print,
+        as_json=as_json,
     )
     raise SystemExit(status)
