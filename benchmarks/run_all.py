@@ -9,7 +9,9 @@ free a random half, compact: pool bytes and RSS growth per live byte, against
 a dict peer) and ``bench_compaction_work.py`` (objects moved per page freed by
 the 6.4 compaction policy against the legacy one) and ``bench_zram.py``
 (``ZramDevice`` page write/read throughput and RSS, fill and after discarding
-half, against a dict of lz4-compressed pages).  Each writes
+half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
+(``zsmalloc serve`` against ``nbdkit memory allocator=zstd`` through
+nbdcopy, qemu-img and libnbd: throughput and server RSS).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -41,12 +43,21 @@ import bench_churn
 import bench_compaction_work
 import bench_density
 import bench_migration
+import bench_nbd
 import bench_speed
 import bench_zram
 import common
 from common import md_table, verdict
 
-BENCHMARKS = (bench_density, bench_speed, bench_migration, bench_churn, bench_compaction_work, bench_zram)
+BENCHMARKS = (
+    bench_density,
+    bench_speed,
+    bench_migration,
+    bench_churn,
+    bench_compaction_work,
+    bench_zram,
+    bench_nbd,
+)
 
 
 def machine_section(info: dict) -> str:
