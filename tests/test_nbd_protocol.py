@@ -64,6 +64,7 @@ def test_export_name_enters_transmission(no_zeroes: bool) -> None:
         c.start(p.NBD_FLAG_C_FIXED_NEWSTYLE | (p.NBD_FLAG_C_NO_ZEROES if no_zeroes else 0))
         export = c.export_name("")
         assert export.size == SIZE and export.flags & p.NBD_FLAG_SEND_TRIM
+        assert not export.flags & p.NBD_FLAG_SEND_DF  # no structured replies asked for
         c.write(4090, b"0123456789")
         assert c.read(4088, 14) == b"\0\x000123456789\0\0"
 

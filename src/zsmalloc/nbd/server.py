@@ -115,8 +115,8 @@ class Limits:
     max_inflight_requests: int = 64
     #: write payloads and read results a connection may hold at once
     max_inflight_bytes: int = 64 << 20
-    #: connections served at once; more are closed on arrival
-    max_connections: int = 64
+    #: connections served at once; more are closed on arrival (with max_inflight_bytes: a memory bound)
+    max_connections: int = 16
     #: options one handshake may send
     max_options: int = 64
     #: seconds a handshake may take
@@ -407,7 +407,8 @@ class _Connection:
             if option == p.NBD_OPT_EXPORT_NAME:
                 if not self.server.export_matches(data):
                     raise _HardDisconnect(f"NBD_OPT_EXPORT_NAME of unknown export {data[:64]!r}")
-                reply = p.EXPORT_NAME_REPLY.pack(self.server.size, self.server.transmission_flags(False))
+                tflags = self.server.transmission_flags(self.structured)
+                reply = p.EXPORT_NAME_REPLY.pack(self.server.size, tflags)
                 await self._send(reply if no_zeroes else reply + bytes(p.EXPORT_NAME_PADDING))
                 return True
             if option == p.NBD_OPT_ABORT:
