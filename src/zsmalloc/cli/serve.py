@@ -30,6 +30,7 @@ from rich.table import Table
 
 from zsmalloc.cli.app import console, main
 from zsmalloc.errors import CorruptionError
+from zsmalloc.mm.heap import fix_mmap_threshold
 from zsmalloc.nbd import Limits, NbdServer
 from zsmalloc.zram import ZramDevice, available_codecs
 
@@ -198,6 +199,7 @@ def serve(
             max_inflight_bytes=max(2 * max_request, Limits.max_inflight_bytes),
             max_connections=max_connections,
         )
+        fix_mmap_threshold()  # read replies are big transient buffers: give them back when sent
         device = ZramDevice(size, algorithm=algorithm, mem_limit=mem_limit)
         server = NbdServer(device, name=name, limits=limits, workers=workers)
     except ValueError as exc:
