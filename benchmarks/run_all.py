@@ -22,7 +22,9 @@ Usage::
     .venv/bin/python benchmarks/run_all.py --quick      # smoke run, well under a minute
     .venv/bin/python benchmarks/run_all.py --quick --out /tmp/bench   # leave benchmarks/ alone
 
-The default ``--out`` is ``benchmarks/`` itself.  The package measured is
+With ``--only NAME`` (repeatable) just those benchmarks run; RESULTS.md
+keeps every other benchmark's section from its last saved run, marked with
+that run's date.  The default ``--out`` is ``benchmarks/`` itself.  The package measured is
 whichever ``zsmalloc`` the interpreter imports (RESULTS.md names its path and
 git commit); to measure a fixed commit while ``src/`` is being edited, point
 ``PYTHONPATH`` at a clean checkout's ``src``.  The exit status is 0 when
@@ -33,6 +35,7 @@ enforced), and 1 when one of them crashed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -122,6 +125,39 @@ def targets_section(targets: list[tuple[str, dict]]) -> str:
     )
 
 
+def earlier_sections(
+    out: Path, fresh: dict[str, tuple[str, dict]]
+) -> tuple[list[str], list[tuple[str, dict]]]:
+    """Every benchmark's section and targets: this run's where it ran, else its last saved run.
+
+    With ``--only``, RESULTS.md keeps the other benchmarks' figures from their
+    own last run (``results/<name>.json``), each marked with its date, so one
+    benchmark can be rerun without losing the rest.
+    """
+    sections: list[str] = []
+    targets: list[tuple[str, dict]] = []
+    for bench in BENCHMARKS:
+        if bench.NAME in fresh:
+            section, doc = fresh[bench.NAME]
+        else:
+            path = common.results_dir(out) / f"{bench.NAME}.json"
+            if not path.exists():
+                continue
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            when = doc.get("machine", {}).get("date", "an earlier run")
+            quick = " (--quick)" if doc.get("quick") else ""
+            try:
+                section = bench.markdown(doc)
+            except (KeyError, TypeError):  # saved by an older version of the benchmark
+                section = (
+                    f"## {bench.NAME}\n\n`results/{bench.NAME}.json` predates the current format: rerun it."
+                )
+            section += f"\n\n({bench.NAME}: {doc.get('seconds', '?')} s, run of {when}{quick})"
+        sections.append(section)
+        targets.extend((bench.NAME, t) for t in doc["targets"])
+    return sections, targets
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run every benchmark and write RESULTS.md.")
     parser.add_argument("--quick", action="store_true", help="shrink sizes: the whole run in under a minute")
@@ -147,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     targets: list[tuple[str, dict]] = []
     crashed = []
     docs: list[dict] = []
+    fresh: dict[str, tuple[str, dict]] = {}
     for bench in BENCHMARKS:
         if args.only and bench.NAME not in args.only:
             continue
@@ -159,16 +196,20 @@ def main(argv: list[str] | None = None) -> int:
             tb = traceback.format_exc()
             common.log(tb)
             sections.append(f"## {bench.NAME}: CRASHED\n\n```\n{tb}```")
+            fresh[bench.NAME] = (sections[-1], {"targets": []})
             continue
         doc["machine"] = info  # the same dict: the end-of-run load is filled in below
         doc["seconds"] = round(time.perf_counter() - t0, 1)
         docs.append(doc)
         sections.append(bench.markdown(doc) + f"\n\n({bench.NAME}: {doc['seconds']} s)")
         targets.extend((bench.NAME, t) for t in doc["targets"])
+        fresh[bench.NAME] = (sections[-1], doc)
     elapsed = time.perf_counter() - started
     info["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
     for doc in docs:
         common.write_json(common.results_dir(out) / f"{doc['name']}.json", doc)
+    if args.only:
+        sections, targets = earlier_sections(out, fresh)
 
     header = [
         "# Benchmark results",
