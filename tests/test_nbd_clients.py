@@ -1,4 +1,4 @@
-"""The server against the real NBD clients from Debian: nbdinfo, nbdcopy, qemu-img, qemu-io, nbdfuse.
+"""The server against the real NBD clients from Debian: nbdinfo, nbdcopy, qemu-img, qemu-io, nbdsh, nbdfuse.
 
 Each test serves a fresh device on a Unix socket (in this process, on a
 background event loop), runs the tool as a subprocess with a timeout, and
@@ -137,6 +137,40 @@ def test_qemu_io_unaligned_write_read_zero_discard() -> None:
         run("qemu-io", "-f", "raw", "-c", "discard 65536 131072", uri)
         assert st.server.device.pread(65536, 131072) == bytes(131072)
         assert st.server.device.io_stat().notify_free >= 32
+
+
+def test_nbdsh_scripted_session() -> None:
+    """nbdsh (libnbd's Python shell) connects, reads the size, writes, zeroes, trims and reads back."""
+    need_tools("nbdsh")
+    with served(SIZE) as st:
+        uri = st.addresses[0]
+        script = "\n".join(
+            [
+                "print(h.get_size())",
+                "h.pwrite(b'nbdsh!' * 1000, 12345)",
+                "h.zero(100, 12400)",
+                "h.trim(65536, 65536)",
+                "h.flush()",
+                "print(h.pread(6000, 12345).hex())",
+                "print(h.can_multi_conn(), h.can_trim(), h.can_zero(), h.can_fua())",
+            ]
+        )
+        # nbdsh runs "python3 -m nbd": the Debian python3 that python3-libnbd installs into
+        env = {**os.environ, "PATH": "/usr/bin:" + os.environ.get("PATH", "")}
+        proc = subprocess.run(
+            ["nbdsh", "-u", uri, "-c", script], capture_output=True, text=True, timeout=60, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        out = proc.stdout.split()
+        model = bytearray(SIZE)
+        model[12345 : 12345 + 6000] = b"nbdsh!" * 1000
+        model[12400 : 12400 + 100] = bytes(100)
+        assert out[0] == str(SIZE)
+        assert bytes.fromhex(out[1]) == bytes(model[12345 : 12345 + 6000])
+        assert out[2:] == ["True"] * 4
+        dev = st.server.device
+        assert dev.pread(0, 131072) == bytes(model[:131072])
+        dev.check()
 
 
 def test_several_clients_at_once_on_separate_regions() -> None:
