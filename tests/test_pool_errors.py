@@ -76,15 +76,22 @@ def snapshot(pool: Pool):
         "h_obj": bytes(pool._h_obj),
         "h_size_live": tuple(pool._h_size[s] for s in live_slots),
         "zs": tuple(
-            bytes(getattr(pool, name))
+            tuple(getattr(pool, name))
             for name in ("_zs_class", "_zs_inuse", "_zs_freeobj", "_zs_first", "_zs_fg", "_zs_lock")
         ),
         "zs_free": tuple(pool._zs_free),
         "classes": classes,
         "pfns": tuple(pfns),
         "descriptors": tuple(
-            (mem.flags[p], mem.refcount[p], mem.movable_ops[p], mem.private[p], mem.index[p], mem.next[p],
-             mem.first_obj_offset[p])
+            (
+                mem.flags[p],
+                mem.refcount[p],
+                mem.movable_ops[p],
+                mem.private[p],
+                mem.index[p],
+                mem.next[p],
+                mem.first_obj_offset[p],
+            )
             for p in pfns
         ),
         "frames": tuple(bytes(mem.frame(p)) for p in pfns),
@@ -234,8 +241,17 @@ def _stale(pool, live):
 
 BAD_HANDLES = {
     f.__name__.lstrip("_"): f
-    for f in (_unknown_zero, _never_issued, _free_slot_generation_zero, _odd, _negative, _huge_int,
-              _next_generation, _freed, _stale)
+    for f in (
+        _unknown_zero,
+        _never_issued,
+        _free_slot_generation_zero,
+        _odd,
+        _negative,
+        _huge_int,
+        _next_generation,
+        _freed,
+        _stale,
+    )
 }
 
 HANDLE_OPS = {

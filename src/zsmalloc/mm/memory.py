@@ -119,9 +119,10 @@ class Memory(Migration, Compaction):
             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
         )
-        #: the whole arena as bytes, and as native 64-bit words (headers live there)
+        #: the whole arena as bytes, and as native unsigned 64-bit words (headers live there;
+        #: "L" where it is 64 bits: a memoryview stores "L" items more cheaply than "Q")
         self.buf = memoryview(self.arena)
-        self.words = self.buf.cast("Q")
+        self.words = self.buf.cast("L" if array("L").itemsize == 8 else "Q")
 
         self.flags = bytearray()
         self.refcount = array("i")
@@ -411,9 +412,7 @@ class Memory(Migration, Compaction):
     # ------------------------------------------------------------------
     # fault injection
 
-    def inject_failures(
-        self, next_n: int = 0, probability: float = 0.0, seed: int | None = 0
-    ) -> None:
+    def inject_failures(self, next_n: int = 0, probability: float = 0.0, seed: int | None = 0) -> None:
         """Make the next ``next_n`` allocations fail, then each with ``probability``."""
         if next_n < 0 or not 0.0 <= probability <= 1.0:
             raise ValueError("next_n must be >= 0 and probability within [0, 1]")
@@ -441,9 +440,7 @@ class Memory(Migration, Compaction):
         with self._page_wait:
             self._page_waiters += 1
             try:
-                ok = self._page_wait.wait_for(
-                    lambda: not self.flags[pfn] & PG_locked, timeout
-                )
+                ok = self._page_wait.wait_for(lambda: not self.flags[pfn] & PG_locked, timeout)
             finally:
                 self._page_waiters -= 1
             if ok:
@@ -464,9 +461,7 @@ class Memory(Migration, Compaction):
         with self._page_wait:
             self._page_waiters += 1
             try:
-                return self._page_wait.wait_for(
-                    lambda: not self.flags[pfn] & PG_locked, timeout
-                )
+                return self._page_wait.wait_for(lambda: not self.flags[pfn] & PG_locked, timeout)
             finally:
                 self._page_waiters -= 1
 

@@ -127,6 +127,10 @@ _DICT_COPY_BYTES = 4096
 # late in a pool's life would keep a whole arena resident.
 _TABLE_MIN = 1024
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
+# Unsigned 64-bit array items: "L" where it is 64 bits (LP64), whose items
+# CPython stores through PyLong_AsUnsignedLong, much cheaper than "Q"'s
+# PyLong_AsUnsignedLongLong.
+_U64 = "L" if array("L").itemsize == 8 else "Q"
 
 
 def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
@@ -173,7 +177,8 @@ class SizeClass:
         self.objs_allocated = 0
         self.objs_inuse = 0
         n = self.objs_per_zspage
-        self.fg_of_inuse = bytes(get_fullness_group(i, n) for i in range(n + 1))
+        #: the fullness group of each inuse count (a tuple: indexing one is cheaper than bytes)
+        self.fg_of_inuse = tuple(get_fullness_group(i, n) for i in range(n + 1))
         self.layout = self._page_layout()
 
     def _page_layout(self) -> tuple[tuple[int, int, array], ...]:
@@ -189,7 +194,7 @@ class SizeClass:
         for k in range(self.pages_per_zspage):
             first = (-(k << PAGE_SHIFT)) % size
             count = max(0, min(-(-(PAGE_SIZE - first) // size), nobjs - idx))
-            links = array("Q", range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << OBJ_TAG_BITS, 2))
+            links = array(_U64, range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << OBJ_TAG_BITS, 2))
             idx += count
             if count and idx == nobjs:
                 links[-1] = FREE_LIST_END
@@ -252,8 +257,7 @@ class Pool:
         self.classes: list[SizeClass] = [by_index[i] for i in sorted(by_index, reverse=True)]
         # user size -> class, with the handle header added (zs_malloc's lookup)
         self._class_for_size: list[SizeClass | None] = [None] + [
-            self.size_class[get_size_class_index(s + ZS_HANDLE_SIZE)]
-            for s in range(1, ZS_MAX_ALLOC_SIZE + 1)
+            self.size_class[get_size_class_index(s + ZS_HANDLE_SIZE)] for s in range(1, ZS_MAX_ALLOC_SIZE + 1)
         ]
 
         self._lock = threading.Lock()  # pool->lock
@@ -263,19 +267,21 @@ class Pool:
         self._work_requested: set[str] = set()
         self._worker_running = False
 
-        # struct zspage, as arrays indexed by zid
-        self._zs_class = array("h")
-        self._zs_inuse = array("i")
-        self._zs_freeobj = array("i")
-        self._zs_first = array("q")
-        self._zs_fg = array("b")
-        self._zs_lock = array("i")  # zspage lock: readers > 0, -1 write-locked
-        self._zs_isolated = array("i")  # pages isolated by the VM (2016 protocol)
+        # struct zspage, as lists indexed by zid: one zspage holds several
+        # objects, so lists cost little memory, and an element of a list is
+        # read and written several times faster than one of an array
+        self._zs_class: list[int] = []
+        self._zs_inuse: list[int] = []
+        self._zs_freeobj: list[int] = []
+        self._zs_first: list[int] = []
+        self._zs_fg: list[int] = []
+        self._zs_lock: list[int] = []  # zspage lock: readers > 0, -1 write-locked
+        self._zs_isolated: list[int] = []  # pages isolated by the VM (2016 protocol)
         self._zs_free = array("l")  # free zspage ids, a stack
 
         # handle table, indexed by slot (slot 0 unused: a handle is never 0)
-        self._h_val = array("Q", [HANDLE_FREED])
-        self._h_obj = array("Q", [0])
+        self._h_val = array(_U64, [HANDLE_FREED])
+        self._h_obj = array(_U64, [0])
         self._h_size = array("H", [0])
         self._h_free = array("L")  # free slots, a stack
         self._gen_base = 0  # generation of fresh slots: above any handle of a trimmed slot
@@ -374,7 +380,6 @@ class Pool:
             self._zs_lock.append(0)
             self._zs_isolated.append(0)
             return zid
-
 
     # ------------------------------------------------------------------
     # fullness lists (caller holds the class lock)
@@ -575,11 +580,7 @@ class Pool:
         or migrate of its pages frees it.  The broken v3 protocol destroys it
         here and now, isolated pages and all.
         """
-        if (
-            self._zs_inuse[zid] == 0
-            and self.movable_ops.free_destroys_isolated
-            and self.trylock_zspage(zid)
-        ):
+        if self._zs_inuse[zid] == 0 and self.movable_ops.free_destroys_isolated and self.trylock_zspage(zid):
             self._free_zspage(cls, zid)
 
     def free_zspage(self, cls: SizeClass, zid: int) -> None:
