@@ -25,12 +25,12 @@ from zsmalloc import CorruptionError, Pool
 from zsmalloc.pool.zsmalloc import FREE_LIST_END, OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
 
 PAGE = 4096
-SLOT_MASK = (1 << 31) - 1
+SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 IDX_MASK = (1 << OBJ_INDEX_BITS) - 1
 
 
 def slot_of(handle: int) -> int:
-    return (handle >> 1) & SLOT_MASK
+    return handle >> SLOT_SHIFT
 
 
 @dataclass
@@ -124,8 +124,8 @@ def test_header_holds_a_stale_generation(healthy):
     h = st.b[7]
     words = st.pool.memory.words
     w = st.header_word(h)
-    words[w] = (h + (1 << 32)) | OBJ_ALLOCATED_TAG
-    expect_corruption(st, f"handle {h:#x}: the object header holds {h + (1 << 32):#x} (stale generation)")
+    words[w] = (h + (1 << 1)) | OBJ_ALLOCATED_TAG  # the next generation
+    expect_corruption(st, f"handle {h:#x}: the object header holds {h + (1 << 1):#x} (stale generation)")
     words[w] = h | OBJ_ALLOCATED_TAG
     st.verify()
 
@@ -286,6 +286,18 @@ def test_handle_size_too_big_for_its_class(healthy):
     st.pool._h_size[slot_of(h)] = 25  # class 32 holds 24 bytes after the header
     expect_corruption(st, f"handle {h:#x}: size 25 does not fit class 0")
     st.pool._h_size[slot_of(h)] = 24
+    st.verify()
+
+
+def test_handle_size_of_a_smaller_class(healthy):
+    # read and write find an object's class by its size: a size that fits
+    # the object's class but maps to a smaller one would misplace their bytes
+    st = healthy
+    h = st.a[0]
+    size = st.pool.handle_size(h)
+    st.pool._h_size[slot_of(h)] = 24
+    expect_corruption(st, f"handle {h:#x}: size 24 maps to another class than 96")
+    st.pool._h_size[slot_of(h)] = size
     st.verify()
 
 

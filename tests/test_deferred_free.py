@@ -21,16 +21,14 @@ from helpers import WAIT, wait_until
 from zsmalloc import Pool
 from zsmalloc.pool.zsmalloc import OBJ_INDEX_BITS
 
-SLOT_MASK = (1 << 31) - 1
+SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 REQ = 1560  # class 96 with chain 8: 5 pages, 13 objects
 CLASS = 96
 PAGES = 5
 
 
 def zid_of(pool: Pool, h: int) -> int:
-    return pool.memory.private[pool._h_obj[(h >> 1) & SLOT_MASK] >> OBJ_INDEX_BITS]
-
-
+    return pool.memory.private[pool._h_obj[h >> SLOT_SHIFT] >> OBJ_INDEX_BITS]
 
 
 def worker_threads(pool: Pool) -> list[threading.Thread]:

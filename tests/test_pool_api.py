@@ -28,7 +28,7 @@ from zsmalloc.pool.zsmalloc import OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
 
 PAGE = 4096
 HEADER = 8
-SLOT_MASK = (1 << 31) - 1
+SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 RULES = (zsmalloc.RULE_MIN_WASTE, zsmalloc.RULE_USED_PERCENTAGE)
 
 
@@ -56,7 +56,7 @@ def _specs(chain: int, rule: str):
 
 
 def slot_of(handle: int) -> int:
-    return (handle >> 1) & SLOT_MASK
+    return handle >> SLOT_SHIFT
 
 
 def location(pool: Pool, handle: int) -> int:
@@ -261,8 +261,16 @@ def test_spanning_partial_writes_with_offset():
             expect[h] = bytearray(d)
         h = hs[2]
         split = PAGE - (2 * 1568 + HEADER)  # 952 bytes of obj 2's data lie in page 0
-        for off, n in [(split - 1, 2), (split - 100, 200), (split, 1), (split - 1, 1), (0, split + 1),
-                       (split - 5, SPAN_REQUEST - split + 5), (split + 3, 17), (SPAN_REQUEST - 1, 1)]:
+        for off, n in [
+            (split - 1, 2),
+            (split - 100, 200),
+            (split, 1),
+            (split - 1, 1),
+            (0, split + 1),
+            (split - 5, SPAN_REQUEST - split + 5),
+            (split + 3, 17),
+            (SPAN_REQUEST - 1, 1),
+        ]:
             patch = rand_bytes(rng, n)
             pool.write(h, patch, off)
             expect[h][off : off + n] = patch
@@ -400,8 +408,13 @@ def test_freed_and_stale_handles_are_refused():
         h = pool.malloc(64)
         pool.write(h, b"1" * 64)
         pool.free(h)
-        for op in (lambda: pool.read(h), lambda: pool.free(h), lambda: pool.handle_size(h),
-                   lambda: pool.write(h, b"x"), lambda: pool.read_into(h, bytearray(1))):
+        for op in (
+            lambda: pool.read(h),
+            lambda: pool.free(h),
+            lambda: pool.handle_size(h),
+            lambda: pool.write(h, b"x"),
+            lambda: pool.read_into(h, bytearray(1)),
+        ):
             with pytest.raises(InvalidHandleError):
                 op()
         # the slot is reused by the next malloc, with a new generation

@@ -20,12 +20,12 @@ from zsmalloc import (
 )
 from zsmalloc.pool.zsmalloc import OBJ_INDEX_BITS
 
-SLOT_MASK = (1 << 31) - 1
+SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 SIZES = [1, 24, 25, 100, 1560, 1560, 1560, 3624, 4096, 3625, 700, 2000, 1560]
 
 
 def slot_of(handle: int) -> int:
-    return (handle >> 1) & SLOT_MASK
+    return handle >> SLOT_SHIFT
 
 
 def populate(pool: Pool, seed: int = 0, sizes=SIZES) -> dict[int, bytes]:
@@ -54,7 +54,7 @@ def verify(pool: Pool, live: dict[int, bytes]) -> None:
 def snapshot(pool: Pool):
     """Everything a failed call must not change."""
     mem = pool.memory
-    live_slots = [s for s in range(1, len(pool._h_val)) if not pool._h_val[s] & 1]
+    live_slots = [s for s in range(1, len(pool._h_val)) if not pool._h_val[s] >> 63]  # bit 63: freed
     pfns = mem.used_pfns()
     classes = [
         (
@@ -196,12 +196,25 @@ def _unknown_zero(pool, live):
 
 
 def _never_issued(pool, live):
-    return (len(pool._h_val) + 10) << 1 | 1 << 32
+    return (len(pool._h_val) + 10) << SLOT_SHIFT | 1 << 1
 
 
 def _free_slot_generation_zero(pool, live):
     # a slot of the table that was never handed out, with generation 0
-    return (len(pool._h_val) - 1) << 1
+    return (len(pool._h_val) - 1) << SLOT_SHIFT
+
+
+def _one(pool, live):
+    # slot 0, never handed out
+    return 1
+
+
+def _freed_odd(pool, live):
+    # a freed handle with bit 0 set: the freed slot's table entry must not match it
+    h = next(iter(live))
+    pool.free(h)
+    del live[h]
+    return h | 1
 
 
 def _odd(pool, live):
@@ -217,7 +230,7 @@ def _huge_int(pool, live):
 
 
 def _next_generation(pool, live):
-    return next(iter(live)) + (1 << 32)
+    return next(iter(live)) + (1 << 1)
 
 
 def _freed(pool, live):
@@ -245,6 +258,8 @@ BAD_HANDLES = {
         _unknown_zero,
         _never_issued,
         _free_slot_generation_zero,
+        _one,
+        _freed_odd,
         _odd,
         _negative,
         _huge_int,

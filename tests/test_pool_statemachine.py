@@ -21,7 +21,7 @@ from zsmalloc.pool.zsmalloc import OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
 
 HEADER = 8
 PAGE = 4096
-SLOT_MASK = (1 << 31) - 1
+SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 IDX_MASK = (1 << OBJ_INDEX_BITS) - 1
 BOUNDARY_SIZES = [1, 2, 23, 24, 25, 40, 41, 1560, 3257, 3264, 3624, 3625, 3626, 3832, 3833, 4095, 4096]
 
@@ -167,7 +167,7 @@ class PoolMachine(RuleBasedStateMachine):
         mem = self.pool.memory
         for h, obj in self.model.items():
             spec = self.spec_of_size[len(obj)]
-            loc = self.pool._h_obj[(h >> 1) & SLOT_MASK]
+            loc = self.pool._h_obj[h >> SLOT_SHIFT]
             pfn, idx = loc >> OBJ_INDEX_BITS, loc & IDX_MASK
             frame = mem.frame(pfn)
             if spec.huge:

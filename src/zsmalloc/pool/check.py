@@ -52,7 +52,6 @@ def _check_locked(pool: Pool) -> None:
         FG_NONE,
         FREE_LIST_END,
         HANDLE_FREED,
-        HANDLE_SLOT_MASK,
         NR_FULLNESS_GROUPS,
         OBJ_ALLOCATED_TAG,
         OBJ_INDEX_BITS,
@@ -111,10 +110,7 @@ def _check_locked(pool: Pool) -> None:
                 _fail(f"{where}: page {pfn} descriptor names zspage {mem.private[pfn]}")
             expect = (-(k << PAGE_SHIFT)) % cls.size
             if mem.first_obj_offset[pfn] != expect:
-                _fail(
-                    f"{where}: page {pfn} first_obj_offset {mem.first_obj_offset[pfn]}, "
-                    f"expected {expect}"
-                )
+                _fail(f"{where}: page {pfn} first_obj_offset {mem.first_obj_offset[pfn]}, expected {expect}")
             if not mem.flags[pfn] & PG_movable or mem.movable_ops[pfn] != pool._ops_id:
                 _fail(f"{where}: page {pfn} is not marked movable by this pool")
         total_pages += len(pages)
@@ -134,7 +130,7 @@ def _check_locked(pool: Pool) -> None:
                     _fail(f"{where}: full huge zspage has free object {pool._zs_freeobj[zid]}")
                 if not tag & OBJ_ALLOCATED_TAG:
                     _fail(f"{where}: huge object's handle {tag:#x} in page {pfn} is not tagged")
-                slot = _slot_of(tag, HANDLE_SLOT_MASK, where, live_objects)
+                slot = _slot_of(tag, where, live_objects)
                 live_objects[slot] = (pfn << OBJ_INDEX_BITS, tag & ~OBJ_ALLOCATED_TAG)
             elif pool._zs_freeobj[zid] != 0 or tag:
                 _fail(f"{where}: empty huge zspage has freeobj {pool._zs_freeobj[zid]}, tag {tag}")
@@ -167,7 +163,7 @@ def _check_locked(pool: Pool) -> None:
                 header = words[word]
                 if not header & OBJ_ALLOCATED_TAG:
                     _fail(f"{where}: object {idx} is not free but its header {header:#x} is untagged")
-                slot = _slot_of(header, HANDLE_SLOT_MASK, where, live_objects)
+                slot = _slot_of(header, where, live_objects)
                 live_objects[slot] = ((pfn << OBJ_INDEX_BITS) | idx, header & ~OBJ_ALLOCATED_TAG)
 
         # fullness group
@@ -209,9 +205,12 @@ def _check_locked(pool: Pool) -> None:
             if bool(cls.nonempty & (1 << fg)) != bool(lst):
                 _fail(f"class {cls.index} group {fg}: non-empty mask disagrees with the list")
         n = per_class_zspages.get(cls.index, 0)
-        if sum(cls.nr_zspages) + sum(
-            1 for z in deferred if pool._zs_class[z] == cls.index
-        ) + off_list.get(cls.index, 0) != n:
+        if (
+            sum(cls.nr_zspages)
+            + sum(1 for z in deferred if pool._zs_class[z] == cls.index)
+            + off_list.get(cls.index, 0)
+            != n
+        ):
             _fail(f"class {cls.index}: {n} zspages exist but the lists hold {sum(cls.nr_zspages)}")
         if cls.objs_allocated != n * cls.objs_per_zspage:
             _fail(
@@ -245,15 +244,14 @@ def _check_locked(pool: Pool) -> None:
         if header_handle != val:
             _fail(f"handle {val:#x}: the object header holds {header_handle:#x} (stale generation)")
         if h_obj[slot] != location:
-            _fail(
-                f"handle {val:#x}: table says location {h_obj[slot]:#x}, "
-                f"its header is at {location:#x}"
-            )
+            _fail(f"handle {val:#x}: table says location {h_obj[slot]:#x}, its header is at {location:#x}")
         zid = mem.private[h_obj[slot] >> OBJ_INDEX_BITS]
         cls = pool.size_class[pool._zs_class[zid]]
         room = cls.size if cls.huge else cls.size - ZS_HANDLE_SIZE
         if not 0 < h_size[slot] <= room:
             _fail(f"handle {val:#x}: size {h_size[slot]} does not fit class {cls.index}")
+        if pool._class_for_size[h_size[slot]] is not cls:  # read and write find the class by the size
+            _fail(f"handle {val:#x}: size {h_size[slot]} maps to another class than {cls.index}")
     for slot in pool._pinned:
         if not 0 < slot < len(h_val) or h_val[slot] & HANDLE_FREED:
             _fail(f"handle slot {slot} is pinned but holds no live handle")
@@ -286,9 +284,11 @@ def _check_locked(pool: Pool) -> None:
             )
 
 
-def _slot_of(header: int, slot_mask: int, where: str, seen: dict) -> int:
+def _slot_of(header: int, where: str, seen: dict) -> int:
+    from zsmalloc.pool.zsmalloc import HANDLE_SLOT_SHIFT
+
     handle = header & ~1
-    slot = (handle >> 1) & slot_mask
+    slot = handle >> HANDLE_SLOT_SHIFT
     if slot in seen:
         _fail(f"{where}: handle {handle:#x} is in two object headers")
     return slot

@@ -7,24 +7,32 @@ Object location (what a handle's table entry holds)::
 
 Handle (see pool/zsmalloc.py for the table)::
 
-    (generation << HANDLE_GEN_SHIFT) | (slot << 1)      bit 0 always clear
+    (slot << HANDLE_SLOT_SHIFT) | (generation << 1)      bit 0 always clear
 """
 
-from zsmalloc.mm import PAGE_SIZE
+from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE
 from zsmalloc.pool.size_class import ZS_MAX_CHAIN_SIZE, ZS_MIN_ALLOC_SIZE
 
 OBJ_ALLOCATED_TAG = 1
 OBJ_TAG_BITS = 1
-# enough bits for the most objects a zspage can hold: 16 pages of 32-byte objects
-OBJ_INDEX_BITS = (ZS_MAX_CHAIN_SIZE * PAGE_SIZE // ZS_MIN_ALLOC_SIZE - 1).bit_length()
+# More than enough bits for the most objects a zspage can hold (16 pages of
+# 32-byte objects: 2048), and exactly PAGE_SHIFT of them, so that a location
+# minus its obj_idx is the arena address of the page it names.
+OBJ_INDEX_BITS = PAGE_SHIFT
+assert ZS_MAX_CHAIN_SIZE * PAGE_SIZE // ZS_MIN_ALLOC_SIZE <= 1 << OBJ_INDEX_BITS
 OBJ_INDEX_MASK = (1 << OBJ_INDEX_BITS) - 1
 FREE_LIST_END = ((1 << 64) - 1) & ~OBJ_ALLOCATED_TAG  # the kernel's -1UL << OBJ_TAG_BITS
 
+HANDLE_SLOT_SHIFT = 32  # slot = handle >> HANDLE_SLOT_SHIFT: one shift, no mask
 HANDLE_SLOT_BITS = 31
-HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1
-HANDLE_GEN_SHIFT = 32
-HANDLE_GEN_MASK = (1 << 32) - 1
-HANDLE_FREED = 1  # bit 0 set in the table: the slot holds no live handle
+HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1  # the highest slot
+HANDLE_GEN_SHIFT = 1
+HANDLE_GEN_MASK = (1 << (HANDLE_SLOT_SHIFT - HANDLE_GEN_SHIFT)) - 1
+HANDLE_LOW_MASK = (1 << HANDLE_SLOT_SHIFT) - 1  # generation and bit 0
+# Bit 63 set in the table: the slot holds no live handle.  No handle has it
+# (a slot is below 2**31), so a table entry of a freed slot never equals a
+# handle passed in, whatever its low bits: one comparison validates a handle.
+HANDLE_FREED = 1 << 63
 
 # fullness groups (6.4+): 0 empty, 1..10 by tenths of use, 11 full
 ZS_INUSE_RATIO_0 = 0

@@ -33,16 +33,18 @@ no header: the handle lives in the page descriptor's ``index`` word.
 
 A handle is a stable, opaque even integer::
 
-     63                     32 31                            1  0
-    +-------------------------+-------------------------------+---+
-    |       generation        |          table slot           | 0 |
-    +-------------------------+-------------------------------+---+
+     63 62                  32 31                            1  0
+    +--+----------------------+-------------------------------+---+
+    |0 |      table slot      |          generation           | 0 |
+    +--+----------------------+-------------------------------+---+
 
-The table maps the slot to the object's location, ``(pfn << OBJ_INDEX_BITS)
-| obj_idx`` with pfn the page the object starts in and obj_idx its index in
-the zspage.  Moving an object (compaction, migration) rewrites only that
-table entry.  A freed slot's generation is bumped before reuse, so a stale
-handle is refused, not aliased to the new object.
+The slot is ``handle >> 32``, one shift.  The table maps the slot to the
+object's location, ``(pfn << OBJ_INDEX_BITS) | obj_idx`` with pfn the page
+the object starts in and obj_idx its index in the zspage (OBJ_INDEX_BITS is
+PAGE_SHIFT, so ``location - obj_idx`` is the page's arena address).  Moving
+an object (compaction, migration) rewrites only that table entry.  A freed
+slot's generation is bumped before reuse, so a stale handle is refused, not
+aliased to the new object.
 
 Locking
 -------
@@ -69,6 +71,7 @@ because its caller holds the mapping for as long as it likes.
 
 from __future__ import annotations
 
+import functools
 import operator
 import sys
 import threading
@@ -94,7 +97,9 @@ from zsmalloc.pool.constants import (
     HANDLE_FREED,
     HANDLE_GEN_MASK,
     HANDLE_GEN_SHIFT,
+    HANDLE_LOW_MASK,
     HANDLE_SLOT_MASK,
+    HANDLE_SLOT_SHIFT,
     NR_FULLNESS_GROUPS,
     OBJ_ALLOCATED_TAG,
     OBJ_INDEX_BITS,
@@ -127,6 +132,11 @@ _DICT_COPY_BYTES = 4096
 # late in a pool's life would keep a whole arena resident.
 _TABLE_MIN = 1024
 _WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
+# handle -> the next generation's handle of its slot, from the slot's freed table entry
+_NEXT_GENERATION = HANDLE_FREED - (1 << HANDLE_GEN_SHIFT)
+# fullness group -> its bit in SizeClass.nonempty, and that bit cleared
+_FG_BIT = tuple(1 << fg for fg in range(NR_FULLNESS_GROUPS))
+_FG_CLEAR = tuple(~(1 << fg) for fg in range(NR_FULLNESS_GROUPS))
 # Unsigned 64-bit array items: "L" where it is 64 bits (LP64), whose items
 # CPython stores through PyLong_AsUnsignedLong, much cheaper than "Q"'s
 # PyLong_AsUnsignedLongLong.
@@ -141,6 +151,25 @@ def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
     return (100 * inuse // objs_per_zspage) // 10 + 1
 
 
+_SMALL_INTS = tuple(range(PAGE_SIZE + 1))  # shared by every table below: one int object per value
+
+
+@functools.cache
+def _obj_tables(size: int, hdr: int, nobjs: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(chain page, header word in the page, data offset in the page) of each object index.
+
+    Where ``obj_idx * size`` falls, looked up instead of computed on every
+    call: ``(idx * size) >> PAGE_SHIFT``, ``((idx * size) & ~PAGE_MASK) >> 3``
+    and ``((idx * size) & ~PAGE_MASK) + hdr``.
+    """
+    starts = [idx * size for idx in range(nobjs)]
+    return (
+        tuple(_SMALL_INTS[start >> PAGE_SHIFT] for start in starts),
+        tuple(_SMALL_INTS[(start & _PAGE_MASK) >> _WORD_SHIFT] for start in starts),
+        tuple(_SMALL_INTS[(start & _PAGE_MASK) + hdr] for start in starts),
+    )
+
+
 class SizeClass:
     """One canonical size class: its geometry, lock, fullness lists and counters."""
 
@@ -153,6 +182,9 @@ class SizeClass:
         "layout",
         "lock",
         "nonempty",
+        "obj_data",
+        "obj_page",
+        "obj_word",
         "objs_allocated",
         "objs_inuse",
         "objs_per_zspage",
@@ -180,6 +212,9 @@ class SizeClass:
         #: the fullness group of each inuse count (a tuple: indexing one is cheaper than bytes)
         self.fg_of_inuse = tuple(get_fullness_group(i, n) for i in range(n + 1))
         self.layout = self._page_layout()
+        #: per obj_idx: the chain page the object starts in, the word of its
+        #: header in that page, and the offset of its data in that page
+        self.obj_page, self.obj_word, self.obj_data = _obj_tables(self.size, self.hdr, n)
 
     def _page_layout(self) -> tuple[tuple[int, int, array], ...]:
         """Per chain page: (first_obj_offset, objects starting in it, their free links).
@@ -362,7 +397,8 @@ class Pool:
             if new <= old:
                 raise PoolFullError("handle table is full")
             extra = new - old
-            self._h_val.extend([(self._gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED] * extra)
+            fresh = (self._gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED
+            self._h_val.extend((slot << HANDLE_SLOT_SHIFT) | fresh for slot in range(old, new))
             self._h_obj.frombytes(bytes(8 * extra))
             self._h_size.frombytes(bytes(2 * extra))
             self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
@@ -398,57 +434,35 @@ class Pool:
             cls.nonempty &= ~(1 << fg)
         self._zs_fg[zid] = FG_NONE
 
-    def fix_fullness_group(self, cls: SizeClass, zid: int) -> int:
-        """Move a zspage to the list its inuse count calls for; return that group.
-
-        (``remove_zspage`` then ``insert_zspage``, written out: this runs on
-        most frees.)
-        """
-        newfg = cls.fg_of_inuse[self._zs_inuse[zid]]
-        zs_fg = self._zs_fg
-        oldfg = zs_fg[zid]
-        if newfg != oldfg:
-            lists = cls.fullness_list
-            old = lists[oldfg]
-            del old[zid]
-            lists[newfg][zid] = None
-            cls.nonempty = (cls.nonempty | (1 << newfg)) & ~(0 if old else 1 << oldfg)
-            zs_fg[zid] = newfg
-        return newfg
-
     def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
         """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
-        idx = self._zs_freeobj[zid]
-        offset = idx * cls.size
+        zs_freeobj = self._zs_freeobj
+        idx = zs_freeobj[zid]
         mem = self.memory
         pfn = self._zs_first[zid]
-        if offset >= PAGE_SIZE:  # walk the chain to the page the object starts in
-            nxt = mem.next
-            for _ in range(offset >> PAGE_SHIFT):
-                pfn = nxt[pfn]
-        words = mem.words
-        word = (pfn << _WORDS_PER_PAGE_SHIFT) | ((offset & (PAGE_SIZE - 1)) >> _WORD_SHIFT)
+        for _ in range(cls.obj_page[idx]):  # walk the chain to the page the object starts in
+            pfn = mem.next[pfn]
         if cls.huge:
-            self._zs_freeobj[zid] = -1
+            zs_freeobj[zid] = -1
             mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
         else:
+            words = mem.words
+            word = (pfn << _WORDS_PER_PAGE_SHIFT) + cls.obj_word[idx]
             link = words[word]
-            self._zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
+            zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
             words[word] = handle | OBJ_ALLOCATED_TAG
         self._zs_inuse[zid] += 1
         return (pfn << OBJ_INDEX_BITS) | idx
 
     def obj_free(self, cls: SizeClass, zid: int, obj: int) -> None:
         """Push the object's slot at the head of its zspage's free list."""
-        pfn = obj >> OBJ_INDEX_BITS
         idx = obj & OBJ_INDEX_MASK
         mem = self.memory
         if cls.huge:
-            mem.index[pfn] = 0
+            mem.index[obj >> OBJ_INDEX_BITS] = 0
         else:
-            offset = (idx * cls.size) & (PAGE_SIZE - 1)
             head = self._zs_freeobj[zid]
-            mem.words[(pfn << _WORDS_PER_PAGE_SHIFT) | (offset >> _WORD_SHIFT)] = (
+            mem.words[((obj - idx) >> _WORD_SHIFT) + cls.obj_word[idx]] = (
                 FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
             )
         self._zs_freeobj[zid] = idx
@@ -609,7 +623,7 @@ class Pool:
         mem = self.memory
         if cls.huge:
             tag = mem.index[pfn]
-            return [((tag >> 1) & HANDLE_SLOT_MASK, 0)] if tag & OBJ_ALLOCATED_TAG else []
+            return [(tag >> HANDLE_SLOT_SHIFT, 0)] if tag & OBJ_ALLOCATED_TAG else []
         k = self.zspage_pages(zid).index(pfn)
         size = cls.size
         first = -(-(k << PAGE_SHIFT) // size)
@@ -620,7 +634,7 @@ class Pool:
         for idx in range(first, last):
             header = words[(base + idx * size) >> _WORD_SHIFT]
             if header & OBJ_ALLOCATED_TAG:
-                found.append(((header >> 1) & HANDLE_SLOT_MASK, idx))
+                found.append((header >> HANDLE_SLOT_SHIFT, idx))
         return found
 
     def record_obj(self, slot: int, pfn: int, idx: int) -> None:
@@ -719,10 +733,10 @@ class Pool:
                 slot = self._h_free.pop()
             except IndexError:
                 slot = self._cache_alloc_handle()
-            h_val = self._h_val  # the slot's generation, bumped
-            handle = ((((h_val[slot] >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK) << HANDLE_GEN_SHIFT) | (
-                slot << 1
-            )
+            h_val = self._h_val  # the slot's freed entry, less HANDLE_FREED, one generation on
+            handle = h_val[slot] - _NEXT_GENERATION
+            if not handle & HANDLE_LOW_MASK:  # the generation wrapped (carried into the slot)
+                handle -= 1 << HANDLE_SLOT_SHIFT
             self._h_size[slot] = size
             # find_get_zspage: take the head of the fullest group with room off
             # its list.  The kernel peeks at it and lets fix_fullness_group move
@@ -740,19 +754,18 @@ class Pool:
                 # obj_malloc
                 zs_freeobj = self._zs_freeobj
                 idx = zs_freeobj[zid]
-                offset = idx * cls.size
                 mem = self.memory
                 pfn = self._zs_first[zid]
-                if offset >= PAGE_SIZE:
-                    nxt = mem.next
-                    for _ in range(offset >> PAGE_SHIFT):
-                        pfn = nxt[pfn]
-                words = mem.words
-                word = (pfn << _WORDS_PER_PAGE_SHIFT) | ((offset & _PAGE_MASK) >> _WORD_SHIFT)
+                k = cls.obj_page[idx]
+                while k:  # walk the chain to the page the object starts in
+                    pfn = mem.next[pfn]
+                    k -= 1
                 if cls.huge:
                     zs_freeobj[zid] = -1
                     mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
                 else:
+                    words = mem.words
+                    word = (pfn << _WORDS_PER_PAGE_SHIFT) + cls.obj_word[idx]
                     link = words[word]
                     zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
                     words[word] = handle | OBJ_ALLOCATED_TAG
@@ -765,9 +778,9 @@ class Pool:
                 lists[newfg][zid] = None
                 if newfg != fg:
                     self._zs_fg[zid] = newfg
-                    nonempty |= 1 << newfg
+                    nonempty |= _FG_BIT[newfg]
                     if not lst:
-                        nonempty &= ~(1 << fg)
+                        nonempty &= _FG_CLEAR[fg]
                     cls.nonempty = nonempty
                 cls.objs_inuse += 1
                 h_val[slot] = handle
@@ -794,7 +807,7 @@ class Pool:
 
     def free(self, handle: int) -> None:
         """``zs_free``: free the object; the handle becomes invalid."""
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         pool_lock = self._lock
         pool_lock.acquire()
         try:
@@ -819,18 +832,31 @@ class Pool:
                 self.memory.index[obj >> OBJ_INDEX_BITS] = 0
             else:
                 head = zs_freeobj[zid]
-                self.memory.words[
-                    ((obj >> OBJ_INDEX_BITS) << _WORDS_PER_PAGE_SHIFT)
-                    | (((idx * cls.size) & _PAGE_MASK) >> _WORD_SHIFT)
-                ] = FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
+                self.memory.words[((obj - idx) >> _WORD_SHIFT) + cls.obj_word[idx]] = (
+                    FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
+                )
             zs_freeobj[zid] = idx
             zs_inuse = self._zs_inuse
             inuse = zs_inuse[zid] - 1
             zs_inuse[zid] = inuse
             if self._zs_isolated[zid]:  # 2016 protocol: off the lists while isolated
                 self._free_in_isolated_zspage(cls, zid)
-            elif self.fix_fullness_group(cls, zid) == ZS_INUSE_RATIO_0:
-                self.free_zspage(cls, zid)
+            else:
+                # fix_fullness_group: move the zspage to the list its inuse
+                # count calls for (remove_zspage + insert_zspage, written out)
+                newfg = cls.fg_of_inuse[inuse]
+                zs_fg = self._zs_fg
+                oldfg = zs_fg[zid]
+                if newfg != oldfg:
+                    lists = cls.fullness_list
+                    old = lists[oldfg]
+                    del old[zid]
+                    lists[newfg][zid] = None
+                    nonempty = cls.nonempty | _FG_BIT[newfg]
+                    cls.nonempty = nonempty if old else nonempty & _FG_CLEAR[oldfg]
+                    zs_fg[zid] = newfg
+                    if newfg == ZS_INUSE_RATIO_0:
+                        self.free_zspage(cls, zid)
             self._h_free.append(slot)  # cache_free_handle (under the class lock: see trim)
         finally:
             cls.lock.release()
@@ -846,23 +872,24 @@ class Pool:
         if data.__class__ is not bytes and data.__class__ is not bytearray:
             data = memoryview(data).cast("B")
         n = len(data)
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         pool_lock = self._lock
         pool_lock.acquire()
         try:
             if self._h_val[slot] != handle:
                 raise InvalidHandleError(self._bad_handle(handle))
-            if offset < 0 or offset + n > self._h_size[slot]:
-                raise ValueError(self._bad_range("write", handle, offset, n, self._h_size[slot]))
-            # obj_addr, written out
+            size = self._h_size[slot]
+            if offset < 0 or offset + n > size:
+                raise ValueError(self._bad_range("write", handle, offset, n, size))
+            # obj_addr, written out; the class of the object's zspage
+            # (zspage_class) is the one its size maps to
             obj = self._h_obj[slot]
-            pfn = obj >> OBJ_INDEX_BITS
-            mem = self.memory
-            cls = self.size_class[self._zs_class[mem.private[pfn]]]
-            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
-            if pos + n <= PAGE_SIZE:
-                start = (pfn << PAGE_SHIFT) + pos
-                mem.arena[start : start + n] = data
+            idx = obj & OBJ_INDEX_MASK
+            pos = self._class_for_size[size].obj_data[idx] + offset
+            end = pos + n
+            if end <= PAGE_SIZE:
+                page = obj - idx
+                self.memory.arena[page + pos : page + end] = data
             else:  # the bytes start in the next page, or span two pages
                 self._write_span(self.obj_addr(obj, offset), data)
         except IndexError:
@@ -872,7 +899,7 @@ class Pool:
 
     def read(self, handle: int, length: int | None = None, offset: int = 0) -> bytes:
         """Return ``length`` bytes of the object from ``offset`` (default: to its end)."""
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         pool_lock = self._lock
         pool_lock.acquire()
         try:
@@ -883,15 +910,14 @@ class Pool:
                 length = size - offset
             if offset < 0 or length < 0 or offset + length > size:
                 raise ValueError(self._bad_range("read", handle, offset, length, size))
-            # obj_addr, written out
+            # obj_addr, written out, as in write()
             obj = self._h_obj[slot]
-            pfn = obj >> OBJ_INDEX_BITS
-            mem = self.memory
-            cls = self.size_class[self._zs_class[mem.private[pfn]]]
-            pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
-            if pos + length <= PAGE_SIZE:
-                start = (pfn << PAGE_SHIFT) + pos
-                return mem.arena[start : start + length]
+            idx = obj & OBJ_INDEX_MASK
+            pos = self._class_for_size[size].obj_data[idx] + offset
+            end = pos + length
+            if end <= PAGE_SIZE:
+                page = obj - idx
+                return self.memory.arena[page + pos : page + end]
             return self._read_span(self.obj_addr(obj, offset), length)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
@@ -902,7 +928,7 @@ class Pool:
         """Fill the writable buffer ``buf`` from the object at ``offset``; return its length."""
         out = memoryview(buf).cast("B")
         n = len(out)
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         pool_lock = self._lock
         pool_lock.acquire()
         try:
@@ -932,7 +958,7 @@ class Pool:
         mapped, the object's zspage is read-locked: compaction and migration
         leave it alone.
         """
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         pool_lock = self._lock
         with pool_lock:
             try:
@@ -982,13 +1008,13 @@ class Pool:
         beyond continues at the start of ``memory.next[addr >> PAGE_SHIFT]``.
         Caller holds the pool lock (or the class lock of the object's class).
         """
-        pfn = obj >> OBJ_INDEX_BITS
+        idx = obj & OBJ_INDEX_MASK
         mem = self.memory
-        cls = self.size_class[self._zs_class[mem.private[pfn]]]
-        pos = (((obj & OBJ_INDEX_MASK) * cls.size) & _PAGE_MASK) + cls.hdr + offset
+        cls = self.size_class[self._zs_class[mem.private[obj >> OBJ_INDEX_BITS]]]
+        pos = cls.obj_data[idx] + offset
         if pos < PAGE_SIZE:
-            return (pfn << PAGE_SHIFT) + pos
-        return (mem.next[pfn] << PAGE_SHIFT) + pos - PAGE_SIZE
+            return obj - idx + pos  # location - obj_idx: the page's arena address
+        return (mem.next[obj >> OBJ_INDEX_BITS] << PAGE_SHIFT) + pos - PAGE_SIZE
 
     def _read_span(self, start: int, n: int) -> bytes:
         """``n`` bytes of an object from arena address ``start``, across a page boundary."""
@@ -1031,7 +1057,7 @@ class Pool:
 
     def handle_size(self, handle: int) -> int:
         """The size ``malloc`` was asked for."""
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         with self._lock:
             try:
                 if self._h_val[slot] == handle:
@@ -1042,7 +1068,7 @@ class Pool:
 
     def locate(self, handle: int) -> tuple[int, int]:
         """(pfn of the page the object starts in, its index in the zspage)."""
-        slot = (handle >> 1) & HANDLE_SLOT_MASK
+        slot = handle >> HANDLE_SLOT_SHIFT
         with self._lock:
             try:
                 if self._h_val[slot] == handle:
@@ -1172,7 +1198,7 @@ class Pool:
             keep -= 1
         if len(h_val) - keep < _TRIM_MIN:
             return 0
-        top = max(h_val[slot] >> HANDLE_GEN_SHIFT for slot in range(keep, len(h_val)))
+        top = max((h_val[slot] >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK for slot in range(keep, len(h_val)))
         self._gen_base = max(self._gen_base, top)
         del h_val[keep:]
         del self._h_obj[keep:]
