@@ -30,6 +30,15 @@ class Counters:
     def __setitem__(self, name: str, value: int) -> None:
         self._values[self._index[name]] = value
 
+    @property
+    def values(self) -> array:
+        """The counters themselves, for a hot path that updates one in place (see ``index``)."""
+        return self._values
+
+    def index(self, name: str) -> int:
+        """The position of counter ``name`` in ``values``."""
+        return self._index[name]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
 

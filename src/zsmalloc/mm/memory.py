@@ -81,6 +81,11 @@ VMSTAT_EVENTS = (
     "compact_pages_moved",
 )
 
+ALLOC_EVENTS = ("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max")
+_NR_ALLOC = ALLOC_EVENTS.index("nr_alloc")
+_NR_FREE = ALLOC_EVENTS.index("nr_free")
+_NR_USED_MAX = ALLOC_EVENTS.index("nr_used_max")
+
 _MAP_NORESERVE = 0x4000
 _MIN_GROWTH = 1024  # descriptor arrays: at least this many entries (buffers > 512 B stay out of pymalloc)
 PCP_HIGH = 64
@@ -144,7 +149,8 @@ class Memory(Migration, Compaction):
         # counters (vmstat-like)
         self.nr_used = 0
         #: allocator events: frames handed out and freed, failures, drains, peak use
-        self.events = Counters(("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max"))
+        self.events = Counters(ALLOC_EVENTS)
+        self._ev = self.events.values  # the allocator's hot paths update it in place
         #: migration and compaction events (like /proc/vmstat)
         self.vmstat = Counters(VMSTAT_EVENTS)
 
@@ -168,14 +174,17 @@ class Memory(Migration, Compaction):
         the counters are restored, so the failed call changes nothing but
         ``nr_alloc_fail``.
         """
-        with self._lock:
-            hwm, used_max = self.hwm, self.events["nr_used_max"]
-            on_pcp = set(self._pcp)
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs for every new zspage, and a with costs twice as much
+        try:
+            hwm, used_max = self.hwm, self._ev[_NR_USED_MAX]
+            pcp_before = self._pcp[:]  # where each frame came from, should the call fail
             pfns: list[int] = []
             try:
                 for _ in range(n):
                     pfns.append(self._alloc_frame())
             except OutOfFramesError:
+                on_pcp = set(pcp_before)
                 fresh = []
                 for pfn in reversed(pfns):  # undo in reverse: the hot list gets its order back
                     self.refcount[pfn] = 0
@@ -195,6 +204,8 @@ class Memory(Migration, Compaction):
                 self.nr_used -= len(pfns)
                 raise
             return pfns
+        finally:
+            lock.release()
 
     def alloc_page_in(self, lo: int = 0, hi: int | None = None) -> int:
         """Hand out one frame whose pfn lies in ``[lo, hi)``, lowest free first.
@@ -230,10 +241,12 @@ class Memory(Migration, Compaction):
             self.events["nr_alloc_fail"] += 1
             raise OutOfFramesError(f"no free frame (capacity {self.capacity}, {self.nr_used} in use)")
         self.refcount[pfn] = 1
-        self.events["nr_alloc"] += 1
-        self.nr_used += 1
-        if self.nr_used > self.events["nr_used_max"]:
-            self.events["nr_used_max"] = self.nr_used
+        ev = self._ev
+        ev[_NR_ALLOC] += 1
+        nr_used = self.nr_used + 1
+        self.nr_used = nr_used
+        if nr_used > ev[_NR_USED_MAX]:
+            ev[_NR_USED_MAX] = nr_used
         return pfn
 
     def _take_hwm_frame(self) -> int:
@@ -323,7 +336,7 @@ class Memory(Migration, Compaction):
         self.next[pfn] = 0
         self.first_obj_offset[pfn] = 0
         self.nr_used -= 1
-        self.events["nr_free"] += 1
+        self._ev[_NR_FREE] += 1
         pcp = self._pcp
         pcp.append(pfn)
         if len(pcp) > self.pcp_high:
@@ -467,7 +480,9 @@ class Memory(Migration, Compaction):
 
     def trylock_pages(self, pfns: list[int]) -> bool:
         """Trylock every page, all or none (one trylock_page per page, under one lock hold)."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs for every zspage freed
+        try:
             flags = self.flags
             for pfn in pfns:
                 if flags[pfn] & PG_locked:
@@ -475,6 +490,8 @@ class Memory(Migration, Compaction):
             for pfn in pfns:
                 flags[pfn] |= PG_locked
             return True
+        finally:
+            lock.release()
 
     def page_locked(self, pfn: int) -> bool:
         return bool(self.flags[pfn] & PG_locked)
@@ -517,14 +534,18 @@ class Memory(Migration, Compaction):
 
     def set_pages_movable(self, pfns: list[int], ops_id: int) -> None:
         """``__SetPageMovable`` on each of an owner's new pages, which nobody else can hold."""
-        with self._lock:
-            flags, movable_ops = self.flags, self.movable_ops
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs for every new zspage
+        try:
+            flags, movable_ops, refcount = self.flags, self.movable_ops, self.refcount
             for pfn in pfns:
-                if flags[pfn] & PG_locked or self.refcount[pfn] != 1:
+                if flags[pfn] & PG_locked or refcount[pfn] != 1:
                     raise PageStateError(f"new page {pfn} is locked or shared")
             for pfn in pfns:
                 movable_ops[pfn] = ops_id
                 flags[pfn] |= PG_movable
+        finally:
+            lock.release()
 
     def reset_page(self, pfn: int) -> None:
         """The owner forgets the page: clear its owner words and PG_movable (``reset_page``)."""
@@ -541,9 +562,12 @@ class Memory(Migration, Compaction):
 
         Per page this is the kernel's ``reset_page``, ``unlock_page``,
         ``put_page``; a page the VM still holds (isolated) stays allocated
-        until the VM drops its own reference.
+        until the VM drops its own reference.  A page whose last reference
+        goes is cleared once, by the release of its frame.
         """
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not ``with``: this runs for every zspage freed
+        try:
             flags, refcount = self.flags, self.refcount
             for pfn in pfns:
                 if not flags[pfn] & PG_locked:
@@ -551,7 +575,11 @@ class Memory(Migration, Compaction):
                 if refcount[pfn] <= 0:
                     raise PageStateError(f"unlock_and_free_pages: frame {pfn} is free")
             for pfn in pfns:
-                if pfn in keep_descriptor:  # only the deliberately broken protocol asks this
+                count = refcount[pfn] - 1
+                refcount[pfn] = count
+                if not count:
+                    self._release_frame(pfn)  # clears the whole descriptor, flags included
+                elif pfn in keep_descriptor:  # only the deliberately broken protocol asks this
                     flags[pfn] &= ~PG_locked
                 else:
                     flags[pfn] &= ~(PG_locked | PG_movable)
@@ -560,11 +588,10 @@ class Memory(Migration, Compaction):
                     self.index[pfn] = 0
                     self.next[pfn] = 0
                     self.first_obj_offset[pfn] = 0
-                refcount[pfn] -= 1
-                if not refcount[pfn]:
-                    self._release_frame(pfn)
             if self._page_waiters:
                 self._page_wait.notify_all()
+        finally:
+            lock.release()
 
     def clear_page_movable(self, pfn: int) -> None:
         with self._lock:

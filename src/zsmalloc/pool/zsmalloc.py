@@ -403,8 +403,16 @@ class Pool:
             self._h_size.frombytes(bytes(2 * extra))
             self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
 
+    # Building and destroying a zspage takes the cache lock, the class lock
+    # and Memory's lock a few times; there ``lock.acquire()`` and
+    # ``try/finally`` stand for ``with lock``, which costs CPython 3.11 about
+    # twice as much (it looks up __enter__ and __exit__ and calls __exit__
+    # with three arguments).
+
     def _cache_alloc_zspage(self) -> int:
-        with self._cache_lock:
+        cache_lock = self._cache_lock
+        cache_lock.acquire()
+        try:
             if self._zs_free:
                 return self._zs_free.pop()
             zid = len(self._zs_class)
@@ -416,6 +424,8 @@ class Pool:
             self._zs_lock.append(0)
             self._zs_isolated.append(0)
             return zid
+        finally:
+            cache_lock.release()
 
     # ------------------------------------------------------------------
     # fullness lists (caller holds the class lock)
@@ -474,13 +484,17 @@ class Pool:
     def alloc_zspage(self, cls: SizeClass) -> int:
         """Take ``pages_per_zspage`` frames and build an empty zspage on them."""
         n = cls.pages_per_zspage
-        with self._cache_lock:
+        cache_lock = self._cache_lock
+        cache_lock.acquire()
+        try:
             if self.max_pages is not None and self.pages_allocated + n > self.max_pages:
                 raise PoolFullError(
                     f"pool {self.name!r} would pass max_pages={self.max_pages} "
                     f"({self.pages_allocated} in use, {n} more needed)"
                 )
             self.pages_allocated += n  # reserved; given back below on failure
+        finally:
+            cache_lock.release()
         try:
             pages = self.memory.alloc_pages(n)
         except OutOfFramesError as exc:
@@ -583,9 +597,13 @@ class Pool:
         self._zs_class[zid] = -1
         self._zs_first[zid] = -1
         cls.objs_allocated -= cls.objs_per_zspage
-        with self._cache_lock:  # cache_free_zspage, and the page count
+        cache_lock = self._cache_lock
+        cache_lock.acquire()
+        try:  # cache_free_zspage, and the page count
             self._zs_free.append(zid)
             self.pages_allocated -= cls.pages_per_zspage
+        finally:
+            cache_lock.release()
 
     def _free_in_isolated_zspage(self, cls: SizeClass, zid: int) -> None:
         """An object of an isolated zspage was freed (2016 protocol).
@@ -795,7 +813,9 @@ class Pool:
         except PoolFullError:
             self._h_free.append(slot)
             raise
-        with cls.lock:
+        lock = cls.lock
+        lock.acquire()
+        try:
             self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
             self.insert_zspage(cls, zid, cls.fg_of_inuse[1])
             cls.objs_allocated += cls.objs_per_zspage
@@ -803,6 +823,8 @@ class Pool:
             self._h_val[slot] = handle
             # only now, fully set up, may the VM see its pages
             self.SetZsPageMovable(zid)
+        finally:
+            lock.release()
         return handle
 
     def free(self, handle: int) -> None:
