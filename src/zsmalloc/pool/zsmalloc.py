@@ -137,6 +137,8 @@ _NEXT_GENERATION = HANDLE_FREED - (1 << HANDLE_GEN_SHIFT)
 # fullness group -> its bit in SizeClass.nonempty, and that bit cleared
 _FG_BIT = tuple(1 << fg for fg in range(NR_FULLNESS_GROUPS))
 _FG_CLEAR = tuple(~(1 << fg) for fg in range(NR_FULLNESS_GROUPS))
+# SizeClass.nonempty -> the fullest group that can take an object (10 down to 0), or -1
+_ALLOC_GROUP = tuple((m & ALLOC_GROUPS_MASK).bit_length() - 1 for m in range(1 << NR_FULLNESS_GROUPS))
 # Unsigned 64-bit array items: "L" where it is 64 bits (LP64), whose items
 # CPython stores through PyLong_AsUnsignedLong, much cheaper than "Q"'s
 # PyLong_AsUnsignedLongLong.
@@ -151,22 +153,28 @@ def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
     return (100 * inuse // objs_per_zspage) // 10 + 1
 
 
-_SMALL_INTS = tuple(range(PAGE_SIZE + 1))  # shared by every table below: one int object per value
+_INTS: dict[int, int] = {}  # one int object per value, shared by every table below
 
 
 @functools.cache
-def _obj_tables(size: int, hdr: int, nobjs: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """(chain page, header word in the page, data offset in the page) of each object index.
+def _obj_tables(
+    size: int, hdr: int, nobjs: int
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Per object index: where ``obj_idx * size`` falls, looked up instead of computed on every call.
 
-    Where ``obj_idx * size`` falls, looked up instead of computed on every
-    call: ``(idx * size) >> PAGE_SHIFT``, ``((idx * size) & ~PAGE_MASK) >> 3``
-    and ``((idx * size) & ~PAGE_MASK) + hdr``.
+    For the object at location ``obj`` (which is its page's arena address
+    plus ``obj_idx``): the chain page it starts in (``(idx * size) >>
+    PAGE_SHIFT``), what to add to ``obj`` for the arena address of its
+    header and of its data, and the bytes from its data to the end of that
+    page.
     """
-    starts = [idx * size for idx in range(nobjs)]
+    offsets = [((idx * size) & _PAGE_MASK, idx) for idx in range(nobjs)]
+    intern = _INTS.setdefault
     return (
-        tuple(_SMALL_INTS[start >> PAGE_SHIFT] for start in starts),
-        tuple(_SMALL_INTS[(start & _PAGE_MASK) >> _WORD_SHIFT] for start in starts),
-        tuple(_SMALL_INTS[(start & _PAGE_MASK) + hdr] for start in starts),
+        tuple(intern(v, v) for v in ((idx * size) >> PAGE_SHIFT for idx in range(nobjs))),
+        tuple(intern(v, v) for v in (off - idx for off, idx in offsets)),
+        tuple(intern(v, v) for v in (off + hdr - idx for off, idx in offsets)),
+        tuple(intern(v, v) for v in (PAGE_SIZE - off - hdr for off, _ in offsets)),
     )
 
 
@@ -183,8 +191,9 @@ class SizeClass:
         "lock",
         "nonempty",
         "obj_data",
+        "obj_hdr",
         "obj_page",
-        "obj_word",
+        "obj_room",
         "objs_allocated",
         "objs_inuse",
         "objs_per_zspage",
@@ -212,9 +221,11 @@ class SizeClass:
         #: the fullness group of each inuse count (a tuple: indexing one is cheaper than bytes)
         self.fg_of_inuse = tuple(get_fullness_group(i, n) for i in range(n + 1))
         self.layout = self._page_layout()
-        #: per obj_idx: the chain page the object starts in, the word of its
-        #: header in that page, and the offset of its data in that page
-        self.obj_page, self.obj_word, self.obj_data = _obj_tables(self.size, self.hdr, n)
+        #: per obj_idx: the chain page the object starts in; for its location
+        #: ``obj``, ``obj + obj_hdr[idx]`` and ``obj + obj_data[idx]`` are the
+        #: arena addresses of its header and its data; ``obj_room[idx]``
+        #: bytes of its data lie in that page
+        self.obj_page, self.obj_hdr, self.obj_data, self.obj_room = _obj_tables(self.size, self.hdr, n)
 
     def _page_layout(self) -> tuple[tuple[int, int, array], ...]:
         """Per chain page: (first_obj_offset, objects starting in it, their free links).
@@ -452,17 +463,18 @@ class Pool:
         pfn = self._zs_first[zid]
         for _ in range(cls.obj_page[idx]):  # walk the chain to the page the object starts in
             pfn = mem.next[pfn]
+        obj = (pfn << OBJ_INDEX_BITS) | idx
         if cls.huge:
             zs_freeobj[zid] = -1
             mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
         else:
             words = mem.words
-            word = (pfn << _WORDS_PER_PAGE_SHIFT) + cls.obj_word[idx]
+            word = (obj + cls.obj_hdr[idx]) >> _WORD_SHIFT
             link = words[word]
             zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
             words[word] = handle | OBJ_ALLOCATED_TAG
         self._zs_inuse[zid] += 1
-        return (pfn << OBJ_INDEX_BITS) | idx
+        return obj
 
     def obj_free(self, cls: SizeClass, zid: int, obj: int) -> None:
         """Push the object's slot at the head of its zspage's free list."""
@@ -472,7 +484,7 @@ class Pool:
             mem.index[obj >> OBJ_INDEX_BITS] = 0
         else:
             head = self._zs_freeobj[zid]
-            mem.words[((obj - idx) >> _WORD_SHIFT) + cls.obj_word[idx]] = (
+            mem.words[(obj + cls.obj_hdr[idx]) >> _WORD_SHIFT] = (
                 FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
             )
         self._zs_freeobj[zid] = idx
@@ -763,9 +775,8 @@ class Pool:
             # state, and popitem() is O(1) amortized where peeking at a dict's
             # last entry after many removals is not.
             nonempty = cls.nonempty
-            mask = nonempty & ALLOC_GROUPS_MASK
-            if mask:
-                fg = mask.bit_length() - 1
+            fg = _ALLOC_GROUP[nonempty]
+            if fg >= 0:
                 lists = cls.fullness_list
                 lst = lists[fg]
                 zid = lst.popitem()[0]
@@ -778,19 +789,20 @@ class Pool:
                 while k:  # walk the chain to the page the object starts in
                     pfn = mem.next[pfn]
                     k -= 1
+                obj = (pfn << OBJ_INDEX_BITS) | idx
                 if cls.huge:
                     zs_freeobj[zid] = -1
                     mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
                 else:
                     words = mem.words
-                    word = (pfn << _WORDS_PER_PAGE_SHIFT) + cls.obj_word[idx]
+                    word = (obj + cls.obj_hdr[idx]) >> _WORD_SHIFT
                     link = words[word]
                     zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
                     words[word] = handle | OBJ_ALLOCATED_TAG
                 zs_inuse = self._zs_inuse
                 inuse = zs_inuse[zid] + 1
                 zs_inuse[zid] = inuse
-                self._h_obj[slot] = (pfn << OBJ_INDEX_BITS) | idx
+                self._h_obj[slot] = obj
                 # insert_zspage at the head of its new group
                 newfg = cls.fg_of_inuse[inuse]
                 lists[newfg][zid] = None
@@ -854,7 +866,7 @@ class Pool:
                 self.memory.index[obj >> OBJ_INDEX_BITS] = 0
             else:
                 head = zs_freeobj[zid]
-                self.memory.words[((obj - idx) >> _WORD_SHIFT) + cls.obj_word[idx]] = (
+                self.memory.words[(obj + cls.obj_hdr[idx]) >> _WORD_SHIFT] = (
                     FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
                 )
             zs_freeobj[zid] = idx
@@ -901,17 +913,17 @@ class Pool:
             if self._h_val[slot] != handle:
                 raise InvalidHandleError(self._bad_handle(handle))
             size = self._h_size[slot]
-            if offset < 0 or offset + n > size:
+            end = offset + n
+            if offset < 0 or end > size:
                 raise ValueError(self._bad_range("write", handle, offset, n, size))
             # obj_addr, written out; the class of the object's zspage
             # (zspage_class) is the one its size maps to
             obj = self._h_obj[slot]
             idx = obj & OBJ_INDEX_MASK
-            pos = self._class_for_size[size].obj_data[idx] + offset
-            end = pos + n
-            if end <= PAGE_SIZE:
-                page = obj - idx
-                self.memory.arena[page + pos : page + end] = data
+            cls = self._class_for_size[size]
+            if end <= cls.obj_room[idx]:
+                start = obj + cls.obj_data[idx] + offset
+                self.memory.arena[start : start + n] = data
             else:  # the bytes start in the next page, or span two pages
                 self._write_span(self.obj_addr(obj, offset), data)
         except IndexError:
@@ -928,18 +940,21 @@ class Pool:
             if self._h_val[slot] != handle:
                 raise InvalidHandleError(self._bad_handle(handle))
             size = self._h_size[slot]
-            if length is None:
-                length = size - offset
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ValueError(self._bad_range("read", handle, offset, length, size))
+            if offset or length is not None:
+                if length is None:
+                    length = size - offset
+                end = offset + length
+                if offset < 0 or length < 0 or end > size:
+                    raise ValueError(self._bad_range("read", handle, offset, length, size))
+            else:  # the whole object, the common case
+                end = length = size
             # obj_addr, written out, as in write()
             obj = self._h_obj[slot]
             idx = obj & OBJ_INDEX_MASK
-            pos = self._class_for_size[size].obj_data[idx] + offset
-            end = pos + length
-            if end <= PAGE_SIZE:
-                page = obj - idx
-                return self.memory.arena[page + pos : page + end]
+            cls = self._class_for_size[size]
+            if end <= cls.obj_room[idx]:
+                start = obj + cls.obj_data[idx] + offset
+                return self.memory.arena[start : start + length]
             return self._read_span(self.obj_addr(obj, offset), length)
         except IndexError:
             raise InvalidHandleError(self._bad_handle(handle)) from None
@@ -1033,10 +1048,10 @@ class Pool:
         idx = obj & OBJ_INDEX_MASK
         mem = self.memory
         cls = self.size_class[self._zs_class[mem.private[obj >> OBJ_INDEX_BITS]]]
-        pos = cls.obj_data[idx] + offset
-        if pos < PAGE_SIZE:
-            return obj - idx + pos  # location - obj_idx: the page's arena address
-        return (mem.next[obj >> OBJ_INDEX_BITS] << PAGE_SHIFT) + pos - PAGE_SIZE
+        room = cls.obj_room[idx]
+        if offset < room:
+            return obj + cls.obj_data[idx] + offset
+        return (mem.next[obj >> OBJ_INDEX_BITS] << PAGE_SHIFT) + offset - room
 
     def _read_span(self, start: int, n: int) -> bytes:
         """``n`` bytes of an object from arena address ``start``, across a page boundary."""
