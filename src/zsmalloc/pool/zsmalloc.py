@@ -67,6 +67,24 @@ at a third of the cost of a Python-level rwlock.  Likewise ``read``/``write``
 copy the bytes inside that section instead of taking and dropping the zspage
 read lock around the copy; ``map`` keeps the kernel's zspage read lock
 because its caller holds the mapping for as long as it likes.
+
+What the hot paths cost
+-----------------------
+Measured in instructions (callgrind, CPython 3.11, 1e5 live objects of the
+kernel-build mix; the same at 1e4): one churn step, ``free(h); h =
+malloc(n); write(h, data)`` plus the caller's loop, is ~38,000 instructions:
+the loop and data slice ~3,300, free ~10,000, malloc + write ~19,500 (read
+alone ~7,500), and building (8.7% of the steps, ~35,000 each) and
+destroying (8%, ~26,000 each) zspages ~5,000.  Unit costs in CPython 3.11,
+which set the budget: a ``threading.Lock`` acquire + release ~830 (a
+``with`` block ~1,900: the build/destroy paths use acquire/release), a
+Python call ~400, an int operation (``>>``, ``&``, ``|``, ``+`` on a
+location or a handle) ~200-290, an array element ~360 to read and ~300-450
+to write, a list or tuple element ~75, an attribute ~50, a dict
+insert + delete ~600.  A churn step takes four locks (free: pool and class;
+malloc: class; write: pool), ~3,300 instructions, and ~22 int operations,
+~5,000: hence the tables of per-index offsets in ``SizeClass``, the handle
+slot in the high word, and the zspage fields in lists.
 """
 
 from __future__ import annotations
