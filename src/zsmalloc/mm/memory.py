@@ -388,7 +388,7 @@ class Memory(Migration, Compaction):
 
     def _grow_descriptors(self, needed: int) -> None:
         old = len(self.flags)
-        new = min(self.capacity, max(needed, old * 2, _MIN_GROWTH))
+        new = min(self.capacity, max(needed, old + old // 4, _MIN_GROWTH))  # +25%: the slack is resident
         extra = new - old
         self.flags.extend(bytes(extra))
         for arr in self._descriptor_arrays():
