@@ -33,8 +33,12 @@ In it: draw the sizes, make the 1 MiB random data source and the ``array('Q')``
 that will hold the handles (the benchmark's own bookkeeping, kept out of the
 measurement), ``gc.collect()``, read the RSS (psutil), create the pool, fill
 it (each object gets ``src[off:off + size]`` written, so every page is really
-touched; the slice is a temporary that dies at once), read the RSS again.  In
-the full run every configuration is repeated 3 times (3 subprocesses) and the
+touched; the slice is a temporary that dies at once), read the RSS again.
+Whatever the harness keeps across the run (timings, counts, RSS readings,
+per-class pages) goes into arrays made before the baseline, and the loops run
+in functions whose locals die with them: a single object kept from the middle
+of the run would pin an arena of the interpreter's small objects (1 MiB) and
+count as the pool's residue after the free.  In the full run every configuration is repeated 3 times (3 subprocesses) and the
 RSS figures are medians; page counts are deterministic.
 
 Run: ``.venv/bin/python benchmarks/bench_density.py [--quick] [--out DIR]``.
@@ -130,56 +134,79 @@ def _inputs(mix: str, n: int) -> tuple[list[int], bytes]:
     return sizes, src
 
 
-def worker_pool(mix: str, chain: int, n: int) -> dict:
-    sizes, src = _inputs(mix, n)
-    payload = sum(sizes)
-    handles = array("Q", bytes(8 * n))
-    span = SRC_LEN - PAGE_SIZE
-    gc.collect()
-    rss_start = common.rss_bytes()
-
-    pool = zsmalloc.Pool(name=f"density-{mix}-{chain}", chain_size=chain)
+def _fill(pool: zsmalloc.Pool, sizes: list[int], src: bytes, handles: array, seconds: array) -> None:
     malloc, write = pool.malloc, pool.write
-    t0 = time.perf_counter()
+    span = SRC_LEN - PAGE_SIZE
+    seconds[0] = -time.perf_counter()
     for i, size in enumerate(sizes):
         h = malloc(size)
         off = (i * OFFSET_STRIDE) % span
         write(h, src[off : off + size])
         handles[i] = h
-    fill_seconds = time.perf_counter() - t0
-    gc.collect()
-    rss_filled = common.rss_bytes()
-    pages = pool.total_pages
-    frames_used = pool.memory.nr_used
-    pool_class_pages = {row.index: row.pages_used for row in pool.class_stats() if row.obj_allocated}
+    seconds[0] += time.perf_counter()
 
-    # spot-check the contents of a sample of objects
-    for i in range(0, n, max(1, n // 1000)):
+
+def _spot_check(pool: zsmalloc.Pool, sizes: list[int], src: bytes, handles: array) -> None:
+    span = SRC_LEN - PAGE_SIZE
+    for i in range(0, len(sizes), max(1, len(sizes) // 1000)):
         off = (i * OFFSET_STRIDE) % span
         if pool.read(handles[i]) != src[off : off + sizes[i]]:
             raise AssertionError(f"object {i} read back wrong")
 
+
+def _free_all(pool: zsmalloc.Pool, handles: array, seconds: array) -> None:
     free = pool.free
-    t0 = time.perf_counter()
+    seconds[1] = -time.perf_counter()
     for h in handles:
         free(h)
-    free_seconds = time.perf_counter() - t0
+    seconds[1] += time.perf_counter()
+
+
+def worker_pool(mix: str, chain: int, n: int) -> dict:
+    sizes, src = _inputs(mix, n)
+    payload = sum(sizes)
+    handles = array("Q", bytes(8 * n))
+    # Whatever the harness keeps from the run lives in arrays made before the baseline,
+    # and the loops run in functions whose locals die with them: one object the harness
+    # kept from the middle of the run (a loop variable, a timing) would pin an arena of
+    # the interpreter's small objects and count as the pool's residue.
+    class_pages = array("q", bytes(8 * 256))
+    counts = array("q", bytes(8 * 4))  # pages and frames in use after the fill, after the free
+    seconds = array("d", bytes(8 * 2))  # fill, free
+    rss = array("q", bytes(8 * 5))  # start, filled, freed, closed, trimmed
+    gc.collect()
+    rss[0] = common.rss_bytes()
+
+    pool = zsmalloc.Pool(name=f"density-{mix}-{chain}", chain_size=chain)
+    _fill(pool, sizes, src, handles, seconds)
+    gc.collect()
+    rss[1] = common.rss_bytes()
+    counts[0] = pool.total_pages
+    counts[1] = pool.memory.nr_used
+    for row in pool.class_stats():
+        class_pages[row.index] = row.pages_used
+    _spot_check(pool, sizes, src, handles)
+    _free_all(pool, handles, seconds)
     pool.flush_deferred()
     pool.memory.drain_pages()
     gc.collect()
-    rss_freed = common.rss_bytes()
-    pages_freed = pool.total_pages
-    frames_freed = pool.memory.nr_used
+    rss[2] = common.rss_bytes()
+    counts[2] = pool.total_pages
+    counts[3] = pool.memory.nr_used
     residue = bookkeeping_bytes(pool=pool, memory=pool.memory)
     residue_top = dict(sorted(residue.items(), key=lambda kv: -kv[1])[:4])
     pool.close()
-    del pool, malloc, write, free
+    del pool
     gc.collect()
-    rss_closed = common.rss_bytes()
+    rss[3] = common.rss_bytes()
     common.malloc_trim()
-    rss_trimmed = common.rss_bytes()
+    rss[4] = common.rss_bytes()
+    rss_start, rss_filled, rss_freed, rss_closed, rss_trimmed = rss
+    pages, frames_used, pages_freed, frames_freed = counts
+    fill_seconds, free_seconds = seconds
 
     kpages, kclass = kernel_pages(sizes, chain)
+    pool_class_pages = {idx: used for idx, used in enumerate(class_pages) if used}
     class_mismatches = sorted(
         idx for idx in set(kclass) | set(pool_class_pages) if kclass.get(idx) != pool_class_pages.get(idx)
     )
