@@ -38,8 +38,9 @@ Whatever the harness keeps across the run (timings, counts, RSS readings,
 per-class pages) goes into arrays made before the baseline, and the loops run
 in functions whose locals die with them: a single object kept from the middle
 of the run would pin an arena of the interpreter's small objects (1 MiB) and
-count as the pool's residue after the free.  In the full run every configuration is repeated 3 times (3 subprocesses) and the
-RSS figures are medians; page counts are deterministic.
+count as the pool's residue after the free.  In the full run every
+configuration is repeated 3 times (3 subprocesses) and the RSS figures are
+medians; page counts are deterministic.
 
 Run: ``.venv/bin/python benchmarks/bench_density.py [--quick] [--out DIR]``.
 """
