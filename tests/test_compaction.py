@@ -26,10 +26,6 @@ PAGES = 5
 OBJS = 13
 
 
-
-
-
-
 def can_compact(row) -> int:
     """zs_can_compact from a class_stats row, by KERNEL.md's formula."""
     wasted = row.obj_allocated - row.obj_used

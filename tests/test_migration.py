@@ -36,10 +36,6 @@ FIRST_PAGE_OF_OBJ = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4, 4]
 MIN_DESCRIPTORS = 1024  # Memory never shrinks its descriptor arrays below this (mm/memory.py)
 
 
-
-
-
-
 class Zs:
     """A pool holding one full zspage of class 96, a huge object, and two keepers."""
 

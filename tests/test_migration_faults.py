@@ -22,8 +22,6 @@ PROTOCOLS = ["mainline", "2016"]
 REQ = 1560  # class 96: 5 pages, 13 objects
 
 
-
-
 def fill(pool: Pool, n: int, seed: int) -> dict[int, bytes]:
     rng = random.Random(seed)
     data = {}

@@ -33,10 +33,6 @@ PAGES = 5
 OBJS = 13
 
 
-
-
-
-
 def vm_held(pool: Pool) -> list[int]:
     """Frames only the VM still holds: isolated pages whose zspage was destroyed (mainline)."""
     mem = pool.memory

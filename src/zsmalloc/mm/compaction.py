@@ -93,9 +93,7 @@ class Compaction:
             if not keep_excluded:
                 self.unexclude_range(start, end)
         with self._lock:
-            result.remaining = [
-                pfn for pfn in range(start, min(end, self.hwm)) if self.refcount[pfn] > 0
-            ]
+            result.remaining = [pfn for pfn in range(start, min(end, self.hwm)) if self.refcount[pfn] > 0]
         self.vmstat["evacuate_runs"] += 1
         return result
 

@@ -234,8 +234,10 @@ class Migration:
         if not self.trylock_page(dst):  # a frame fresh from the allocator is ours alone
             raise PageStateError(f"new frame {dst} is locked")
         ops = self._ops_of(src)
-        rc = ops.migrate(dst, src, mode) if ops is not None and self.flags[src] & PG_movable else (
-            MIGRATEPAGE_SUCCESS
+        rc = (
+            ops.migrate(dst, src, mode)
+            if ops is not None and self.flags[src] & PG_movable
+            else (MIGRATEPAGE_SUCCESS)
         )
         if rc == MIGRATEPAGE_SUCCESS:
             self.set_isolated(src, False)

@@ -140,9 +140,7 @@ def _class_table(chain_size: int, rule: str) -> tuple[tuple[int, ...], dict[int,
     return tuple(canonical), specs, huge_class_size
 
 
-def size_classes(
-    chain_size: int = ZS_DEFAULT_CHAIN_SIZE, rule: str = RULE_MIN_WASTE
-) -> list[ClassSpec]:
+def size_classes(chain_size: int = ZS_DEFAULT_CHAIN_SIZE, rule: str = RULE_MIN_WASTE) -> list[ClassSpec]:
     """The canonical classes for a chain limit and rule, smallest first."""
     _, specs, _ = build_class_table(chain_size, rule)
     return [specs[i] for i in sorted(specs)]
