@@ -2,12 +2,19 @@
 
 Layers, each a package, data flowing down (nothing below imports above)::
 
-    zsmalloc.cli    command line (demo, stats, bench, pool-demo, classes, stress, protocheck)
+    zsmalloc.cli    command line (demo, serve, stats, bench, replay, pool-demo, classes,
+                    stress, protocheck)
+    zsmalloc.nbd    the NBD server exporting a ZramDevice
     zsmalloc.zram   ZramDevice: a compressed RAM block store on the pool
     zsmalloc.pool   the allocator: size classes, zspages, handles, stats,
                     compaction, the movable-page callbacks
     zsmalloc.mm     the VM: page frames in an mmap arena, descriptors, page
                     locks, the migration core, arena compaction
+
+Beside them, above the pool: ``zsmalloc.protocheck`` (every interleaving of a
+migration scenario), ``zsmalloc.stress`` (threads), ``zsmalloc.replay``
+(allocation traces) and ``zsmalloc.workloads`` (sizes and page contents, a
+leaf that anything may use).
 
 Quick start::
 

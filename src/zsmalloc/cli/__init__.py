@@ -8,11 +8,12 @@ family, each registering on the group in :mod:`zsmalloc.cli.app`:
 ``bench``      ``zsmalloc bench``: throughput against a dict of lz4 bytes and zict
 ``pool_demo``  ``zsmalloc pool-demo``: the allocator alone
 ``classes``    ``zsmalloc classes``: the size-class table
+``replay``     ``zsmalloc replay``: an allocation trace under several configurations
 ``checks``     ``zsmalloc stress`` and ``zsmalloc protocheck``
 ``serve``      ``zsmalloc serve``: a zram device exported over NBD
 """
 
-from zsmalloc.cli import bench, checks, classes, demo, pool_demo, serve, stats
+from zsmalloc.cli import bench, checks, classes, demo, pool_demo, replay, serve, stats
 from zsmalloc.cli.app import main
 
-__all__ = ["bench", "checks", "classes", "demo", "main", "pool_demo", "serve", "stats"]
+__all__ = ["bench", "checks", "classes", "demo", "main", "pool_demo", "replay", "serve", "stats"]

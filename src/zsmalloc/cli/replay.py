@@ -1,0 +1,136 @@
+"""``zsmalloc replay``: an allocation trace replayed under one or more configurations, side by side.
+
+::
+
+    zsmalloc replay trace.txt --chain-size 4 --chain-size 8 --chain-size 16
+    zsmalloc replay --mix android-zstd --live 200000 --ops 200000 --save trace.txt
+
+The trace format, and how to record one on a kernel with bpftrace, are in
+:mod:`zsmalloc.replay`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TextIO
+
+import click
+from rich.table import Table
+
+from zsmalloc.cli.app import console, main
+from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE
+from zsmalloc.replay import TraceError, parse_trace, replay, synthetic_trace
+from zsmalloc.workloads import MIXES
+
+
+@main.command("replay")
+@click.argument("trace", type=click.File("r"), required=False)
+@click.option("--mix", type=click.Choice(sorted(MIXES)), help="no TRACE: make a synthetic one from this mix")
+@click.option("--live", default=100_000, show_default=True, help="synthetic: objects allocated first")
+@click.option("--ops", default=100_000, show_default=True, help="synthetic: then this many free+malloc steps")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--save", type=click.File("w"), help="synthetic: write the trace to this file too")
+@click.option(
+    "--chain-size",
+    "chain_sizes",
+    multiple=True,
+    type=click.IntRange(4, 16),
+    default=(8,),
+    show_default=True,
+    help="repeat for several",
+)
+@click.option(
+    "--rule",
+    type=click.Choice([RULE_MIN_WASTE, RULE_USED_PERCENTAGE]),
+    default=RULE_MIN_WASTE,
+    show_default=True,
+)
+@click.option("--policy", type=click.Choice(["ratio", "legacy"]), default="ratio", show_default=True)
+@click.option("--compact-every", default=0, show_default=True, help="zs_compact after every N operations")
+@click.option("--write", is_flag=True, help="fill every object with bytes (slower; same layout)")
+@click.option("--classes", "show_classes", is_flag=True, help="print each run's classes table")
+@click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
+def replay_cmd(
+    trace: TextIO | None,
+    mix: str | None,
+    live: int,
+    ops: int,
+    seed: int,
+    save: TextIO | None,
+    chain_sizes: tuple[int, ...],
+    rule: str,
+    policy: str,
+    compact_every: int,
+    write: bool,
+    show_classes: bool,
+    as_json: bool,
+) -> None:
+    """Replay a zs_malloc/zs_free trace on fresh pools and compare what each configuration costs."""
+    if (trace is None) == (mix is None):
+        raise click.UsageError("give a TRACE file (or - for stdin), or --mix for a synthetic trace")
+    if trace is not None:
+        lines = list(trace)
+        source = trace.name
+    else:
+        lines = list(synthetic_trace(mix, live, ops, seed))
+        source = f"synthetic {mix}"
+        if save is not None:
+            save.writelines(line + "\n" for line in lines)
+    try:
+        operations = list(parse_trace(lines))
+    except TraceError as exc:
+        raise click.BadParameter(str(exc), param_hint="TRACE") from None
+    reports = [
+        replay(
+            operations,
+            chain_size=chain,
+            class_rule=rule,
+            policy=policy,
+            compact_every=compact_every,
+            write=write,
+        )
+        for chain in chain_sizes
+    ]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"trace": source, "operations": len(operations), "runs": [r.to_dict() for r in reports]}
+            )
+        )
+        return
+    table = Table(title=f"{source}: {len(operations):,} operations, rule {rule}, compaction {policy}")
+    for col in (
+        "chain",
+        "mallocs",
+        "frees",
+        "peak pages",
+        "final pages",
+        "pages / bytes live",
+        "compacted",
+        "s",
+    ):
+        table.add_column(col, justify="right")
+    for r in reports:
+        f = r.final
+        table.add_row(
+            str(r.chain_size),
+            f"{r.mallocs:,}",
+            f"{r.frees:,}",
+            f"{r.pages_peak:,}",
+            f"{f.pages:,}",
+            f"{f.overhead:.4f}",
+            f"{r.pages_compacted:,}",
+            f"{r.seconds:.1f}",
+        )
+    console.print(table)
+    console.print("overhead: pool pages x 4096 / bytes of the objects live at the end", style="dim")
+    skipped = reports[0].failed_mallocs_skipped + reports[0].unknown_frees_skipped
+    if skipped:
+        console.print(
+            f"skipped: {reports[0].failed_mallocs_skipped:,} failed allocations, "
+            f"{reports[0].unknown_frees_skipped:,} frees of objects allocated before the trace began"
+        )
+    if show_classes:
+        for r in reports:
+            console.rule(f"classes, chain {r.chain_size}")
+            console.print(r.classes, highlight=False, markup=False, soft_wrap=True)
