@@ -15,7 +15,8 @@ TRACE = """\
 # a recorded trace: handles in hex, as bpftrace prints them
 m ffff8881 100
 m ffff8882 3000
-m 0 2000          # zs_malloc failed: skipped
+m 0 2000          # zs_malloc failed (older kernels): skipped
+m fffffffffffffff4 3000   # ERR_PTR(-ENOMEM) (newer kernels): skipped
 f dead            # allocated before recording began: skipped
 m ffff8883 4096
 f ffff8881
@@ -28,9 +29,9 @@ f ffff8882
 def test_parse_reads_every_kind_and_skips_comments():
     ops = list(parse_trace(TRACE.splitlines()))
     assert ops[0] == ("m", "ffff8881", 100)
-    assert ops[3] == ("f", "dead", 0)
+    assert ops[4] == ("f", "dead", 0)
     assert ("c", "", 0) in ops
-    assert len(ops) == 9
+    assert len(ops) == 10
 
 
 @pytest.mark.parametrize(
@@ -52,7 +53,7 @@ def test_a_bad_line_is_named(line, message):
 def test_replay_matches_the_same_operations_done_by_hand():
     report = replay(parse_trace(TRACE.splitlines()), chain_size=8)
     assert (report.mallocs, report.frees, report.compactions) == (4, 2, 1)
-    assert report.failed_mallocs_skipped == 1 and report.unknown_frees_skipped == 1
+    assert report.failed_mallocs_skipped == 2 and report.unknown_frees_skipped == 1
     assert report.final.objects == 2 and report.final.bytes_requested == 4096 + 700
     with Pool(chain_size=8) as pool:
         a, b = pool.malloc(100), pool.malloc(3000)
@@ -110,3 +111,12 @@ def test_cli_refuses_a_bad_trace_and_a_missing_source(tmp_path):
     assert result.exit_code == 2 and "line 2" in result.output
     result = CliRunner().invoke(main, ["replay"])
     assert result.exit_code == 2 and "--mix" in result.output
+
+
+def test_failed_allocation_is_zero_or_an_error_pointer():
+    from zsmalloc.replay import failed_allocation
+
+    assert failed_allocation("0") and failed_allocation("fffffffffffff001")
+    assert failed_allocation("ffffffffffffffff")
+    assert not failed_allocation("fffffffffffff000")  # a handle, however unlikely
+    assert not failed_allocation("ffff888104a3c000") and not failed_allocation("obj-7")

@@ -14,8 +14,10 @@ Text, one operation per line; blank lines and ``#`` comments are skipped::
     c              zs_compact
 
 ``ID`` is any token without blanks (the kernel's handle, in hex, say); an ID
-may come back once it is freed, as handles do.  ``m 0 SIZE`` is an
-allocation that failed (zs_malloc returns 0) and is skipped.  A free of an
+may come back once it is freed, as handles do.  An allocation that failed is
+skipped: ID ``0`` (older kernels' zs_malloc returns 0) or an error pointer
+in hex, ``fffffffffffff001`` to ``ffffffffffffffff`` (newer ones return
+``ERR_PTR(-ENOMEM)``).  A free of an
 ID the trace never allocated (the object was live when recording began) is
 counted and skipped.  Anything else is a :class:`TraceError` that names the
 line.
@@ -48,6 +50,7 @@ from zsmalloc.pool.size_class import ZS_MAX_ALLOC_SIZE
 from zsmalloc.workloads import get_mix
 
 MALLOC, FREE, COMPACT = "m", "f", "c"
+_MAX_ERRNO = 4095  # IS_ERR_VALUE: the top 4095 values of an unsigned long are error pointers
 
 #: one operation: (kind, id, size); id is "" and size 0 where the kind has none
 Op = tuple[str, str, int]
@@ -55,6 +58,17 @@ Op = tuple[str, str, int]
 
 class TraceError(ZsmallocError, ValueError):
     """A trace line that is not an operation of the format."""
+
+
+def failed_allocation(ident: str) -> bool:
+    """Whether a traced zs_malloc result is a failure: 0, or an error pointer in hex."""
+    if ident == "0":
+        return True
+    try:
+        value = int(ident, 16)
+    except ValueError:
+        return False
+    return (1 << 64) - _MAX_ERRNO <= value < 1 << 64
 
 
 def parse_trace(lines: Iterable[str]) -> Iterator[Op]:
@@ -170,7 +184,7 @@ def replay(
         for kind, ident, size in ops:
             n += 1
             if kind == MALLOC:
-                if ident == "0":
+                if failed_allocation(ident):
                     report.failed_mallocs_skipped += 1
                     continue
                 old = live.pop(ident, None)
