@@ -72,12 +72,13 @@ def test_nbdinfo_reports_size_flags_and_block_sizes() -> None:
         assert "zram0" in run("nbdinfo", "--list", uri).stdout
 
 
-def test_nbdcopy_image_in_and_out(workdir: Path) -> None:
+@pytest.mark.parametrize("workers", [4, 0], ids=["thread-pool", "inline"])
+def test_nbdcopy_image_in_and_out(workdir: Path, workers: int) -> None:
     need_tools("nbdcopy")
     data = image(SIZE, seed=1)
     src, back = workdir / "in.img", workdir / "out.img"
     src.write_bytes(data)
-    with served(SIZE) as st:
+    with served(SIZE, workers=workers) as st:
         uri = st.addresses[0]
         run("nbdcopy", "--connections=4", str(src), uri)
         assert sha256(st.server.device.pread(0, SIZE)) == sha256(data)

@@ -169,7 +169,13 @@ async def _serve(
 @click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default: 10809]")
 @click.option("--name", default="zram0", show_default=True, help='export name ("" selects it too)')
 @click.option("--max-request", type=ByteSize(), default="32M", show_default=True, help="largest request")
-@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="I/O threads")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=4,
+    show_default=True,
+    help="I/O threads; 0 runs the device on the event loop (faster copies, one request at a time)",
+)
 @click.option("--max-connections", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="log connections and protocol errors to stderr")
 @click.option("--json", "as_json", is_flag=True, help="print events and statistics as JSON lines")

@@ -36,7 +36,19 @@ One asyncio task per connection reads requests in order; each valid request
 becomes a task that runs its device call in the server's thread pool
 (``workers`` threads) and writes its reply when done, so requests to
 different pages are served concurrently and replies may come out of order,
-as the protocol allows.  The device is thread-safe per slot.  A connection
+as the protocol allows.  The device is thread-safe per slot.
+
+With ``workers=0`` the device calls run on the event loop itself, one
+request at a time.  Under the GIL the threads add little parallelism (only
+the codecs' C calls run outside it) and cost a hand-off per request, plus
+a wait for the GIL each time a codec call gives it up while the loop holds
+it.  Measured with nbdcopy on a 128 MiB kernel-build image, inline calls
+copied in about 2x faster (about 125 against 55 MB/s) and out about 1.15x
+faster.  The price is that a long request (a 32 MiB write) holds up every
+other client's requests until it is done.  The thread pool stays the
+default for that reason.
+
+A connection
 holds at most ``max_inflight_requests`` requests and ``max_inflight_bytes``
 of write payloads and read results at once (one request of any allowed size
 always fits); past that it stops reading from its socket until replies have
@@ -191,8 +203,9 @@ class NbdServer:
 
     ``name`` is the export's name (the empty name selects it as well),
     ``description`` its NBD_INFO_DESCRIPTION; ``workers`` threads run the
-    device's calls.  The server does not own the device: closing the server
-    leaves it open.  All methods but :meth:`snapshot` run on the event loop.
+    device's calls (0: the event loop runs them, one at a time).  The server
+    does not own the device: closing the server leaves it open.  All methods
+    but :meth:`snapshot` run on the event loop.
     """
 
     def __init__(
@@ -204,8 +217,8 @@ class NbdServer:
         limits: Limits | None = None,
         workers: int = 4,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, not {workers}")
+        if workers < 0:
+            raise ValueError(f"workers must be at least 0, not {workers}")
         self.device = device
         self.name = device.name if name is None else name
         self.description = description
@@ -216,7 +229,9 @@ class NbdServer:
         self.size = device.disksize
         self.stats = ServerStats()
         self.addresses: list[str] = []  # NBD URIs of the listening sockets
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io")
+        self._executor = (
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io") if workers else None
+        )
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[str] = []
         self._connections: dict[asyncio.Task, _Connection] = {}
@@ -267,7 +282,8 @@ class NbdServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        self._executor.shutdown(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
     def snapshot(self) -> dict:
         """The server's counters, as a dict (call on the event loop's thread)."""
@@ -292,7 +308,9 @@ class NbdServer:
         return name in (b"", self.name.encode())
 
     async def run_in_pool(self, fn: Callable, *args: object) -> object:
-        """Run a blocking device call in the server's thread pool."""
+        """Run a blocking device call in the server's thread pool, or inline with ``workers=0``."""
+        if self._executor is None:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
