@@ -7,11 +7,14 @@ One disk image of seeded 4 KiB pages (64 MiB in the full run, 8 MiB with
 the same pages as ``bench_zram.py``.  Two servers, each a process of its
 own on a Unix socket, fresh for every round:
 
-- **ours**: ``zsmalloc serve --size S --socket P --json`` (lz4, the default);
+- **ours**: ``zsmalloc serve --size S --socket P --json`` (lz4, the
+  defaults: requests up to 1 MiB make their device calls on the event loop),
+  and again with ``--inline-max 0`` (every device call in the thread pool),
+  to show what the hand-off to threads costs under the GIL;
 - **nbdkit**: ``nbdkit -f -U P memory size=S allocator=zstd``, the C server
   that keeps its RAM disk compressed (zstd) - the nearest peer.
 
-Each round, for each server (alternating which goes first):
+Each round, for each server (in turn; the order reverses every round):
 
 (a) sequential write: ``nbdcopy IMAGE URI`` (nbdcopy's defaults: up to 4
     connections when the server allows multi-conn, 64 requests in flight);
@@ -64,7 +67,7 @@ QUEUE_DEPTH = 16
 THROUGHPUT_LIMIT = 0.25  # ours / nbdkit, MB/s
 RSS_LIMIT = 2.0  # ours / nbdkit, RSS growth
 TOOLS = ("nbdcopy", "qemu-img", "nbdkit", "nbdinfo")
-SERVERS = ("ours", "nbdkit")
+SERVERS = ("ours", "pool", "nbdkit")  # pool: ours with --inline-max 0
 
 # Random 4 KiB I/O through libnbd, run by the system Python that python3-libnbd installs into.
 RANDOM_IO = r"""
@@ -116,9 +119,11 @@ def _run(cmd: list[str], timeout: float = 300) -> float:
 
 
 def _start(server: str, sock: str, size: int) -> subprocess.Popen:
-    if server == "ours":
+    if server in ("ours", "pool"):
         cmd = [sys.executable, "-c", "from zsmalloc.cli import main; main()", "serve"]
         cmd += ["--size", str(size), "--socket", sock, "--json"]
+        if server == "pool":
+            cmd += ["--inline-max", "0"]
     else:
         cmd = ["nbdkit", "-f", "-U", sock, "memory", f"size={size}", "allocator=zstd"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=common.REPO_DIR)
@@ -191,7 +196,7 @@ def measure(server: str, image: Path, size: int, random_ops: int, tmp: Path) -> 
 
 
 def worker_round(mib: int, round_no: int, random_ops: int) -> dict:
-    """One round: the image, then both servers (alternating which goes first)."""
+    """One round: the image, then every server (the order reversing from round to round)."""
     n = mib * 256
     pages = list(get_page_source(WORKLOAD)(n, SEED))
     data = b"".join(pages).ljust(n * PAGE, b"\0")
@@ -259,6 +264,7 @@ def run(quick: bool = False) -> dict:
             rates = [ops_bytes / x[server][key] / 1e6 for x in runs]
             row[server] = {"mb_per_s": common.median(rates), "min": min(rates), "max": max(rates)}
         row["ratio"] = common.median(x["nbdkit"][key] / x["ours"][key] for x in runs)
+        row["pool_ratio"] = common.median(x["nbdkit"][key] / x["pool"][key] for x in runs)
         throughput[key] = row
     memory = {
         server: {
@@ -319,12 +325,14 @@ def markdown(doc: dict) -> str:
     out += [
         f"Method: a {doc['mib']} MiB image of `{doc['workload']}` pages (seed {doc['seed']}, "
         f"{doc['zero_pages']:,} zero pages), the pages of `bench_zram.py`. Servers, each a fresh process "
-        "on a Unix socket for every round: **ours** `zsmalloc serve --size S --socket P` (lz4) and "
+        "on a Unix socket for every round: **ours** `zsmalloc serve --size S --socket P` (lz4; requests "
+        "up to 1 MiB make their device calls on the event loop, longer ones in a pool of 4 threads), and "
+        "again with `--inline-max 0` (every call in the pool), and "
         "**nbdkit** `nbdkit -f -U P memory size=S allocator=zstd`. Clients, in this order: `nbdcopy IMAGE "
         "URI`, `nbdcopy URI COPY`, `qemu-img convert` both ways (copies checked by SHA-256), then "
         f"{doc['random_ops']:,} random 4 KiB writes and as many reads through libnbd "
-        f"(python3-libnbd), {doc['queue_depth']} in flight. {doc['rounds']} round(s), alternating which "
-        "server goes first; medians (min-max); ratio = median of per-round nbdkit time / ours. "
+        f"(python3-libnbd), {doc['queue_depth']} in flight. {doc['rounds']} round(s), the servers' order "
+        "reversing every round; medians (min-max); ratio = median of per-round nbdkit time / ours. "
         "MB = 10^6 bytes of uncompressed data.",
         "",
     ]
@@ -332,16 +340,21 @@ def markdown(doc: dict) -> str:
     for key, label in CLIENTS:
         row = doc["throughput"].get(key)
         if row is None:
-            rows.append([label, "not measured (no python3-libnbd)", "-", "-"])
+            rows.append([label, "not measured (no python3-libnbd)", "-", "-", "-", "-"])
             continue
         cells = [f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s in SERVERS]
-        rows.append([label, *cells, fmt(row["ratio"], 2)])
-    out.append(md_table(["client", "ours MB/s", "nbdkit memory zstd MB/s", "ours / nbdkit"], rows))
+        rows.append([label, *cells, fmt(row["ratio"], 2), fmt(row["pool_ratio"], 2)])
+    head = ["client", "ours MB/s", "ours `--inline-max 0` MB/s", "nbdkit memory zstd MB/s", "ours / nbdkit"]
+    out.append(md_table([*head, "`--inline-max 0` / nbdkit"], rows))
     mem = doc["memory"]
     out += ["", "### Server memory (RSS)", ""]
     rows = [
         [label, fmt_mib(mem[s]["rss_empty"]), fmt_mib(mem[s]["rss_after"]), fmt_mib(mem[s]["rss_growth"])]
-        for s, label in (("ours", "zsmalloc serve"), ("nbdkit", "nbdkit memory allocator=zstd"))
+        for s, label in (
+            ("ours", "zsmalloc serve"),
+            ("pool", "zsmalloc serve --inline-max 0"),
+            ("nbdkit", "nbdkit memory allocator=zstd"),
+        )
     ]
     out.append(md_table(["server", "RSS empty MiB", "RSS after the copies MiB", "growth MiB"], rows))
     out += [

@@ -72,13 +72,17 @@ def test_nbdinfo_reports_size_flags_and_block_sizes() -> None:
         assert "zram0" in run("nbdinfo", "--list", uri).stdout
 
 
-@pytest.mark.parametrize("workers", [4, 0], ids=["thread-pool", "inline"])
-def test_nbdcopy_image_in_and_out(workdir: Path, workers: int) -> None:
+@pytest.mark.parametrize(
+    "server_args",
+    [{}, {"inline_max": 0}, {"workers": 0}],
+    ids=["default", "every-call-in-the-pool", "every-call-on-the-loop"],
+)
+def test_nbdcopy_image_in_and_out(workdir: Path, server_args: dict) -> None:
     need_tools("nbdcopy")
     data = image(SIZE, seed=1)
     src, back = workdir / "in.img", workdir / "out.img"
     src.write_bytes(data)
-    with served(SIZE, workers=workers) as st:
+    with served(SIZE, **server_args) as st:
         uri = st.addresses[0]
         run("nbdcopy", "--connections=4", str(src), uri)
         assert sha256(st.server.device.pread(0, SIZE)) == sha256(data)

@@ -219,18 +219,25 @@ class _GatedDevice(ZramDevice):
         return super().pread(offset, length)
 
 
-def test_requests_to_other_pages_are_served_while_one_waits() -> None:
+@pytest.mark.parametrize(
+    ("slow_length", "server_args"),
+    [(2 << 20, {}), (4096, {"inline_max": 0})],
+    ids=["a-long-request-in-the-pool", "every-request-in-the-pool"],
+)
+def test_requests_to_other_pages_are_served_while_one_waits(slow_length: int, server_args: dict) -> None:
+    """A request in the thread pool (longer than inline_max, or any with inline_max=0) that waits
+    does not hold up a short request to other pages, whose reply overtakes it."""
     dev = _GatedDevice(SIZE)
-    with served(device=dev) as st, NbdClient.open(st.socket_path) as c:
-        c.write(8192, b"z" * 10)
-        slow = c.send_request(p.NBD_CMD_READ, 0, 4096)
+    with served(device=dev, **server_args) as st, NbdClient.open(st.socket_path) as c:
+        c.write(3 << 20, b"z" * 10)
+        slow = c.send_request(p.NBD_CMD_READ, 0, slow_length)
         assert dev.waiting.wait(10)
-        fast = c.send_request(p.NBD_CMD_READ, 8192, 10)
+        fast = c.send_request(p.NBD_CMD_READ, 3 << 20, 10)
         first = c.receive_reply()
-        assert first.cookie == fast and first.data == b"z" * 10  # out of order: page 2 did not wait
+        assert first.cookie == fast and first.data == b"z" * 10  # out of order: it did not wait
         dev.gate.set()
         second = c.receive_reply()
-        assert second.cookie == slow and second.data == bytes(4096)
+        assert second.cookie == slow and second.data == bytes(slow_length)
 
 
 def test_connections_share_the_device() -> None:

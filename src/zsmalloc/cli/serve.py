@@ -174,7 +174,14 @@ async def _serve(
     type=click.IntRange(0, 64),
     default=4,
     show_default=True,
-    help="I/O threads; 0 runs the device on the event loop (faster copies, one request at a time)",
+    help="threads for requests longer than --inline-max; 0: every request on the event loop",
+)
+@click.option(
+    "--inline-max",
+    type=ByteSize(),
+    default="1M",
+    show_default=True,
+    help="requests up to this size make their device calls on the event loop (faster under the GIL)",
 )
 @click.option("--max-connections", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option("-v", "--verbose", is_flag=True, help="log connections and protocol errors to stderr")
@@ -189,6 +196,7 @@ def serve(
     name: str,
     max_request: int,
     workers: int,
+    inline_max: int,
     max_connections: int,
     verbose: bool,
     as_json: bool,
@@ -207,7 +215,7 @@ def serve(
         )
         fix_mmap_threshold()  # read replies are big transient buffers: give them back when sent
         device = ZramDevice(size, algorithm=algorithm, mem_limit=mem_limit)
-        server = NbdServer(device, name=name, limits=limits, workers=workers)
+        server = NbdServer(device, name=name, limits=limits, workers=workers, inline_max=inline_max)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
