@@ -426,7 +426,7 @@ class Pool:
             if self._h_free:  # another thread grew it meanwhile
                 return
             old = len(self._h_val)
-            new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 2))
+            new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 4))  # +25%: the slack is resident
             if new <= old:
                 raise PoolFullError("handle table is full")
             extra = new - old
