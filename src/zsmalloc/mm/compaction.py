@@ -123,6 +123,8 @@ class Compaction:
             if isolated:
                 result.merge(self.migrate_pages(isolated, mode, target=_below))
         result.released = self.shrink_arena()
+        if result.released < _TRIM_HEAP_FRAMES:  # (a bigger shrink has trimmed the heap already)
+            trim_process_heap()  # whoever compacts wants the process's memory back, the C heap's too
         result.hwm_after = self.hwm
         self.vmstat["compact_runs"] += 1
         self.vmstat["compact_pages_moved"] += result.succeeded

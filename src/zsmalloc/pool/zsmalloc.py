@@ -196,6 +196,29 @@ def _obj_tables(
     )
 
 
+def _top_free_run(free: array, n: int) -> int:
+    """Where the run of free entries at the top of a table of ``n`` begins (not below _TABLE_MIN).
+
+    ``free`` is the table's free stack.  A bitmap, not a set: a set of a big
+    stack would leave thousands of int objects' worth of arenas and a large
+    table behind in the heap, the opposite of what trimming is for.
+    """
+    mark = bytearray(n)
+    for i in free:
+        mark[i] = 1
+    keep = n
+    while keep > _TABLE_MIN and mark[keep - 1]:
+        keep -= 1
+    return keep
+
+
+def _drop_from(free: array, keep: int) -> None:
+    """Remove the entries at ``keep`` and above from a free stack, in place, order kept."""
+    kept = array(free.typecode, (i for i in free if i < keep))
+    del free[:]  # in place: malloc and free use the stack without the cache lock
+    free.extend(kept)
+
+
 class SizeClass:
     """One canonical size class: its geometry, lock, fullness lists and counters."""
 
@@ -1171,10 +1194,16 @@ class Pool:
         return rows
 
     def compact(self, policy: str = "ratio") -> int:
-        """``zs_compact``: move objects so that zspages empty; return the pages freed."""
+        """``zs_compact``: move objects so that zspages empty; return the pages freed.
+
+        Then the tables give back their free tops (:meth:`trim`) and the C
+        heap what it holds free (``malloc_trim``): a caller who compacts wants
+        the process's memory to shrink, not only the pool's page count.
+        """
         self._check_open()
         freed = zs_compact(self, policy)
-        self.trim()
+        if not self.trim():
+            trim_process_heap()
         return freed
 
     def shrinker_count(self) -> int:
@@ -1222,14 +1251,15 @@ class Pool:
     # ------------------------------------------------------------------
     # consistency check, life cycle
 
-    def trim(self) -> None:
+    def trim(self) -> bool:
         """Give back the table space held by free handle slots and zspage ids at the top.
 
         Run by ``flush_deferred()``, ``compact()`` and ``close()``.  It stops the
         world (the pool lock and every class lock), so that no slot or id is
         half taken while the tables shrink.  Generations survive: a fresh slot
         starts above every generation a trimmed slot ever had, so a stale
-        handle stays stale.
+        handle stays stale.  Returns whether anything was given back (the C
+        heap is then trimmed too).
         """
         with ExitStack() as stack:
             stack.enter_context(self._lock)
@@ -1248,32 +1278,27 @@ class Pool:
                         lists[fg] = dict(lst)
         if trimmed:
             trim_process_heap()
+        return bool(trimmed)
 
     def _trim_handles(self) -> int:
         h_val, free = self._h_val, self._h_free
-        free_set = set(free)
-        keep = len(h_val)
-        while keep > _TABLE_MIN and keep - 1 in free_set:
-            keep -= 1
-        if len(h_val) - keep < _TRIM_MIN:
+        old = len(h_val)
+        keep = _top_free_run(free, old)
+        if old - keep < _TRIM_MIN:
             return 0
-        top = max((h_val[slot] >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK for slot in range(keep, len(h_val)))
+        top = max((h_val[slot] >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK for slot in range(keep, old))
         self._gen_base = max(self._gen_base, top)
         del h_val[keep:]
         del self._h_obj[keep:]
         del self._h_size[keep:]
-        kept = [slot for slot in free if slot < keep]
-        del free[:]  # in place: malloc and free use this array without the cache lock
-        free.extend(kept)
-        return len(free_set) - len(free)
+        _drop_from(free, keep)
+        return old - keep
 
     def _trim_zspages(self) -> int:
         free = self._zs_free
-        free_set = set(free)
-        keep = len(self._zs_class)
-        while keep > _TABLE_MIN and keep - 1 in free_set:
-            keep -= 1
-        if len(self._zs_class) - keep < _TRIM_MIN:
+        old = len(self._zs_class)
+        keep = _top_free_run(free, old)
+        if old - keep < _TRIM_MIN:
             return 0
         for arr in (
             self._zs_class,
@@ -1285,10 +1310,8 @@ class Pool:
             self._zs_isolated,
         ):
             del arr[keep:]
-        kept = [zid for zid in free if zid < keep]
-        del free[:]
-        free.extend(kept)
-        return len(free_set) - len(free)
+        _drop_from(free, keep)
+        return old - keep
 
     def check(self) -> None:
         """Walk every structure and raise CorruptionError on any inconsistency."""
