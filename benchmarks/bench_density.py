@@ -147,6 +147,11 @@ def _fill(pool: zsmalloc.Pool, sizes: list[int], src: bytes, handles: array, sec
     seconds[0] += time.perf_counter()
 
 
+def _record_class_pages(pool: zsmalloc.Pool, class_pages: array) -> None:
+    for row in pool.class_stats():
+        class_pages[row.index] = row.pages_used
+
+
 def _spot_check(pool: zsmalloc.Pool, sizes: list[int], src: bytes, handles: array) -> None:
     span = SRC_LEN - PAGE_SIZE
     for i in range(0, len(sizes), max(1, len(sizes) // 1000)):
@@ -184,8 +189,7 @@ def worker_pool(mix: str, chain: int, n: int) -> dict:
     rss[1] = common.rss_bytes()
     counts[0] = pool.total_pages
     counts[1] = pool.memory.nr_used
-    for row in pool.class_stats():
-        class_pages[row.index] = row.pages_used
+    _record_class_pages(pool, class_pages)
     _spot_check(pool, sizes, src, handles)
     _free_all(pool, handles, seconds)
     pool.flush_deferred()
