@@ -363,7 +363,7 @@ class ZramDevice:
             handle = self._handle[index]
             if not handle:
                 return _ZERO_PAGE
-            src = self.pool.read(handle, self._size[index])
+            src = self.pool.read(handle)  # the whole object: its size is the slot's
         finally:
             lock.release()
         try:
@@ -499,7 +499,7 @@ class ZramDevice:
             elif flags:
                 page = bytearray(self._read_slot(index, flags, False))
             else:
-                src = self.pool.read(handle, self._size[index])
+                src = self.pool.read(handle)  # the whole object: its size is the slot's
                 try:
                     page = bytearray(self._decompress(src))
                 except self._decomp_errors as exc:
