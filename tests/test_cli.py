@@ -106,3 +106,12 @@ def test_protocheck_json_names_the_minimal_sequence():
     assert seq["where"] == "pool.check()" and "free zspage" in seq["message"]
     ok = json.loads(run("protocheck", "seed-race", "--json"))
     assert ok[0]["ok"] and ok[0]["failing"] == 0
+
+
+def test_stress_json_reports_each_protocol():
+    rows = json.loads(run("stress", "--seconds", "1", "--threads", "2", "--json"))
+    assert [r["protocol"] for r in rows] == ["mainline", "2016"]
+    for r in rows:
+        assert r["ok"] and r["leaked_frames"] == 0
+        assert all(isinstance(k, str) and isinstance(v, int) for k, v in r["ops"].items())
+        assert r["ops"]["malloc"] > 0

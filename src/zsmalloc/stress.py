@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from zsmalloc.errors import InvalidHandleError
 from zsmalloc.mm import Memory, MigrateMode
@@ -70,6 +70,14 @@ class StressReport:
     #: the pool's and the memory's counters at the end
     pool_stats: dict = field(default_factory=dict)
     vmstat: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The report as plain JSON-ready data (``dataclasses.asdict`` would rebuild the ops
+        Counter from its (name, count) pairs, counting the pairs)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["ops"] = dict(self.ops)
+        d["ok"] = self.ok
+        return d
 
     @property
     def ok(self) -> bool:

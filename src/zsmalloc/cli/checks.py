@@ -7,7 +7,6 @@ scenarios over every interleaving (zsmalloc.protocheck).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from contextlib import nullcontext as _nullctx
 
@@ -38,7 +37,7 @@ def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool
         with status:
             reports.append(run_stress(seconds=seconds, threads=threads, protocol=proto, seed=seed))
     if as_json:
-        rows = [{**dataclasses.asdict(r), "ok": r.ok} for r in reports]
+        rows = [r.to_dict() for r in reports]
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         for r in reports:
