@@ -9,7 +9,8 @@ What lives where
   ``Memory``.
 - Per-zspage state: struct-of-arrays indexed by a zspage id (``zid``), the
   kernel's ``struct zspage``: class, inuse, freeobj, first page, fullness group,
-  list links, the zspage lock.
+  the zspage lock.  Its ``list`` (the fullness-list link) is its membership in
+  one of its class's fullness lists, dicts used as ordered sets.
 - Handles: a table of arrays indexed by handle slot.
 - Per-class state: :class:`SizeClass` (fullness lists and counters).
 
@@ -84,7 +85,8 @@ to write, a list or tuple element ~75, an attribute ~50, a dict
 insert + delete ~600.  A churn step takes four locks (free: pool and class;
 malloc: class; write: pool), ~3,300 instructions, and ~22 int operations,
 ~5,000: hence the tables of per-index offsets in ``SizeClass``, the handle
-slot in the high word, and the zspage fields in lists.
+slot in the high word, and the zspage fields in lists (but the first page's
+pfn, which stays in an array: see ``_zs_first``).
 """
 
 from __future__ import annotations
