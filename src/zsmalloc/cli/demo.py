@@ -66,7 +66,7 @@ def _progress(disable: bool) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=True,
-        disable=disable,
+        disable=disable or not console.is_terminal,  # (no bars, nor their blank lines, in a pipe)
     )
 
 
