@@ -686,17 +686,29 @@ def test_set_pages_movable(mem):
     assert not mem.page_movable(pfns[0])
 
 
-def test_set_pages_movable_refuses_locked_or_shared_pages(mem):
+def test_set_pages_movable_refuses_locked_or_free_pages(mem):
     ops_id = mem.register_movable_ops(object())
     a, b = mem.alloc_pages(2)
     assert mem.trylock_page(a)
     with pytest.raises(PageStateError):
         mem.set_pages_movable([a], ops_id)
     assert not mem.page_movable(a)
-    mem.get_page(b)
+    mem.free_page(b)
     with pytest.raises(PageStateError):
         mem.set_pages_movable([b], ops_id)
     assert not mem.page_movable(b)
+
+
+def test_a_pfn_walkers_passing_reference_does_not_stop_set_pages_movable(mem):
+    """The race the threaded stress found: the VM's isolate_movable_page takes its reference
+    on a page the moment the owner has it, before either knows whether it is movable; the
+    owner's __SetPageMovable must not take that for a second owner."""
+    ops_id = mem.register_movable_ops(object())
+    (p,) = mem.alloc_pages(1)
+    mem.get_page(p)  # isolate_movable_page: get_page_unless_zero, then it looks at the flags
+    mem.set_pages_movable([p], ops_id)  # the owner, in between
+    mem.put_page(p)  # the walker lets go
+    assert mem.page_movable(p) and mem.refcount[p] == 1
 
 
 def test_unlock_and_free_pages_frees_locked_pages(mem):

@@ -533,14 +533,21 @@ class Memory(Migration, Compaction):
             self.flags[pfn] |= PG_movable
 
     def set_pages_movable(self, pfns: list[int], ops_id: int) -> None:
-        """``__SetPageMovable`` on each of an owner's new pages, which nobody else can hold."""
+        """``__SetPageMovable`` on each of an owner's new pages.
+
+        A new page is the owner's alone, but a PFN walker may hold a passing
+        reference: ``isolate_movable_page`` takes one (get_page_unless_zero)
+        before it looks whether the page is movable, and drops it when it is
+        not yet.  So the page must be in use and unlocked; its refcount may be
+        above one.
+        """
         lock = self._lock
         lock.acquire()  # not ``with``: this runs for every new zspage
         try:
             flags, movable_ops, refcount = self.flags, self.movable_ops, self.refcount
             for pfn in pfns:
-                if flags[pfn] & PG_locked or refcount[pfn] != 1:
-                    raise PageStateError(f"new page {pfn} is locked or shared")
+                if flags[pfn] & PG_locked or refcount[pfn] < 1:
+                    raise PageStateError(f"new page {pfn} is locked or free")
             for pfn in pfns:
                 movable_ops[pfn] = ops_id
                 flags[pfn] |= PG_movable
