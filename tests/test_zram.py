@@ -398,6 +398,18 @@ def test_undecompressable_page_is_a_failed_read(dev):
     assert dev.read_page(3) == page
 
 
+def test_partial_write_to_an_undecompressable_page_fails_and_changes_nothing(dev):
+    page = text_page(random.Random(11))
+    dev.write_page(5, page)
+    info = dev.slot_info(5)
+    dev.pool.write(info.handle, b"\xff" * info.size)
+    with pytest.raises(ZramIOError):
+        dev.pwrite(5 * 4096 + 100, b"new bytes")  # read-modify-write needs the old page
+    assert dev.slot_info(5).handle == info.handle  # the damaged object was left where it was
+    assert dev.io_stat().failed_reads == 1
+    dev.check()
+
+
 # ----------------------------------------------------------------------
 # byte-level I/O against a bytearray model
 

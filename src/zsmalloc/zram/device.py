@@ -221,8 +221,6 @@ class ZramDevice:
         self._codecs: list[Codec] = [_resolve_codec(algorithm, algorithm_params)]
         self._codecs += [_resolve_codec(spec) for spec in secondary]
         self._compress = self._codecs[0].compress
-        self._decompress = self._codecs[0].decompress
-        self._decomp_errors = self._codecs[0].errors
 
         self._own_pool = pool is None
         self.pool = Pool(name=name, chain_size=chain_size, memory=memory) if pool is None else pool
@@ -366,13 +364,7 @@ class ZramDevice:
             src = self.pool.read(handle)  # the whole object: its size is the slot's
         finally:
             lock.release()
-        try:
-            page = self._decompress(src)
-        except self._decomp_errors as exc:
-            self._read_failed(index, f"does not decompress: {exc}")
-        if len(page) != PAGE_SIZE:
-            self._read_failed(index, f"decompressed to {len(page)} bytes")
-        return page
+        return self._decompress_page(index, src, self._codecs[0])
 
     def read_page_into(self, index: int, buf) -> None:
         """Fill the writable 4096-byte buffer ``buf`` with page ``index``."""
@@ -427,8 +419,11 @@ class ZramDevice:
             return page
         if flags & ZRAM_HUGE:
             return self.pool.read(handle, PAGE_SIZE)
-        src = self.pool.read(handle, self._size[index])
         codec = self._codecs[(flags & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT]
+        return self._decompress_page(index, self.pool.read(handle), codec)
+
+    def _decompress_page(self, index: int, src: bytes, codec: Codec) -> bytes:
+        """Page ``index`` from its stored object ``src``; ZramIOError if it does not come back whole."""
         try:
             page = codec.decompress(src)
         except codec.errors as exc:
@@ -499,11 +494,7 @@ class ZramDevice:
             elif flags:
                 page = bytearray(self._read_slot(index, flags, False))
             else:
-                src = self.pool.read(handle)  # the whole object: its size is the slot's
-                try:
-                    page = bytearray(self._decompress(src))
-                except self._decomp_errors as exc:
-                    self._read_failed(index, f"does not decompress: {exc}")
+                page = bytearray(self._decompress_page(index, self.pool.read(handle), self._codecs[0]))
             page[offset : offset + len(chunk)] = chunk
             self._store_locked(index, s, page)
 
