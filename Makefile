@@ -1,32 +1,50 @@
 # `make run` and `make test` are all a fresh clone needs: each creates .venv
-# when it is missing and installs the project with what that target uses.
+# when it is missing, installs the project's Python dependencies at the exact
+# versions of constraints.txt, and builds the engine (engine/, Rust) into
+# zsmalloc._engine with maturin.  The engine is rebuilt when its sources change.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+ENGINE := $(VENV)/.engine
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+ENGINE_SRC := Cargo.toml Cargo.lock $(wildcard engine/*/Cargo.toml) $(shell find engine -name '*.rs')
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-rust test-python bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) -r constraints.txt
 	touch $(STAMP)
 
-run: $(STAMP)
+$(ENGINE): $(STAMP) $(ENGINE_SRC)
+	$(PIP) --no-build-isolation --no-deps -e .
+	touch $(ENGINE)
+
+run: $(ENGINE)
 	$(VENV)/bin/zsmalloc demo
 
-test: $(STAMP)
+test: test-rust test-python
+
+test-rust:
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo test --locked -p zsmalloc-core
+
+test-python: $(ENGINE)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(ENGINE)
 	$(PY) benchmarks/run_all.py
 
-lint: $(STAMP)
+lint: $(ENGINE)
 	$(PY) -m ruff check .
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist target .pytest_cache .hypothesis src/zsmalloc/_engine*.so

@@ -1,13 +1,15 @@
 """Run every benchmark and (re)write RESULTS.md and results/<name>.json.
 
 Runs, in order, ``bench_density.py`` (pages and process memory after a fill,
-against the kernel's exact page count and a dict peer), ``bench_speed.py``
-(µs per malloc+write / read / free / churn at 1e4..1e6 live objects, against a
-dict peer), ``bench_migration.py`` (pages migrated per second, and µs per page
-against objects per page, against a raw 4 KiB copy), ``bench_churn.py`` (fill,
-free a random half, compact: pool bytes and RSS growth per live byte, against
-a dict peer) and ``bench_compaction_work.py`` (objects moved per page freed by
-the 6.4 compaction policy against the legacy one) and ``bench_zram.py``
+engine and model, against the kernel's exact page count and a dict peer),
+``bench_speed.py`` (µs per malloc+write / read / free / churn at 1e4..1e6 live
+objects, engine, model and a dict peer in the same rounds),
+``bench_migration.py`` (pages migrated per second, and µs per page
+against objects per page, against a raw 4 KiB copy), ``bench_churn.py``
+(fill, free a random half, compact: pool bytes and RSS growth per live byte,
+engine and model, against a dict peer) and ``bench_compaction_work.py``
+(objects moved per page freed by the 6.4 compaction policy against the
+legacy one) and ``bench_zram.py``
 (``ZramDevice`` page write/read throughput and RSS, fill and after discarding
 half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
 (``zsmalloc serve`` against ``nbdkit memory allocator=zstd`` through
@@ -85,6 +87,13 @@ def machine_section(info: dict) -> str:
     return text
 
 
+def zsmalloc_backend() -> str:
+    """Which implementation ``zsmalloc.Pool`` is in this run (``ZSMALLOC_BACKEND``)."""
+    import zsmalloc
+
+    return f"{zsmalloc.backend} (`ZSMALLOC_BACKEND` chooses)"
+
+
 def method_section(quick: bool) -> str:
     lines = [
         "## Method",
@@ -93,14 +102,18 @@ def method_section(quick: bool) -> str:
         "objects (same sizes, same bytes): a `dict` of `bytes` objects, the obvious pure-Python way to "
         "keep byte strings behind keys. Page migration is compared with a raw 4 KiB memoryview copy, "
         "and the 6.4 compaction policy with the legacy one, on the same churned pool.",
+        "- Two implementations of the pool: the engine (`zsmalloc.engine.Pool`, Rust) and the model "
+        "(`zsmalloc.model.Pool`, Python). Speed, density and churn measure both, beside the peer, in "
+        "the same run (speed: in the same worker and rounds, on the same plans); the other benchmarks "
+        f"measure `zsmalloc.Pool`, here the {zsmalloc_backend()}.",
         "- The machine is shared and noisy: timings are repeated (rounds) and reported as medians with "
         "min-max; RSS figures are medians over repeated fresh subprocesses.",
         "- Each configuration runs in a fresh Python subprocess, so RSS baselines are clean and no run "
         "inherits another's heap.",
         "- Object sizes come from the seeded mixes of `zsmalloc.workloads` (`kernel-build`, "
         "`android-zstd`); object data are slices of one preallocated random byte string, so that "
-        "making the data costs the same, and little, for both peers.",
-        "- **The cyclic garbage collector is disabled (`gc.disable()`) while timing, for both peers.**",
+        "making the data costs the same, and little, for every store.",
+        "- **The cyclic garbage collector is disabled (`gc.disable()`) while timing, for every store.**",
         "- Targets are reported, not enforced: a FAIL does not make the run fail.",
     ]
     if quick:

@@ -1,8 +1,10 @@
 """``pool.check()`` has teeth: each kind of damage is caught, with its precise message.
 
-Every test builds the same healthy pool (check passes), damages one thing,
-expects CorruptionError with the exact message, repairs the damage, and
-expects check to pass again with every object intact.
+Every test builds the same healthy pool (check passes), damages one thing
+through ``zsmalloc.debug.damage``, expects CorruptionError with the exact
+message, repairs the damage, and expects check to pass again with every
+object intact.  What the tests know of the pool they read from its snapshot
+(``zsmalloc.debug.snapshot``), not from its private tables.
 
 The pool, chain size 8:
 
@@ -21,7 +23,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from zsmalloc import CorruptionError, Pool
+from zsmalloc import CorruptionError, debug
+from zsmalloc.mm import PG_movable
+from zsmalloc.model import Pool  # the damage hooks reach into the model's tables
 from zsmalloc.pool.zsmalloc import FREE_LIST_END, OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
 
 PAGE = 4096
@@ -41,27 +45,26 @@ class Healthy:
     c: int  # the huge object
     data: dict[int, bytes] = field(default_factory=dict)
 
+    def snap(self) -> dict:
+        return debug.snapshot(self.pool)
+
     def zid(self, h: int) -> int:
-        return self.pool.memory.private[self.loc(h) >> OBJ_INDEX_BITS]
+        snap = self.snap()
+        return snap["pages"][snap["handles"][slot_of(h)]["pfn"]]["private"]
 
     def loc(self, h: int) -> int:
-        return self.pool._h_obj[slot_of(h)]
+        entry = self.snap()["handles"][slot_of(h)]
+        return (entry["pfn"] << OBJ_INDEX_BITS) | entry["idx"]
+
+    def zspage(self, zid: int) -> dict:
+        return self.snap()["zspages"][zid]
 
     def where(self, zid: int) -> str:
-        return f"zspage {zid} (class {self.pool._zs_class[zid]}, first pfn {self.pool._zs_first[zid]})"
+        zs = self.zspage(zid)
+        return f"zspage {zid} (class {zs['class']}, first pfn {zs['pages'][0]})"
 
-    def header_word(self, h: int) -> int:
-        """Word index of an allocated object's header, from its location alone."""
-        loc = self.loc(h)
-        pfn, idx = loc >> OBJ_INDEX_BITS, loc & IDX_MASK
-        cls = self.pool.size_class[self.pool._zs_class[self.pool.memory.private[pfn]]]
-        return (pfn * PAGE + (idx * cls.size) % PAGE) // 8
-
-    def slot_word(self, zid: int, idx: int, size: int) -> int:
-        """Word index of object ``idx``'s first word, walking the zspage's pages."""
-        pages = self.pool.zspage_pages(zid)
-        off = idx * size
-        return (pages[off // PAGE] * PAGE + off % PAGE) // 8
+    def damage(self, what: str, *key: int, value: int) -> int:
+        return debug.damage(self.pool, what, *key, value=value)
 
     def verify(self) -> None:
         self.pool.check()
@@ -85,10 +88,10 @@ def healthy():
             pool.free(lst[idx])
             del st.data[lst[idx]]
         # the layout the tests rely on
-        za, zb, zc = st.zid(a[0]), st.zid(b[0]), st.zid(c)
-        assert (pool._zs_class[za], pool._zs_class[zb], pool._zs_class[zc]) == (96, 0, 254)
-        assert (pool._zs_inuse[za], pool._zs_inuse[zb], pool._zs_inuse[zc]) == (9, 19, 1)
-        assert pool._zs_freeobj[za] == 4
+        za, zb, zc = (st.zspage(st.zid(h)) for h in (a[0], b[0], c))
+        assert (za["class"], zb["class"], zc["class"]) == (96, 0, 254)
+        assert (za["inuse"], zb["inuse"], zc["inuse"]) == (9, 19, 1)
+        assert za["freeobj"] == 4
         for k, h in enumerate(a):
             if k != 4:
                 assert st.loc(h) & IDX_MASK == k
@@ -109,89 +112,87 @@ def expect_corruption(st: Healthy, message: str) -> None:
 def test_allocated_tag_cleared(healthy, which, idx):
     st = healthy
     h = getattr(st, which)[idx]
-    words = st.pool.memory.words
-    w = st.header_word(h)
-    assert words[w] == h | OBJ_ALLOCATED_TAG  # the header is where the kernel keeps it
-    words[w] ^= OBJ_ALLOCATED_TAG
     zid = st.zid(h)
+    assert st.zspage(zid)["headers"][idx] == h | OBJ_ALLOCATED_TAG
+    header = st.damage("slot.word", zid, idx, value=h)
+    assert header == h | OBJ_ALLOCATED_TAG
     expect_corruption(st, f"{st.where(zid)}: object {idx} is not free but its header {h:#x} is untagged")
-    words[w] ^= OBJ_ALLOCATED_TAG
+    st.damage("slot.word", zid, idx, value=header)
     st.verify()
 
 
 def test_header_holds_a_stale_generation(healthy):
     st = healthy
     h = st.b[7]
-    words = st.pool.memory.words
-    w = st.header_word(h)
-    words[w] = (h + (1 << 1)) | OBJ_ALLOCATED_TAG  # the next generation
+    zid = st.zid(h)
+    idx = st.loc(h) & IDX_MASK
+    header = st.damage("slot.word", zid, idx, value=(h + (1 << 1)) | OBJ_ALLOCATED_TAG)  # the next generation
     expect_corruption(st, f"handle {h:#x}: the object header holds {h + (1 << 1):#x} (stale generation)")
-    words[w] = h | OBJ_ALLOCATED_TAG
+    st.damage("slot.word", zid, idx, value=header)
     st.verify()
 
 
 def test_huge_handle_untagged(healthy):
     st = healthy
     zid = st.zid(st.c)
-    pfn = st.pool._zs_first[zid]
-    assert st.pool.memory.index[pfn] == st.c | OBJ_ALLOCATED_TAG
-    st.pool.memory.index[pfn] ^= OBJ_ALLOCATED_TAG
+    pfn = st.zspage(zid)["pages"][0]
+    tag = st.damage("page.index", pfn, value=st.c)
+    assert tag == st.c | OBJ_ALLOCATED_TAG
     expect_corruption(st, f"{st.where(zid)}: huge object's handle {st.c:#x} in page {pfn} is not tagged")
-    st.pool.memory.index[pfn] ^= OBJ_ALLOCATED_TAG
+    st.damage("page.index", pfn, value=tag)
     st.verify()
 
 
-def _a_free_links(st: Healthy):
+def _a_free_links(st: Healthy) -> int:
     zid = st.zid(st.a[0])
-    words = st.pool.memory.words
-    link = {idx: st.slot_word(zid, idx, 1568) for idx in (4, 10, 11, 12)}
+    headers = st.zspage(zid)["headers"]
     # the free list, read straight from the page bytes: 4 -> 10 -> 11 -> 12 -> end
-    assert [words[link[i]] for i in (4, 10, 11, 12)] == [10 << 1, 11 << 1, 12 << 1, FREE_LIST_END]
-    return zid, words, link
+    assert [headers[i] for i in (4, 10, 11, 12)] == [10 << 1, 11 << 1, 12 << 1, FREE_LIST_END]
+    return zid
 
 
 def test_free_list_cycle(healthy):
     st = healthy
-    zid, words, link = _a_free_links(st)
-    words[link[12]] = 10 << 1
+    zid = _a_free_links(st)
+    st.damage("slot.word", zid, 12, value=10 << 1)
     expect_corruption(st, f"{st.where(zid)}: free list visits object 10 twice")
-    words[link[12]] = FREE_LIST_END
+    st.damage("slot.word", zid, 12, value=FREE_LIST_END)
     st.verify()
 
 
 def test_free_list_self_loop(healthy):
     st = healthy
-    zid, words, link = _a_free_links(st)
-    words[link[4]] = 4 << 1
+    zid = _a_free_links(st)
+    st.damage("slot.word", zid, 4, value=4 << 1)
     expect_corruption(st, f"{st.where(zid)}: free list visits object 4 twice")
-    words[link[4]] = 10 << 1
+    st.damage("slot.word", zid, 4, value=10 << 1)
     st.verify()
 
 
 def test_free_list_link_out_of_range(healthy):
     st = healthy
-    zid, words, link = _a_free_links(st)
-    words[link[11]] = 16 << 1
+    zid = _a_free_links(st)
+    st.damage("slot.word", zid, 11, value=16 << 1)
     expect_corruption(st, f"{st.where(zid)}: free list reaches object 16, outside 0..12")
-    words[link[11]] = 12 << 1
+    st.damage("slot.word", zid, 11, value=12 << 1)
     st.verify()
 
 
 def test_free_list_into_an_allocated_object(healthy):
     st = healthy
-    zid, words, link = _a_free_links(st)
-    words[link[10]] = 2 << 1
+    zid = _a_free_links(st)
+    st.damage("slot.word", zid, 10, value=2 << 1)
     expect_corruption(st, f"{st.where(zid)}: object 2 is on the free list but its header is tagged")
-    words[link[10]] = 11 << 1
+    st.damage("slot.word", zid, 10, value=11 << 1)
     st.verify()
 
 
 def test_free_list_cut_short(healthy):
     st = healthy
-    zid, words, link = _a_free_links(st)
-    words[link[10]] = FREE_LIST_END  # 11 and 12 fall off the list
+    zid = _a_free_links(st)
+    st.damage("slot.word", zid, 10, value=FREE_LIST_END)  # 11 and 12 fall off the list
     expect_corruption(st, f"{st.where(zid)}: free list holds 2 objects, inuse 9 of 13 says 4")
-    words[link[10]] = 11 << 1
+    st.damage("slot.word", zid, 10, value=11 << 1)
     st.verify()
 
 
@@ -203,66 +204,79 @@ def test_free_list_cut_short(healthy):
 def test_wrong_inuse_count(healthy, delta):
     st = healthy
     zid = st.zid(st.a[0])
-    st.pool._zs_inuse[zid] += delta
+    inuse = st.damage("zspage.inuse", zid, value=9 + delta)
     expect_corruption(
         st, f"{st.where(zid)}: free list holds 4 objects, inuse {9 + delta} of 13 says {4 - delta}"
     )
-    st.pool._zs_inuse[zid] -= delta
+    st.damage("zspage.inuse", zid, value=inuse)
     st.verify()
 
 
 def test_zspage_on_the_wrong_fullness_list(healthy):
     st = healthy
-    pool = st.pool
     zid = st.zid(st.b[0])
-    cls = pool.size_class[0]
     right = (100 * 19 // 128) // 10 + 1  # KERNEL.md section 3: 19 of 128 in use -> group 2
-    assert right == 2 and cls.nr_zspages[right] == 1
-    pool.remove_zspage(cls, zid)
-    pool.insert_zspage(cls, zid, 7)
+    [cls] = (c for c in st.snap()["classes"] if c["index"] == 0)
+    assert right == 2 and cls["fullness"][right] == [zid]
+    assert st.damage("zspage.fg", zid, value=7) == right
     expect_corruption(st, f"{st.where(zid)}: in fullness group 7, inuse 19/128 calls for 2")
-    pool.remove_zspage(cls, zid)
-    pool.insert_zspage(cls, zid, right)
+    st.damage("zspage.fg", zid, value=right)
     st.verify()
 
 
 def test_full_zspage_listed_as_partial(healthy):
     st = healthy
-    pool = st.pool
     zid = st.zid(st.c)
-    cls = pool.size_class[254]
-    pool.remove_zspage(cls, zid)
-    pool.insert_zspage(cls, zid, 10)
+    assert st.damage("zspage.fg", zid, value=10) == 11
     expect_corruption(st, f"{st.where(zid)}: in fullness group 10, inuse 1/1 calls for 11")
-    pool.remove_zspage(cls, zid)
-    pool.insert_zspage(cls, zid, 11)
+    st.damage("zspage.fg", zid, value=11)
     st.verify()
 
 
 def test_wrong_objs_allocated(healthy):
     st = healthy
-    cls = st.pool.size_class[0]
-    cls.objs_allocated += 128
+    assert st.damage("class.objs_allocated", 0, value=256) == 128
     expect_corruption(st, "class 0: objs_allocated 256, but 1 zspages hold 128")
-    cls.objs_allocated -= 128
+    st.damage("class.objs_allocated", 0, value=128)
     st.verify()
 
 
 def test_wrong_objs_inuse(healthy):
     st = healthy
-    cls = st.pool.size_class[96]
-    cls.objs_inuse -= 1
+    assert st.damage("class.objs_inuse", 96, value=8) == 9
     expect_corruption(st, "class 96: objs_inuse 8, but its zspages hold 9")
-    cls.objs_inuse += 1
+    st.damage("class.objs_inuse", 96, value=9)
     st.verify()
 
 
 def test_zspage_lock_left_write_locked(healthy):
     st = healthy
     zid = st.zid(st.b[0])
-    st.pool._zs_lock[zid] = -1
+    assert st.damage("zspage.lock", zid, value=-1) == 0
     expect_corruption(st, f"{st.where(zid)}: zspage lock left write-locked")
-    st.pool._zs_lock[zid] = 0
+    st.damage("zspage.lock", zid, value=0)
+    st.verify()
+
+
+def test_free_zspage_id_with_isolated_pages(healthy):
+    st = healthy
+    zid = st.zid(st.c)
+    st.pool.free(st.c)  # its zspage goes at once: the id is back in the cache
+    del st.data[st.c]
+    assert zid in st.snap()["free_zspage_ids"]
+    assert st.damage("zspage.isolated", zid, value=1) == 0
+    expect_corruption(st, f"free zspage id {zid} has 1 isolated pages")
+    st.damage("zspage.isolated", zid, value=0)
+    st.verify()
+
+
+def test_non_empty_mask_disagrees_with_the_list(healthy):
+    # the mask is the Python pool's own index of its lists: no snapshot holds it
+    st = healthy
+    cls = st.pool.size_class[0]
+    cls.nonempty ^= 1 << 5
+    expect_corruption(st, "class 0 group 5: non-empty mask disagrees with the list")
+    cls.nonempty ^= 1 << 5
     st.verify()
 
 
@@ -274,18 +288,18 @@ def test_handle_points_at_the_wrong_location(healthy):
     st = healthy
     h6, h7 = st.b[6], st.b[7]
     loc6, loc7 = st.loc(h6), st.loc(h7)
-    st.pool._h_obj[slot_of(h6)] = loc7
+    assert st.damage("handle.location", slot_of(h6), value=loc7) == loc6
     expect_corruption(st, f"handle {h6:#x}: table says location {loc7:#x}, its header is at {loc6:#x}")
-    st.pool._h_obj[slot_of(h6)] = loc6
+    st.damage("handle.location", slot_of(h6), value=loc6)
     st.verify()
 
 
 def test_handle_size_too_big_for_its_class(healthy):
     st = healthy
     h = st.b[0]
-    st.pool._h_size[slot_of(h)] = 25  # class 32 holds 24 bytes after the header
+    assert st.damage("handle.size", slot_of(h), value=25) == 24  # class 32 holds 24 bytes after the header
     expect_corruption(st, f"handle {h:#x}: size 25 does not fit class 0")
-    st.pool._h_size[slot_of(h)] = 24
+    st.damage("handle.size", slot_of(h), value=24)
     st.verify()
 
 
@@ -294,21 +308,18 @@ def test_handle_size_of_a_smaller_class(healthy):
     # the object's class but maps to a smaller one would misplace their bytes
     st = healthy
     h = st.a[0]
-    size = st.pool.handle_size(h)
-    st.pool._h_size[slot_of(h)] = 24
+    size = st.damage("handle.size", slot_of(h), value=24)
     expect_corruption(st, f"handle {h:#x}: size 24 maps to another class than 96")
-    st.pool._h_size[slot_of(h)] = size
+    st.damage("handle.size", slot_of(h), value=size)
     st.verify()
 
 
 def test_freed_handle_slot_missing_from_the_cache(healthy):
     st = healthy
     slot = slot_of(st.b[3])  # freed in the fixture
-    saved = list(st.pool._h_free)
-    st.pool._h_free.remove(slot)
+    assert st.damage("handle_cache", slot, value=0) == 1
     expect_corruption(st, f"handle slot {slot} is free but not in the handle cache")
-    del st.pool._h_free[:]
-    st.pool._h_free.extend(saved)
+    st.damage("handle_cache", slot, value=1)
     st.verify()
 
 
@@ -319,10 +330,10 @@ def test_freed_handle_slot_missing_from_the_cache(healthy):
 def test_page_descriptor_names_the_wrong_zspage(healthy):
     st = healthy
     zid = st.zid(st.a[0])
-    pfn = st.pool.zspage_pages(zid)[2]
-    st.pool.memory.private[pfn] = zid + 77
+    pfn = st.zspage(zid)["pages"][2]
+    assert st.damage("page.private", pfn, value=zid + 77) == zid
     expect_corruption(st, f"{st.where(zid)}: page {pfn} descriptor names zspage {zid + 77}")
-    st.pool.memory.private[pfn] = zid
+    st.damage("page.private", pfn, value=zid)
     st.verify()
 
 
@@ -330,33 +341,29 @@ def test_page_descriptor_names_the_wrong_zspage(healthy):
 def test_wrong_first_obj_offset(healthy, page, expected):
     st = healthy
     zid = st.zid(st.a[0])
-    pfn = st.pool.zspage_pages(zid)[page]
-    mem = st.pool.memory
-    assert mem.first_obj_offset[pfn] == expected  # 608, 1216
-    mem.first_obj_offset[pfn] = expected - 8
+    pfn = st.zspage(zid)["pages"][page]
+    assert st.damage("page.first_obj_offset", pfn, value=expected - 8) == expected  # 608, 1216
     expect_corruption(st, f"{st.where(zid)}: page {pfn} first_obj_offset {expected - 8}, expected {expected}")
-    mem.first_obj_offset[pfn] = expected
+    st.damage("page.first_obj_offset", pfn, value=expected)
     st.verify()
 
 
 def test_chain_cycle(healthy):
     st = healthy
     zid = st.zid(st.a[0])
-    pages = st.pool.zspage_pages(zid)
-    mem = st.pool.memory
-    mem.next[pages[4]] = pages[0]
+    pages = st.zspage(zid)["pages"]
+    assert st.damage("page.next", pages[4], value=pages[0]) == -1
     expect_corruption(st, f"{st.where(zid)}: chain longer than 5 pages (cycle?)")
-    mem.next[pages[4]] = -1
+    st.damage("page.next", pages[4], value=-1)
     st.verify()
 
 
 def test_wrong_pages_allocated(healthy):
     st = healthy
-    n = st.pool.pages_allocated
+    n = st.damage("pages_allocated", value=5 + 1 + 1 + 1)
     assert n == 5 + 1 + 1
-    st.pool.pages_allocated = n + 1
     expect_corruption(st, f"pool counts {n + 1} pages, its zspages hold {n}")
-    st.pool.pages_allocated = n
+    st.damage("pages_allocated", value=n)
     st.verify()
 
 
@@ -373,22 +380,24 @@ def test_stray_frame_in_the_pools_memory(healthy):
 def test_page_not_marked_movable(healthy):
     st = healthy
     zid = st.zid(st.a[0])
-    pfn = st.pool.zspage_pages(zid)[3]
-    mem = st.pool.memory
-    mem.clear_page_movable(pfn)
+    pfn = st.zspage(zid)["pages"][3]
+    flags = st.snap()["pages"][pfn]["flags"]
+    assert flags & PG_movable
+    st.damage("page.flags", pfn, value=flags & ~PG_movable)
     expect_corruption(st, f"{st.where(zid)}: page {pfn} is not marked movable by this pool")
-    mem.set_page_movable(pfn, st.pool._ops_id)
+    st.damage("page.flags", pfn, value=flags)
     st.verify()
 
 
 def test_page_movable_for_another_owner(healthy):
     st = healthy
     zid = st.zid(st.b[0])
-    pfn = st.pool.zspage_pages(zid)[0]
+    pfn = st.zspage(zid)["pages"][0]
     mem = st.pool.memory
     other = mem.register_movable_ops(object())
-    mem.set_page_movable(pfn, other)
+    ours = st.damage("page.movable_ops", pfn, value=other)
+    assert ours == st.snap()["ops_id"] != other
     expect_corruption(st, f"{st.where(zid)}: page {pfn} is not marked movable by this pool")
-    mem.set_page_movable(pfn, st.pool._ops_id)
+    st.damage("page.movable_ops", pfn, value=ours)
     mem.unregister_movable_ops(other)
     st.verify()

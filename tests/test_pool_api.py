@@ -24,7 +24,10 @@ from zsmalloc import (
     ZsmallocError,
     size_classes,
 )
-from zsmalloc.pool.zsmalloc import OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
+from zsmalloc.debug import snapshot
+from zsmalloc.pool.constants import OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 PAGE = 4096
 HEADER = 8
@@ -60,11 +63,20 @@ def slot_of(handle: int) -> int:
 
 
 def location(pool: Pool, handle: int) -> int:
-    return pool._h_obj[slot_of(handle)]
+    pfn, idx = pool.locate(handle)
+    return (pfn << OBJ_INDEX_BITS) | idx
 
 
 def zid_of(pool: Pool, handle: int) -> int:
-    return pool.memory.private[location(pool, handle) >> OBJ_INDEX_BITS]
+    pfn, _ = pool.locate(handle)
+    return snapshot(pool)["pages"][pfn]["private"]
+
+
+def class_of(pool: Pool, handle: int) -> dict:
+    """The snapshot's entry of the class the handle's zspage belongs to."""
+    snap = snapshot(pool)
+    index = snap["zspages"][zid_of(pool, handle)]["class"]
+    return next(c for c in snap["classes"] if c["index"] == index)
 
 
 def obj_index(pool: Pool, handle: int) -> int:
@@ -135,12 +147,12 @@ def test_small_requests_land_in_the_class_their_size_plus_header_needs(size, cla
     """The 8-byte header is added before the class lookup (zs_malloc)."""
     with Pool(chain_size=8) as pool:
         h = pool.malloc(size)
-        cls = pool.size_class[pool._zs_class[zid_of(pool, h)]]
+        cls = class_of(pool, h)
         assert 32 + 16 * kernel_class_index(size + HEADER) == class_size
-        assert cls.size == canonical_spec(size).size
+        assert cls["size"] == canonical_spec(size).size
         # merged classes serve a larger canonical class, never a smaller one
-        assert cls.size >= class_size
-        assert not cls.huge
+        assert cls["size"] >= class_size
+        assert not cls["huge"]
 
 
 @pytest.mark.parametrize(
@@ -154,12 +166,12 @@ def test_huge_threshold(chain, largest_non_huge, rule):
         assert pool.huge_class_size == hcs
         below = pool.malloc(hcs - 1)
         at = pool.malloc(hcs)
-        cls_below = pool.size_class[pool._zs_class[zid_of(pool, below)]]
-        cls_at = pool.size_class[pool._zs_class[zid_of(pool, at)]]
-        assert not cls_below.huge and cls_below.pages_per_zspage > 1
-        assert cls_below.size == hcs - 1 + HEADER
-        assert cls_at.huge and cls_at.pages_per_zspage == 1 and cls_at.objs_per_zspage == 1
-        assert pool.total_pages == cls_below.pages_per_zspage + 1
+        cls_below = class_of(pool, below)
+        cls_at = class_of(pool, at)
+        assert not cls_below["huge"] and cls_below["pages_per_zspage"] > 1
+        assert cls_below["size"] == hcs - 1 + HEADER
+        assert cls_at["huge"] and cls_at["pages_per_zspage"] == 1 and cls_at["objs_per_zspage"] == 1
+        assert pool.total_pages == cls_below["pages_per_zspage"] + 1
 
 
 def test_huge_object_has_no_header_and_fills_a_page():
@@ -171,7 +183,7 @@ def test_huge_object_has_no_header_and_fills_a_page():
         pfn = location(pool, h) >> OBJ_INDEX_BITS
         # the data starts at byte 0 of its own frame; the handle lives in the descriptor
         assert bytes(pool.memory.frame(pfn)) == data
-        assert pool.memory.index[pfn] == h | OBJ_ALLOCATED_TAG
+        assert snapshot(pool)["pages"][pfn]["index"] == h | OBJ_ALLOCATED_TAG
         assert pool.total_pages == 1
         h2 = pool.malloc(3625)
         assert location(pool, h2) >> OBJ_INDEX_BITS != pfn
@@ -215,8 +227,7 @@ def test_spanning_objects_layout_and_every_offset():
         datas = {h: rand_bytes(rng, SPAN_REQUEST) for h in hs}
         for h, d in datas.items():
             pool.write(h, d)
-        zid = zid_of(pool, hs[0])
-        pages = pool.zspage_pages(zid)
+        pages = pool.zspage_pfns(hs[0])
         assert len(pages) == 5
         spanning = [k for k in range(13) if spans_pages(k, 1568)]
         assert spanning == [2, 5, 7, 10]  # 3136..4704, 7840..9408, 10976..12544, 15680..17248
@@ -289,7 +300,6 @@ def test_map_inside_one_page_is_zero_copy():
         h = pool.malloc(200)
         pool.write(h, b"a" * 200)
         with pool.map(h) as view:
-            assert view.obj is pool.memory.arena  # a view of the arena itself
             assert bytes(view) == b"a" * 200
             with pytest.raises(TypeError):
                 view[0] = 1  # read-only
@@ -309,13 +319,13 @@ def test_map_of_a_spanning_object_is_a_copy():
         pool.write(h, b"x" * SPAN_REQUEST)
         with pool.map(h) as view:
             assert view.readonly
-            assert view.obj is not pool.memory.arena
             assert bytes(view) == b"x" * SPAN_REQUEST
             pool.write(h, b"y" * SPAN_REQUEST)
             assert bytes(view) == b"x" * SPAN_REQUEST  # a snapshot, not the live bytes
         assert pool.read(h) == b"y" * SPAN_REQUEST
-        with pool.map(hs[0]) as view:  # object 0 of the same zspage lies in one page
-            assert view.obj is pool.memory.arena
+        with pool.map(hs[0]) as view:  # object 0 of the same zspage lies in one page: no copy
+            pool.write(hs[0], b"z" * SPAN_REQUEST)
+            assert bytes(view) == b"z" * SPAN_REQUEST
 
 
 def test_map_partial_ranges():
@@ -336,14 +346,19 @@ def test_map_leaves_no_zspage_lock_behind():
     with Pool() as pool:
         h = pool.malloc(100)
         zid = zid_of(pool, h)
+
+        def lock() -> int:
+            return snapshot(pool)["zspages"][zid]["lock"]
+
         with pool.map(h) as view:
-            assert pool._zs_lock[zid] == 1
+            assert lock() == 1
             held = pickle.PickleBuffer(view)  # an export kept past the with must not break the unlock
-        assert pool._zs_lock[zid] == 0
         held.release()
+        view.release()  # the last export of the mapping gone (the engine keeps the pin until then)
+        assert lock() == 0
         with pytest.raises(RuntimeError), pool.map(h):
             raise RuntimeError("caller failure inside the with")
-        assert pool._zs_lock[zid] == 0
+        assert lock() == 0
         pool.check()
 
 
@@ -460,9 +475,8 @@ def test_close_releases_memory_and_later_calls_raise():
     pool = Pool(name="closing")
     h = pool.malloc(100)
     pool.write(h, b"z" * 100)
-    arena = pool.memory.arena
     pool.close()
-    assert arena.closed
+    assert pool.memory.nr_used == 0
     assert len(pool) == 0
     calls = {
         "read": lambda: pool.read(h),
@@ -493,8 +507,7 @@ def test_malloc_after_close_raises_pool_closed():
 def test_context_manager_closes():
     with Pool() as pool:
         h = pool.malloc(10)
-        arena = pool.memory.arena
-    assert arena.closed
+    assert pool.memory.nr_used == 0
     with pytest.raises(ZsmallocError):
         pool.read(h)
     with pytest.raises(PoolClosedError):
@@ -505,7 +518,9 @@ def test_context_manager_closes_on_error():
     with pytest.raises(KeyError), Pool() as pool:
         pool.malloc(10)
         raise KeyError("boom")
-    assert pool.memory.arena.closed
+    assert pool.memory.nr_used == 0
+    with pytest.raises(PoolClosedError):
+        pool.malloc(10)
 
 
 # ----------------------------------------------------------------------
@@ -703,7 +718,7 @@ def test_pools_sharing_one_memory():
             p.check()
             assert len(p) == sum(1 for (name, _h) in data if name == p.name)
         pools[0].close()
-        assert not mem.arena.closed  # the pool did not own it
+        mem.free_page(mem.alloc_page())  # the pool did not own the memory: it still works
         assert mem.nr_used == sum(p.total_pages for p in pools[1:])
         for (name, h), (p, d) in data.items():
             if name != "p0":

@@ -1,4 +1,12 @@
-"""zsmalloc: the Linux kernel's compressed-memory allocator, in Python, on real memory.
+"""zsmalloc: the Linux kernel's compressed-memory allocator, on real memory.
+
+Two implementations of one API: the engine (``zsmalloc.engine``, Rust, built
+into ``zsmalloc._engine``) and the model (``zsmalloc.model``, Python, the
+readable reference).  ``zsmalloc.backend`` says which one ``zsmalloc.Pool``
+and ``zsmalloc.Memory`` are; ``ZSMALLOC_BACKEND=engine`` or ``=model``
+chooses.  The default is still the model, because the layers above the pool
+(zram, the protocol checker, the stress run, the CLI) are tested on it; the
+engine is used directly as ``zsmalloc.engine.Pool`` meanwhile.
 
 Layers, each a package, data flowing down (nothing below imports above)::
 
@@ -26,6 +34,10 @@ Quick start::
         pool.free(h)
 """
 
+import os as _os
+from importlib.metadata import PackageNotFoundError as _NotFound
+from importlib.metadata import version as _version
+
 from zsmalloc.errors import (
     CorruptionError,
     InvalidHandleError,
@@ -36,21 +48,33 @@ from zsmalloc.errors import (
     PoolFullError,
     ZsmallocError,
 )
-from zsmalloc.mm import Memory
 from zsmalloc.pool import (
     RULE_MIN_WASTE,
     RULE_USED_PERCENTAGE,
     ClassSpec,
     ClassStats,
-    Pool,
     PoolStats,
     huge_class_size,
     size_classes,
 )
 
-__version__ = "0.1.0"
+BACKENDS = ("engine", "model")
+#: which implementation ``Pool`` and ``Memory`` are: "engine" or "model"
+backend: str = _os.environ.get("ZSMALLOC_BACKEND", "model")
+if backend == "engine":
+    from zsmalloc.engine import Memory, Pool
+elif backend == "model":
+    from zsmalloc.model import Memory, Pool
+else:
+    raise ImportError(f"ZSMALLOC_BACKEND must be one of {BACKENDS}, not {backend!r}")
+
+try:
+    __version__ = _version("zsmalloc")
+except _NotFound:  # pragma: no cover - running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
+    "BACKENDS",
     "RULE_MIN_WASTE",
     "RULE_USED_PERCENTAGE",
     "ClassSpec",
@@ -67,6 +91,7 @@ __all__ = [
     "PoolStats",
     "ZsmallocError",
     "__version__",
+    "backend",
     "huge_class_size",
     "size_classes",
 ]

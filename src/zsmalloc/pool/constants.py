@@ -42,3 +42,12 @@ ZS_INUSE_RATIO_100 = 11
 NR_FULLNESS_GROUPS = 12
 FG_NONE = -1  # a zspage on no fullness list (being built, or taken by the deferred free)
 ALLOC_GROUPS_MASK = (1 << ZS_INUSE_RATIO_100) - 1  # groups 0..10 can take an object
+
+
+def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
+    """The fullness group of a zspage with ``inuse`` of its ``objs_per_zspage`` objects allocated."""
+    if inuse == 0:
+        return ZS_INUSE_RATIO_0
+    if inuse == objs_per_zspage:
+        return ZS_INUSE_RATIO_100
+    return (100 * inuse // objs_per_zspage) // 10 + 1

@@ -130,7 +130,7 @@ from zsmalloc.pool.constants import (
     OBJ_TAG_BITS,
     ZS_INUSE_RATIO_0,
     ZS_INUSE_RATIO_10,
-    ZS_INUSE_RATIO_100,
+    get_fullness_group,
 )
 from zsmalloc.pool.migrate import movable_ops_for
 from zsmalloc.pool.size_class import (
@@ -166,14 +166,6 @@ _ALLOC_GROUP = tuple((m & ALLOC_GROUPS_MASK).bit_length() - 1 for m in range(1 <
 # CPython stores through PyLong_AsUnsignedLong, much cheaper than "Q"'s
 # PyLong_AsUnsignedLongLong.
 _U64 = "L" if array("L").itemsize == 8 else "Q"
-
-
-def get_fullness_group(inuse: int, objs_per_zspage: int) -> int:
-    if inuse == 0:
-        return ZS_INUSE_RATIO_0
-    if inuse == objs_per_zspage:
-        return ZS_INUSE_RATIO_100
-    return (100 * inuse // objs_per_zspage) // 10 + 1
 
 
 _INTS: dict[int, int] = {}  # one int object per value, shared by every table below

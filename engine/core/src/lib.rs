@@ -1,0 +1,14 @@
+//! zsmalloc-core: the Linux kernel's zsmalloc allocator and the VM it lives
+//! in, on real memory, with no Python in it.
+//!
+//! ```text
+//!   pool   the allocator (mm/zsmalloc.c): classes, zspages, handles,
+//!     |    fullness groups, object access, compaction, deferred free
+//!   mm     the VM: frames in one arena, page descriptors, page locks,
+//!          the page allocator
+//! ```
+//!
+//! `mm` never knows that `pool` exists.
+
+pub mod mm;
+pub mod pool;

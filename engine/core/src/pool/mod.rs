@@ -1,0 +1,13 @@
+//! The allocator (mm/zsmalloc.c): size classes, zspages, handles, fullness
+//! groups, object access, compaction, the deferred free, and the
+//! movable-page callbacks of each migration protocol.
+
+pub mod migrate;
+pub mod size_class;
+pub mod zsmalloc;
+
+pub use migrate::Protocol;
+pub use size_class::{build_class_table, ClassRule, ClassSpec, ClassTable};
+pub use zsmalloc::{
+    ClassRow, CompactPolicy, Mapped, ObjectRef, Pool, PoolConfig, PoolError, PoolEvents, Snapshot, Span,
+};

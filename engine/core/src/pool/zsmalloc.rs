@@ -1,0 +1,1851 @@
+//! The allocator: mm/zsmalloc.c function for function, on the frames of a
+//! [`Memory`].  The model's counterpart is `zsmalloc/pool/zsmalloc.py`; both
+//! follow one deterministic algorithm, so that the same calls give the same
+//! handles, locations and lists (the differential test compares them).
+//!
+//! What lives where
+//! ----------------
+//! - Object bytes, in-page object headers and free-list links: in the frames,
+//!   where the kernel keeps them.
+//! - Per page (zspage id, next page of the chain, first object offset, the
+//!   handle of a huge object, movable/locked/isolated): the page descriptors.
+//! - Per zspage: [`ZsPage`] entries of a lazily backed table indexed by
+//!   zspage id (the kernel's struct zspage), the fullness-list links
+//!   included.
+//! - Per handle: [`HandleEntry`] entries indexed by handle slot.
+//! - Per class: [`SizeClass`], its fullness-list heads and counters behind
+//!   the class lock.
+//!
+//! A zspage of class size 1568 (5 pages, 13 objects) over its frames:
+//!
+//! ```text
+//!       page 0 (pfn 17)      page 1 (pfn 3)       page 2 (pfn 40)  ...  page 4
+//!     +------+------+----+ +-+------+------+---+ +----+------+---+    +--+------+--+
+//!     | obj0 | obj1 |obj2| |2| obj3 | obj4 |ob5| |obj5| obj6 |ob7|    |o1| obj12|//|
+//!     +------+------+----+ +-+------+------+---+ +----+------+---+    +--+------+--+
+//!     first_obj_offset 0      608                  ...                      tail waste 96
+//! ```
+//!
+//! Every slot of a non-huge class starts with one 8-byte word: the handle
+//! with OBJ_ALLOCATED_TAG when allocated, `next_free_index << 1` when free
+//! (FREE_LIST_END ends the list).  Huge zspages keep their handle in the page
+//! descriptor's `index` word instead.
+//!
+//! A handle is `slot << 32 | generation << 1`; its table entry holds the
+//! object's location `(pfn << OBJ_INDEX_BITS) | obj_idx` (pfn: the page the
+//! object starts in) and the size asked for.  Moving an object rewrites only
+//! that entry.  A freed entry keeps its handle with HANDLE_FREED (bit 63)
+//! set, and the next handle of that slot is one generation on.
+//!
+//! Locking
+//! -------
+//! Lock order: page lock -> pool lock -> class lock -> zspage lock, and the
+//! cache lock and the Memory's allocator lock are leaves.
+//!
+//! - `lock` (pool->lock), a reader/writer lock: zs_free and object access
+//!   read; compaction, migration and trim write.
+//! - `SizeClass::state` (class->lock): the class's lists and counters, and
+//!   every zspage's inuse, freeobj, fullness group and list links, and the
+//!   in-page headers of its zspages.
+//! - the zspage lock (`ZsPage::lock`): readers > 0 while objects are mapped;
+//!   compaction and migration only try it for writing (-1).
+//! - `cache` (the kmem caches' own lock): free handle slots and zspage ids,
+//!   table lengths, the page count.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
+use std::sync::{Arc, Weak};
+#[cfg(test)]
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
+
+use crate::mm::migrate::MovableOps;
+use crate::mm::table::{Table, Zeroable};
+use crate::mm::{Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
+
+use super::migrate::Protocol;
+
+use super::size_class::{
+    build_class_table, get_size_class_index, ClassRule, ClassSpec, ZS_HANDLE_SIZE, ZS_MAX_ALLOC_SIZE,
+    ZS_MAX_CHAIN_SIZE, ZS_MIN_ALLOC_SIZE, ZS_SIZE_CLASSES,
+};
+
+pub const OBJ_ALLOCATED_TAG: u64 = 1;
+pub const OBJ_TAG_BITS: u32 = 1;
+pub const OBJ_INDEX_BITS: u32 = PAGE_SHIFT;
+pub const OBJ_INDEX_MASK: u64 = (1 << OBJ_INDEX_BITS) - 1;
+pub const FREE_LIST_END: u64 = !OBJ_ALLOCATED_TAG;
+
+pub const HANDLE_SLOT_SHIFT: u32 = 32;
+pub const HANDLE_SLOT_MASK: u64 = (1 << 31) - 1;
+pub const HANDLE_GEN_SHIFT: u32 = 1;
+pub const HANDLE_GEN_MASK: u64 = (1 << (HANDLE_SLOT_SHIFT - HANDLE_GEN_SHIFT)) - 1;
+pub const HANDLE_LOW_MASK: u64 = (1 << HANDLE_SLOT_SHIFT) - 1;
+pub const HANDLE_FREED: u64 = 1 << 63;
+
+pub const NR_FULLNESS_GROUPS: usize = 12;
+pub const ZS_INUSE_RATIO_0: usize = 0;
+pub const ZS_INUSE_RATIO_10: usize = 1;
+pub const ZS_INUSE_RATIO_99: usize = 10;
+pub const ZS_INUSE_RATIO_100: usize = 11;
+/// A zspage on no fullness list (being built, isolated, or taken by the deferred free).
+pub const FG_NONE: u8 = u8::MAX;
+const NO_ZSPAGE: u32 = u32::MAX;
+const FREE_CLASS: u16 = u16::MAX;
+
+const AUTO_COMPACT_INTERVAL: u32 = 1024;
+const TRIM_MIN: usize = 256;
+const TABLE_MIN: usize = 1024;
+const SIZE_SHIFT: u32 = 48;
+pub(super) const LOC_MASK: u64 = (1 << SIZE_SHIFT) - 1;
+/// Most objects that start in one page: 4096 / 32, and one that began before.
+pub(super) const MAX_OBJS_PER_PAGE: usize = PAGE_SIZE / ZS_MIN_ALLOC_SIZE + 1;
+
+/// The errors of pool calls; each leaves the pool as it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    InvalidSize(String),
+    InvalidHandle(String),
+    /// an offset or length outside the object, or another bad argument
+    Value(String),
+    PoolFull(String),
+    PoolClosed(String),
+    Mm(MmError),
+}
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PoolError::InvalidSize(m)
+            | PoolError::InvalidHandle(m)
+            | PoolError::Value(m)
+            | PoolError::PoolFull(m)
+            | PoolError::PoolClosed(m) => f.write_str(m),
+            PoolError::Mm(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+impl From<MmError> for PoolError {
+    fn from(e: MmError) -> Self {
+        PoolError::Mm(e)
+    }
+}
+
+/// `get_fullness_group`: 0 empty, 1..10 by tenths of use, 11 full.
+pub fn get_fullness_group(inuse: usize, objs_per_zspage: usize) -> usize {
+    if inuse == 0 {
+        ZS_INUSE_RATIO_0
+    } else if inuse == objs_per_zspage {
+        ZS_INUSE_RATIO_100
+    } else {
+        (100 * inuse / objs_per_zspage) / 10 + 1
+    }
+}
+
+/// One handle slot.
+#[derive(Default)]
+pub struct HandleEntry {
+    /// the live handle, or the last one with HANDLE_FREED set
+    val: AtomicU64,
+    /// location in the low 48 bits, the size asked for above
+    pub(super) obj: AtomicU64,
+}
+
+// SAFETY: atomics only; zero is an unused slot.
+unsafe impl Zeroable for HandleEntry {}
+
+/// One zspage (struct zspage); fields change under its class lock.
+#[derive(Default)]
+pub struct ZsPage {
+    class: AtomicU16,
+    fg: AtomicU8,
+    deferred: AtomicBool,
+    pub(super) inuse: AtomicU16,
+    /// pages of it the VM holds isolated (the 2016 protocols)
+    pub(super) isolated: AtomicI32,
+    freeobj: AtomicI32,
+    first: AtomicU32,
+    prev: AtomicU32,
+    next: AtomicU32,
+    /// the zspage lock: readers > 0, -1 write-locked
+    lock: AtomicI32,
+}
+
+// SAFETY: atomics only; entries are initialised before use (cache_alloc_zspage).
+unsafe impl Zeroable for ZsPage {}
+
+/// One class's lists and counters (under the class lock).
+pub struct ClassState {
+    head: [u32; NR_FULLNESS_GROUPS],
+    count: [u32; NR_FULLNESS_GROUPS],
+    pub objs_allocated: u64,
+    pub objs_inuse: u64,
+}
+
+/// Where the objects of one page of a zspage lie.
+#[derive(Clone, Copy, Default)]
+struct PageLayout {
+    first_obj_offset: u16,
+    /// objects starting in this page, and the index of the first
+    count: u16,
+    first_idx: u16,
+}
+
+/// One canonical size class.
+pub struct SizeClass {
+    pub spec: ClassSpec,
+    /// bytes before the caller's data: the handle header, none when huge
+    hdr: usize,
+    layout: [PageLayout; ZS_MAX_CHAIN_SIZE],
+    pub(super) fg_of_inuse: Vec<u8>,
+    pub(super) state: Mutex<ClassState>,
+}
+
+impl SizeClass {
+    fn new(spec: ClassSpec) -> SizeClass {
+        let mut layout = [PageLayout::default(); ZS_MAX_CHAIN_SIZE];
+        let mut idx = 0;
+        for (k, l) in layout.iter_mut().enumerate().take(spec.pages_per_zspage) {
+            let first = (spec.size - (k * PAGE_SIZE) % spec.size) % spec.size;
+            let fits = (PAGE_SIZE - first).div_ceil(spec.size);
+            let count = fits.min(spec.objs_per_zspage - idx);
+            *l = PageLayout { first_obj_offset: first as u16, count: count as u16, first_idx: idx as u16 };
+            idx += count;
+        }
+        let n = spec.objs_per_zspage;
+        SizeClass {
+            spec,
+            hdr: if spec.huge { 0 } else { ZS_HANDLE_SIZE },
+            layout,
+            fg_of_inuse: (0..=n).map(|i| get_fullness_group(i, n) as u8).collect(),
+            state: Mutex::new(ClassState {
+                head: [NO_ZSPAGE; NR_FULLNESS_GROUPS],
+                count: [0; NR_FULLNESS_GROUPS],
+                objs_allocated: 0,
+                objs_inuse: 0,
+            }),
+        }
+    }
+
+    /// Offset in the chain of object `idx`'s slot.
+    #[inline]
+    fn obj_offset(&self, idx: usize) -> usize {
+        idx * self.spec.size
+    }
+}
+
+/// A zspage's chain of pages, head first.
+#[derive(Clone, Copy)]
+pub struct Chain {
+    pages: [u32; ZS_MAX_CHAIN_SIZE],
+    len: usize,
+}
+
+impl Chain {
+    pub fn as_slice(&self) -> &[u32] {
+        &self.pages[..self.len]
+    }
+    pub fn as_mut_slice(&mut self) -> &mut [u32] {
+        &mut self.pages[..self.len]
+    }
+}
+
+/// Where an object's bytes lie: one run in one page, or two runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Span {
+    first: (usize, usize),
+    second: (usize, usize),
+}
+
+impl Span {
+    pub fn len(&self) -> usize {
+        self.first.1 + self.second.1
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The arena address of the bytes when they lie in one page.
+    pub fn contiguous(&self) -> Option<usize> {
+        (self.second.1 == 0).then_some(self.first.0)
+    }
+}
+
+/// An object's bytes, located under the pool lock held for reading: no
+/// compaction or migration moves them while this lives.
+pub struct ObjectRef<'a> {
+    pool: &'a Pool,
+    _guard: RwLockReadGuard<'a, ()>,
+    pub span: Span,
+}
+
+impl ObjectRef<'_> {
+    pub fn len(&self) -> usize {
+        self.span.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.span.is_empty()
+    }
+    /// Copy the bytes out; `out` must be `len()` long.
+    pub fn copy_to(&self, out: &mut [u8]) {
+        self.pool.copy_span_out(&self.span, out);
+    }
+}
+
+/// A pinned object: its zspage read-locked and its handle pinned until
+/// `Pool::unmap_object`.
+#[derive(Clone, Copy, Debug)]
+pub struct Mapped {
+    zid: u32,
+    slot: u32,
+    pub span: Span,
+}
+
+/// The pool's configuration.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub name: String,
+    pub chain_size: usize,
+    pub class_rule: ClassRule,
+    pub max_pages: Option<usize>,
+    pub auto_compact_pages: Option<usize>,
+    pub migration: Protocol,
+}
+
+struct Cache {
+    h_free: Vec<u32>,
+    gen_base: u64,
+    zs_free: Vec<u32>,
+    zs_len: usize,
+    pages_allocated: usize,
+    events: PoolEvents,
+}
+
+/// Compaction and deferred-free counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolEvents {
+    pub pages_compacted: u64,
+    pub objs_compacted: u64,
+    pub compactions: u64,
+    pub deferred_frees: u64,
+}
+
+#[derive(Default)]
+struct Work {
+    free: bool,
+    compact: bool,
+    running: bool,
+}
+
+pub struct Pool {
+    pub config: PoolConfig,
+    pub(super) mem: Arc<Memory>,
+    own_memory: bool,
+    huge_class_size: usize,
+    pub(super) ops_id: u8,
+    /// canonical classes, largest index first (the order compaction walks)
+    classes: Vec<SizeClass>,
+    /// class index (0..255) -> position in `classes`
+    class_pos: [u8; ZS_SIZE_CLASSES],
+    /// size asked for (1..4096) -> position in `classes`
+    class_for_size: Vec<u8>,
+    pub(super) lock: RwLock<()>,
+    cache: Mutex<Cache>,
+    handles: Table<HandleEntry>,
+    /// the handle table's length: grows under the cache lock, shrinks under
+    /// the pool lock held for writing (trim)
+    h_len: AtomicUsize,
+    zspages: Table<ZsPage>,
+    pub(super) pinned: Mutex<HashMap<u32, u32>>,
+    deferred_worker: Mutex<()>,
+    work: Mutex<Work>,
+    auto_countdown: AtomicU32,
+    closed: AtomicBool,
+    me: Weak<Pool>,
+}
+
+/// What `Pool::snapshot` reads: plain data, taken under every lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub pages_allocated: usize,
+    pub events: PoolEvents,
+    /// per class, largest first: (objs_allocated, objs_inuse, lists head first)
+    pub classes: Vec<(u64, u64, Vec<Vec<u32>>)>,
+    pub zspages: Vec<ZsPageSnap>,
+    pub free_zspage_ids: Vec<u32>,
+    pub nr_zspage_ids: usize,
+    /// (slot, handle, pfn, idx, size) of every live handle
+    pub handles: Vec<(u32, u64, u32, u32, u32)>,
+    pub free_handle_slots: Vec<u32>,
+    pub nr_handle_slots: usize,
+    pub pinned: Vec<(u32, u32)>,
+    pub pages: Vec<PageSnap>,
+    pub hwm: usize,
+    pub nr_used: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZsPageSnap {
+    pub zid: u32,
+    pub class: usize,
+    pub inuse: usize,
+    pub freeobj: i64,
+    pub fg: i64,
+    pub lock: i64,
+    pub isolated: i64,
+    pub deferred: bool,
+    pub pages: Vec<i64>,
+    pub headers: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageSnap {
+    pub pfn: u32,
+    pub flags: u8,
+    pub refcount: i32,
+    pub movable_ops: u8,
+    pub private: u32,
+    pub index: u64,
+    pub next: i64,
+    pub first_obj_offset: u16,
+}
+
+/// One row of debugfs `classes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassRow {
+    pub spec: ClassSpec,
+    pub zspages_per_group: [u32; NR_FULLNESS_GROUPS],
+    pub objs_allocated: u64,
+    pub objs_inuse: u64,
+    pub freeable: u64,
+}
+
+#[inline]
+fn zs_can_compact(spec: &ClassSpec, st: &ClassState) -> u64 {
+    let wasted = st.objs_allocated.saturating_sub(st.objs_inuse);
+    (wasted / spec.objs_per_zspage as u64) * spec.pages_per_zspage as u64
+}
+
+impl Pool {
+    /// `zs_create_pool`, on `memory`; `own_memory`: the pool closes it.
+    pub fn new(config: PoolConfig, mem: Arc<Memory>, own_memory: bool) -> Result<Arc<Pool>, PoolError> {
+        let table = build_class_table(config.chain_size, config.class_rule).map_err(PoolError::Value)?;
+        let classes: Vec<SizeClass> = table.specs.iter().map(|&s| SizeClass::new(s)).collect();
+        let mut class_pos = [0u8; ZS_SIZE_CLASSES];
+        for (i, slot) in class_pos.iter_mut().enumerate() {
+            let canonical = table.canonical[i];
+            *slot = classes.iter().position(|c| c.spec.index == canonical).expect("canonical class") as u8;
+        }
+        let mut class_for_size = vec![0u8; ZS_MAX_ALLOC_SIZE + 1];
+        for (s, slot) in class_for_size.iter_mut().enumerate().skip(1) {
+            *slot = class_pos[get_size_class_index(s + ZS_HANDLE_SIZE)];
+        }
+        let frames = mem.capacity();
+        let os_err = |e: std::io::Error| PoolError::Value(format!("cannot reserve the pool's tables: {e}"));
+        let max_handles = (frames * (PAGE_SIZE / ZS_MIN_ALLOC_SIZE) + 1).min(HANDLE_SLOT_MASK as usize + 1);
+        let handles: Table<HandleEntry> = Table::new(max_handles).map_err(os_err)?;
+        let zspages: Table<ZsPage> = Table::new(frames + 1).map_err(os_err)?;
+        handles.as_slice()[0].val.store(HANDLE_FREED, Relaxed);
+        let mut registered = Ok(0);
+        let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
+            let ops: Weak<dyn MovableOps> = me.clone();
+            registered = mem.register_movable_ops(ops);
+            Pool {
+                auto_countdown: AtomicU32::new(AUTO_COMPACT_INTERVAL),
+                config,
+                mem,
+                own_memory,
+                huge_class_size: table.huge_class_size,
+                classes,
+                class_pos,
+                class_for_size,
+                lock: RwLock::new(()),
+                cache: Mutex::new(Cache {
+                    h_free: Vec::new(),
+                    gen_base: 0,
+                    zs_free: Vec::new(),
+                    zs_len: 0,
+                    pages_allocated: 0,
+                    events: PoolEvents::default(),
+                }),
+                handles,
+                h_len: AtomicUsize::new(1),
+                zspages,
+                pinned: Mutex::new(HashMap::new()),
+                deferred_worker: Mutex::new(()),
+                work: Mutex::new(Work::default()),
+                closed: AtomicBool::new(false),
+                me: me.clone(),
+                ops_id: *registered.as_ref().unwrap_or(&0),
+            }
+        });
+        registered?;
+        Ok(pool)
+    }
+
+    pub fn memory(&self) -> &Arc<Memory> {
+        &self.mem
+    }
+    pub fn owns_memory(&self) -> bool {
+        self.own_memory
+    }
+    pub fn ops_id(&self) -> u8 {
+        self.ops_id
+    }
+    pub fn huge_class_size(&self) -> usize {
+        self.huge_class_size
+    }
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Acquire)
+    }
+    /// Canonical classes, largest index first.
+    pub fn specs(&self) -> impl Iterator<Item = &ClassSpec> {
+        self.classes.iter().map(|c| &c.spec)
+    }
+    /// The canonical class index `malloc(size)` uses.
+    pub fn class_index_for_size(&self, size: usize) -> Result<usize, PoolError> {
+        check_size(size)?;
+        Ok(self.classes[self.class_for_size[size] as usize].spec.index)
+    }
+    /// `zs_get_total_pages`.
+    pub fn total_pages(&self) -> usize {
+        self.cache.lock().pages_allocated
+    }
+    pub fn events(&self) -> PoolEvents {
+        self.cache.lock().events
+    }
+
+    #[inline]
+    pub(super) fn zs(&self, zid: u32) -> &ZsPage {
+        &self.zspages.as_slice()[zid as usize]
+    }
+    #[inline]
+    pub(super) fn entry(&self, slot: usize) -> &HandleEntry {
+        &self.handles.as_slice()[slot]
+    }
+    #[inline]
+    pub(super) fn class_of_zspage(&self, zid: u32) -> &SizeClass {
+        &self.classes[self.class_pos[self.zs(zid).class.load(Relaxed) as usize] as usize]
+    }
+
+    /// The class of zspage `zid`, or of class slot `fallback` if it is free.
+    pub(super) fn class_of_zspage_or(&self, zid: u32, fallback: usize) -> &SizeClass {
+        let class = self.zs(zid).class.load(Relaxed);
+        let index = if class == FREE_CLASS { fallback } else { class as usize };
+        &self.classes[self.class_pos[index] as usize]
+    }
+
+    fn closed_error(&self) -> PoolError {
+        PoolError::PoolClosed(format!("pool '{}' is closed", self.config.name))
+    }
+
+    fn bad_handle(&self, handle: u64) -> PoolError {
+        if self.is_closed() {
+            return self.closed_error();
+        }
+        PoolError::InvalidHandle(format!("invalid handle {handle}: unknown, freed or stale"))
+    }
+
+    fn check_open(&self) -> Result<(), PoolError> {
+        if self.is_closed() {
+            Err(self.closed_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The slot of a live handle and its packed location and size, or an
+    /// error.  Caller holds the pool lock (either side).
+    #[inline]
+    fn lookup(&self, handle: u64, h_len: usize) -> Result<(usize, u64), PoolError> {
+        let slot = (handle >> HANDLE_SLOT_SHIFT) as usize;
+        if slot >= h_len {
+            return Err(self.bad_handle(handle));
+        }
+        let e = self.entry(slot);
+        if e.val.load(Acquire) != handle {
+            return Err(self.bad_handle(handle));
+        }
+        Ok((slot, e.obj.load(Relaxed)))
+    }
+
+    #[inline]
+    fn h_len(&self) -> usize {
+        self.h_len.load(Acquire)
+    }
+
+    // ------------------------------------------------------------------
+    // handle and zspage caches
+
+    /// `cache_alloc_handle`: a free slot (caller holds the class lock).
+    fn cache_alloc_handle(&self) -> Result<u32, PoolError> {
+        let mut c = self.cache.lock();
+        if let Some(slot) = c.h_free.pop() {
+            return Ok(slot);
+        }
+        let old = self.h_len();
+        let new = (HANDLE_SLOT_MASK as usize + 1).min(1024.max(old + old / 4)).min(self.handles.capacity());
+        if new <= old {
+            return Err(PoolError::PoolFull("handle table is full".into()));
+        }
+        let fresh = (c.gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED;
+        for slot in old..new {
+            let e = self.entry(slot);
+            e.val.store(((slot as u64) << HANDLE_SLOT_SHIFT) | fresh, Relaxed);
+            e.obj.store(0, Relaxed);
+        }
+        c.h_free.extend((old as u32..new as u32).rev());
+        self.h_len.store(new, Release);
+        Ok(c.h_free.pop().expect("just grown"))
+    }
+
+    fn cache_free_handle(&self, slot: u32) {
+        self.cache.lock().h_free.push(slot);
+    }
+
+    fn cache_alloc_zspage(&self) -> u32 {
+        let mut c = self.cache.lock();
+        if let Some(zid) = c.zs_free.pop() {
+            return zid;
+        }
+        let zid = c.zs_len as u32;
+        c.zs_len += 1;
+        zid
+    }
+
+    // ------------------------------------------------------------------
+    // fullness lists (caller holds the class lock)
+
+    pub(super) fn insert_zspage(&self, st: &mut ClassState, zid: u32, fg: usize) {
+        let z = self.zs(zid);
+        let head = st.head[fg];
+        z.prev.store(NO_ZSPAGE, Relaxed);
+        z.next.store(head, Relaxed);
+        if head != NO_ZSPAGE {
+            self.zs(head).prev.store(zid, Relaxed);
+        }
+        st.head[fg] = zid;
+        st.count[fg] += 1;
+        z.fg.store(fg as u8, Relaxed);
+    }
+
+    pub(super) fn remove_zspage(&self, st: &mut ClassState, zid: u32) {
+        let z = self.zs(zid);
+        let fg = z.fg.load(Relaxed) as usize;
+        let (prev, next) = (z.prev.load(Relaxed), z.next.load(Relaxed));
+        if prev == NO_ZSPAGE {
+            st.head[fg] = next;
+        } else {
+            self.zs(prev).next.store(next, Relaxed);
+        }
+        if next != NO_ZSPAGE {
+            self.zs(next).prev.store(prev, Relaxed);
+        }
+        st.count[fg] -= 1;
+        z.fg.store(FG_NONE, Relaxed);
+    }
+
+    /// A fullness list, head (most recently inserted) first.
+    fn list_zspages(&self, st: &ClassState, fg: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(st.count[fg] as usize);
+        let mut zid = st.head[fg];
+        while zid != NO_ZSPAGE {
+            out.push(zid);
+            zid = self.zs(zid).next.load(Relaxed);
+        }
+        out
+    }
+
+    /// `fix_fullness_group`: move the zspage to the list its inuse calls
+    /// for; returns the new group.
+    fn fix_fullness_group(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> usize {
+        let z = self.zs(zid);
+        let newfg = cls.fg_of_inuse[z.inuse.load(Relaxed) as usize] as usize;
+        if newfg != z.fg.load(Relaxed) as usize {
+            self.remove_zspage(st, zid);
+            self.insert_zspage(st, zid, newfg);
+        }
+        newfg
+    }
+
+    /// `find_get_zspage`: the head of the fullest group that has room.
+    fn find_get_zspage(&self, st: &ClassState) -> Option<u32> {
+        (ZS_INUSE_RATIO_0..=ZS_INUSE_RATIO_99).rev().map(|fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)
+    }
+
+    // ------------------------------------------------------------------
+    // objects inside a zspage (caller holds the class lock)
+
+    /// The pfn of chain page `k` of a zspage.
+    fn chain_page(&self, zid: u32, k: usize) -> u32 {
+        let mut pfn = self.zs(zid).first.load(Relaxed);
+        for _ in 0..k {
+            pfn = self.mem.desc(pfn).next.load(Relaxed);
+        }
+        pfn
+    }
+
+    /// Arena address of object `idx`'s header, the object starting in `pfn`.
+    #[inline]
+    fn header_addr(cls: &SizeClass, pfn: u32, idx: usize) -> usize {
+        ((pfn as usize) << PAGE_SHIFT) + (cls.obj_offset(idx) & (PAGE_SIZE - 1))
+    }
+
+    /// `obj_malloc`: pop the zspage's first free slot, tag it with `handle`;
+    /// returns the location.
+    fn obj_malloc(&self, cls: &SizeClass, zid: u32, handle: u64) -> u64 {
+        let z = self.zs(zid);
+        let idx = z.freeobj.load(Relaxed) as usize;
+        let pfn = self.chain_page(zid, cls.obj_offset(idx) >> PAGE_SHIFT);
+        if cls.spec.huge {
+            z.freeobj.store(-1, Relaxed);
+            self.mem.desc(pfn).index.store(handle | OBJ_ALLOCATED_TAG, Relaxed);
+        } else {
+            let word = self.mem.word(Self::header_addr(cls, pfn, idx));
+            let link = word.load(Relaxed);
+            z.freeobj.store(if link == FREE_LIST_END { -1 } else { (link >> OBJ_TAG_BITS) as i32 }, Relaxed);
+            word.store(handle | OBJ_ALLOCATED_TAG, Relaxed);
+        }
+        z.inuse.store(z.inuse.load(Relaxed) + 1, Relaxed);
+        obj_to_location(pfn, idx)
+    }
+
+    /// `obj_free`: push the slot at the head of its zspage's free list.
+    fn obj_free(&self, cls: &SizeClass, zid: u32, obj: u64) {
+        let z = self.zs(zid);
+        let (pfn, idx) = obj_to_location_parts(obj);
+        if cls.spec.huge {
+            self.mem.desc(pfn).index.store(0, Relaxed);
+        } else {
+            let head = z.freeobj.load(Relaxed);
+            let link = if head < 0 { FREE_LIST_END } else { (head as u64) << OBJ_TAG_BITS };
+            self.mem.word(Self::header_addr(cls, pfn, idx)).store(link, Relaxed);
+        }
+        z.freeobj.store(idx as i32, Relaxed);
+        z.inuse.store(z.inuse.load(Relaxed) - 1, Relaxed);
+    }
+
+    /// Arena address of byte `offset` of the caller's data in the object at
+    /// `obj`; the bytes run to the end of that page at most.
+    fn obj_addr(&self, cls: &SizeClass, obj: u64, offset: usize) -> usize {
+        let (pfn, idx) = obj_to_location_parts(obj);
+        let off = cls.obj_offset(idx) & (PAGE_SIZE - 1);
+        let room = PAGE_SIZE - off - cls.hdr;
+        if offset < room {
+            ((pfn as usize) << PAGE_SHIFT) + off + cls.hdr + offset
+        } else {
+            ((self.mem.desc(pfn).next.load(Relaxed) as usize) << PAGE_SHIFT) + offset - room
+        }
+    }
+
+    /// The span of `n` bytes from arena address `start`, across a page boundary.
+    fn span_at(&self, start: usize, n: usize) -> Span {
+        let page_end = (start | (PAGE_SIZE - 1)) + 1;
+        if start + n <= page_end {
+            return Span { first: (start, n), second: (0, 0) };
+        }
+        let rest = (self.mem.desc((start >> PAGE_SHIFT) as u32).next.load(Relaxed) as usize) << PAGE_SHIFT;
+        Span { first: (start, page_end - start), second: (rest, start + n - page_end) }
+    }
+
+    fn copy_span_out(&self, span: &Span, out: &mut [u8]) {
+        let (a, b) = out.split_at_mut(span.first.1);
+        self.mem.copy_out(span.first.0, a);
+        if span.second.1 > 0 {
+            self.mem.copy_out(span.second.0, b);
+        }
+    }
+
+    fn copy_span_in(&self, span: &Span, data: &[u8]) {
+        let (a, b) = data.split_at(span.first.1);
+        self.mem.copy_in(span.first.0, a);
+        if span.second.1 > 0 {
+            self.mem.copy_in(span.second.0, b);
+        }
+    }
+
+    /// `zs_object_copy`: an object's data between two locations of its class.
+    fn zs_object_copy(&self, cls: &SizeClass, dst: u64, src: u64) {
+        let n = cls.spec.size - cls.hdr;
+        let mut buf = [0u8; PAGE_SIZE];
+        let from = self.span_at(self.obj_addr(cls, src, 0), n);
+        self.copy_span_out(&from, &mut buf[..n]);
+        let to = self.span_at(self.obj_addr(cls, dst, 0), n);
+        self.copy_span_in(&to, &buf[..n]);
+    }
+
+    // ------------------------------------------------------------------
+    // building and destroying zspages
+
+    /// `alloc_zspage`: take the frames and build an empty zspage on them.
+    fn alloc_zspage(&self, cls: &SizeClass) -> Result<u32, PoolError> {
+        let n = cls.spec.pages_per_zspage;
+        {
+            let mut c = self.cache.lock();
+            if let Some(max) = self.config.max_pages {
+                if c.pages_allocated + n > max {
+                    return Err(PoolError::PoolFull(format!(
+                        "pool '{}' would pass max_pages={max} ({} in use, {n} more needed)",
+                        self.config.name, c.pages_allocated
+                    )));
+                }
+            }
+            c.pages_allocated += n;
+        }
+        let mut pages = [0u32; ZS_MAX_CHAIN_SIZE];
+        if let Err(e) = self.mem.alloc_pages(&mut pages[..n]) {
+            self.cache.lock().pages_allocated -= n;
+            return Err(PoolError::PoolFull(format!(
+                "no page for a new zspage of class {}: {e}",
+                cls.spec.index
+            )));
+        }
+        let zid = self.cache_alloc_zspage();
+        let z = self.zs(zid);
+        z.class.store(cls.spec.index as u16, Relaxed);
+        z.inuse.store(0, Relaxed);
+        z.freeobj.store(0, Relaxed);
+        z.fg.store(FG_NONE, Relaxed);
+        z.lock.store(0, Relaxed);
+        z.isolated.store(0, Relaxed);
+        z.deferred.store(false, Relaxed);
+        self.create_page_chain(cls, zid, &pages[..n]);
+        self.init_zspage(cls, &pages[..n]);
+        Ok(zid)
+    }
+
+    /// Link the frames into a chain, each with its first object offset.
+    pub(super) fn create_page_chain(&self, cls: &SizeClass, zid: u32, pages: &[u32]) {
+        self.zs(zid).first.store(pages[0], Relaxed);
+        for (k, &pfn) in pages.iter().enumerate() {
+            let d = self.mem.desc(pfn);
+            d.private.store(zid, Relaxed);
+            d.first_obj_offset.store(cls.layout[k].first_obj_offset, Relaxed);
+            d.next.store(pages.get(k + 1).copied().unwrap_or(NO_PAGE), Relaxed);
+        }
+    }
+
+    /// Write the free list into the empty slots: 0 -> 1 -> ... -> N-1 -> end.
+    fn init_zspage(&self, cls: &SizeClass, pages: &[u32]) {
+        let nobjs = cls.spec.objs_per_zspage;
+        for (k, &pfn) in pages.iter().enumerate() {
+            let l = cls.layout[k];
+            for j in 0..l.count as usize {
+                let idx = l.first_idx as usize + j;
+                let addr = ((pfn as usize) << PAGE_SHIFT) + l.first_obj_offset as usize + j * cls.spec.size;
+                let link = if idx + 1 == nobjs { FREE_LIST_END } else { ((idx + 1) as u64) << OBJ_TAG_BITS };
+                self.mem.word(addr).store(link, Relaxed);
+            }
+        }
+    }
+
+    /// The pfns of a zspage's chain, head first.
+    pub fn zspage_pages(&self, zid: u32) -> Chain {
+        let mut chain = Chain { pages: [0; ZS_MAX_CHAIN_SIZE], len: 0 };
+        let mut pfn = self.zs(zid).first.load(Relaxed);
+        while pfn != NO_PAGE && chain.len < ZS_MAX_CHAIN_SIZE {
+            chain.pages[chain.len] = pfn;
+            chain.len += 1;
+            pfn = self.mem.desc(pfn).next.load(Relaxed);
+        }
+        chain
+    }
+
+    /// `SetZsPageMovable`: from now on the VM may take the zspage's pages.
+    fn set_zspage_movable(&self, zid: u32) -> Result<(), PoolError> {
+        Ok(self.mem.set_pages_movable(self.zspage_pages(zid).as_slice(), self.ops_id)?)
+    }
+
+    fn trylock_zspage(&self, zid: u32) -> bool {
+        self.mem.trylock_pages(self.zspage_pages(zid).as_slice())
+    }
+
+    /// `lock_zspage`: every page lock of the zspage, sleeping, safe against
+    /// migration: a page is looked up and trylocked under the pool lock; to
+    /// sleep, pin it, drop the pool lock, wait, look again (the 2022 fix).
+    fn lock_zspage(&self, zid: u32) -> Result<(), PoolError> {
+        let mut guard = self.lock.read();
+        let mut pfn = self.zs(zid).first.load(Relaxed);
+        while !self.mem.trylock_page(pfn) {
+            self.mem.get_page(pfn)?;
+            drop(guard);
+            self.mem.wait_on_page_locked(pfn, None);
+            self.mem.put_page(pfn)?;
+            guard = self.lock.read();
+            pfn = self.zs(zid).first.load(Relaxed);
+        }
+        loop {
+            let nxt = self.mem.desc(pfn).next.load(Relaxed);
+            if nxt == NO_PAGE {
+                break;
+            }
+            if self.mem.trylock_page(nxt) {
+                pfn = nxt;
+                continue;
+            }
+            self.mem.get_page(nxt)?;
+            drop(guard);
+            self.mem.wait_on_page_locked(nxt, None);
+            self.mem.put_page(nxt)?;
+            guard = self.lock.read();
+        }
+        drop(guard);
+        Ok(())
+    }
+
+    /// `__free_zspage`: give an empty zspage's frames back; every page lock
+    /// is held by the caller and dropped here.
+    pub(super) fn __free_zspage(
+        &self,
+        cls: &SizeClass,
+        st: &mut ClassState,
+        zid: u32,
+    ) -> Result<(), PoolError> {
+        let chain = self.zspage_pages(zid);
+        let mut keep = [0u32; ZS_MAX_CHAIN_SIZE];
+        let mut nkeep = 0;
+        if self.config.migration.keeps_isolated_descriptor() {
+            for &pfn in chain.as_slice() {
+                if self.mem.page_flags(pfn) & PG_ISOLATED != 0 {
+                    keep[nkeep] = pfn;
+                    nkeep += 1;
+                }
+            }
+        }
+        self.mem.unlock_and_free_pages(chain.as_slice(), &keep[..nkeep])?;
+        let z = self.zs(zid);
+        z.isolated.store(0, Relaxed);
+        z.class.store(FREE_CLASS, Relaxed);
+        z.first.store(NO_PAGE, Relaxed);
+        st.objs_allocated -= cls.spec.objs_per_zspage as u64;
+        let mut c = self.cache.lock();
+        c.zs_free.push(zid);
+        c.pages_allocated -= cls.spec.pages_per_zspage;
+        Ok(())
+    }
+
+    /// An object of an isolated zspage was freed (2016 protocols): the
+    /// zspage stays off the lists and the last putback or migrate of its
+    /// pages frees it; the broken v3 protocol destroys it here and now,
+    /// isolated pages and all.
+    fn free_in_isolated_zspage(
+        &self,
+        cls: &SizeClass,
+        st: &mut ClassState,
+        zid: u32,
+    ) -> Result<(), PoolError> {
+        if self.zs(zid).inuse.load(Relaxed) == 0
+            && self.config.migration.free_destroys_isolated()
+            && self.trylock_zspage(zid)
+        {
+            return self.__free_zspage(cls, st, zid);
+        }
+        Ok(())
+    }
+
+    /// `free_zspage`: now if every page lock can be had, else deferred.
+    fn free_zspage(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> Result<(), PoolError> {
+        if !self.trylock_zspage(zid) {
+            self.kick_deferred_free();
+            return Ok(());
+        }
+        self.remove_zspage(st, zid);
+        self.__free_zspage(cls, st, zid)
+    }
+
+    // ------------------------------------------------------------------
+    // the deferred free and the background worker
+
+    /// `schedule_work(&pool->free_work)`.
+    pub(super) fn kick_deferred_free(&self) {
+        self.schedule_work(|w| w.free = true);
+    }
+
+    fn schedule_work(&self, request: impl FnOnce(&mut Work)) {
+        let mut w = self.work.lock();
+        request(&mut w);
+        if w.running {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        w.running = true;
+        let spawned = std::thread::Builder::new()
+            .name(format!("zs-work-{}", self.config.name))
+            .spawn(move || me.worker());
+        if spawned.is_err() {
+            w.running = false; // no thread to be had: flush_deferred and compact still work
+        }
+    }
+
+    fn worker(&self) {
+        loop {
+            let (free, compact) = {
+                let mut w = self.work.lock();
+                if (!w.free && !w.compact) || self.is_closed() {
+                    w.running = false;
+                    return;
+                }
+                let r = (w.free, w.compact);
+                w.free = false;
+                w.compact = false;
+                r
+            };
+            if free {
+                // an error here means a page descriptor was damaged under us;
+                // check() reports it
+                let _ = self.async_free_zspage();
+            }
+            if compact && self.shrinker_count() >= self.config.auto_compact_pages.unwrap_or(0) as u64 {
+                let _ = self.zs_compact(CompactPolicy::Ratio);
+            }
+        }
+    }
+
+    /// `async_free_zspage`: free every empty zspage left on a group-0 list;
+    /// returns how many.
+    pub fn async_free_zspage(&self) -> Result<usize, PoolError> {
+        let _one_run = self.deferred_worker.lock();
+        let mut taken = Vec::new();
+        for cls in &self.classes {
+            let mut st = cls.state.lock();
+            let mut zids = self.list_zspages(&st, ZS_INUSE_RATIO_0);
+            zids.reverse(); // oldest first, as the model's dict iterates
+            for zid in zids {
+                self.remove_zspage(&mut st, zid);
+                self.zs(zid).deferred.store(true, Relaxed);
+                taken.push(zid);
+            }
+        }
+        for &zid in &taken {
+            self.lock_zspage(zid)?;
+            let cls = self.class_of_zspage(zid);
+            let mut st = cls.state.lock();
+            self.zs(zid).deferred.store(false, Relaxed);
+            self.__free_zspage(cls, &mut st, zid)?;
+        }
+        self.cache.lock().events.deferred_frees += taken.len() as u64;
+        Ok(taken.len())
+    }
+
+    /// Run the deferred free now, in the caller, then trim the tables.
+    pub fn flush_deferred(&self) -> Result<usize, PoolError> {
+        self.check_open()?;
+        let freed = self.async_free_zspage()?;
+        self.trim();
+        Ok(freed)
+    }
+
+    // ------------------------------------------------------------------
+    // the public API
+
+    /// `zs_malloc`: `size` bytes (1..4096); a handle, never 0.
+    pub fn zs_malloc(&self, size: usize) -> Result<u64, PoolError> {
+        check_size(size)?;
+        self.check_open()?;
+        let cls = &self.classes[self.class_for_size[size] as usize];
+        let (slot, handle) = {
+            let mut st = cls.state.lock();
+            let slot = self.cache_alloc_handle()?;
+            let e = self.entry(slot as usize);
+            let mut handle = (e.val.load(Relaxed) & !HANDLE_FREED) + (1 << HANDLE_GEN_SHIFT);
+            if handle & HANDLE_LOW_MASK == 0 {
+                handle -= 1 << HANDLE_SLOT_SHIFT; // the generation wrapped: it carried into the slot
+            }
+            if let Some(zid) = self.find_get_zspage(&st) {
+                let obj = self.obj_malloc(cls, zid, handle);
+                self.fix_fullness_group(cls, &mut st, zid);
+                st.objs_inuse += 1;
+                e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
+                e.val.store(handle, Release);
+                return Ok(handle);
+            }
+            (slot, handle)
+        };
+        self.malloc_new_zspage(cls, handle, slot, size)
+    }
+
+    fn malloc_new_zspage(
+        &self,
+        cls: &SizeClass,
+        handle: u64,
+        slot: u32,
+        size: usize,
+    ) -> Result<u64, PoolError> {
+        let zid = match self.alloc_zspage(cls) {
+            Ok(zid) => zid,
+            Err(e) => {
+                self.cache_free_handle(slot);
+                return Err(e);
+            }
+        };
+        let mut st = cls.state.lock();
+        let obj = self.obj_malloc(cls, zid, handle);
+        self.insert_zspage(&mut st, zid, cls.fg_of_inuse[1] as usize);
+        st.objs_allocated += cls.spec.objs_per_zspage as u64;
+        st.objs_inuse += 1;
+        let e = self.entry(slot as usize);
+        e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
+        e.val.store(handle, Release);
+        // only now, fully set up, may the VM see its pages
+        self.set_zspage_movable(zid)?;
+        Ok(handle)
+    }
+
+    /// `zs_free`: the handle becomes invalid.
+    pub fn zs_free(&self, handle: u64) -> Result<(), PoolError> {
+        let guard = self.lock.read();
+        let h_len = self.h_len();
+        let slot = (handle >> HANDLE_SLOT_SHIFT) as usize;
+        if slot >= h_len {
+            return Err(self.bad_handle(handle));
+        }
+        let e = self.entry(slot);
+        // marked freed at once: a racing second free is refused
+        if e.val.compare_exchange(handle, handle | HANDLE_FREED, Acquire, Relaxed).is_err() {
+            return Err(self.bad_handle(handle));
+        }
+        let obj = e.obj.load(Relaxed) & LOC_MASK;
+        let (pfn, _) = obj_to_location_parts(obj);
+        let zid = self.mem.desc(pfn).private.load(Relaxed);
+        let cls = self.class_of_zspage(zid);
+        let mut st = cls.state.lock();
+        drop(guard);
+        st.objs_inuse -= 1;
+        self.obj_free(cls, zid, obj);
+        let result = if self.zs(zid).isolated.load(Relaxed) != 0 {
+            // 2016 protocols: off the lists while isolated
+            self.free_in_isolated_zspage(cls, &mut st, zid)
+        } else if self.fix_fullness_group(cls, &mut st, zid) == ZS_INUSE_RATIO_0 {
+            self.free_zspage(cls, &mut st, zid)
+        } else {
+            Ok(())
+        };
+        self.cache_free_handle(slot as u32);
+        drop(st);
+        if let Some(threshold) = self.config.auto_compact_pages {
+            if self.auto_countdown.fetch_sub(1, Relaxed) <= 1 {
+                self.auto_countdown.store(AUTO_COMPACT_INTERVAL, Relaxed);
+                if self.shrinker_count() >= threshold as u64 {
+                    self.schedule_work(|w| w.compact = true);
+                }
+            }
+        }
+        result
+    }
+
+    /// Locate `length` bytes (default: to the end) of the object from
+    /// `offset`, under the pool lock held for reading.
+    pub fn zs_obj_read_begin(
+        &self,
+        handle: u64,
+        offset: i64,
+        length: Option<i64>,
+        op: &str,
+    ) -> Result<ObjectRef<'_>, PoolError> {
+        let guard = self.lock.read();
+        let (_, packed) = self.lookup(handle, self.h_len())?;
+        let span = self.object_span(handle, packed, offset, length, op)?;
+        Ok(ObjectRef { pool: self, _guard: guard, span })
+    }
+
+    /// The span of `length` bytes (default: to the end) from `offset` of
+    /// the object `packed` describes, or the model's range error.
+    fn object_span(
+        &self,
+        handle: u64,
+        packed: u64,
+        offset: i64,
+        length: Option<i64>,
+        op: &str,
+    ) -> Result<Span, PoolError> {
+        let size = (packed >> SIZE_SHIFT) as usize;
+        let length = length.unwrap_or(size as i64 - offset);
+        if offset < 0 || length < 0 || offset + length > size as i64 {
+            return Err(bad_range(op, handle, offset, length, size));
+        }
+        let cls = &self.classes[self.class_for_size[size] as usize];
+        let start = self.obj_addr(cls, packed & LOC_MASK, offset as usize);
+        Ok(self.span_at(start, length as usize))
+    }
+
+    /// `zs_obj_write`: copy `data` into the object at `offset`.
+    pub fn zs_obj_write(&self, handle: u64, data: &[u8], offset: i64) -> Result<(), PoolError> {
+        let _guard = self.lock.read();
+        let (_, packed) = self.lookup(handle, self.h_len())?;
+        let span = self.object_span(handle, packed, offset, Some(data.len() as i64), "write")?;
+        self.copy_span_in(&span, data);
+        Ok(())
+    }
+
+    /// `zs_map_object`: pin the object (its zspage read-locked, its handle
+    /// pinned) and locate its bytes; `unmap_object` ends it.
+    pub fn zs_map_object(&self, handle: u64, offset: i64, length: Option<i64>) -> Result<Mapped, PoolError> {
+        let _guard = self.lock.read();
+        let (slot, packed) = self.lookup(handle, self.h_len())?;
+        let span = self.object_span(handle, packed, offset, length, "map")?;
+        let (pfn, _) = obj_to_location_parts(packed & LOC_MASK);
+        let zid = self.mem.desc(pfn).private.load(Relaxed);
+        // writers of the zspage lock hold the pool lock for writing: under
+        // our read side it is never write-locked, so this only counts up
+        self.zs(zid).lock.fetch_add(1, Acquire);
+        *self.pinned.lock().entry(slot as u32).or_insert(0) += 1;
+        Ok(Mapped { zid, slot: slot as u32, span })
+    }
+
+    /// Copy a mapped object's bytes out (`len()` of its span).
+    pub fn copy_mapped(&self, m: &Mapped, out: &mut [u8]) {
+        self.copy_span_out(&m.span, out);
+    }
+
+    /// `zs_unmap_object`.
+    /// No pool lock: the counts are atomics, and a buffer release may run
+    /// it from inside another call of this pool (the GC, during a read).
+    pub fn zs_unmap_object(&self, m: Mapped) {
+        self.zs(m.zid).lock.fetch_sub(1, Release);
+        let mut pinned = self.pinned.lock();
+        if let Some(n) = pinned.get_mut(&m.slot) {
+            *n -= 1;
+            if *n == 0 {
+                pinned.remove(&m.slot);
+            }
+        }
+    }
+
+    /// The size `malloc` was asked for.
+    pub fn handle_size(&self, handle: u64) -> Result<usize, PoolError> {
+        let _guard = self.lock.read();
+        let (_, packed) = self.lookup(handle, self.h_len())?;
+        Ok((packed >> SIZE_SHIFT) as usize)
+    }
+
+    /// `obj_to_location` of a live handle: (pfn, obj_idx).
+    pub fn locate(&self, handle: u64) -> Result<(u32, usize), PoolError> {
+        let _guard = self.lock.read();
+        let (_, packed) = self.lookup(handle, self.h_len())?;
+        Ok(obj_to_location_parts(packed & LOC_MASK))
+    }
+
+    /// The pfns of the object's zspage, head first.
+    pub fn zspage_pfns(&self, handle: u64) -> Result<Vec<u32>, PoolError> {
+        let _guard = self.lock.read();
+        let (_, packed) = self.lookup(handle, self.h_len())?;
+        let (pfn, _) = obj_to_location_parts(packed & LOC_MASK);
+        Ok(self.zspage_pages(self.mem.desc(pfn).private.load(Relaxed)).as_slice().to_vec())
+    }
+
+    /// Live objects.
+    pub fn len(&self) -> usize {
+        self.classes.iter().map(|c| c.state.lock().objs_inuse as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes the callers asked for, over every live handle.
+    pub fn bytes_requested(&self) -> u64 {
+        let _guard = self.lock.read();
+        let h_len = self.h_len();
+        (1..h_len)
+            .map(|s| self.entry(s))
+            .filter(|e| e.val.load(Acquire) & HANDLE_FREED == 0)
+            .map(|e| e.obj.load(Relaxed) >> SIZE_SHIFT)
+            .sum()
+    }
+
+    // ------------------------------------------------------------------
+    // statistics
+
+    /// One row per canonical class, smallest first.
+    pub fn class_stats(&self) -> Vec<ClassRow> {
+        self.classes
+            .iter()
+            .rev()
+            .map(|cls| {
+                let st = cls.state.lock();
+                ClassRow {
+                    spec: cls.spec,
+                    zspages_per_group: st.count,
+                    objs_allocated: st.objs_allocated,
+                    objs_inuse: st.objs_inuse,
+                    freeable: zs_can_compact(&cls.spec, &st),
+                }
+            })
+            .collect()
+    }
+
+    /// `zs_shrinker_count`: pages compaction could free now.
+    pub fn shrinker_count(&self) -> u64 {
+        self.classes.iter().map(|c| zs_can_compact(&c.spec, &c.state.lock())).sum()
+    }
+
+    // ------------------------------------------------------------------
+    // compaction (zs_compact)
+
+    fn take_zspage(&self, st: &mut ClassState, groups: &[usize], lowest_zid: bool) -> Option<u32> {
+        let zid = if lowest_zid {
+            groups.iter().flat_map(|&fg| self.list_zspages(st, fg)).min()
+        } else {
+            groups.iter().map(|&fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)
+        }?;
+        self.remove_zspage(st, zid);
+        Some(zid)
+    }
+
+    fn isolate_src_zspage(&self, st: &mut ClassState, policy: CompactPolicy) -> Option<u32> {
+        match policy {
+            CompactPolicy::Legacy => self
+                .take_zspage(st, &LEGACY_ALMOST_EMPTY, true)
+                .or_else(|| self.take_zspage(st, &LEGACY_ALMOST_FULL, true)),
+            CompactPolicy::Ratio => self.take_zspage(st, &RATIO_ASCENDING, false),
+        }
+    }
+
+    fn isolate_dst_zspage(&self, st: &mut ClassState, policy: CompactPolicy) -> Option<u32> {
+        match policy {
+            CompactPolicy::Legacy => self
+                .take_zspage(st, &LEGACY_ALMOST_FULL, true)
+                .or_else(|| self.take_zspage(st, &LEGACY_ALMOST_EMPTY, true)),
+            CompactPolicy::Ratio => self.take_zspage(st, &RATIO_DESCENDING, false),
+        }
+    }
+
+    fn putback_zspage(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> usize {
+        let fg = cls.fg_of_inuse[self.zs(zid).inuse.load(Relaxed) as usize] as usize;
+        self.insert_zspage(st, zid, fg);
+        fg
+    }
+
+    pub(super) fn zspage_write_trylock(&self, zid: u32) -> bool {
+        self.zs(zid).lock.compare_exchange(0, -1, Acquire, Relaxed).is_ok()
+    }
+
+    pub(super) fn zspage_write_unlock(&self, zid: u32) {
+        self.zs(zid).lock.store(0, Release);
+    }
+
+    /// (handle slot, object index) of every allocated object that starts in
+    /// `pfn`, the `k`-th page of its zspage.
+    pub(super) fn objs_in_page(
+        &self,
+        cls: &SizeClass,
+        k: usize,
+        pfn: u32,
+        out: &mut [(u32, u16); MAX_OBJS_PER_PAGE],
+    ) -> usize {
+        if cls.spec.huge {
+            let tag = self.mem.desc(pfn).index.load(Relaxed);
+            if tag & OBJ_ALLOCATED_TAG != 0 {
+                out[0] = ((tag >> HANDLE_SLOT_SHIFT) as u32, 0);
+                return 1;
+            }
+            return 0;
+        }
+        let size = cls.spec.size;
+        let first = (k * PAGE_SIZE).div_ceil(size);
+        let last = cls.spec.objs_per_zspage.min(((k + 1) * PAGE_SIZE).div_ceil(size));
+        let mut n = 0;
+        for idx in first..last {
+            let header = self.mem.word(Self::header_addr(cls, pfn, idx)).load(Relaxed);
+            if header & OBJ_ALLOCATED_TAG != 0 {
+                out[n] = ((header >> HANDLE_SLOT_SHIFT) as u32, idx as u16);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// `migrate_zspage`: move src's objects into dst until dst is full or
+    /// src empty; returns how many moved.
+    fn migrate_zspage(&self, cls: &SizeClass, src: u32, dst: u32) -> u64 {
+        let n = cls.spec.objs_per_zspage as u16;
+        let mut moved = 0;
+        let mut objs = [(0u32, 0u16); MAX_OBJS_PER_PAGE];
+        let chain = self.zspage_pages(src);
+        for (k, &page) in chain.as_slice().iter().enumerate() {
+            let count = self.objs_in_page(cls, k, page, &mut objs);
+            for &(slot, _) in &objs[..count] {
+                let e = self.entry(slot as usize);
+                let handle = e.val.load(Relaxed);
+                let packed = e.obj.load(Relaxed);
+                let old = packed & LOC_MASK;
+                let new = self.obj_malloc(cls, dst, handle);
+                self.zs_object_copy(cls, new, old);
+                self.obj_free(cls, src, old);
+                e.obj.store(new | (packed & !LOC_MASK), Relaxed);
+                moved += 1;
+                if self.zs(dst).inuse.load(Relaxed) == n || self.zs(src).inuse.load(Relaxed) == 0 {
+                    return moved;
+                }
+            }
+        }
+        moved
+    }
+
+    /// Compact one class; (pages freed, objects moved).
+    fn __zs_compact(&self, cls: &SizeClass, policy: CompactPolicy) -> Result<(u64, u64), PoolError> {
+        let _guard = self.lock.write();
+        let mut st = cls.state.lock();
+        let (mut freed, mut moved) = (0, 0);
+        let mut dst: Option<u32> = None;
+        let mut src: Option<u32> = None;
+        while zs_can_compact(&cls.spec, &st) > 0 {
+            let d = match dst {
+                Some(d) => d,
+                None => match self.isolate_dst_zspage(&mut st, policy) {
+                    Some(d) => {
+                        dst = Some(d);
+                        d
+                    }
+                    None => break,
+                },
+            };
+            let Some(s) = self.isolate_src_zspage(&mut st, policy) else {
+                break;
+            };
+            src = Some(s);
+            if !self.zspage_write_trylock(s) {
+                break;
+            }
+            moved += self.migrate_zspage(cls, s, d);
+            self.zspage_write_unlock(s);
+            if self.putback_zspage(cls, &mut st, s) == ZS_INUSE_RATIO_0 {
+                self.free_zspage(cls, &mut st, s)?;
+                freed += cls.spec.pages_per_zspage as u64;
+            }
+            src = None;
+            if self.zs(d).inuse.load(Relaxed) as usize == cls.spec.objs_per_zspage {
+                self.putback_zspage(cls, &mut st, d);
+                dst = None;
+            }
+        }
+        if let Some(s) = src {
+            self.putback_zspage(cls, &mut st, s);
+        }
+        if let Some(d) = dst {
+            self.putback_zspage(cls, &mut st, d);
+        }
+        Ok((freed, moved))
+    }
+
+    /// `zs_compact`: every canonical class, largest first; pages freed.
+    pub fn zs_compact(&self, policy: CompactPolicy) -> Result<u64, PoolError> {
+        let (mut freed, mut moved) = (0, 0);
+        let mut result = Ok(());
+        for cls in &self.classes {
+            match self.__zs_compact(cls, policy) {
+                Ok((f, m)) => {
+                    freed += f;
+                    moved += m;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let mut c = self.cache.lock();
+        c.events.pages_compacted += freed;
+        c.events.objs_compacted += moved;
+        c.events.compactions += 1;
+        result.map(|()| freed)
+    }
+
+    // ------------------------------------------------------------------
+    // trimming the tables, life cycle
+
+    /// Give back the table space of free handle slots and zspage ids at the
+    /// top of their tables.  Stops the world (pool lock, every class lock,
+    /// the cache lock).  Returns whether anything was given back.
+    pub fn trim(&self) -> bool {
+        let _guard = self.lock.write();
+        let _states: Vec<MutexGuard<'_, ClassState>> = self.classes.iter().map(|c| c.state.lock()).collect();
+        let mut c = self.cache.lock();
+        let trimmed = self.trim_handles(&mut c) + self.trim_zspages(&mut c);
+        if trimmed > 0 {
+            trim_process_heap();
+        }
+        trimmed > 0
+    }
+
+    fn trim_handles(&self, c: &mut Cache) -> usize {
+        let old = self.h_len();
+        let keep = top_free_run(&c.h_free, old);
+        if old - keep < TRIM_MIN {
+            return 0;
+        }
+        let top = (keep..old)
+            .map(|s| (self.entry(s).val.load(Relaxed) >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK)
+            .max()
+            .unwrap_or(0);
+        c.gen_base = c.gen_base.max(top);
+        self.h_len.store(keep, Release);
+        c.h_free.retain(|&s| (s as usize) < keep);
+        self.handles.release_from(keep);
+        old - keep
+    }
+
+    fn trim_zspages(&self, c: &mut Cache) -> usize {
+        let old = c.zs_len;
+        let keep = top_free_run(&c.zs_free, old);
+        if old - keep < TRIM_MIN {
+            return 0;
+        }
+        c.zs_len = keep;
+        c.zs_free.retain(|&z| (z as usize) < keep);
+        self.zspages.release_from(keep);
+        old - keep
+    }
+
+    /// Free every page of the pool; handles become invalid.
+    pub fn close(&self) -> Result<(), PoolError> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        self.flush_deferred()?;
+        {
+            let _guard = self.lock.write();
+            self.closed.store(true, Release);
+            for cls in &self.classes {
+                let mut st = cls.state.lock();
+                for fg in 0..NR_FULLNESS_GROUPS {
+                    let mut zids = self.list_zspages(&st, fg);
+                    zids.reverse();
+                    for zid in zids {
+                        self.remove_zspage(&mut st, zid);
+                        if !self.trylock_zspage(zid) {
+                            return Err(PoolError::Mm(MmError::PageState(format!(
+                                "zspage {zid} has a page locked while its pool closes"
+                            ))));
+                        }
+                        self.__free_zspage(cls, &mut st, zid)?;
+                    }
+                }
+                st.objs_inuse = 0;
+            }
+            let h_len = self.h_len();
+            for s in 1..h_len {
+                self.entry(s).val.fetch_or(HANDLE_FREED, Relaxed);
+            }
+        }
+        if self.ops_id != 0 {
+            self.mem.unregister_movable_ops(self.ops_id);
+        }
+        if self.own_memory {
+            self.mem.close();
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------
+    // introspection (zsmalloc.debug)
+
+    /// Everything `zsmalloc.debug.snapshot` reports, under every lock.
+    pub fn snapshot(&self) -> Snapshot {
+        let _guard = self.lock.write();
+        let states: Vec<MutexGuard<'_, ClassState>> = self.classes.iter().map(|c| c.state.lock()).collect();
+        let c = self.cache.lock();
+        let hold = self.mem.hold();
+        let classes = states
+            .iter()
+            .map(|st| {
+                (
+                    st.objs_allocated,
+                    st.objs_inuse,
+                    (0..NR_FULLNESS_GROUPS).map(|fg| self.list_zspages(st, fg)).collect(),
+                )
+            })
+            .collect();
+        let mut zspages = Vec::new();
+        for zid in 0..c.zs_len as u32 {
+            let z = self.zs(zid);
+            let class = z.class.load(Relaxed);
+            if class == FREE_CLASS {
+                continue;
+            }
+            let cls = &self.classes[self.class_pos[class as usize] as usize];
+            let mut pages = Vec::new();
+            let mut pfn = z.first.load(Relaxed);
+            while pfn != NO_PAGE && pages.len() <= cls.spec.pages_per_zspage && (pfn as usize) < hold.hwm() {
+                pages.push(pfn as i64);
+                pfn = self.mem.desc(pfn).next.load(Relaxed);
+            }
+            let headers = if cls.spec.huge || pages.len() != cls.spec.pages_per_zspage {
+                Vec::new()
+            } else {
+                (0..cls.spec.objs_per_zspage)
+                    .map(|idx| {
+                        let off = cls.obj_offset(idx);
+                        let pfn = pages[off >> PAGE_SHIFT] as usize;
+                        self.mem.word((pfn << PAGE_SHIFT) + (off & (PAGE_SIZE - 1))).load(Relaxed)
+                    })
+                    .collect()
+            };
+            let fg = z.fg.load(Relaxed);
+            zspages.push(ZsPageSnap {
+                zid,
+                class: class as usize,
+                inuse: z.inuse.load(Relaxed) as usize,
+                freeobj: z.freeobj.load(Relaxed) as i64,
+                fg: if fg == FG_NONE { -1 } else { fg as i64 },
+                lock: z.lock.load(Relaxed) as i64,
+                isolated: z.isolated.load(Relaxed) as i64,
+                deferred: z.deferred.load(Relaxed),
+                pages,
+                headers,
+            });
+        }
+        let handles = (1..self.h_len())
+            .filter_map(|s| {
+                let e = self.entry(s);
+                let val = e.val.load(Relaxed);
+                (val & HANDLE_FREED == 0).then(|| {
+                    let packed = e.obj.load(Relaxed);
+                    let (pfn, idx) = obj_to_location_parts(packed & LOC_MASK);
+                    (s as u32, val, pfn, idx as u32, (packed >> SIZE_SHIFT) as u32)
+                })
+            })
+            .collect();
+        let mut pinned: Vec<(u32, u32)> = self.pinned.lock().iter().map(|(&s, &n)| (s, n)).collect();
+        pinned.sort_unstable();
+        let pages = (0..hold.hwm() as u32)
+            .filter_map(|pfn| {
+                let d = self.mem.desc(pfn);
+                let refcount = d.refcount.load(Relaxed);
+                (refcount > 0).then(|| {
+                    let next = d.next.load(Relaxed);
+                    PageSnap {
+                        pfn,
+                        flags: d.flags.load(Relaxed),
+                        refcount,
+                        movable_ops: d.movable_ops.load(Relaxed),
+                        private: d.private.load(Relaxed),
+                        index: d.index.load(Relaxed),
+                        next: if next == NO_PAGE { -1 } else { next as i64 },
+                        first_obj_offset: d.first_obj_offset.load(Relaxed),
+                    }
+                })
+            })
+            .collect();
+        Snapshot {
+            pages_allocated: c.pages_allocated,
+            events: c.events,
+            classes,
+            zspages,
+            free_zspage_ids: c.zs_free.clone(),
+            nr_zspage_ids: c.zs_len,
+            handles,
+            free_handle_slots: c.h_free.clone(),
+            nr_handle_slots: self.h_len(),
+            pinned,
+            pages,
+            hwm: hold.hwm(),
+            nr_used: hold.nr_used(),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if !self.is_closed() {
+            // the last reference went without close(): give the frames back
+            // so that a shared Memory does not leak them
+            let _ = self.close();
+        }
+    }
+}
+
+/// Compaction's choice of source and destination zspages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompactPolicy {
+    /// 6.4 and later: by fullness group
+    Ratio,
+    /// before 6.4: "almost empty" (up to 3/4) and "almost full" lists
+    Legacy,
+}
+
+const RATIO_ASCENDING: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+const RATIO_DESCENDING: [usize; 10] = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
+const LEGACY_ALMOST_EMPTY: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
+const LEGACY_ALMOST_FULL: [usize; 2] = [9, 10];
+
+#[inline]
+fn check_size(size: usize) -> Result<(), PoolError> {
+    if size == 0 || size > ZS_MAX_ALLOC_SIZE {
+        return Err(PoolError::InvalidSize(format!(
+            "size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}"
+        )));
+    }
+    Ok(())
+}
+
+/// `location_to_obj`.
+#[inline]
+fn obj_to_location(pfn: u32, idx: usize) -> u64 {
+    ((pfn as u64) << OBJ_INDEX_BITS) | idx as u64
+}
+
+/// `obj_to_location`: (pfn, obj_idx).
+#[inline]
+fn obj_to_location_parts(obj: u64) -> (u32, usize) {
+    ((obj >> OBJ_INDEX_BITS) as u32, (obj & OBJ_INDEX_MASK) as usize)
+}
+
+fn bad_range(op: &str, handle: u64, offset: i64, length: i64, size: usize) -> PoolError {
+    PoolError::Value(format!(
+        "{op} of {length} bytes at offset {offset} is outside the {size} bytes allocated for handle {handle:#x}"
+    ))
+}
+
+/// Where the run of free entries at the top of a table of `n` begins (not below TABLE_MIN).
+fn top_free_run(free: &[u32], n: usize) -> usize {
+    let mut mark = vec![false; n];
+    for &i in free {
+        mark[i as usize] = true;
+    }
+    let mut keep = n;
+    while keep > TABLE_MIN && mark[keep - 1] {
+        keep -= 1;
+    }
+    keep
+}
+
+/// glibc's `malloc_trim(0)`: the C heap's free memory back to the OS.
+fn trim_process_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap structures.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Arc<Pool> {
+        let config = PoolConfig {
+            name: "t".into(),
+            chain_size: 8,
+            class_rule: ClassRule::MinWaste,
+            max_pages: None,
+            auto_compact_pages: None,
+            migration: Protocol::Mainline,
+        };
+        let mem = Arc::new(
+            Memory::new(1 << 16, crate::mm::memory::PCP_HIGH, crate::mm::memory::PCP_BATCH).unwrap(),
+        );
+        Pool::new(config, mem, true).unwrap()
+    }
+
+    fn read(p: &Pool, h: u64) -> Vec<u8> {
+        let r = p.zs_obj_read_begin(h, 0, None, "read").unwrap();
+        let mut out = vec![0; r.len()];
+        r.copy_to(&mut out);
+        out
+    }
+
+    #[test]
+    fn round_trip_every_size() {
+        let p = pool();
+        let mut live = Vec::new();
+        for size in (1..=4096).step_by(37) {
+            let h = p.zs_malloc(size).unwrap();
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+            p.zs_obj_write(h, &data, 0).unwrap();
+            live.push((h, data));
+        }
+        for (h, data) in &live {
+            assert_eq!(&read(&p, *h), data);
+        }
+        for (h, _) in &live {
+            p.zs_free(*h).unwrap();
+        }
+        assert_eq!(p.total_pages(), 0);
+        assert!(p.zs_free(live[0].0).is_err());
+    }
+
+    #[test]
+    fn stale_handle_is_refused() {
+        let p = pool();
+        let h = p.zs_malloc(100).unwrap();
+        p.zs_free(h).unwrap();
+        let h2 = p.zs_malloc(100).unwrap();
+        assert_eq!(h2 >> HANDLE_SLOT_SHIFT, h >> HANDLE_SLOT_SHIFT);
+        assert_ne!(h2, h);
+        assert!(matches!(p.zs_free(h), Err(PoolError::InvalidHandle(_))));
+        assert!(matches!(p.zs_free(0), Err(PoolError::InvalidHandle(_))));
+        assert!(matches!(p.zs_free(u64::MAX), Err(PoolError::InvalidHandle(_))));
+    }
+
+    #[test]
+    fn compaction_frees_pages_and_keeps_bytes() {
+        let p = pool();
+        let hs: Vec<u64> = (0..2000)
+            .map(|i| {
+                let h = p.zs_malloc(200).unwrap();
+                p.zs_obj_write(h, &[(i % 251) as u8; 200], 0).unwrap();
+                h
+            })
+            .collect();
+        for h in hs.iter().step_by(2) {
+            p.zs_free(*h).unwrap();
+        }
+        let before = p.total_pages();
+        let freed = p.zs_compact(CompactPolicy::Ratio).unwrap();
+        assert!(freed > 0);
+        assert_eq!(p.total_pages(), before - freed as usize);
+        for (i, h) in hs.iter().enumerate().skip(1).step_by(2) {
+            assert_eq!(read(&p, *h), vec![(i % 251) as u8; 200]);
+        }
+    }
+
+    #[test]
+    fn threads_churn_without_loss() {
+        let p = pool();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let mut live: Vec<(u64, u8)> = Vec::new();
+                    for i in 0..20_000usize {
+                        if live.len() > 300 || (i % 3 == 0 && !live.is_empty()) {
+                            let (h, b) = live.swap_remove(i % live.len());
+                            assert_eq!(read(&p, h), vec![b; 1 + (b as usize * 13) % 3000]);
+                            p.zs_free(h).unwrap();
+                        } else {
+                            let b = ((i * 31 + t) % 256) as u8;
+                            let size = 1 + (b as usize * 13) % 3000;
+                            let h = p.zs_malloc(size).unwrap();
+                            p.zs_obj_write(h, &vec![b; size], 0).unwrap();
+                            live.push((h, b));
+                        }
+                    }
+                    for (h, _) in live {
+                        p.zs_free(h).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let compactor = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                for _ in 0..200 {
+                    p.zs_compact(CompactPolicy::Ratio).unwrap();
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        for t in threads {
+            t.join().unwrap();
+        }
+        compactor.join().unwrap();
+        p.async_free_zspage().unwrap();
+        assert_eq!(p.len(), 0);
+        assert_eq!(p.total_pages(), 0);
+    }
+}

@@ -1,0 +1,92 @@
+"""The engine's Pool and Memory: ``zsmalloc._engine`` (Rust) behind the model's API.
+
+``zsmalloc._engine`` does the work: the arena, the descriptors, the page
+allocator and the page locks (``Memory``), and the allocator itself
+(``Pool``: size classes, zspages, handles, fullness groups, object access,
+compaction, the deferred free), all in Rust structs and tables.  This module
+adds what is formatting rather than allocation: the stats as the
+dataclasses of ``zsmalloc.pool.stats``, the kernel's debugfs text, the
+consistency check (``zsmalloc.debug``, shared with the model), and the
+context-manager protocol.
+
+The engine's ``Memory`` has the model's VM calls too (``isolate_movable_page``,
+``migrate_pages``, ``putback_movable_page``, ``move_pages``, ``evacuate``,
+``compact``), and takes movable-page owners written in Python
+(``register_movable_ops``); its pools answer the VM with the mainline, 2016
+or 2016-v3 callbacks in Rust.  The result types are the model's dataclasses
+(``zsmalloc.mm.migrate.MigrateResult`` and the compaction results).
+"""
+
+from __future__ import annotations
+
+from zsmalloc import _engine
+from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
+
+Memory = _engine.Memory
+
+__all__ = ["Memory", "Pool"]
+
+
+class Pool(_engine.Pool):
+    """A zsmalloc pool on the engine: the same API as ``zsmalloc.model.Pool``.
+
+    ``Pool(name="zsmalloc", chain_size=8, memory=None, max_pages=None, *,
+    class_rule="min-waste", migration="mainline", auto_compact_pages=None)``.
+    """
+
+    def class_stats(self) -> list[ClassStats]:
+        """One row per canonical class: the columns of debugfs ``classes``."""
+        return [
+            ClassStats(
+                index=index,
+                size=size,
+                inuse_ratio=tuple(groups[1:]),
+                obj_allocated=allocated,
+                obj_used=used,
+                pages_per_zspage=pages,
+                objs_per_zspage=objs,
+                freeable=freeable,
+                empty_zspages=groups[0],
+            )
+            for index, size, groups, allocated, used, pages, objs, freeable in self._class_rows()
+        ]
+
+    def stats(self) -> PoolStats:
+        rows = self.class_stats()
+        return PoolStats(
+            name=self.name,
+            pages_allocated=self.pages_allocated,
+            pages_compacted=self.pages_compacted,
+            objs_allocated=sum(r.obj_allocated for r in rows),
+            objs_inuse=sum(r.obj_used for r in rows),
+            bytes_requested=self._bytes_requested(),
+            freeable_pages=sum(r.freeable for r in rows),
+            objs_compacted=self.objs_compacted,
+            compactions=self.nr_compactions,
+            deferred_frees=self.nr_deferred_frees,
+            chain_size=self.chain_size,
+            huge_class_size=self.huge_class_size,
+        )
+
+    def format_classes(self) -> str:
+        """The kernel's debugfs ``zsmalloc/<pool>/classes`` text."""
+        return format_classes(self.class_stats())
+
+    def check(self) -> None:
+        """Walk every structure and raise CorruptionError on any inconsistency."""
+        from zsmalloc.debug import check_snapshot, snapshot
+
+        if self.closed:
+            raise PoolClosedError(f"pool {self.name!r} is closed")
+        check_snapshot(snapshot(self))
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.pages_allocated} pages"
+        return f"<Pool {self.name!r}: {state}>"
