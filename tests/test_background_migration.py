@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from helpers import pattern
 from zsmalloc import Pool
 from zsmalloc.mm import BackgroundMigration
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 
 def test_pages_move_and_ranges_empty_while_the_pool_works():

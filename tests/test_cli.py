@@ -99,12 +99,16 @@ def test_protocheck_finds_the_2016_race():
 def test_protocheck_json_names_the_minimal_sequence():
     result = CliRunner().invoke(main, ["protocheck", "seed-race", "--protocol", "2016-v3", "--json"])
     assert result.exit_code == 1
-    (report,) = json.loads(result.output)
-    assert report["scenario"] == "seed-race" and not report["ok"]
-    assert report["failing"] == 36 and report["interleavings"] == 90
-    seq = report["minimal_failing_sequence"]
-    assert seq["where"] == "pool.check()" and "free zspage" in seq["message"]
-    ok = json.loads(run("protocheck", "seed-race", "--json"))
+    reports = json.loads(result.output)
+    assert [r["backend"] for r in reports] == ["model", "engine"]  # both, by default
+    for report in reports:
+        assert report["scenario"] == "seed-race" and not report["ok"]
+        assert report["failing"] == 36 and report["interleavings"] == 90
+        seq = report["minimal_failing_sequence"]
+        assert seq["where"] == "pool.check()" and "free zspage" in seq["message"]
+    assert reports[0]["minimal_failing_sequence"] == reports[1]["minimal_failing_sequence"]
+    ok = json.loads(run("protocheck", "seed-race", "--json", "--backend", "engine"))
+    assert [r["backend"] for r in ok] == ["engine"]
     assert ok[0]["ok"] and ok[0]["failing"] == 0
 
 

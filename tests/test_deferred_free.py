@@ -4,10 +4,11 @@ When a free empties a zspage and one of its page locks cannot be had with
 trylock, the zspage stays on its class's group-0 list and the deferred worker
 is kicked; the worker frees it later, taking the page locks the blocking way.
 
-To look at the state between the free and the worker, some tests replace the
-pool's ``kick_deferred_free`` with a recorder (the kernel's ``schedule_work``
-not yet run); the others let the real worker run.  Every wait is bounded, so a
-bug fails a test instead of hanging the suite.
+To look at the state between the free and the worker, some tests make the
+pool with ``background_work=False`` (the kernel's ``schedule_work`` recorded in
+``pending_work``, not yet run); the others let the real worker run.  Every wait
+is bounded, so a bug fails a test instead of hanging the suite.  Every test
+runs on the model and on the engine.
 """
 
 from __future__ import annotations
@@ -19,20 +20,27 @@ import pytest
 
 from helpers import WAIT, wait_until
 from zsmalloc import Pool
-from zsmalloc.pool.zsmalloc import OBJ_INDEX_BITS
+from zsmalloc.debug import snapshot
 
-SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 REQ = 1560  # class 96 with chain 8: 5 pages, 13 objects
 CLASS = 96
 PAGES = 5
 
 
 def zid_of(pool: Pool, h: int) -> int:
-    return pool.memory.private[pool._h_obj[h >> SLOT_SHIFT] >> OBJ_INDEX_BITS]
+    pfn, _ = pool.locate(h)
+    return snapshot(pool)["pages"][pfn]["private"]
 
 
-def worker_threads(pool: Pool) -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == f"zs-work-{pool.name}"]
+def zspage(pool: Pool, zid: int) -> dict:
+    return snapshot(pool)["zspages"][zid]
+
+
+def group0(pool: Pool) -> list[int]:
+    """The class's group-0 list (empty zspages awaiting the deferred free)."""
+    return next(c["fullness"][0] for c in snapshot(pool)["classes"] if c["index"] == CLASS)
 
 
 def empty_zspages(pool: Pool) -> int:
@@ -42,18 +50,15 @@ def empty_zspages(pool: Pool) -> int:
 class Setup:
     """One pool: a keeper object of another class, and one zspage of class 96 with two objects."""
 
-    def __init__(self, name: str, stub_kick: bool) -> None:
-        self.pool = Pool(name=name, chain_size=8)
-        self.kicks: list[int] = []
-        if stub_kick:
-            self.pool.kick_deferred_free = lambda: self.kicks.append(1)
+    def __init__(self, name: str, background_work: bool) -> None:
+        self.pool = Pool(name=name, chain_size=8, background_work=background_work)
         self.keeper = self.pool.malloc(100)
         self.pool.write(self.keeper, b"k" * 100)
         self.hs = [self.pool.malloc(REQ) for _ in range(2)]
         self.zid = zid_of(self.pool, self.hs[0])
         assert zid_of(self.pool, self.hs[1]) == self.zid
-        assert self.pool._zs_class[self.zid] == CLASS
-        self.pfns = self.pool.zspage_pages(self.zid)
+        assert zspage(self.pool, self.zid)["class"] == CLASS
+        self.pfns = self.pool.zspage_pfns(self.hs[0])
         assert len(self.pfns) == PAGES
         self.pages_before = self.pool.total_pages
         self.locked: set[int] = set()
@@ -70,15 +75,13 @@ class Setup:
         for pfn in list(self.locked):  # never leave the worker blocked behind a failed assert
             self.pool.memory.unlock_page(pfn)
         self.locked.clear()
-        if "kick_deferred_free" in vars(self.pool):
-            del self.pool.kick_deferred_free
-        assert wait_until(lambda: not worker_threads(self.pool))
+        assert wait_until(lambda: not self.pool.worker_running)
         self.pool.close()
 
 
 @pytest.fixture
 def stubbed():
-    s = Setup("deferred-stub", stub_kick=True)
+    s = Setup("deferred-stub", background_work=False)
     try:
         yield s
     finally:
@@ -87,7 +90,7 @@ def stubbed():
 
 @pytest.fixture
 def real():
-    s = Setup("deferred-real", stub_kick=False)
+    s = Setup("deferred-real", background_work=True)
     try:
         yield s
     finally:
@@ -101,7 +104,7 @@ def test_unlocked_zspage_is_freed_at_once(stubbed):
     s = stubbed
     for h in s.hs:
         s.pool.free(h)
-    assert s.kicks == []
+    assert s.pool.pending_work == []
     assert s.pool.total_pages == s.pages_before - PAGES
     assert empty_zspages(s.pool) == 0
     assert s.pool.flush_deferred() == 0
@@ -114,15 +117,15 @@ def test_locked_page_defers_the_free(stubbed, locked_page):
     pool = s.pool
     s.lock(locked_page)
     pool.free(s.hs[0])
-    assert s.kicks == []  # not empty yet: nothing to defer
+    assert pool.pending_work == []  # not empty yet: nothing to defer
     pool.free(s.hs[1])
-    assert s.kicks == [1]  # the worker was asked for
+    assert pool.pending_work == ["free"]  # the worker was asked for
     # still there, empty, on the group-0 list
     assert pool.total_pages == s.pages_before
     assert pool.memory.nr_used == s.pages_before
-    assert pool.size_class[CLASS].nr_zspages[0] == 1
+    assert group0(pool) == [s.zid]
     assert empty_zspages(pool) == 1
-    assert pool._zs_class[s.zid] == CLASS and pool._zs_inuse[s.zid] == 0
+    assert zspage(pool, s.zid)["class"] == CLASS and zspage(pool, s.zid)["inuse"] == 0
     assert len(pool) == 1
     # no page lock was left behind by the failed trylock
     held = [pfn for pfn in s.pfns if pool.memory.page_locked(pfn)]
@@ -163,19 +166,21 @@ def test_malloc_may_reuse_the_empty_zspage(stubbed):
     pool.check()
 
 
-def test_kick_after_unlock_frees_in_the_background(stubbed):
+def test_pending_work_run_by_another_thread_after_unlock(stubbed):
     s = stubbed
     pool = s.pool
     s.lock(2)
     for h in s.hs:
         pool.free(h)
-    assert s.kicks == [1]
+    assert pool.pending_work == ["free"]
     assert pool.total_pages == s.pages_before
     s.unlock(2)
-    del pool.kick_deferred_free  # the real schedule_work from now on
-    pool.kick_deferred_free()
+    worker = threading.Thread(target=pool.run_pending_work)  # as the kernel's worker would
+    worker.start()
     assert wait_until(lambda: pool.total_pages == s.pages_before - PAGES), "the worker never freed it"
-    assert wait_until(lambda: not worker_threads(pool)), "the worker did not finish"
+    worker.join(WAIT)
+    assert not worker.is_alive(), "the worker did not finish"
+    assert pool.pending_work == []
     assert pool.memory.nr_used == pool.total_pages
     assert pool.stats().deferred_frees == 1
     pool.check()
@@ -188,10 +193,10 @@ def test_worker_blocks_on_a_locked_page_and_finishes_after_unlock(real):
     for h in s.hs:
         pool.free(h)
     # the worker was started, took the zspage, locked page 0 and sleeps on page 1
-    assert wait_until(lambda: worker_threads(pool)), "no worker was started"
+    assert wait_until(lambda: pool.worker_running), "no worker was started"
     assert wait_until(lambda: pool.memory.page_locked(s.pfns[0])), "the worker did not lock page 0"
     time.sleep(0.2)
-    assert worker_threads(pool), "the worker finished while a page of its zspage was locked"
+    assert pool.worker_running, "the worker finished while a page of its zspage was locked"
     assert pool.total_pages == s.pages_before
     assert pool.memory.nr_used == s.pages_before
     assert all(pool.memory.page_in_use(pfn) for pfn in s.pfns)
@@ -203,7 +208,7 @@ def test_worker_blocks_on_a_locked_page_and_finishes_after_unlock(real):
     assert pool.read(s.keeper) == b"k" * 100
     pool.free(h)
     s.unlock(1)
-    assert wait_until(lambda: not worker_threads(pool)), "the worker did not finish after the unlock"
+    assert wait_until(lambda: not pool.worker_running), "the worker did not finish after the unlock"
     assert pool.total_pages == s.pages_before - PAGES
     assert pool.memory.nr_used == pool.total_pages
     assert not any(pool.memory.page_locked(pfn) for pfn in s.pfns if pool.memory.page_in_use(pfn))
@@ -257,7 +262,7 @@ def test_a_second_free_while_the_worker_waits_is_deferred_too(real):
     others = [pool.malloc(REQ) for _ in range(2)]
     z2 = zid_of(pool, others[0])
     assert z2 != s.zid
-    p2 = pool.zspage_pages(z2)
+    p2 = pool.zspage_pfns(others[0])
     assert pool.memory.lock_page(p2[0], timeout=WAIT)
     try:
         for h in others:
@@ -267,6 +272,6 @@ def test_a_second_free_while_the_worker_waits_is_deferred_too(real):
         pool.memory.unlock_page(p2[0])
     s.unlock(4)
     assert wait_until(lambda: pool.total_pages == s.pages_before - PAGES), "both zspages should go"
-    assert wait_until(lambda: not worker_threads(pool))
+    assert wait_until(lambda: not pool.worker_running)
     assert pool.stats().deferred_frees == 2
     pool.check()

@@ -1,9 +1,14 @@
-"""zsmalloc.mm.Memory: the model's page allocator, page descriptors and page locks.
+"""Memory: the page allocator, page descriptors and page locks, on the model and the engine.
 
 Expected values come from the documented behaviour (the module docstring of
 ``zsmalloc/mm/memory.py`` and KERNEL.md section 5), never from the code under
 test: the reuse order is checked against a small independent model of the hot
 list and the cold heap, and RSS is read from /proc/self/statm.
+
+A frame's descriptor (refcount, flags, owner words) is read from
+``zsmalloc.debug.snapshot`` of a pool on the Memory that allocates nothing
+(:func:`descriptors`): a snapshot lists every frame of its Memory in use,
+whoever holds it.  The model's descriptor arrays themselves are its internals.
 """
 
 from __future__ import annotations
@@ -18,11 +23,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zsmalloc import OutOfFramesError, PageStateError, ZsmallocError
-from zsmalloc.mm import PAGE_SIZE, Memory, PG_isolated, PG_locked, PG_movable
+from zsmalloc import Memory, OutOfFramesError, PageStateError, Pool, ZsmallocError, model
+from zsmalloc.debug import snapshot
+from zsmalloc.mm import PAGE_SIZE, PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.memory import VMSTAT_EVENTS
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 WAIT = 5.0  # seconds a thread may take to react; only reached when something is broken
+
+
+
+def descriptors(mem: Memory, window: Pool | None = None) -> dict[int, dict]:
+    """The descriptor of every frame of ``mem`` in use, by pfn, from a snapshot of ``window``
+    (a pool on ``mem``) or of a pool made here for the purpose and closed again."""
+    if window is not None:
+        return snapshot(window)["pages"]
+    with Pool(name="window", memory=mem) as pool:
+        return snapshot(pool)["pages"]
+
+
+def refcount(mem: Memory, pfn: int, window: Pool | None = None) -> int:
+    page = descriptors(mem, window).get(pfn)
+    return 0 if page is None else page["refcount"]
 
 
 @pytest.fixture
@@ -71,7 +94,7 @@ def test_fresh_memory_is_empty(mem):
 def test_alloc_page_hands_out_fresh_frames_in_order_with_refcount_one(mem):
     pfns = [mem.alloc_page() for _ in range(5)]
     assert pfns == [0, 1, 2, 3, 4]
-    assert all(mem.refcount[p] == 1 for p in pfns)
+    assert all(refcount(mem, p) == 1 for p in pfns)
     assert all(mem.page_in_use(p) for p in pfns)
     assert not mem.page_in_use(5)
     assert not mem.page_in_use(-1)
@@ -93,7 +116,7 @@ def test_alloc_pages_returns_distinct_frames(mem):
 def test_free_page_returns_the_frame_at_refcount_zero(mem):
     a = mem.alloc_page()
     mem.free_page(a)
-    assert mem.refcount[a] == 0
+    assert refcount(mem, a) == 0
     assert not mem.page_in_use(a)
     assert mem.used_pfns() == []
     s = mem.stats()
@@ -103,9 +126,9 @@ def test_free_page_returns_the_frame_at_refcount_zero(mem):
 def test_a_frame_returns_to_the_free_pool_only_at_refcount_zero(mem):
     a = mem.alloc_page()
     mem.get_page(a)  # e.g. the VM isolating it
-    assert mem.refcount[a] == 2
+    assert refcount(mem, a) == 2
     mem.free_page(a)  # the owner lets it go ...
-    assert mem.refcount[a] == 1
+    assert refcount(mem, a) == 1
     assert mem.page_in_use(a)  # ... but the VM still holds it
     assert mem.used_pfns() == [a]
     b = mem.alloc_page()
@@ -125,9 +148,10 @@ def test_get_and_put_on_a_free_frame_raise(mem):
         mem.free_page(a)
     with pytest.raises(PageStateError):
         mem.get_page(a)
-    assert mem.refcount[a] == 0
+    assert refcount(mem, a) == 0
     # a descriptor slot that was never handed out is free as well
-    assert len(mem.refcount) > 3
+    if isinstance(mem, model.Memory):  # the model's arrays reach beyond the high-water mark
+        assert len(mem.refcount) > 3
     with pytest.raises(PageStateError):
         mem.put_page(3)
     with pytest.raises(PageStateError):
@@ -141,18 +165,19 @@ def test_freeing_a_locked_frame_raises_and_keeps_it(mem):
     assert mem.trylock_page(a)
     with pytest.raises(PageStateError):
         mem.free_page(a)
-    assert mem.refcount[a] == 1
+    assert refcount(mem, a) == 1
     assert mem.page_in_use(a)
     assert mem.page_locked(a)
     # dropping a reference that is not the last one is fine while locked
     mem.get_page(a)
     mem.put_page(a)
-    assert mem.refcount[a] == 1
+    assert refcount(mem, a) == 1
     mem.unlock_page(a)
     mem.free_page(a)
     assert not mem.page_in_use(a)
 
 
+@pytest.mark.model_only(reason="writes the model's descriptor words")
 def test_freed_frame_comes_back_with_a_clean_descriptor(mem):
     a = mem.alloc_page()
     mem.private[a] = 11
@@ -176,7 +201,7 @@ def test_set_and_clear_flag(mem):
     assert not mem.page_locked(a)
     mem.clear_flag(a, PG_isolated)
     assert not mem.page_isolated(a)
-    assert mem.flags[a] == 0
+    assert descriptors(mem)[a]["flags"] == 0
 
 
 # ----------------------------------------------------------------------
@@ -242,7 +267,7 @@ def test_hot_list_overflow_drains_its_oldest_batch():
         m.close()
 
 
-def test_hot_list_never_exceeds_pcp_high_with_defaults():
+def test_hot_list_never_exceeds_pcp_high_with_defaults(impl):
     m = Memory(capacity=4096)
     try:
         pfns = m.alloc_pages(1000)
@@ -316,6 +341,7 @@ def test_allocator_matches_the_documented_model(high, batch, ops):
     capacity = 12
     m = Memory(capacity=capacity, pcp_high=high, pcp_batch=batch)
     model = _Model(capacity, high, batch)
+    window = Pool(name="window", memory=m)  # allocates nothing: for the refcounts
     try:
         for op, r in ops:
             if op == "alloc":
@@ -340,13 +366,15 @@ def test_allocator_matches_the_documented_model(high, batch, ops):
                     m.put_page(pfn)
             assert m.nr_pcp <= high
             assert m.used_pfns() == sorted(model.refs)
-            assert all(m.refcount[p] == c for p, c in model.refs.items())
+            pages = descriptors(m, window)
+            assert all(pages[p]["refcount"] == c for p, c in model.refs.items())
             s = m.stats()
             assert s["nr_used"] == len(model.refs)
             assert s["nr_pcp"] == len(model.hot)
             assert s["nr_drained"] == model.drained
             assert s["hwm"] == model.hwm
     finally:
+        window.close()
         m.close()
 
 
@@ -385,11 +413,11 @@ def test_alloc_pages_is_all_or_nothing(prefill):
             if prefill == "cold":
                 m.drain_pages()
         used_before = m.used_pfns()
-        refs_before = [m.refcount[p] for p in range(8)]
+        refs_before = [refcount(m, p) for p in range(8)]
         with pytest.raises(OutOfFramesError):
             m.alloc_pages(4)
         assert m.used_pfns() == used_before
-        assert [m.refcount[p] for p in range(8)] == refs_before
+        assert [refcount(m, p) for p in range(8)] == refs_before
         assert m.stats()["nr_used"] == len(used_before)
         # every frame the failed call had taken is free again
         got = m.alloc_pages(8 - len(used_before))
@@ -519,7 +547,7 @@ def test_trylock_and_unlock(mem):
     assert not mem.page_locked(a)
     assert mem.trylock_page(a)
     assert mem.page_locked(a)
-    assert mem.flags[a] & PG_locked
+    assert descriptors(mem)[a]["flags"] & PG_locked
     assert not mem.trylock_page(a)
     mem.unlock_page(a)
     assert not mem.page_locked(a)
@@ -670,7 +698,8 @@ def test_trylock_pages_is_all_or_none(mem):
 # movable pages, unlock_and_free_pages
 
 
-def test_set_pages_movable(mem):
+def test_set_pages_movable(mem, impl):
+
     class Ops:
         pass
 
@@ -678,10 +707,11 @@ def test_set_pages_movable(mem):
     assert ops_id >= 1
     pfns = mem.alloc_pages(3)
     mem.set_pages_movable(pfns, ops_id)
+    pages = descriptors(mem)
     for p in pfns:
         assert mem.page_movable(p)
-        assert mem.flags[p] & PG_movable
-        assert mem.movable_ops[p] == ops_id
+        assert pages[p]["flags"] & PG_movable
+        assert pages[p]["movable_ops"] == ops_id
     mem.clear_page_movable(pfns[0])
     assert not mem.page_movable(pfns[0])
 
@@ -708,9 +738,10 @@ def test_a_pfn_walkers_passing_reference_does_not_stop_set_pages_movable(mem):
     mem.get_page(p)  # isolate_movable_page: get_page_unless_zero, then it looks at the flags
     mem.set_pages_movable([p], ops_id)  # the owner, in between
     mem.put_page(p)  # the walker lets go
-    assert mem.page_movable(p) and mem.refcount[p] == 1
+    assert mem.page_movable(p) and refcount(mem, p) == 1
 
 
+@pytest.mark.model_only(reason="writes the model's descriptor words")
 def test_unlock_and_free_pages_frees_locked_pages(mem):
     pfns = mem.alloc_pages(3)
     ops_id = mem.register_movable_ops(object())
@@ -757,10 +788,10 @@ def test_unlock_and_free_pages_keeps_a_page_the_vm_still_holds(mem):
     mem.unlock_and_free_pages([a, b])
     assert not mem.page_in_use(b)
     assert mem.page_in_use(a)
-    assert mem.refcount[a] == 1
+    assert refcount(mem, a) == 1
     assert not mem.page_locked(a)
     assert not mem.page_movable(a)
-    assert mem.private[a] == 0
+    assert descriptors(mem)[a]["private"] == 0
     assert mem.alloc_page() == b  # only b went back to the hot list
     mem.put_page(a)  # the VM lets go: now the frame is free
     assert not mem.page_in_use(a)
@@ -785,7 +816,7 @@ def test_unlock_and_free_pages_wakes_a_waiter(mem):
     t.join(WAIT)
     assert result == [True]
     assert not mem.page_in_use(a)
-    assert mem.refcount[a] == 0
+    assert refcount(mem, a) == 0
 
 
 def test_register_and_unregister_movable_ops(mem):
@@ -800,6 +831,7 @@ def test_register_and_unregister_movable_ops(mem):
 # descriptors: proportional to frames used, not to capacity
 
 
+@pytest.mark.model_only(reason="about the model's descriptor arrays")
 def test_descriptors_grow_with_the_high_water_mark_only():
     capacity = 1 << 20  # 4 GiB of address space
     m = Memory(capacity=capacity)
@@ -845,22 +877,28 @@ def test_used_pfns_is_ascending_and_exact(mem):
 # frames and real memory
 
 
-def test_frame_is_a_writable_view_of_the_arena(mem):
+def test_frame_is_a_writable_view_of_the_arena(mem, impl):
     a, b = mem.alloc_pages(2)
     fa = mem.frame(a)
     assert len(fa) == PAGE_SIZE
     assert not fa.readonly
     fa[:5] = b"hello"
     fa[-1] = 0x7F
-    assert mem.arena[a * PAGE_SIZE : a * PAGE_SIZE + 5] == b"hello"
-    assert mem.arena[(a + 1) * PAGE_SIZE - 1] == 0x7F
+    # a later look at the frame sees what was written through the view
+    assert bytes(mem.frame(a)[:5]) == b"hello"
+    assert mem.frame(a)[PAGE_SIZE - 1] == 0x7F
+    if isinstance(mem, model.Memory):  # and it is the arena, at the frame's offset
+        assert mem.arena[a * PAGE_SIZE : a * PAGE_SIZE + 5] == b"hello"
+        assert mem.arena[(a + 1) * PAGE_SIZE - 1] == 0x7F
     mem.frame(b)[:5] = b"world"
     assert bytes(mem.frame(a)[:5]) == b"hello"  # frames do not overlap
-    assert mem.arena[b * PAGE_SIZE : b * PAGE_SIZE + 5] == b"world"
+    assert bytes(mem.frame(b)[:5]) == b"world"
+    if isinstance(mem, model.Memory):
+        assert mem.arena[b * PAGE_SIZE : b * PAGE_SIZE + 5] == b"world"
     fa.release()
 
 
-def test_frame_of_a_free_or_unknown_pfn_raises(mem):
+def test_frame_of_a_free_or_unknown_pfn_raises(mem, impl):
     a = mem.alloc_page()
     mem.free_page(a)
     with pytest.raises(PageStateError):
@@ -881,13 +919,15 @@ TOUCH_BYTES = N_TOUCH * PAGE_SIZE
 
 
 def _touch(m: Memory, pfns: list[int]) -> None:
-    buf = m.buf
+    """Write the first and last byte of each frame, through its view."""
     for p in pfns:
-        buf[p * PAGE_SIZE] = 0xA5
-        buf[p * PAGE_SIZE + PAGE_SIZE - 1] = 0x5A
+        view = m.frame(p)
+        view[0] = 0xA5
+        view[PAGE_SIZE - 1] = 0x5A
+        view.release()
 
 
-def test_freed_and_drained_frames_give_memory_back():
+def test_freed_and_drained_frames_give_memory_back(impl):
     m = Memory(capacity=1 << 16)
     try:
         base = _rss()
@@ -914,20 +954,21 @@ def test_freed_and_drained_frames_give_memory_back():
         m.close()
 
 
-def test_close_gives_the_arena_back():
+def test_close_gives_the_arena_back(impl):
     m = Memory(capacity=1 << 16)
     base = _rss()
     _touch(m, m.alloc_pages(N_TOUCH))
     assert _rss() - base >= 0.7 * TOUCH_BYTES
     m.close()
     assert _rss() - base <= 0.3 * TOUCH_BYTES
-    assert m.arena.closed
-    with pytest.raises(ValueError):
-        m.buf[0]  # the views are released
+    if isinstance(m, model.Memory):
+        assert m.arena.closed
+        with pytest.raises(ValueError):
+            m.buf[0]  # the views are released
     m.close()  # idempotent
 
 
-def test_close_with_a_frame_view_still_held():
+def test_close_with_a_frame_view_still_held(impl):
     m = Memory(capacity=1 << 16)
     base = _rss()
     pfns = m.alloc_pages(N_TOUCH)

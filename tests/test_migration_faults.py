@@ -16,7 +16,10 @@ import pytest
 
 from helpers import pattern
 from zsmalloc import Memory, Pool
+from zsmalloc.debug import snapshot
 from zsmalloc.mm import MigrateMode
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 PROTOCOLS = ["mainline", "2016"]
 REQ = 1560  # class 96: 5 pages, 13 objects
@@ -69,7 +72,7 @@ def test_destination_failure_puts_the_page_back(filled):
     for h, (pfn, idx) in where.items():
         assert pool.locate(h) == (res.moved.get(pfn, pfn), idx)
     if pool.migration == "2016":
-        assert not any(pool._zs_isolated)
+        assert not any(zs["isolated"] for zs in snapshot(pool)["zspages"].values())
     verify(pool, data)
     assert mem.nr_used == pool.total_pages
 

@@ -9,6 +9,9 @@
 - "2016-v3" (the reviewed patch's race) is caught, with the expected minimal
   sequence and check()'s message; the set of failing interleavings is exactly
   the one predicted here by hand.
+- All of that on both implementations (the model and the engine), and v3's
+  minimal failing sequence and the set of failing interleavings are the
+  same on both.
 - With Pool.check sabotaged, the other checks catch v3 only where its damage
   reaches an allocation (during the run, or in the end-of-run probe); in the
   plain seed race the damage is a counter of a freed zspage id, which only
@@ -24,10 +27,11 @@ from collections import Counter
 
 import pytest
 
-from zsmalloc import Pool
+from zsmalloc import engine, model
 from zsmalloc import protocheck as pc
 
 GOOD = ("mainline", "2016")
+BACKENDS = tuple(pc.BACKENDS)
 
 
 def expected_interleavings(scenario: pc.Scenario) -> int:
@@ -40,8 +44,8 @@ def expected_interleavings(scenario: pc.Scenario) -> int:
 
 
 @functools.cache
-def exhaustive(name: str, protocol: str) -> pc.Report:
-    return pc.explore_exhaustive(pc.SCENARIOS[name], protocol)
+def exhaustive(name: str, protocol: str, backend: str = "model") -> pc.Report:
+    return pc.explore_exhaustive(pc.SCENARIOS[name], protocol, backend=backend)
 
 
 def positions(schedule: tuple[int, ...]) -> dict[tuple[int, int], int]:
@@ -91,11 +95,12 @@ def test_builtin_scenarios_cover_the_brief():
 # the good protocols hold
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("protocol", GOOD)
 @pytest.mark.parametrize("name", pc.EXHAUSTIVE)
-def test_builtin_scenario_exhaustive_finds_nothing(name, protocol):
+def test_builtin_scenario_exhaustive_finds_nothing(name, protocol, backend):
     scenario = pc.SCENARIOS[name]
-    report = exhaustive(name, protocol)
+    report = exhaustive(name, protocol, backend)
     want = expected_interleavings(scenario)
     assert want > 1
     assert report.interleavings == want
@@ -106,11 +111,12 @@ def test_builtin_scenario_exhaustive_finds_nothing(name, protocol):
     assert report.idle_steps() == [], f"steps never exercised in {name}: {report.idle_steps()}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("protocol", GOOD)
-def test_random_exploration_of_stress_finds_nothing(protocol):
+def test_random_exploration_of_stress_finds_nothing(protocol, backend):
     scenario = pc.SCENARIOS["stress"]
     assert len(scenario.actors) >= 3
-    report = pc.explore_random(scenario, protocol, n=200, seed=0)
+    report = pc.explore_random(scenario, protocol, n=200, seed=0, backend=backend)
     assert report.interleavings == 200
     assert report.possible == expected_interleavings(scenario) > 10_000
     assert report.failing == 0, report.render()
@@ -136,11 +142,12 @@ def test_exhaustive_refuses_a_scenario_too_big():
 # teeth: the reviewed patch (v3)
 
 
-def test_v3_seed_race_is_caught_with_a_minimal_sequence():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v3_seed_race_is_caught_with_a_minimal_sequence(backend):
     """The race as reported: the page is isolated, zs_free empties its zspage and destroys it.
     check() sees it at that very step: an isolated page still names a freed zspage (the
     putback that would follow then works on a zspage that no longer exists)."""
-    report = exhaustive("seed-race", "2016-v3")
+    report = exhaustive("seed-race", "2016-v3", backend)
     assert report.interleavings == expected_interleavings(pc.SCENARIOS["seed-race"]) == 90
     assert report.failing > 0
     assert not report.ok
@@ -162,7 +169,8 @@ def test_v3_seed_race_is_caught_with_a_minimal_sequence():
     assert "FAILED after step 3, pool.check(): CorruptionError" in text
 
 
-def test_v3_fails_exactly_where_predicted():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_v3_fails_exactly_where_predicted(backend):
     """Fails iff the page is isolated (by vm or vm2) when the user's last free empties the
     zspage: v3's zs_free then destroys a zspage with an isolated page.  An isolation is refused
     while the other actor holds the page, after the zspage emptied, and after vm2 migrated the
@@ -188,16 +196,18 @@ def test_v3_fails_exactly_where_predicted():
                 if holder is not None:
                     predicted.add(schedule)
                     break
-    report = exhaustive("seed-race", "2016-v3")
+    report = exhaustive("seed-race", "2016-v3", backend)
     assert set(report.failed) == predicted
     assert len(predicted) == 36
 
 
-@pytest.mark.parametrize(
-    "name", ["seed-race-reuse", "seed-race-aftermath", "two-pages", "malloc-reuses-empty"]
-)
-def test_v3_is_caught_in_other_scenarios(name):
-    report = exhaustive(name, "2016-v3")
+V3_CAUGHT = ["seed-race-reuse", "seed-race-aftermath", "two-pages", "malloc-reuses-empty"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", V3_CAUGHT)
+def test_v3_is_caught_in_other_scenarios(name, backend):
+    report = exhaustive(name, "2016-v3", backend)
     assert report.interleavings == expected_interleavings(pc.SCENARIOS[name])
     assert report.failing > 0
     assert report.minimal is not None and report.minimal.failure is not None
@@ -208,22 +218,37 @@ def test_v3_is_caught_in_other_scenarios(name):
 # teeth without check(): what the read-back, the leak check and the probe see
 
 
-@pytest.fixture
-def no_check(monkeypatch):
-    monkeypatch.setattr(Pool, "check", lambda self: None)
+@pytest.mark.parametrize("name", ["seed-race", *V3_CAUGHT, "deferred-vs-migration"])
+def test_v3_fails_the_same_way_on_both_implementations(name):
+    """The engine follows the model step for step: the same interleavings fail, and the minimal
+    failing sequence is the same trace (steps, results, page counts) with the same message."""
+    model_report, engine_report = (exhaustive(name, "2016-v3", b) for b in ("model", "engine"))
+    assert model_report.failing > 0
+    assert engine_report.failed == model_report.failed
+    assert engine_report.kinds == model_report.kinds
+    minimal = [r.to_dict()["minimal_failing_sequence"] for r in (model_report, engine_report)]
+    assert minimal[0] == minimal[1]
+
+
+@pytest.fixture(params=BACKENDS)
+def no_check(request, monkeypatch):
+    """check() sabotaged, on one implementation; the test explores on that one."""
+    impl = {"model": model, "engine": engine}[request.param]
+    monkeypatch.setattr(impl.Pool, "check", lambda self: None)
+    return request.param
 
 
 def test_without_check_the_plain_seed_race_goes_unseen(no_check):
     """The v3 damage in the plain race is a counter of a zspage id already freed (-1 isolated
     pages); no object, page or frame is wrong, and the next zspage built on that id resets it.
     Only check() sees it: read-back, the leak check and the probe do not."""
-    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race"], "2016-v3")
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race"], "2016-v3", backend=no_check)
     assert report.interleavings == 90
     assert report.failing == 0
 
 
 def test_without_check_v3_is_caught_when_the_user_goes_on(no_check):
-    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-aftermath"], "2016-v3")
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-aftermath"], "2016-v3", backend=no_check)
     assert report.failing > 0
     run = report.minimal
     assert run is not None and run.failure is not None
@@ -234,7 +259,7 @@ def test_without_check_v3_is_caught_when_the_user_goes_on(no_check):
 
 
 def test_without_check_v3_is_caught_by_the_end_of_run_probe(no_check):
-    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-reuse"], "2016-v3")
+    report = pc.explore_exhaustive(pc.SCENARIOS["seed-race-reuse"], "2016-v3", backend=no_check)
     assert report.failing > 0
     assert set(report.kinds) == {"end of run, step raised"}
     run = report.minimal
@@ -245,8 +270,9 @@ def test_without_check_v3_is_caught_by_the_end_of_run_probe(no_check):
 
 
 def test_map_check_catches_migration_that_ignores_readers(monkeypatch):
-    """Mainline with a zspage write-trylock that ignores readers: a page moves under a mapping."""
-    monkeypatch.setattr(Pool, "zspage_write_trylock", lambda self, zid: True)
+    """Mainline with a zspage write-trylock that ignores readers: a page moves under a mapping
+    (a mutant of the model's Python; the engine's callbacks cannot be swapped from Python)."""
+    monkeypatch.setattr(model.Pool, "zspage_write_trylock", lambda self, zid: True)
     report = pc.explore_exhaustive(pc.SCENARIOS["map-vs-migration"], "mainline")
     assert report.failing > 0
     assert report.minimal is not None and report.minimal.failure is not None

@@ -11,12 +11,14 @@ in between.  After every step: ``pool.check()`` and a byte-exact read-back of
 every live object.  At the end: locks dropped, isolated pages put back, the
 deferred free flushed, everything freed, and no page or frame may be left.
 
-Everything runs in this thread: the pool's worker is replaced by a recorder
-(the deferred free runs only as the ``flush`` rule), and any attempt to sleep
-on a page lock raises instead of hanging.  A step that would sleep on a lock
-the machine holds is not enabled (its precondition).
+Everything runs in this thread: the pool is made with ``background_work=False``
+(the deferred free runs only as the ``flush`` rule), and its Memory with
+``sleep_on_page_lock=False`` (any attempt to sleep on a page lock raises
+WouldSleepError instead of hanging).  A step that would sleep on a lock the
+machine holds is not enabled (its precondition).
 
-The machine has teeth: run against "2016-v3" it fails.
+Every machine runs on the model and on the engine.  It has teeth: run against
+"2016-v3" it fails, on both.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from zsmalloc import CorruptionError, Memory, Pool
-from zsmalloc.mm import MigrateMode, PG_locked
+from zsmalloc import CorruptionError, engine, model
+from zsmalloc.mm import MigrateMode
 
 SIZES = [3064, 3064, 3000, 200]  # 3064 and 3000: class 190 (3 pages, 4 objects per zspage)
 MAX_OBJECTS = 6  # few live objects: zspages empty often, also while a page of theirs is isolated
@@ -55,34 +57,19 @@ def payload(seed: int, n: int) -> bytes:
     return random.Random(seed).randbytes(n)
 
 
-class WouldSleep(RuntimeError):
-    pass
-
-
 class ProtocolMachine(RuleBasedStateMachine):
     PROTOCOL = "mainline"
+    IMPL = model
 
     def __init__(self) -> None:
         super().__init__()
-        self.memory = Memory(capacity=256)
-        self.pool = Pool(name="sm-proto", chain_size=4, memory=self.memory, migration=self.PROTOCOL)
-        self.kicks: list[str] = []
-        self.pool._schedule_work = self.kicks.append  # no worker thread: flush() runs it
-        self.memory.lock_page = self._lock_page
-        self.memory.wait_on_page_locked = self._wait_on_page_locked
+        self.memory = self.IMPL.Memory(capacity=256, sleep_on_page_lock=False)
+        self.pool = self.IMPL.Pool(
+            name="sm-proto", chain_size=4, memory=self.memory, migration=self.PROTOCOL, background_work=False
+        )
         self.model: dict[int, bytes] = {}
         self.isolated: set[int] = set()
         self.locked: set[int] = set()
-
-    def _lock_page(self, pfn: int, timeout: float | None = None) -> bool:
-        if self.memory.flags[pfn] & PG_locked:
-            raise WouldSleep(f"lock_page({pfn}) would sleep forever in one thread")
-        return Memory.lock_page(self.memory, pfn, timeout)
-
-    def _wait_on_page_locked(self, pfn: int, timeout: float | None = None) -> bool:
-        if self.memory.flags[pfn] & PG_locked:
-            raise WouldSleep(f"wait_on_page_locked({pfn}) would sleep forever in one thread")
-        return True
 
     # -- the user ---------------------------------------------------------
 
@@ -173,8 +160,8 @@ class ProtocolMachine(RuleBasedStateMachine):
     @precondition(lambda self: not self.locked)  # the deferred free sleeps on page locks
     @rule()
     def flush(self):
-        self.kicks.clear()
         self.pool.flush_deferred()
+        assert "free" not in self.pool.pending_work
 
     @rule()
     def mm_compact(self):
@@ -216,26 +203,24 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.memory.close()
 
 
-class MainlineMachine(ProtocolMachine):
-    PROTOCOL = "mainline"
+def machine(protocol: str, impl) -> type[ProtocolMachine]:
+    name = f"{protocol.replace('-', '_')}_{impl.__name__.rsplit('.', 1)[-1]}"
+    return type(f"Machine_{name}", (ProtocolMachine,), {"PROTOCOL": protocol, "IMPL": impl})
 
 
-class Seed2016Machine(ProtocolMachine):
-    PROTOCOL = "2016"
-
-
-class BrokenV3Machine(ProtocolMachine):
-    PROTOCOL = "2016-v3"
-
-
-TestMainline = MainlineMachine.TestCase
+TestMainline = machine("mainline", model).TestCase
 TestMainline.settings = SETTINGS
-Test2016 = Seed2016Machine.TestCase
+Test2016 = machine("2016", model).TestCase
 Test2016.settings = SETTINGS
+TestMainlineEngine = machine("mainline", engine).TestCase
+TestMainlineEngine.settings = SETTINGS
+Test2016Engine = machine("2016", engine).TestCase
+Test2016Engine.settings = SETTINGS
 
 
-def test_the_machine_catches_v3():
+@pytest.mark.parametrize("impl", [model, engine], ids=["model", "engine"])
+def test_the_machine_catches_v3(impl):
     """The same rules against the reviewed patch: isolate, free the zspage empty, put back."""
     quick = settings(SETTINGS, max_examples=400, phases=[Phase.generate], report_multiple_bugs=False)
     with pytest.raises(CorruptionError, match="isolated"):
-        run_state_machine_as_test(BrokenV3Machine, settings=quick)
+        run_state_machine_as_test(machine("2016-v3", impl), settings=quick)

@@ -46,6 +46,7 @@ from zsmalloc.errors import (
     PageStateError,
     PoolClosedError,
     PoolFullError,
+    WouldSleepError,
     ZsmallocError,
 )
 from zsmalloc.pool import (
@@ -89,6 +90,7 @@ __all__ = [
     "PoolClosedError",
     "PoolFullError",
     "PoolStats",
+    "WouldSleepError",
     "ZsmallocError",
     "__version__",
     "backend",

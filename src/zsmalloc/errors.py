@@ -36,6 +36,11 @@ class PageStateError(ZsmallocError, RuntimeError):
     """A page-descriptor operation that the page's state does not allow (double free, bad unlock)."""
 
 
+class WouldSleepError(ZsmallocError, RuntimeError):
+    """A page-lock wait on a ``Memory(sleep_on_page_lock=False)``: the page is locked, and
+    the caller (a single-threaded checker) asked to be told instead of sleeping."""
+
+
 class PoolClosedError(ZsmallocError, RuntimeError):
     """The pool was closed; its memory is gone."""
 

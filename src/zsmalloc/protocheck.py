@@ -111,6 +111,7 @@ the step constructors (:func:`isolate`, :func:`free`, ...).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import random
@@ -122,12 +123,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from zsmalloc.errors import CorruptionError
-from zsmalloc.mm import Memory, MigrateMode, PG_locked
-from zsmalloc.pool import Pool
+from zsmalloc import engine, model
+from zsmalloc.debug import snapshot
+from zsmalloc.errors import CorruptionError, WouldSleepError
+from zsmalloc.mm import PAGE_SIZE, MigrateMode
 from zsmalloc.pool.migrate import PROTOCOLS
+from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
 
 __all__ = [
+    "BACKENDS",
     "SCENARIOS",
     "Actor",
     "Failure",
@@ -165,8 +169,14 @@ __all__ = [
 NOOP = "no-op: "
 
 
-class WouldSleep(RuntimeError):
+class WouldSleep(WouldSleepError):
     """A step tried to sleep on a page lock that only another (suspended) actor can release."""
+
+
+#: the implementations a scenario runs on: the model and the engine
+BACKENDS = {"model": model, "engine": engine}
+#: the implementation the next World is built on (set by execute for its setup)
+_backend: contextvars.ContextVar[str] = contextvars.ContextVar("protocheck_backend", default="model")
 
 
 # ----------------------------------------------------------------------
@@ -298,17 +308,24 @@ class World:
     work on.  Steps are run with :meth:`do`; :meth:`verify` checks the pool.
     """
 
-    def __init__(self, protocol: str, *, chain_size: int = 4, capacity: int = 128) -> None:
+    def __init__(
+        self, protocol: str, *, chain_size: int = 4, capacity: int = 128, backend: str | None = None
+    ) -> None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, not {protocol!r}")
         self.protocol = protocol
-        self.memory = Memory(capacity=capacity)
-        self.pool = Pool(name="protocheck", chain_size=chain_size, memory=self.memory, migration=protocol)
-        #: background work the pool asked for ("free", "compact"); run by flush() steps
-        self.work_requested: list[str] = []
-        self.pool._schedule_work = self.work_requested.append  # no worker thread: determinism
-        self.memory.lock_page = self._lock_page_nosleep
-        self.memory.wait_on_page_locked = self._wait_nosleep
+        self.backend = _backend.get() if backend is None else backend
+        impl = BACKENDS[self.backend]
+        # one thread runs every actor: a wait for a page lock raises instead of
+        # sleeping forever, and the pool starts no worker (flush() steps run it)
+        self.memory = impl.Memory(capacity=capacity, sleep_on_page_lock=False)
+        self.pool = impl.Pool(
+            name="protocheck",
+            chain_size=chain_size,
+            memory=self.memory,
+            migration=protocol,
+            background_work=False,
+        )
 
         self.handles: dict[str, int] = {}
         self.sizes: dict[str, int] = {}
@@ -322,18 +339,6 @@ class World:
         self.maps: dict[str, _Mapping] = {}
         #: every size malloc'd, for the end-of-run probe
         self.sizes_used: set[int] = set()
-
-    # -- no sleeping in a single thread ---------------------------------
-
-    def _lock_page_nosleep(self, pfn: int, timeout: float | None = None) -> bool:
-        if self.memory.flags[pfn] & PG_locked:
-            raise WouldSleep(f"lock_page({pfn}) would sleep: {self._holder(pfn)} holds the page lock")
-        return Memory.lock_page(self.memory, pfn, timeout)
-
-    def _wait_nosleep(self, pfn: int, timeout: float | None = None) -> bool:
-        if self.memory.flags[pfn] & PG_locked:
-            raise WouldSleep(f"wait_on_page_locked({pfn}) would sleep: {self._holder(pfn)} holds the lock")
-        return True
 
     def _holder(self, pfn: int) -> str:
         return self.locked.get(pfn, "nobody the model knows of")
@@ -383,10 +388,10 @@ class World:
             if holder is not None and holder != actor:
                 return f"page {step.target} (pfn {pfn}) is locked by {holder}"
         elif op == "flush":
-            pool = self.pool
-            for cls in pool.classes:
-                for zid in cls.fullness_list[0]:
-                    for pfn in pool.zspage_pages(zid):
+            snap = snapshot(self.pool)
+            for cls in snap["classes"]:
+                for zid in cls["fullness"][0]:
+                    for pfn in snap["zspages"][zid]["pages"]:
                         if pfn in self.locked:
                             return f"pfn {pfn} of empty zspage {zid} is locked by {self.locked[pfn]}"
         elif op in ("free", "write") and step.target in self.maps and self.maps[step.target].actor != actor:
@@ -497,10 +502,19 @@ class World:
         h = self.handles[name]
         cm = self.pool.map(h)
         view = cm.__enter__()
-        in_place = view.obj is self.memory.arena  # else a copy: the object spans two pages
+        in_place = self._in_one_page(h)  # mapped in place; else a copy: the object spans two pages
         self.maps[name] = _Mapping(actor, cm, view, bytes(view), self.pool.locate(h), in_place)
         how = "in place" if in_place else "copied: it spans two pages"
         return f"mapped {name} ({len(view)} bytes, {how})", True
+
+    def _in_one_page(self, h: int) -> bool:
+        """Does the object lie inside one page (so that map() gives a view of the page itself)?"""
+        snap = snapshot(self.pool)
+        pfn, idx = self.pool.locate(h)
+        index = snap["zspages"][snap["pages"][pfn]["private"]]["class"]
+        cls = next(c for c in snap["classes"] if c["index"] == index)
+        start = (idx * cls["size"]) % PAGE_SIZE + (0 if cls["huge"] else ZS_HANDLE_SIZE)
+        return start + self.pool.handle_size(h) <= PAGE_SIZE
 
     def _do_map_end(self, step: Step, actor: str = "") -> tuple[str, bool]:
         name = step.target
@@ -527,8 +541,7 @@ class World:
         return f"zs_compact moved {moved} objects, freed {freed} pages", bool(moved or freed)
 
     def _do_flush(self, step: Step, actor: str = "") -> tuple[str, bool]:
-        asked = ", ".join(self.work_requested) or "nothing"
-        self.work_requested.clear()
+        asked = ", ".join(self.pool.pending_work) or "nothing"
         n = self.pool.flush_deferred()
         return f"deferred free (requested: {asked}) freed {n} zspages", n > 0
 
@@ -719,10 +732,14 @@ class Run:
         return "\n".join(lines)
 
 
-def execute(scenario: Scenario, protocol: str, schedule: Sequence[int]) -> Run:
-    """Run one schedule (the actor to run at each turn) on a fresh setup."""
+def execute(scenario: Scenario, protocol: str, schedule: Sequence[int], backend: str = "model") -> Run:
+    """Run one schedule (the actor to run at each turn) on a fresh setup, on ``backend``."""
     run = Run(tuple(schedule))
-    world = scenario.setup(protocol)
+    token = _backend.set(backend)
+    try:
+        world = scenario.setup(protocol)
+    finally:
+        _backend.reset(token)
     try:
         _validate(scenario, world)
     except ValueError:
@@ -877,6 +894,7 @@ class Report:
     scenario: Scenario
     protocol: str
     mode: str  # "exhaustive" or "random (n, seed)"
+    backend: str = "model"
     interleavings: int = 0  # schedules run
     possible: int = 0  # the multinomial: all interleavings there are
     executions: int = 0  # distinct executed step sequences among them
@@ -931,6 +949,7 @@ class Report:
         return {
             "scenario": self.scenario.name,
             "protocol": self.protocol,
+            "backend": self.backend,
             "mode": self.mode,
             "interleavings": self.interleavings,
             "possible": self.possible,
@@ -945,7 +964,8 @@ class Report:
     def render(self) -> str:
         sc = self.scenario
         lines = [
-            f"scenario {sc.name!r}, protocol {self.protocol!r}, {self.mode}: {sc.description}",
+            f"scenario {sc.name!r}, protocol {self.protocol!r}, on the {self.backend}, {self.mode}: "
+            f"{sc.description}",
             "actors: " + "; ".join(f"{a.name}: " + ", ".join(map(str, a.steps)) for a in sc.actors),
             f"{self.interleavings} of {self.possible} interleavings run "
             f"({self.executions} distinct executions) in {self.seconds:.2f} s: "
@@ -961,12 +981,16 @@ class Report:
         return "\n".join(lines)
 
 
-def _explore(scenario: Scenario, protocol: str, schedules: Iterator[tuple[int, ...]], mode: str) -> Report:
-    report = Report(scenario, protocol, mode, possible=multinomial(scenario.lengths))
+def _explore(
+    scenario: Scenario, protocol: str, schedules: Iterator[tuple[int, ...]], mode: str, backend: str
+) -> Report:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, not {backend!r}")
+    report = Report(scenario, protocol, mode, backend, possible=multinomial(scenario.lengths))
     seen: set[tuple[tuple[str, str], ...]] = set()
     t0 = time.perf_counter()
     for schedule in schedules:
-        run = execute(scenario, protocol, schedule)
+        run = execute(scenario, protocol, schedule, backend)
         seen.add(run.executed)
         report.add(run)
     report.executions = len(seen)
@@ -974,7 +998,9 @@ def _explore(scenario: Scenario, protocol: str, schedules: Iterator[tuple[int, .
     return report
 
 
-def explore_exhaustive(scenario: Scenario, protocol: str = "mainline", *, limit: int = 20_000) -> Report:
+def explore_exhaustive(
+    scenario: Scenario, protocol: str = "mainline", *, limit: int = 20_000, backend: str = "model"
+) -> Report:
     """Run every interleaving of the scenario's actors, each on a fresh setup."""
     total = multinomial(scenario.lengths)
     if total > limit:
@@ -982,10 +1008,12 @@ def explore_exhaustive(scenario: Scenario, protocol: str = "mainline", *, limit:
             f"scenario {scenario.name!r} has {total} interleavings, more than limit={limit}: "
             "use explore_random, or raise the limit"
         )
-    return _explore(scenario, protocol, interleavings(scenario.lengths), "exhaustive")
+    return _explore(scenario, protocol, interleavings(scenario.lengths), "exhaustive", backend)
 
 
-def explore_random(scenario: Scenario, protocol: str = "mainline", n: int = 200, seed: int = 0) -> Report:
+def explore_random(
+    scenario: Scenario, protocol: str = "mainline", n: int = 200, seed: int = 0, *, backend: str = "model"
+) -> Report:
     """Run ``n`` interleavings drawn uniformly at random (seeded: the same ones every time)."""
     rng = random.Random(seed)
     base = [a for a, k in enumerate(scenario.lengths) for _ in range(k)]
@@ -996,7 +1024,7 @@ def explore_random(scenario: Scenario, protocol: str = "mainline", n: int = 200,
             rng.shuffle(seq)
             yield tuple(seq)
 
-    return _explore(scenario, protocol, draws(), f"random ({n} interleavings, seed {seed})")
+    return _explore(scenario, protocol, draws(), f"random ({n} interleavings, seed {seed})", backend)
 
 
 # ----------------------------------------------------------------------
@@ -1207,12 +1235,18 @@ def run_named(
     seed: int = 0,
     echo: Callable[[str], object] = print,
     as_json: bool = False,
+    backend: str = "both",
 ) -> int:
     """Explore a built-in scenario (or "all") and print the report; 0 if nothing failed, else 1.
 
     The entry point of ``zsmalloc protocheck``; ``as_json`` prints one JSON
-    list of :meth:`Report.to_dict` instead of the text.
+    list of :meth:`Report.to_dict` instead of the text.  ``backend`` is
+    "model", "engine" or "both" (each scenario on the model, then on the
+    engine).
     """
+    backends = list(BACKENDS) if backend == "both" else [backend]
+    if not set(backends) <= set(BACKENDS):
+        raise ValueError(f"backend must be one of {(*BACKENDS, 'both')}, not {backend!r}")
     if name == "all":
         names = list(EXHAUSTIVE if exhaustive else SCENARIOS)
     elif name in SCENARIOS:
@@ -1221,9 +1255,13 @@ def run_named(
         raise ValueError(f"unknown scenario {name!r}; the scenarios are {', '.join(SCENARIOS)} (or 'all')")
     status = 0
     reports = []
-    for i, sc_name in enumerate(names):
+    runs = [(sc_name, b) for sc_name in names for b in backends]
+    for i, (sc_name, b) in enumerate(runs):
         sc = SCENARIOS[sc_name]
-        report = explore_exhaustive(sc, protocol) if exhaustive else explore_random(sc, protocol, n, seed)
+        if exhaustive:
+            report = explore_exhaustive(sc, protocol, backend=b)
+        else:
+            report = explore_random(sc, protocol, n, seed, backend=b)
         reports.append(report.to_dict())
         if not as_json:
             if i:

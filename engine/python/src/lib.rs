@@ -35,8 +35,8 @@ use zsmalloc_core::pool::{ClassRule, CompactPolicy, Mapped, Pool, PoolConfig, Po
 // ----------------------------------------------------------------------
 // errors
 
-static ERRORS: [PyOnceLock<Py<PyAny>>; 7] = [const { PyOnceLock::new() }; 7];
-const ERROR_NAMES: [&str; 7] = [
+static ERRORS: [PyOnceLock<Py<PyAny>>; 8] = [const { PyOnceLock::new() }; 8];
+const ERROR_NAMES: [&str; 8] = [
     "InvalidSizeError",
     "InvalidHandleError",
     "PoolFullError",
@@ -44,6 +44,7 @@ const ERROR_NAMES: [&str; 7] = [
     "OutOfFramesError",
     "PageStateError",
     "CorruptionError",
+    "WouldSleepError",
 ];
 
 fn zs_error(py: Python<'_>, which: usize, msg: String) -> PyErr {
@@ -63,6 +64,7 @@ fn mm_err(py: Python<'_>, e: MmError) -> PyErr {
         MmError::OutOfFrames(m) => zs_error(py, 4, m),
         MmError::PageState(m) => zs_error(py, 5, m),
         MmError::Invalid(m) => PyValueError::new_err(m),
+        MmError::WouldSleep(m) => zs_error(py, 7, m),
     }
 }
 
@@ -74,6 +76,43 @@ fn pool_err(py: Python<'_>, e: PoolError) -> PyErr {
         PoolError::PoolClosed(m) => zs_error(py, 3, m),
         PoolError::Value(m) => PyValueError::new_err(m),
         PoolError::Mm(e) => mm_err(py, e),
+    }
+}
+
+/// Run `f`, turning a panic into CorruptionError and poisoning `poisoned`.
+///
+/// The core asserts its bounds rather than read or write outside what it
+/// owns, so a panic means an invariant broke (an engine bug, or the damage
+/// of the deliberately broken 2016-v3 protocol): the structures may be half
+/// updated, so the pool (or the Memory) refuses every later call.
+fn guard<T>(
+    py: Python<'_>,
+    poisoned: &[&AtomicBool],
+    what: &str,
+    f: impl FnOnce() -> PyResult<T>,
+) -> PyResult<T> {
+    if poisoned.iter().any(|p| p.load(Ordering::Acquire)) {
+        return Err(zs_error(
+            py,
+            6,
+            format!("{what}: an earlier call found the engine's state broken; this pool refuses further use"),
+        ));
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            poisoned[0].store(true, Ordering::Release);
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|m| m.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".into());
+            Err(zs_error(
+                py,
+                6,
+                format!("{what}: the engine's state is broken ({msg}); it refuses further use"),
+            ))
+        }
     }
 }
 
@@ -204,6 +243,7 @@ fn physical_pages() -> usize {
 #[pyclass(module = "zsmalloc._engine", name = "Memory", frozen, subclass)]
 pub struct PyMemory {
     inner: Arc<Memory>,
+    poisoned: AtomicBool,
     /// movable-page owners written in Python, kept alive while registered
     py_owners: std::sync::Mutex<Vec<(u8, Arc<PyOwner>)>>,
 }
@@ -302,8 +342,9 @@ fn migrate_result<'py>(
 #[pymethods]
 impl PyMemory {
     #[new]
-    #[pyo3(signature = (capacity = None, *, pcp_high = PCP_HIGH as i64, pcp_batch = PCP_BATCH as i64))]
-    fn new(capacity: Option<i64>, pcp_high: i64, pcp_batch: i64) -> PyResult<Self> {
+    #[pyo3(signature = (capacity = None, *, pcp_high = PCP_HIGH as i64, pcp_batch = PCP_BATCH as i64,
+                        sleep_on_page_lock = true))]
+    fn new(capacity: Option<i64>, pcp_high: i64, pcp_batch: i64, sleep_on_page_lock: bool) -> PyResult<Self> {
         let capacity = capacity.unwrap_or(physical_pages() as i64);
         if capacity < 1 {
             return Err(PyValueError::new_err(format!(
@@ -314,8 +355,13 @@ impl PyMemory {
             return Err(PyValueError::new_err("pcp_high must be >= 0 and pcp_batch > 0"));
         }
         let mem = Memory::new(capacity as usize, pcp_high as usize, pcp_batch as usize)
-            .map_err(|e| Python::attach(|py| mm_err(py, e)))?;
-        Ok(PyMemory { inner: Arc::new(mem), py_owners: std::sync::Mutex::new(Vec::new()) })
+            .map_err(|e| Python::attach(|py| mm_err(py, e)))?
+            .with_sleep_on_page_lock(sleep_on_page_lock);
+        Ok(PyMemory {
+            inner: Arc::new(mem),
+            poisoned: AtomicBool::new(false),
+            py_owners: std::sync::Mutex::new(Vec::new()),
+        })
     }
 
     // ------------------------------------------------------------------
@@ -368,15 +414,19 @@ impl PyMemory {
 
     #[pyo3(signature = (pfn, mode = 2))]
     fn isolate_movable_page(&self, py: Python<'_>, pfn: i64, mode: i64) -> PyResult<bool> {
-        let (pfn, mode) = (pfn_arg(&self.inner, pfn)?, mode_arg(mode)?);
-        let mem = &self.inner;
-        Ok(py.detach(|| mem.isolate_movable_page(pfn, mode)))
+        guard(py, &[&self.poisoned], "isolate_movable_page", || {
+            let (pfn, mode) = (pfn_arg(&self.inner, pfn)?, mode_arg(mode)?);
+            let mem = &self.inner;
+            Ok(py.detach(|| mem.isolate_movable_page(pfn, mode)))
+        })
     }
 
     fn putback_movable_page(&self, py: Python<'_>, pfn: i64) -> PyResult<()> {
-        let pfn = pfn_arg(&self.inner, pfn)?;
-        let mem = &self.inner;
-        py.detach(|| mem.putback_movable_page(pfn)).map_err(|e| mm_err(py, e))
+        guard(py, &[&self.poisoned], "putback_movable_page", || {
+            let pfn = pfn_arg(&self.inner, pfn)?;
+            let mem = &self.inner;
+            py.detach(|| mem.putback_movable_page(pfn)).map_err(|e| mm_err(py, e))
+        })
     }
 
     #[pyo3(signature = (pfns, mode = 2, target = None, passes = NR_MIGRATE_PASSES, putback = true, lock_timeout = None))]
@@ -391,11 +441,13 @@ impl PyMemory {
         putback: bool,
         lock_timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (pfns, mode, target) = (pfns_arg(&self.inner, pfns)?, mode_arg(mode)?, target_arg(target)?);
-        let timeout = lock_timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        let mem = &self.inner;
-        let r = py.detach(|| mem.migrate_pages(&pfns, mode, target, passes, putback, timeout));
-        migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.map_err(|e| mm_err(py, e))?)
+        guard(py, &[&self.poisoned], "migrate_pages", || {
+            let (pfns, mode, target) = (pfns_arg(&self.inner, pfns)?, mode_arg(mode)?, target_arg(target)?);
+            let timeout = lock_timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+            let mem = &self.inner;
+            let r = py.detach(|| mem.migrate_pages(&pfns, mode, target, passes, putback, timeout));
+            migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.map_err(|e| mm_err(py, e))?)
+        })
     }
 
     /// Isolate, migrate, and put back what could not move, in one call.
@@ -408,12 +460,14 @@ impl PyMemory {
         target: Option<(i64, i64)>,
         passes: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (mode, target) = (mode_arg(mode)?, target_arg(target)?);
-        let mem = &self.inner;
-        // a pfn outside the arena is simply not movable: refused, as the model does
-        let pfns: Vec<u32> = pfns.into_iter().map(|p| u32::try_from(p).unwrap_or(u32::MAX)).collect();
-        let r = py.detach(|| mem.move_pages(&pfns, mode, target, passes));
-        migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.map_err(|e| mm_err(py, e))?)
+        guard(py, &[&self.poisoned], "move_pages", || {
+            let (mode, target) = (mode_arg(mode)?, target_arg(target)?);
+            let mem = &self.inner;
+            // a pfn outside the arena is simply not movable: refused, as the model does
+            let pfns: Vec<u32> = pfns.into_iter().map(|p| u32::try_from(p).unwrap_or(u32::MAX)).collect();
+            let r = py.detach(|| mem.move_pages(&pfns, mode, target, passes));
+            migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.map_err(|e| mm_err(py, e))?)
+        })
     }
 
     /// In-use, movable, not isolated frames in ``[start, end)``.
@@ -432,30 +486,34 @@ impl PyMemory {
         mode: i64,
         keep_excluded: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if start < 0 || end <= start {
-            return Err(PyValueError::new_err(format!("bad pfn range [{start}, {end})")));
-        }
-        let mode = mode_arg(mode)?;
-        let mem = &self.inner;
-        let r = py
-            .detach(|| mem.evacuate(start as usize, end as usize, mode, keep_excluded))
-            .map_err(|e| mm_err(py, e))?;
-        let obj = migrate_result(py, "zsmalloc.mm.compaction", "EvacuateResult", &r.migrate)?;
-        obj.setattr("remaining", r.remaining)?;
-        Ok(obj)
+        guard(py, &[&self.poisoned], "evacuate", || {
+            if start < 0 || end <= start {
+                return Err(PyValueError::new_err(format!("bad pfn range [{start}, {end})")));
+            }
+            let mode = mode_arg(mode)?;
+            let mem = &self.inner;
+            let r = py
+                .detach(|| mem.evacuate(start as usize, end as usize, mode, keep_excluded))
+                .map_err(|e| mm_err(py, e))?;
+            let obj = migrate_result(py, "zsmalloc.mm.compaction", "EvacuateResult", &r.migrate)?;
+            obj.setattr("remaining", r.remaining)?;
+            Ok(obj)
+        })
     }
 
     /// Move in-use movable frames down into free frames, then lower the high-water mark.
     #[pyo3(signature = (mode = 2))]
     fn compact<'py>(&self, py: Python<'py>, mode: i64) -> PyResult<Bound<'py, PyAny>> {
-        let mode = mode_arg(mode)?;
-        let mem = &self.inner;
-        let r = py.detach(|| mem.compact(mode)).map_err(|e| mm_err(py, e))?;
-        let obj = migrate_result(py, "zsmalloc.mm.compaction", "CompactResult", &r.migrate)?;
-        obj.setattr("hwm_before", r.hwm_before)?;
-        obj.setattr("hwm_after", r.hwm_after)?;
-        obj.setattr("released", r.released)?;
-        Ok(obj)
+        guard(py, &[&self.poisoned], "compact", || {
+            let mode = mode_arg(mode)?;
+            let mem = &self.inner;
+            let r = py.detach(|| mem.compact(mode)).map_err(|e| mm_err(py, e))?;
+            let obj = migrate_result(py, "zsmalloc.mm.compaction", "CompactResult", &r.migrate)?;
+            obj.setattr("hwm_before", r.hwm_before)?;
+            obj.setattr("hwm_after", r.hwm_after)?;
+            obj.setattr("released", r.released)?;
+            Ok(obj)
+        })
     }
 
     /// Migration and compaction events (like /proc/vmstat).
@@ -471,6 +529,18 @@ impl PyMemory {
     #[getter]
     fn capacity(&self) -> usize {
         self.inner.capacity()
+    }
+    #[getter]
+    fn pcp_high(&self) -> usize {
+        self.inner.pcp_high()
+    }
+    #[getter]
+    fn pcp_batch(&self) -> usize {
+        self.inner.pcp_batch()
+    }
+    #[getter]
+    fn sleep_on_page_lock(&self) -> bool {
+        self.inner.sleeps_on_page_lock()
     }
     #[getter]
     fn hwm(&self) -> usize {
@@ -574,7 +644,7 @@ impl PyMemory {
             return Ok(true);
         }
         let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        Ok(py.detach(|| mem.lock_page(pfn, timeout)))
+        py.detach(|| mem.lock_page(pfn, timeout)).map_err(|e| mm_err(py, e))
     }
 
     #[pyo3(signature = (pfn, timeout = None))]
@@ -582,7 +652,7 @@ impl PyMemory {
         let pfn = pfn_arg(&self.inner, pfn)?;
         let mem = &self.inner;
         let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        Ok(py.detach(|| mem.wait_on_page_locked(pfn, timeout)))
+        py.detach(|| mem.wait_on_page_locked(pfn, timeout)).map_err(|e| mm_err(py, e))
     }
 
     fn unlock_page(&self, py: Python<'_>, pfn: i64) -> PyResult<()> {
@@ -630,13 +700,19 @@ impl PyMemory {
         py.detach(|| mem.shrink_arena())
     }
 
-    /// A copy of one frame's 4096 bytes.
+    /// A read-write view of one frame's 4096 bytes (for tools and tests).
     fn frame<'py>(&self, py: Python<'py>, pfn: i64) -> PyResult<Bound<'py, PyAny>> {
-        let pfn = pfn_arg(&self.inner, pfn)?;
-        if !self.inner.page_in_use(pfn) {
+        if pfn < 0 || pfn >= self.inner.capacity() as i64 || !self.inner.page_in_use(pfn as u32) {
             return Err(zs_error(py, 5, format!("frame {pfn} is not in use")));
         }
-        new_bytes(py, PAGE_SIZE, |out| self.inner.copy_out((pfn as usize) << PAGE_SHIFT, out))
+        let frame = Py::new(py, Frame { mem: self.inner.clone(), pfn: pfn as u32 })?;
+        Ok(pyo3::types::PyMemoryView::from(frame.bind(py).as_any())?.into_any())
+    }
+
+    fn clear_page_movable(&self, pfn: i64) -> PyResult<()> {
+        self.inner
+            .set_flags(pfn_arg(&self.inner, pfn)?, PG_MOVABLE, false)
+            .map_err(|e| Python::attach(|py| mm_err(py, e)))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -685,6 +761,7 @@ impl PyMemory {
 #[pyclass(module = "zsmalloc._engine", name = "Pool", frozen, subclass)]
 pub struct PyPool {
     inner: Arc<Pool>,
+    poisoned: AtomicBool,
     memory: Py<PyMemory>,
     migration: String,
 }
@@ -704,7 +781,7 @@ impl PyPool {
     #[new]
     #[pyo3(signature = (name = "zsmalloc".to_string(), chain_size = 8, memory = None, max_pages = None, *,
                         class_rule = "min-waste".to_string(), migration = "mainline".to_string(),
-                        auto_compact_pages = None))]
+                        auto_compact_pages = None, background_work = true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -715,6 +792,7 @@ impl PyPool {
         class_rule: String,
         migration: String,
         auto_compact_pages: Option<i64>,
+        background_work: bool,
     ) -> PyResult<Self> {
         let Some(rule) = ClassRule::from_name(&class_rule) else {
             return Err(PyValueError::new_err(format!(
@@ -741,14 +819,15 @@ impl PyPool {
             max_pages: max_pages.map(|m| m as usize),
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
+            background_work,
         };
         let own = memory.is_none();
         let memory = match memory {
             Some(m) => m,
-            None => Py::new(py, PyMemory::new(None, PCP_HIGH as i64, PCP_BATCH as i64)?)?,
+            None => Py::new(py, PyMemory::new(None, PCP_HIGH as i64, PCP_BATCH as i64, true)?)?,
         };
         let inner = Pool::new(config, memory.get().inner.clone(), own).map_err(|e| pool_err(py, e))?;
-        Ok(PyPool { inner, memory, migration })
+        Ok(PyPool { inner, poisoned: AtomicBool::new(false), memory, migration })
     }
 
     #[getter]
@@ -820,13 +899,17 @@ impl PyPool {
 
     /// ``zs_malloc``: allocate ``size`` bytes (1..4096); return a handle, never 0.
     fn malloc(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<u64> {
-        self.inner.zs_malloc(size_arg(size)?).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "malloc", || {
+            self.inner.zs_malloc(size_arg(size)?).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// ``zs_free``: free the object; the handle becomes invalid.
     fn free(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
-        let h = handle_arg(&self.inner, handle)?;
-        self.inner.zs_free(h).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "free", || {
+            let h = handle_arg(&self.inner, handle)?;
+            self.inner.zs_free(h).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// Copy ``data`` into the object at ``offset``; it must fit in the size allocated.
@@ -838,15 +921,17 @@ impl PyPool {
         data: &Bound<'_, PyAny>,
         offset: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let h = handle_arg(&self.inner, handle)?;
-        let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
-        let result = if let Ok(b) = data.cast::<PyBytes>() {
-            self.inner.zs_obj_write(h, b.as_bytes(), offset)
-        } else {
-            let buf = BorrowedBuffer::get(data, false)?;
-            self.inner.zs_obj_write(h, buf.as_slice(), offset)
-        };
-        result.map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "write", || {
+            let h = handle_arg(&self.inner, handle)?;
+            let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
+            let result = if let Ok(b) = data.cast::<PyBytes>() {
+                self.inner.zs_obj_write(h, b.as_bytes(), offset)
+            } else {
+                let buf = BorrowedBuffer::get(data, false)?;
+                self.inner.zs_obj_write(h, buf.as_slice(), offset)
+            };
+            result.map_err(|e| pool_err(py, e))
+        })
     }
 
     /// Return ``length`` bytes of the object from ``offset`` (default: to its end).
@@ -858,11 +943,13 @@ impl PyPool {
         length: Option<&Bound<'py, PyAny>>,
         offset: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let h = handle_arg(&self.inner, handle)?;
-        let length = length.map(int_arg).transpose()?;
-        let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
-        let obj = self.inner.zs_obj_read_begin(h, offset, length, "read").map_err(|e| pool_err(py, e))?;
-        new_bytes(py, obj.len(), |out| obj.copy_to(out))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "read", || {
+            let h = handle_arg(&self.inner, handle)?;
+            let length = length.map(int_arg).transpose()?;
+            let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
+            let obj = self.inner.zs_obj_read_begin(h, offset, length, "read").map_err(|e| pool_err(py, e))?;
+            new_bytes(py, obj.len(), |out| obj.copy_to(out))
+        })
     }
 
     /// Fill the writable buffer ``buf`` from the object at ``offset``; return its length.
@@ -874,14 +961,18 @@ impl PyPool {
         buf: &Bound<'_, PyAny>,
         offset: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
-        let h = handle_arg(&self.inner, handle)?;
-        let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
-        let mut out = BorrowedBuffer::get(buf, true)?;
-        let n = out.as_slice().len();
-        let obj =
-            self.inner.zs_obj_read_begin(h, offset, Some(n as i64), "read").map_err(|e| pool_err(py, e))?;
-        obj.copy_to(out.as_mut_slice());
-        Ok(n)
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "read_into", || {
+            let h = handle_arg(&self.inner, handle)?;
+            let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
+            let mut out = BorrowedBuffer::get(buf, true)?;
+            let n = out.as_slice().len();
+            let obj = self
+                .inner
+                .zs_obj_read_begin(h, offset, Some(n as i64), "read")
+                .map_err(|e| pool_err(py, e))?;
+            obj.copy_to(out.as_mut_slice());
+            Ok(n)
+        })
     }
 
     /// Map the object for reading: ``with pool.map(h) as view`` gives a
@@ -922,20 +1013,26 @@ impl PyPool {
 
     /// The size ``malloc`` was asked for.
     fn handle_size(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let h = handle_arg(&self.inner, handle)?;
-        self.inner.handle_size(h).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "handle_size", || {
+            let h = handle_arg(&self.inner, handle)?;
+            self.inner.handle_size(h).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// (pfn of the page the object starts in, its index in the zspage).
     fn locate(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<(u32, usize)> {
-        let h = handle_arg(&self.inner, handle)?;
-        self.inner.locate(h).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "locate", || {
+            let h = handle_arg(&self.inner, handle)?;
+            self.inner.locate(h).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// The pfns of the object's zspage, head page first.
     fn zspage_pfns(&self, py: Python<'_>, handle: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
-        let h = handle_arg(&self.inner, handle)?;
-        self.inner.zspage_pfns(h).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "zspage_pfns", || {
+            let h = handle_arg(&self.inner, handle)?;
+            self.inner.zspage_pfns(h).map_err(|e| pool_err(py, e))
+        })
     }
 
     fn __len__(&self) -> usize {
@@ -946,20 +1043,22 @@ impl PyPool {
     /// call.  Then the tables give back their free tops.  The GIL is released.
     #[pyo3(signature = (policy = "ratio"))]
     fn compact(&self, py: Python<'_>, policy: &str) -> PyResult<u64> {
-        let policy = parse_policy(policy)?;
-        let pool = &self.inner;
-        if pool.is_closed() {
-            return Err(pool_err(
-                py,
-                PoolError::PoolClosed(format!("pool '{}' is closed", pool.config.name)),
-            ));
-        }
-        let freed = py.detach(|| {
-            let freed = pool.zs_compact(policy);
-            pool.trim();
-            freed
-        });
-        freed.map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "compact", || {
+            let policy = parse_policy(policy)?;
+            let pool = &self.inner;
+            if pool.is_closed() {
+                return Err(pool_err(
+                    py,
+                    PoolError::PoolClosed(format!("pool '{}' is closed", pool.config.name)),
+                ));
+            }
+            let freed = py.detach(|| {
+                let freed = pool.zs_compact(policy);
+                pool.trim();
+                freed
+            });
+            freed.map_err(|e| pool_err(py, e))
+        })
     }
 
     /// Pages compaction could free now (the shrinker's ``count_objects``).
@@ -969,27 +1068,58 @@ impl PyPool {
 
     /// Compact for the shrinker: pages freed, or -1 (SHRINK_STOP) if none.
     fn shrinker_scan(&self, py: Python<'_>) -> PyResult<i64> {
-        let pool = &self.inner;
-        if pool.is_closed() {
-            return Err(pool_err(
-                py,
-                PoolError::PoolClosed(format!("pool '{}' is closed", pool.config.name)),
-            ));
-        }
-        let freed = py.detach(|| pool.zs_compact(CompactPolicy::Ratio)).map_err(|e| pool_err(py, e))?;
-        Ok(if freed > 0 { freed as i64 } else { -1 })
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "shrinker_scan", || {
+            let pool = &self.inner;
+            if pool.is_closed() {
+                return Err(pool_err(
+                    py,
+                    PoolError::PoolClosed(format!("pool '{}' is closed", pool.config.name)),
+                ));
+            }
+            let freed = py.detach(|| pool.zs_compact(CompactPolicy::Ratio)).map_err(|e| pool_err(py, e))?;
+            Ok(if freed > 0 { freed as i64 } else { -1 })
+        })
+    }
+
+    #[getter]
+    fn background_work(&self) -> bool {
+        self.inner.config.background_work
+    }
+
+    /// Whether the background worker (deferred free, auto compaction) is running now.
+    #[getter]
+    fn worker_running(&self) -> bool {
+        self.inner.worker_running()
+    }
+
+    /// Work asked for and not yet run, with ``background_work=False``: one entry per request.
+    #[getter]
+    fn pending_work(&self) -> Vec<&'static str> {
+        self.inner.pending_work()
+    }
+
+    /// Run the work ``pending_work`` lists, in the caller (the GIL released); return what was run.
+    fn run_pending_work(&self, py: Python<'_>) -> PyResult<Vec<&'static str>> {
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "run_pending_work", || {
+            let pool = &self.inner;
+            py.detach(|| pool.run_pending_work()).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// Run the deferred free now (the GIL released); the zspages it freed.
     fn flush_deferred(&self, py: Python<'_>) -> PyResult<usize> {
-        let pool = &self.inner;
-        py.detach(|| pool.flush_deferred()).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "flush_deferred", || {
+            let pool = &self.inner;
+            py.detach(|| pool.flush_deferred()).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// The free of empty zspages left on group-0 lists, without the trim.
     fn async_free_zspage(&self, py: Python<'_>) -> PyResult<usize> {
-        let pool = &self.inner;
-        py.detach(|| pool.async_free_zspage()).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "async_free_zspage", || {
+            let pool = &self.inner;
+            py.detach(|| pool.async_free_zspage()).map_err(|e| pool_err(py, e))
+        })
     }
 
     /// Give back the table space of free handle slots and zspage ids at the top.
@@ -1000,8 +1130,10 @@ impl PyPool {
 
     /// Free every page of the pool.  Handles become invalid.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let pool = &self.inner;
-        py.detach(|| pool.close()).map_err(|e| pool_err(py, e))
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "close", || {
+            let pool = &self.inner;
+            py.detach(|| pool.close()).map_err(|e| pool_err(py, e))
+        })
     }
 
     fn _bytes_requested(&self) -> u64 {
@@ -1031,112 +1163,150 @@ impl PyPool {
     /// The plain-data snapshot of ``zsmalloc.debug.snapshot``.
     #[pyo3(signature = (data = false))]
     fn _snapshot<'py>(&self, py: Python<'py>, data: bool) -> PyResult<Bound<'py, PyDict>> {
-        let pool = &self.inner;
-        let snap = py.detach(|| pool.snapshot());
-        let d = PyDict::new(py);
-        let cfg = &pool.config;
-        d.set_item("name", &cfg.name)?;
-        d.set_item("chain_size", cfg.chain_size)?;
-        d.set_item("class_rule", cfg.class_rule.name())?;
-        d.set_item("migration", &self.migration)?;
-        d.set_item("huge_class_size", pool.huge_class_size())?;
-        d.set_item("pages_allocated", snap.pages_allocated)?;
-        let ev = PyDict::new(py);
-        ev.set_item("pages_compacted", snap.events.pages_compacted)?;
-        ev.set_item("objs_compacted", snap.events.objs_compacted)?;
-        ev.set_item("compactions", snap.events.compactions)?;
-        ev.set_item("deferred_frees", snap.events.deferred_frees)?;
-        d.set_item("events", ev)?;
-        d.set_item("ops_id", pool.ops_id())?;
-        let classes = PyList::empty(py);
-        for (spec, (allocated, inuse, lists)) in pool.specs().zip(&snap.classes) {
-            let c = PyDict::new(py);
-            c.set_item("index", spec.index)?;
-            c.set_item("size", spec.size)?;
-            c.set_item("pages_per_zspage", spec.pages_per_zspage)?;
-            c.set_item("objs_per_zspage", spec.objs_per_zspage)?;
-            c.set_item("huge", spec.huge)?;
-            c.set_item("objs_allocated", allocated)?;
-            c.set_item("objs_inuse", inuse)?;
-            c.set_item("fullness", lists.clone())?;
-            classes.append(c)?;
-        }
-        d.set_item("classes", classes)?;
-        let mut class_of_size: Vec<i64> = vec![-1];
-        for s in 1..=PAGE_SIZE {
-            class_of_size.push(if pool.is_closed() {
-                -1
-            } else {
-                pool.class_index_for_size(s).map_or(-1, |i| i as i64)
-            });
-        }
-        d.set_item("class_of_size", class_of_size)?;
-        let zspages = PyDict::new(py);
-        for z in &snap.zspages {
-            let e = PyDict::new(py);
-            e.set_item("class", z.class)?;
-            e.set_item("inuse", z.inuse)?;
-            e.set_item("freeobj", z.freeobj)?;
-            e.set_item("fg", z.fg)?;
-            e.set_item("lock", z.lock)?;
-            e.set_item("isolated", z.isolated)?;
-            e.set_item("pages", z.pages.clone())?;
-            e.set_item("headers", z.headers.clone())?;
-            zspages.set_item(z.zid, e)?;
-        }
-        d.set_item("zspages", zspages)?;
-        d.set_item("free_zspage_ids", snap.free_zspage_ids.clone())?;
-        d.set_item("nr_zspage_ids", snap.nr_zspage_ids)?;
-        let handles = PyDict::new(py);
-        for &(slot, handle, pfn, idx, size) in &snap.handles {
-            let e = PyDict::new(py);
-            e.set_item("handle", handle)?;
-            e.set_item("pfn", pfn)?;
-            e.set_item("idx", idx)?;
-            e.set_item("size", size)?;
-            handles.set_item(slot, e)?;
-        }
-        d.set_item("handles", handles)?;
-        d.set_item("free_handle_slots", snap.free_handle_slots.clone())?;
-        d.set_item("nr_handle_slots", snap.nr_handle_slots)?;
-        let pinned = PyDict::new(py);
-        for &(slot, n) in &snap.pinned {
-            pinned.set_item(slot, n)?;
-        }
-        d.set_item("pinned", pinned)?;
-        let deferred: Vec<u32> = snap.zspages.iter().filter(|z| z.deferred).map(|z| z.zid).collect();
-        d.set_item("deferred", deferred)?;
-        let pages = PyDict::new(py);
-        for p in &snap.pages {
-            let e = PyDict::new(py);
-            e.set_item("flags", p.flags)?;
-            e.set_item("refcount", p.refcount)?;
-            e.set_item("movable_ops", p.movable_ops)?;
-            e.set_item("private", p.private)?;
-            e.set_item("index", p.index)?;
-            e.set_item("next", p.next)?;
-            e.set_item("first_obj_offset", p.first_obj_offset)?;
-            pages.set_item(p.pfn, e)?;
-        }
-        d.set_item("pages", pages)?;
-        let mem = PyDict::new(py);
-        mem.set_item("hwm", snap.hwm)?;
-        mem.set_item("nr_used", snap.nr_used)?;
-        mem.set_item("capacity", pool.memory().capacity())?;
-        mem.set_item("own", pool.owns_memory())?;
-        d.set_item("memory", mem)?;
-        d.set_item("closed", pool.is_closed())?;
-        if data {
-            let objs = PyDict::new(py);
-            for &(_, handle, _, _, _) in &snap.handles {
-                if let Ok(obj) = pool.zs_obj_read_begin(handle, 0, None, "read") {
-                    objs.set_item(handle, new_bytes(py, obj.len(), |out| obj.copy_to(out))?)?;
-                }
+        guard(py, &[&self.poisoned, &self.memory.get().poisoned], "_snapshot", || {
+            let pool = &self.inner;
+            let snap = py.detach(|| pool.snapshot());
+            let d = PyDict::new(py);
+            let cfg = &pool.config;
+            d.set_item("name", &cfg.name)?;
+            d.set_item("chain_size", cfg.chain_size)?;
+            d.set_item("class_rule", cfg.class_rule.name())?;
+            d.set_item("migration", &self.migration)?;
+            d.set_item("huge_class_size", pool.huge_class_size())?;
+            d.set_item("pages_allocated", snap.pages_allocated)?;
+            let ev = PyDict::new(py);
+            ev.set_item("pages_compacted", snap.events.pages_compacted)?;
+            ev.set_item("objs_compacted", snap.events.objs_compacted)?;
+            ev.set_item("compactions", snap.events.compactions)?;
+            ev.set_item("deferred_frees", snap.events.deferred_frees)?;
+            d.set_item("events", ev)?;
+            d.set_item("ops_id", pool.ops_id())?;
+            let classes = PyList::empty(py);
+            for (spec, (allocated, inuse, lists)) in pool.specs().zip(&snap.classes) {
+                let c = PyDict::new(py);
+                c.set_item("index", spec.index)?;
+                c.set_item("size", spec.size)?;
+                c.set_item("pages_per_zspage", spec.pages_per_zspage)?;
+                c.set_item("objs_per_zspage", spec.objs_per_zspage)?;
+                c.set_item("huge", spec.huge)?;
+                c.set_item("objs_allocated", allocated)?;
+                c.set_item("objs_inuse", inuse)?;
+                c.set_item("fullness", lists.clone())?;
+                classes.append(c)?;
             }
-            d.set_item("data", objs)?;
-        }
-        Ok(d)
+            d.set_item("classes", classes)?;
+            let mut class_of_size: Vec<i64> = vec![-1];
+            for s in 1..=PAGE_SIZE {
+                class_of_size.push(if pool.is_closed() {
+                    -1
+                } else {
+                    pool.class_index_for_size(s).map_or(-1, |i| i as i64)
+                });
+            }
+            d.set_item("class_of_size", class_of_size)?;
+            let zspages = PyDict::new(py);
+            for z in &snap.zspages {
+                let e = PyDict::new(py);
+                e.set_item("class", z.class)?;
+                e.set_item("inuse", z.inuse)?;
+                e.set_item("freeobj", z.freeobj)?;
+                e.set_item("fg", z.fg)?;
+                e.set_item("lock", z.lock)?;
+                e.set_item("isolated", z.isolated)?;
+                e.set_item("pages", z.pages.clone())?;
+                e.set_item("headers", z.headers.clone())?;
+                zspages.set_item(z.zid, e)?;
+            }
+            d.set_item("zspages", zspages)?;
+            d.set_item("free_zspage_ids", snap.free_zspage_ids.clone())?;
+            d.set_item("nr_zspage_ids", snap.nr_zspage_ids)?;
+            let handles = PyDict::new(py);
+            for &(slot, handle, pfn, idx, size) in &snap.handles {
+                let e = PyDict::new(py);
+                e.set_item("handle", handle)?;
+                e.set_item("pfn", pfn)?;
+                e.set_item("idx", idx)?;
+                e.set_item("size", size)?;
+                handles.set_item(slot, e)?;
+            }
+            d.set_item("handles", handles)?;
+            d.set_item("free_handle_slots", snap.free_handle_slots.clone())?;
+            d.set_item("nr_handle_slots", snap.nr_handle_slots)?;
+            let pinned = PyDict::new(py);
+            for &(slot, n) in &snap.pinned {
+                pinned.set_item(slot, n)?;
+            }
+            d.set_item("pinned", pinned)?;
+            let deferred: Vec<u32> = snap.zspages.iter().filter(|z| z.deferred).map(|z| z.zid).collect();
+            d.set_item("deferred", deferred)?;
+            let pages = PyDict::new(py);
+            for p in &snap.pages {
+                let e = PyDict::new(py);
+                e.set_item("flags", p.flags)?;
+                e.set_item("refcount", p.refcount)?;
+                e.set_item("movable_ops", p.movable_ops)?;
+                e.set_item("private", p.private)?;
+                e.set_item("index", p.index)?;
+                e.set_item("next", p.next)?;
+                e.set_item("first_obj_offset", p.first_obj_offset)?;
+                pages.set_item(p.pfn, e)?;
+            }
+            d.set_item("pages", pages)?;
+            let mem = PyDict::new(py);
+            mem.set_item("hwm", snap.hwm)?;
+            mem.set_item("nr_used", snap.nr_used)?;
+            mem.set_item("capacity", pool.memory().capacity())?;
+            mem.set_item("own", pool.owns_memory())?;
+            d.set_item("memory", mem)?;
+            d.set_item("closed", pool.is_closed())?;
+            if data {
+                let objs = PyDict::new(py);
+                for &(_, handle, _, _, _) in &snap.handles {
+                    if let Ok(obj) = pool.zs_obj_read_begin(handle, 0, None, "read") {
+                        objs.set_item(handle, new_bytes(py, obj.len(), |out| obj.copy_to(out))?)?;
+                    }
+                }
+                d.set_item("data", objs)?;
+            }
+            Ok(d)
+        })
     }
+}
+
+/// One frame as a writable buffer (``Memory.frame``): what a tool sees of a
+/// page.  It keeps the arena mapped; it does not keep the frame in use, as
+/// with the model's view, so a tool must not hold it across a free.
+#[pyclass(module = "zsmalloc._engine", name = "Frame", frozen)]
+pub struct Frame {
+    mem: Arc<Memory>,
+    pfn: u32,
+}
+
+#[pymethods]
+impl Frame {
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let this = slf.get();
+        let ptr = this.mem.raw((this.pfn as usize) << PAGE_SHIFT, PAGE_SIZE);
+        // SAFETY: `view` is the caller's to fill; the frame's 4096 bytes lie
+        // inside the arena, which stays mapped while `slf` (referenced by the
+        // view) holds the Memory; writable (readonly = 0): raw arena bytes.
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                ptr as *mut c_void,
+                PAGE_SIZE as ffi::Py_ssize_t,
+                0,
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 }
 
 // ----------------------------------------------------------------------
@@ -1252,6 +1422,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMemory>()?;
     m.add_class::<PyPool>()?;
     m.add_class::<Mapping>()?;
+    m.add_class::<Frame>()?;
     m.add("PAGE_SIZE", PAGE_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -58,7 +58,16 @@ def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool
 @click.option("--random", "random_runs", type=int, default=0, help="random interleavings instead of all")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
-def protocheck(scenario: str, protocol: str, random_runs: int, seed: int, as_json: bool) -> None:
+@click.option(
+    "--backend",
+    type=click.Choice(["both", "model", "engine"]),
+    default="both",
+    show_default=True,
+    help="run each scenario on the model, the engine, or both",
+)
+def protocheck(
+    scenario: str, protocol: str, random_runs: int, seed: int, as_json: bool, backend: str
+) -> None:
     """Run a migration-protocol scenario over every interleaving of its actors' steps.
 
     SCENARIO is one of the built-in scenarios (zsmalloc.protocheck.SCENARIOS) or "all".
@@ -73,5 +82,6 @@ def protocheck(scenario: str, protocol: str, random_runs: int, seed: int, as_jso
         seed=seed,
         echo=click.echo if as_json else console.print,
         as_json=as_json,
+        backend=backend,
     )
     raise SystemExit(status)

@@ -60,7 +60,7 @@ import random
 import threading
 from array import array
 
-from zsmalloc.errors import OutOfFramesError, PageStateError
+from zsmalloc.errors import OutOfFramesError, PageStateError, WouldSleepError
 from zsmalloc.mm.compaction import Compaction
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.counters import Counters
@@ -107,7 +107,12 @@ class Memory(Migration, Compaction):
     """
 
     def __init__(
-        self, capacity: int | None = None, *, pcp_high: int = PCP_HIGH, pcp_batch: int = PCP_BATCH
+        self,
+        capacity: int | None = None,
+        *,
+        pcp_high: int = PCP_HIGH,
+        pcp_batch: int = PCP_BATCH,
+        sleep_on_page_lock: bool = True,
     ) -> None:
         if capacity is None:
             capacity = _physical_pages()
@@ -116,6 +121,8 @@ class Memory(Migration, Compaction):
         if pcp_high < 0 or pcp_batch <= 0:
             raise ValueError("pcp_high must be >= 0 and pcp_batch > 0")
         self.capacity = capacity
+        #: False: a wait for a locked page raises WouldSleepError instead (single-threaded checkers)
+        self.sleep_on_page_lock = sleep_on_page_lock
         self.pcp_high = pcp_high
         self.pcp_batch = pcp_batch
         self.arena = mmap.mmap(
@@ -448,8 +455,13 @@ class Memory(Migration, Compaction):
             self.flags[pfn] = flags | PG_locked
             return True
 
+    def _would_sleep(self, call: str, pfn: int) -> None:
+        if not self.sleep_on_page_lock and self.flags[pfn] & PG_locked:
+            raise WouldSleepError(f"{call}({pfn}) would sleep: the page is locked")
+
     def lock_page(self, pfn: int, timeout: float | None = None) -> bool:
         """Sleep until the page lock is ours; False only if ``timeout`` ran out."""
+        self._would_sleep("lock_page", pfn)
         with self._page_wait:
             self._page_waiters += 1
             try:
@@ -471,6 +483,7 @@ class Memory(Migration, Compaction):
 
     def wait_on_page_locked(self, pfn: int, timeout: float | None = None) -> bool:
         """Sleep until the page is unlocked, without taking the lock."""
+        self._would_sleep("wait_on_page_locked", pfn)
         with self._page_wait:
             self._page_waiters += 1
             try:

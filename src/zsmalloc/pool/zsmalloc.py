@@ -306,7 +306,11 @@ class Pool:
     "used-percentage") shape the size classes.  ``migration`` picks the
     movable-page protocol ("mainline", or "2016", see pool/migrate.py).
     ``auto_compact_pages`` runs compaction in the background once that many
-    pages are freeable (the shrinker's count).
+    pages are freeable (the shrinker's count).  ``background_work=False``
+    starts no worker thread: the deferred free and the background compaction
+    the pool asks for are recorded in ``pending_work`` and run when the
+    caller says (``run_pending_work``, ``flush_deferred``), which is what a
+    deterministic checker needs.
     """
 
     def __init__(
@@ -319,6 +323,7 @@ class Pool:
         class_rule: str = RULE_MIN_WASTE,
         migration: str = "mainline",
         auto_compact_pages: int | None = None,
+        background_work: bool = True,
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
         if max_pages is not None and max_pages < 0:
@@ -350,6 +355,9 @@ class Pool:
         self._deferred_batch: set[int] = set()
         self._work_requested: set[str] = set()
         self._worker_running = False
+        self.background_work = background_work
+        #: work asked for while background_work is False, in order ("free", "compact")
+        self._pending: list[str] = []
 
         # struct zspage, as lists indexed by zid: one zspage holds several
         # objects, so lists cost little memory, and an element of a list is
@@ -734,11 +742,40 @@ class Pool:
     def _schedule_work(self, work: str) -> None:
         """Queue background work ("free" or "compact") for the pool's worker thread."""
         with self._cache_lock:
+            if not self.background_work:
+                self._pending.append(work)
+                return
             self._work_requested.add(work)
             if self._worker_running:
                 return
             self._worker_running = True
         threading.Thread(target=self._worker, name=f"zs-work-{self.name}", daemon=True).start()
+
+    @property
+    def worker_running(self) -> bool:
+        """Whether the pool's background worker (deferred free, auto compaction) is running now."""
+        with self._cache_lock:
+            return self._worker_running
+
+    @property
+    def pending_work(self) -> list[str]:
+        """Work asked for and not yet run, with ``background_work=False``: one entry per request."""
+        with self._cache_lock:
+            return list(self._pending)
+
+    def run_pending_work(self) -> list[str]:
+        """Run the work ``pending_work`` lists, in the caller; return what was run."""
+        with self._cache_lock:
+            work, self._pending = self._pending, []
+        for name in dict.fromkeys(work):
+            self._run_work(name)
+        return work
+
+    def _run_work(self, work: str) -> None:
+        if work == "free":
+            self.async_free_zspage()
+        elif self.shrinker_count() >= (self.auto_compact_pages or 0):
+            zs_compact(self)
 
     def _worker(self) -> None:
         while True:
@@ -747,10 +784,7 @@ class Pool:
                     self._worker_running = False
                     return
                 work = self._work_requested.pop()
-            if work == "free":
-                self.async_free_zspage()
-            elif self.shrinker_count() >= (self.auto_compact_pages or 0):
-                zs_compact(self)
+            self._run_work(work)
 
     def async_free_zspage(self) -> int:
         """Free every empty zspage left on a group-0 list; return how many were freed.
@@ -780,8 +814,13 @@ class Pool:
             return len(taken)
 
     def flush_deferred(self) -> int:
-        """Run the deferred free now, in the caller; return the zspages it freed."""
+        """Run the deferred free now, in the caller; return the zspages it freed.
+
+        It answers every pending request for it (``pending_work``).
+        """
         self._check_open()
+        with self._cache_lock:
+            self._pending = [w for w in self._pending if w != "free"]
         freed = self.async_free_zspage()
         self.trim()
         return freed

@@ -67,12 +67,17 @@ pub enum MmError {
     PageState(String),
     /// A bad argument (a range, a capacity).
     Invalid(String),
+    /// A wait for a locked page on a Memory told not to sleep.
+    WouldSleep(String),
 }
 
 impl fmt::Display for MmError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            MmError::OutOfFrames(m) | MmError::PageState(m) | MmError::Invalid(m) => f.write_str(m),
+            MmError::OutOfFrames(m)
+            | MmError::PageState(m)
+            | MmError::Invalid(m)
+            | MmError::WouldSleep(m) => f.write_str(m),
         }
     }
 }
@@ -132,6 +137,8 @@ pub(super) struct Alloc {
     rng: u64,
     /// the hot list's oldest frames on their way to the heap (kept for its capacity)
     scratch: Vec<u32>,
+    /// where each frame of an `alloc_pages` came from (kept for its capacity)
+    sources: Vec<Source>,
 }
 
 /// A point-in-time copy of the allocator's counters.
@@ -157,6 +164,8 @@ pub struct Memory {
     pcp_high: usize,
     pcp_batch: usize,
     closed: AtomicBool,
+    /// false: a wait for a locked page fails with WouldSleep (single-threaded checkers)
+    sleep_on_page_lock: bool,
     /// migration and compaction events (like /proc/vmstat)
     pub vmstat: VmStat,
 }
@@ -201,6 +210,7 @@ impl Memory {
                 fail_probability: 0.0,
                 rng: 0,
                 scratch: Vec::with_capacity(pcp_batch),
+                sources: Vec::with_capacity(16),
             }),
             page_wait: Mutex::new(()),
             page_cond: Condvar::new(),
@@ -209,12 +219,33 @@ impl Memory {
             pcp_high,
             pcp_batch,
             closed: AtomicBool::new(false),
+            sleep_on_page_lock: true,
             vmstat: VmStat::default(),
         })
     }
 
+    /// With `false`, a wait for a locked page fails with `MmError::WouldSleep`
+    /// instead of sleeping: what a checker running every actor in one
+    /// thread needs.
+    pub fn with_sleep_on_page_lock(mut self, sleep: bool) -> Memory {
+        self.sleep_on_page_lock = sleep;
+        self
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    pub fn pcp_high(&self) -> usize {
+        self.pcp_high
+    }
+
+    pub fn pcp_batch(&self) -> usize {
+        self.pcp_batch
+    }
+
+    pub fn sleeps_on_page_lock(&self) -> bool {
+        self.sleep_on_page_lock
     }
 
     /// The descriptor of `pfn` (any pfn below the capacity; the caller checks).
@@ -260,40 +291,40 @@ impl Memory {
     pub fn alloc_pages(&self, out: &mut [u32]) -> Result<(), MmError> {
         let mut a = self.alloc.lock();
         let (hwm, used_max) = (a.hwm, a.ev[NR_USED_MAX]);
-        let mut sources = [Source::Fresh; 32];
+        let mut sources = std::mem::take(&mut a.sources); // kept for its capacity: no allocation
+        sources.clear();
+        let mut result = Ok(());
         for i in 0..out.len() {
             match self.alloc_frame(&mut a, 0, None) {
                 Ok((pfn, src)) => {
                     out[i] = pfn;
-                    sources[i] = src;
+                    sources.push(src);
                 }
                 Err(e) => {
-                    self.undo_alloc(&mut a, &out[..i], &sources[..i], hwm);
+                    self.undo_alloc(&mut a, &out[..i], &sources, hwm);
                     a.ev[NR_USED_MAX] = used_max;
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
         }
-        Ok(())
+        a.sources = sources;
+        result
     }
 
     fn undo_alloc(&self, a: &mut Alloc, pfns: &[u32], sources: &[Source], hwm: usize) {
-        let mut fresh = [0u32; 32];
-        let mut nfresh = 0;
+        let mut fresh = Vec::new();
         for (&pfn, &src) in pfns.iter().zip(sources).rev() {
             self.desc(pfn).refcount.store(0, Relaxed);
             match src {
                 Source::Hot => a.pcp.push(pfn),
                 Source::Cold => a.free.push(Reverse(pfn)),
                 Source::Fresh if (pfn as usize) < hwm => a.free.push(Reverse(pfn)),
-                Source::Fresh => {
-                    fresh[nfresh] = pfn;
-                    nfresh += 1;
-                }
+                Source::Fresh => fresh.push(pfn),
             }
         }
         if a.free.iter().any(|&Reverse(p)| p as usize >= hwm) {
-            for &pfn in &fresh[..nfresh] {
+            for &pfn in &fresh {
                 a.free.push(Reverse(pfn));
             }
         } else {
@@ -578,16 +609,22 @@ impl Memory {
     }
 
     /// Sleep until the page lock is ours; false only if `timeout` ran out.
-    pub fn lock_page(&self, pfn: u32, timeout: Option<Duration>) -> bool {
-        self.wait_page(pfn, timeout, true)
+    pub fn lock_page(&self, pfn: u32, timeout: Option<Duration>) -> Result<bool, MmError> {
+        self.wait_page(pfn, timeout, true, "lock_page")
     }
 
     /// Sleep until the page is unlocked, without taking the lock.
-    pub fn wait_on_page_locked(&self, pfn: u32, timeout: Option<Duration>) -> bool {
-        self.wait_page(pfn, timeout, false)
+    pub fn wait_on_page_locked(&self, pfn: u32, timeout: Option<Duration>) -> Result<bool, MmError> {
+        self.wait_page(pfn, timeout, false, "wait_on_page_locked")
     }
 
-    fn wait_page(&self, pfn: u32, timeout: Option<Duration>, take: bool) -> bool {
+    fn wait_page(
+        &self,
+        pfn: u32,
+        timeout: Option<Duration>,
+        take: bool,
+        call: &str,
+    ) -> Result<bool, MmError> {
         let ready = |m: &Memory| {
             if take {
                 m.trylock_page(pfn)
@@ -596,7 +633,10 @@ impl Memory {
             }
         };
         if ready(self) {
-            return true;
+            return Ok(true);
+        }
+        if !self.sleep_on_page_lock {
+            return Err(MmError::WouldSleep(format!("{call}({pfn}) would sleep: the page is locked")));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut guard = self.page_wait.lock();
@@ -615,7 +655,7 @@ impl Memory {
             }
         };
         self.page_waiters.fetch_sub(1, SeqCst);
-        ok
+        Ok(ok)
     }
 
     pub fn unlock_page(&self, pfn: u32) -> Result<(), MmError> {
@@ -820,8 +860,9 @@ impl Memory {
         }
     }
 
-    /// Raw pointer to `len` arena bytes at `addr`, for a read-only buffer
-    /// export whose owner keeps the object pinned and the Memory alive.
+    /// Raw pointer to `len` arena bytes at `addr`, for a buffer export
+    /// whose owner keeps the Memory alive (and, for a mapping, the object
+    /// pinned).
     pub fn raw(&self, addr: usize, len: usize) -> *const u8 {
         self.span(addr, len)
     }
@@ -977,13 +1018,24 @@ mod tests {
     }
 
     #[test]
+    fn alloc_pages_of_any_count() {
+        let m = mem(100);
+        let mut many = [0u32; 40];
+        m.alloc_pages(&mut many).unwrap();
+        assert_eq!(m.stats().nr_used, 40);
+        let mut more = [0u32; 70];
+        assert!(m.alloc_pages(&mut more).is_err());
+        assert_eq!(m.stats().nr_used, 40);
+    }
+
+    #[test]
     fn page_lock_wakes_sleeper() {
         let m = std::sync::Arc::new(mem(4));
         let p = m.alloc_page().unwrap();
         assert!(m.trylock_page(p));
         assert!(!m.trylock_page(p));
         let m2 = m.clone();
-        let t = std::thread::spawn(move || m2.lock_page(p, Some(Duration::from_secs(10))));
+        let t = std::thread::spawn(move || m2.lock_page(p, Some(Duration::from_secs(10))).unwrap());
         std::thread::sleep(Duration::from_millis(20));
         m.unlock_page(p).unwrap();
         assert!(t.join().unwrap());

@@ -188,7 +188,7 @@ impl Memory {
         if self.page_flags(pfn) & PG_ISOLATED == 0 {
             return Err(MmError::PageState(format!("putback of frame {pfn}, which is not isolated")));
         }
-        self.lock_page(pfn, None);
+        self.lock_page(pfn, None)?;
         if self.page_flags(pfn) & PG_MOVABLE != 0 {
             if let Some(ops) = self.ops_of(pfn) {
                 ops.putback(self, pfn);
@@ -271,7 +271,7 @@ impl Memory {
         let locked = if mode == MigrateMode::Async {
             self.trylock_page(src)
         } else {
-            self.lock_page(src, lock_timeout)
+            self.lock_page(src, lock_timeout)?
         };
         if !locked {
             return Ok((EAGAIN, None));

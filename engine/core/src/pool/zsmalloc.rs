@@ -314,6 +314,9 @@ pub struct PoolConfig {
     pub max_pages: Option<usize>,
     pub auto_compact_pages: Option<usize>,
     pub migration: Protocol,
+    /// false: no worker thread; requests wait in `pending_work` until the
+    /// caller runs them (`run_pending_work`, `flush_deferred`)
+    pub background_work: bool,
 }
 
 struct Cache {
@@ -339,6 +342,8 @@ struct Work {
     free: bool,
     compact: bool,
     running: bool,
+    /// requests, in order, while background work is off
+    pending: Vec<&'static str>,
 }
 
 pub struct Pool {
@@ -873,8 +878,9 @@ impl Pool {
         while !self.mem.trylock_page(pfn) {
             self.mem.get_page(pfn)?;
             drop(guard);
-            self.mem.wait_on_page_locked(pfn, None);
+            let waited = self.mem.wait_on_page_locked(pfn, None);
             self.mem.put_page(pfn)?;
+            waited?;
             guard = self.lock.read();
             pfn = self.zs(zid).first.load(Relaxed);
         }
@@ -889,8 +895,9 @@ impl Pool {
             }
             self.mem.get_page(nxt)?;
             drop(guard);
-            self.mem.wait_on_page_locked(nxt, None);
+            let waited = self.mem.wait_on_page_locked(nxt, None);
             self.mem.put_page(nxt)?;
+            waited?;
             guard = self.lock.read();
         }
         drop(guard);
@@ -962,12 +969,22 @@ impl Pool {
 
     /// `schedule_work(&pool->free_work)`.
     pub(super) fn kick_deferred_free(&self) {
-        self.schedule_work(|w| w.free = true);
+        self.schedule_work("free");
     }
 
-    fn schedule_work(&self, request: impl FnOnce(&mut Work)) {
+    /// Queue background work ("free" or "compact") for the pool's worker
+    /// thread, or record it when background work is off.
+    fn schedule_work(&self, name: &'static str) {
         let mut w = self.work.lock();
-        request(&mut w);
+        if !self.config.background_work {
+            w.pending.push(name);
+            return;
+        }
+        if name == "free" {
+            w.free = true;
+        } else {
+            w.compact = true;
+        }
         if w.running {
             return;
         }
@@ -994,15 +1011,46 @@ impl Pool {
                 w.compact = false;
                 r
             };
+            // an error here means a page descriptor was damaged under us; check() reports it
             if free {
-                // an error here means a page descriptor was damaged under us;
-                // check() reports it
-                let _ = self.async_free_zspage();
+                let _ = self.run_work("free");
             }
-            if compact && self.shrinker_count() >= self.config.auto_compact_pages.unwrap_or(0) as u64 {
-                let _ = self.zs_compact(CompactPolicy::Ratio);
+            if compact {
+                let _ = self.run_work("compact");
             }
         }
+    }
+
+    fn run_work(&self, name: &str) -> Result<(), PoolError> {
+        if name == "free" {
+            self.async_free_zspage()?;
+        } else if self.shrinker_count() >= self.config.auto_compact_pages.unwrap_or(0) as u64 {
+            self.zs_compact(CompactPolicy::Ratio)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the background worker (deferred free, auto compaction) is running now.
+    pub fn worker_running(&self) -> bool {
+        self.work.lock().running
+    }
+
+    /// Work asked for and not yet run, with background work off: one entry per request.
+    pub fn pending_work(&self) -> Vec<&'static str> {
+        self.work.lock().pending.clone()
+    }
+
+    /// Run the work `pending_work` lists, in the caller; returns what was run.
+    pub fn run_pending_work(&self) -> Result<Vec<&'static str>, PoolError> {
+        let work = std::mem::take(&mut self.work.lock().pending);
+        let mut seen: Vec<&str> = Vec::new();
+        for &name in &work {
+            if !seen.contains(&name) {
+                seen.push(name);
+                self.run_work(name)?;
+            }
+        }
+        Ok(work)
     }
 
     /// `async_free_zspage`: free every empty zspage left on a group-0 list;
@@ -1032,8 +1080,10 @@ impl Pool {
     }
 
     /// Run the deferred free now, in the caller, then trim the tables.
+    /// It answers every pending request for it (`pending_work`).
     pub fn flush_deferred(&self) -> Result<usize, PoolError> {
         self.check_open()?;
+        self.work.lock().pending.retain(|&w| w != "free");
         let freed = self.async_free_zspage()?;
         self.trim();
         Ok(freed)
@@ -1130,7 +1180,7 @@ impl Pool {
             if self.auto_countdown.fetch_sub(1, Relaxed) <= 1 {
                 self.auto_countdown.store(AUTO_COMPACT_INTERVAL, Relaxed);
                 if self.shrinker_count() >= threshold as u64 {
-                    self.schedule_work(|w| w.compact = true);
+                    self.schedule_work("compact");
                 }
             }
         }
@@ -1735,6 +1785,7 @@ mod tests {
             max_pages: None,
             auto_compact_pages: None,
             migration: Protocol::Mainline,
+            background_work: true,
         };
         let mem = Arc::new(
             Memory::new(1 << 16, crate::mm::memory::PCP_HIGH, crate::mm::memory::PCP_BATCH).unwrap(),
