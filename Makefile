@@ -36,6 +36,7 @@ test-rust:
 
 test-python: $(ENGINE)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(ENGINE)
@@ -43,6 +44,7 @@ bench: $(ENGINE)
 
 lint: $(ENGINE)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 

@@ -17,7 +17,10 @@ import pytest
 
 from helpers import pattern, wait_until
 from zsmalloc import Pool
+from zsmalloc.debug import snapshot
 from zsmalloc.pool.compact import SHRINK_STOP
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 PROTOCOLS = ["mainline", "2016"]
 REQ = 1560  # class 96: 5 pages, 13 objects
@@ -30,6 +33,12 @@ def can_compact(row) -> int:
     """zs_can_compact from a class_stats row, by KERNEL.md's formula."""
     wasted = row.obj_allocated - row.obj_used
     return (wasted // row.objs_per_zspage) * row.pages_per_zspage if wasted > 0 else 0
+
+
+def can_compact_class(cls: dict) -> int:
+    """zs_can_compact by KERNEL.md's formula, from a class's own counters (a snapshot's class)."""
+    wasted = cls["objs_allocated"] - cls["objs_inuse"]
+    return (wasted // cls["objs_per_zspage"]) * cls["pages_per_zspage"] if wasted > 0 else 0
 
 
 def churned(seed: int, protocol: str = "mainline", n: int = 3000, **kw) -> tuple[Pool, dict[int, bytes]]:
@@ -115,11 +124,11 @@ def test_class_stats_freeable_is_zs_can_compact():
     try:
         rows = pool.class_stats()
         assert any(r.freeable for r in rows)
-        by_index = {cls.index: cls for cls in pool.classes}
+        classes = {cls["index"]: cls for cls in snapshot(pool)["classes"]}
+        assert sorted(classes) == [r.index for r in rows]
         for r in rows:
             assert r.freeable == can_compact(r)
-            with by_index[r.index].lock:
-                assert r.freeable == pool.zs_can_compact(by_index[r.index])
+            assert r.freeable == can_compact_class(classes[r.index])
         assert pool.shrinker_count() == sum(r.freeable for r in rows) == pool.stats().freeable_pages
         pool.compact()
         rows = pool.class_stats()
@@ -221,7 +230,7 @@ def test_compaction_with_an_isolated_page(protocol):
             assert pool.compact() == PAGES
         else:
             assert freed == PAGES
-            assert mem.refcount[a_pages[0]] == 1  # only the VM holds it now
+            assert snapshot(pool)["pages"][a_pages[0]]["refcount"] == 1  # only the VM holds it now
             res = mem.migrate_pages([a_pages[0]])
             assert res.succeeded == 1 and res.moved == {}
             assert not mem.page_in_use(a_pages[0])
@@ -262,6 +271,25 @@ def test_auto_compaction_waits_for_the_threshold():
         pool.close()
 
 
+def test_compaction_takes_no_page():
+    """zs_compact moves objects into zspages that exist: with every page allocation failing, it
+    still frees pages, and no allocation was even tried."""
+    pool, data = churned(6)
+    mem = pool.memory
+    try:
+        mem.inject_failures(probability=1.0)  # any page allocation would now fail
+        before = pool.total_pages
+        freed = pool.compact()
+        assert freed > 0
+        assert pool.total_pages == before - freed
+        assert mem.nr_alloc_fail == 0
+    finally:
+        mem.clear_failures()
+    verify(pool, data)
+    pool.close()
+
+
+@pytest.mark.model_only  # watches the model's _free_zspage and alloc_zspage, Python methods
 def test_compaction_never_allocates_pages():
     """zs_compact moves objects into zspages that exist: it takes no page, so it cannot fail for
     want of one, and the pool's page count only falls while it runs."""

@@ -17,11 +17,23 @@ from zsmalloc import (
     Pool,
     PoolFullError,
     ZsmallocError,
+    debug,
 )
-from zsmalloc.pool.zsmalloc import OBJ_INDEX_BITS
 
+pytestmark = pytest.mark.usefixtures("each_backend")
+
+PAGE = 4096
 SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 SIZES = [1, 24, 25, 100, 1560, 1560, 1560, 3624, 4096, 3625, 700, 2000, 1560]
+
+
+def engine_differs(reason: str):
+    """Run on both implementations, the engine's run expected to fail (strictly): a recorded gap."""
+    return pytest.mark.parametrize(
+        "impl",
+        [pytest.param("engine", marks=pytest.mark.xfail(strict=True, reason=f"engine: {reason}")), "model"],
+        indirect=True,
+    )
 
 
 def slot_of(handle: int) -> int:
@@ -51,56 +63,60 @@ def verify(pool: Pool, live: dict[int, bytes]) -> None:
         assert pool.read(h) == d
 
 
-def snapshot(pool: Pool):
-    """Everything a failed call must not change."""
+def class_of(pool: Pool, handle: int) -> dict:
+    """The snapshot's entry of the class the handle's zspage belongs to."""
+    snap = debug.snapshot(pool)
+    pfn, _ = pool.locate(handle)
+    index = snap["zspages"][snap["pages"][pfn]["private"]]["class"]
+    return next(c for c in snap["classes"] if c["index"] == index)
+
+
+def free_handle_slots(pool: Pool) -> list[int]:
+    """The handle cache, in stack order."""
+    return debug.snapshot(pool)["free_handle_slots"]
+
+
+def _free_slot_generations(pool: Pool) -> dict:
+    """What a freed handle slot keeps beyond the snapshot format: the generation its next handle gets.
+
+    The snapshot lists live slots only.  The model keeps each free slot's
+    last handle (with the freed bit) in its table, and the generation that
+    fresh slots start from; a failed call must not move either.  The engine
+    does not show them, so there the rest of the state has to do.
+    """
+    h_val = getattr(pool, "_h_val", None)
+    if h_val is None:
+        return {}
+    return {"model.handle_table": bytes(h_val), "model.gen_base": pool._gen_base}
+
+
+def state(pool: Pool) -> dict:
+    """Everything a failed call must not change.
+
+    The pool's whole snapshot (counters, handle table, zspages with every slot
+    header, fullness lists, the zspage id cache, page descriptors, the
+    deferred free), one entry per part so that a difference is named, with
+    every live object's bytes; besides it the bytes of every frame in use and
+    the debugfs rows.
+    """
     mem = pool.memory
-    live_slots = [s for s in range(1, len(pool._h_val)) if not pool._h_val[s] >> 63]  # bit 63: freed
     pfns = mem.used_pfns()
-    classes = [
-        (
-            cls.index,
-            tuple(tuple(lst) if not isinstance(lst, int) else lst for lst in cls.fullness_list),
-            cls.nonempty,
-            tuple(cls.nr_zspages),
-            cls.objs_allocated,
-            cls.objs_inuse,
-        )
-        for cls in pool.classes
-    ]
+    snap = debug.snapshot(pool, data=True)
     return {
         "total_pages": pool.total_pages,
         "nr_used": mem.nr_used,
         "len": len(pool),
-        "h_free": tuple(pool._h_free),
-        "h_val": bytes(pool._h_val),
-        "h_obj": bytes(pool._h_obj),
-        "h_size_live": tuple(pool._h_size[s] for s in live_slots),
-        "zs": tuple(
-            tuple(getattr(pool, name))
-            for name in ("_zs_class", "_zs_inuse", "_zs_freeobj", "_zs_first", "_zs_fg", "_zs_lock")
-        ),
-        "zs_free": tuple(pool._zs_free),
-        "classes": classes,
+        **{f"snapshot.{key}": value for key, value in snap.items()},
+        "class_stats": pool.class_stats(),
         "pfns": tuple(pfns),
-        "descriptors": tuple(
-            (
-                mem.flags[p],
-                mem.refcount[p],
-                mem.movable_ops[p],
-                mem.private[p],
-                mem.index[p],
-                mem.next[p],
-                mem.first_obj_offset[p],
-            )
-            for p in pfns
-        ),
         "frames": tuple(bytes(mem.frame(p)) for p in pfns),
-        "deferred": (pool.nr_deferred_frees, tuple(sorted(pool._deferred_batch))),
+        "nr_deferred_frees": pool.nr_deferred_frees,
+        **_free_slot_generations(pool),
     }
 
 
 def assert_unchanged(pool: Pool, before, live) -> None:
-    after = snapshot(pool)
+    after = state(pool)
     changed = [k for k in before if before[k] != after[k]]
     assert not changed, f"a failed call changed {changed}"
     verify(pool, live)
@@ -121,7 +137,7 @@ def pool_and_live():
 @pytest.mark.parametrize("size", [0, -1, 4097, 10**6, -(2**70)])
 def test_invalid_size(pool_and_live, size):
     pool, live = pool_and_live
-    before = snapshot(pool)
+    before = state(pool)
     with pytest.raises(InvalidSizeError) as exc:
         pool.malloc(size)
     assert isinstance(exc.value, ValueError)
@@ -132,7 +148,7 @@ def test_invalid_size(pool_and_live, size):
 @pytest.mark.parametrize("size", [1.0, 100.5, "100", None, b"1"])
 def test_size_of_wrong_type(pool_and_live, size):
     pool, live = pool_and_live
-    before = snapshot(pool)
+    before = state(pool)
     with pytest.raises(TypeError):
         pool.malloc(size)
     assert_unchanged(pool, before, live)
@@ -180,10 +196,65 @@ RANGE_ERRORS = {
 def test_range_errors(pool_and_live, name, size):
     pool, live = pool_and_live
     h = _pick(live, size)
-    before = snapshot(pool)
+    before = state(pool)
     with pytest.raises(ValueError) as exc:
         RANGE_ERRORS[name](pool, h, size)
     assert not isinstance(exc.value, KeyError)
+    assert_unchanged(pool, before, live)
+
+
+# the limits of a range are inclusive: an empty access at the very end of an object is no error,
+# also for an object whose slot ends where its page ends (the last one of a page, or a huge one)
+
+EMPTY_TAIL_ACCESSES = {
+    "read": lambda p, h, n: p.read(h, 0, n) == b"",
+    "read_to_the_end": lambda p, h, n: p.read(h, offset=n) == b"",
+    "read_into": lambda p, h, n: p.read_into(h, bytearray(0), n) == 0,
+    "write": lambda p, h, n: p.write(h, b"", n) is None,
+    "map": lambda p, h, n: _map_bytes(p, h, 0, n) == b"",
+}
+
+
+def _map_bytes(pool: Pool, handle: int, length: int, offset: int) -> bytes:
+    with pool.map(handle, length, offset) as view:
+        return bytes(view)
+
+
+def _page_final(pool: Pool, live: dict[int, bytes], size: int) -> int:
+    """A live object of ``size`` bytes whose slot ends at the end of a page; malloc more until one is."""
+    candidates = [h for h, d in live.items() if len(d) == size]
+    slot_size = None
+    while True:
+        for h in candidates:
+            slot_size = slot_size or class_of(pool, h)["size"]
+            if (pool.locate(h)[1] + 1) * slot_size % PAGE == 0:
+                return h
+        h = pool.malloc(size)
+        live[h] = bytes([len(live) % 251]) * size
+        pool.write(h, live[h])
+        candidates = [h]
+
+
+#: engine finding: on such an object a zero-length access at offset == size panics in the engine
+#: (the arena copy's range assertion, engine/core/src/mm/memory.rs): read, read_into and write
+#: raise CorruptionError and the pool refuses any further use; map lets pyo3's PanicException (a
+#: BaseException) out.  Reproduction: ``p = zsmalloc.engine.Pool(); h = p.malloc(4096);
+#: p.read(h, 0, 4096)``.  The model returns b"" (read_into 0, write None) and changes nothing.
+EMPTY_TAIL_PANICS = (
+    "a zero-length read/read_into/write/map at offset == size of an object ending at a page end "
+    "panics (CorruptionError, pool unusable after; map: PanicException)"
+)
+
+
+@engine_differs(EMPTY_TAIL_PANICS)
+@pytest.mark.parametrize("size", [24, 4096])  # the last 32-byte slot of a page; a huge object
+@pytest.mark.parametrize("name", sorted(EMPTY_TAIL_ACCESSES))
+def test_empty_access_at_the_end_of_an_object(pool_and_live, name, size):
+    pool, live = pool_and_live
+    h = _page_final(pool, live, size)
+    verify(pool, live)
+    before = state(pool)
+    assert EMPTY_TAIL_ACCESSES[name](pool, h, size)
     assert_unchanged(pool, before, live)
 
 
@@ -196,12 +267,12 @@ def _unknown_zero(pool, live):
 
 
 def _never_issued(pool, live):
-    return (len(pool._h_val) + 10) << SLOT_SHIFT | 1 << 1
+    return (debug.snapshot(pool)["nr_handle_slots"] + 10) << SLOT_SHIFT | 1 << 1
 
 
 def _free_slot_generation_zero(pool, live):
     # a slot of the table that was never handed out, with generation 0
-    return (len(pool._h_val) - 1) << SLOT_SHIFT
+    return (debug.snapshot(pool)["nr_handle_slots"] - 1) << SLOT_SHIFT
 
 
 def _one(pool, live):
@@ -286,7 +357,7 @@ def test_bad_handles(pool_and_live, kind, op):
     pool, live = pool_and_live
     bad = BAD_HANDLES[kind](pool, live)
     assert bad not in live
-    before = snapshot(pool)
+    before = state(pool)
     with pytest.raises(InvalidHandleError) as exc:
         HANDLE_OPS[op](pool, bad)
     assert isinstance(exc.value, KeyError)
@@ -300,7 +371,7 @@ def test_double_free(pool_and_live):
     h = next(iter(live))
     pool.free(h)
     del live[h]
-    before = snapshot(pool)
+    before = state(pool)
     for _ in range(3):
         with pytest.raises(InvalidHandleError):
             pool.free(h)
@@ -311,7 +382,8 @@ def test_double_free(pool_and_live):
     pool.write(h2, b"0123456789")
     live[h2] = b"0123456789"
     verify(pool, live)
-    assert len(set(pool._h_free)) == len(pool._h_free)
+    free_slots = free_handle_slots(pool)
+    assert len(set(free_slots)) == len(free_slots)
 
 
 # ----------------------------------------------------------------------
@@ -326,7 +398,7 @@ def test_max_pages_limit_and_recovery():
             pool.write(h, bytes([i]) * 4096)
             live[h] = bytes([i]) * 4096
         assert pool.total_pages == 10
-        before = snapshot(pool)
+        before = state(pool)
         for size in (4096, 24, 1560):  # every size needs a new zspage now
             with pytest.raises(PoolFullError) as exc:
                 pool.malloc(size)
@@ -361,7 +433,7 @@ def test_max_pages_counts_whole_zspages():
         b = pool.malloc(3600)
         pool.write(b, b"b" * 3600)
         live[b] = b"b" * 3600
-        before = snapshot(pool)
+        before = state(pool)
         with pytest.raises(PoolFullError):
             pool.malloc(1560)  # 5 more pages: 13 > 10, though 2 remain
         assert_unchanged(pool, before, live)
@@ -382,6 +454,34 @@ def test_max_pages_zero():
         assert pool.total_pages == 0
         assert len(pool) == 0
         pool.check()
+
+
+#: engine finding: max_pages is read-only on the engine (AttributeError: attribute 'max_pages' of
+#: 'zsmalloc._engine.Pool' objects is not writable), where the model's may be changed on a live
+#: pool, as zram's mem_limit does (ZramDevice(pool=zsmalloc.engine.Pool(), mem_limit=16384) fails)
+MAX_PAGES_READ_ONLY = "Pool.max_pages cannot be changed on a live pool (AttributeError: not writable)"
+
+
+@engine_differs(MAX_PAGES_READ_ONLY)
+def test_max_pages_can_change_on_a_live_pool():
+    with Pool(name="cap", chain_size=8) as pool:
+        live = {}
+        for i in range(3):
+            h = pool.malloc(4096)
+            pool.write(h, bytes([i]) * 4096)
+            live[h] = bytes([i]) * 4096
+        pool.max_pages = 3  # what is in use: the next page is refused
+        assert pool.max_pages == 3
+        before = state(pool)
+        with pytest.raises(PoolFullError):
+            pool.malloc(4096)
+        assert_unchanged(pool, before, live)
+        pool.max_pages = None  # no limit again
+        h = pool.malloc(4096)
+        pool.write(h, b"z" * 4096)
+        live[h] = b"z" * 4096
+        assert pool.total_pages == 4
+        verify(pool, live)
 
 
 def test_negative_max_pages_refused():
@@ -406,27 +506,27 @@ def test_page_allocator_failure_leaks_nothing(pool_and_live, size):
         live[h] = d
         if pool.total_pages != pages:
             break
-    cls = pool.size_class[pool._zs_class[pool.memory.private[pool._h_obj[slot_of(h)] >> OBJ_INDEX_BITS]]]
-    for _ in range(cls.objs_per_zspage - 1):
+    cls = class_of(pool, h)
+    for _ in range(cls["objs_per_zspage"] - 1):
         h = pool.malloc(size)
         d = rng.randbytes(size)
         pool.write(h, d)
         live[h] = d
     verify(pool, live)
-    before = snapshot(pool)
-    free_slots = list(pool._h_free)
+    before = state(pool)
+    free_slots = free_handle_slots(pool)
     pool.memory.inject_failures(next_n=1)
     with pytest.raises(PoolFullError) as exc:
         pool.malloc(size)
     assert isinstance(exc.value, MemoryError)
-    assert list(pool._h_free) == free_slots
+    assert free_handle_slots(pool) == free_slots
     assert pool.memory.nr_used == before["nr_used"]
     assert_unchanged(pool, before, live)
     # the failure was used up: the next malloc succeeds
     h = pool.malloc(size)
     pool.write(h, b"\x01" * size)
     live[h] = b"\x01" * size
-    assert pool.total_pages == before["total_pages"] + cls.pages_per_zspage
+    assert pool.total_pages == before["total_pages"] + cls["pages_per_zspage"]
     verify(pool, live)
 
 
@@ -465,13 +565,13 @@ def test_random_page_allocator_failures(chain):
                 continue
             size = rng.choice([rng.randint(1, 4096), 1560, 3624, 4096, 24])
             cheap = (step % 10) != 0  # a full snapshot every tenth malloc, counters always
-            before = snapshot(pool) if not cheap else None
-            counters = (pool.total_pages, pool.memory.nr_used, len(pool), tuple(pool._h_free))
+            before = state(pool) if not cheap else None
+            counters = (pool.total_pages, pool.memory.nr_used, len(pool), free_handle_slots(pool))
             try:
                 h = pool.malloc(size)
             except PoolFullError:
                 failures += 1
-                assert (pool.total_pages, pool.memory.nr_used, len(pool), tuple(pool._h_free)) == counters
+                assert (pool.total_pages, pool.memory.nr_used, len(pool), free_handle_slots(pool)) == counters
                 if before is not None:
                     assert_unchanged(pool, before, live)
                 continue

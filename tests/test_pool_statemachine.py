@@ -1,6 +1,7 @@
 """A Hypothesis state machine: a Pool against a plain dict model, checked after every step.
 
-One TestCase per configuration (chain size 4, 8, 16 x both class rules).  The
+One run per configuration (chain size 4, 8, 16 x both class rules) and per
+implementation (the model and the engine, conftest.py's ``each_backend``).  The
 model maps each live handle to its bytes; page counts are bounded from the
 canonical class table: a class holding n live objects in zspages of N objects
 and P pages uses between ceil(n / N) and n zspages (no zspage is ever empty:
@@ -12,17 +13,27 @@ from __future__ import annotations
 import functools
 import random
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
+import zsmalloc.engine
 from zsmalloc import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, InvalidHandleError, Pool, size_classes
-from zsmalloc.pool.zsmalloc import OBJ_ALLOCATED_TAG, OBJ_INDEX_BITS
+from zsmalloc.debug import snapshot
+from zsmalloc.pool.zsmalloc import OBJ_ALLOCATED_TAG
+
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 HEADER = 8
 PAGE = 4096
-SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
-IDX_MASK = (1 << OBJ_INDEX_BITS) - 1
 BOUNDARY_SIZES = [1, 2, 23, 24, 25, 40, 41, 1560, 3257, 3264, 3624, 3625, 3626, 3832, 3833, 4095, 4096]
 
 # a few common sizes, so that objects share classes and zspages (and straddle pages)
@@ -70,6 +81,20 @@ class PoolMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.pool.close()
 
+    def _engine_panics(self, h: int, offset: int, n: int) -> bool:
+        """Whether this access is one the engine is known to panic on; the rule then skips it.
+
+        A zero-length access at offset == size of an object whose slot ends where its page ends
+        panics in the engine and leaves its pool unusable: a gap recorded, strictly, by
+        test_pool_errors.py::test_empty_access_at_the_end_of_an_object.  Skipping that one access
+        keeps the engine's run deterministic and testing everything else; remove this together
+        with that test's xfail.
+        """
+        if n or offset != len(self.model[h]) or not isinstance(self.pool, zsmalloc.engine.Pool):
+            return False
+        _, idx = self.pool.locate(h)
+        return (idx + 1) * self.spec_of_size[offset].size % PAGE == 0
+
     # -- rules ------------------------------------------------------------
 
     @rule(target=handles, size=sizes, seed=seeds)
@@ -89,6 +114,8 @@ class PoolMachine(RuleBasedStateMachine):
         offset = data.draw(st.one_of(st.just(0), st.integers(0, size)), label="offset")
         n = data.draw(st.integers(0, size - offset), label="length")
         chunk = payload(data.draw(seeds, label="seed"), n)
+        if self._engine_panics(h, offset, n):
+            return
         self.pool.write(h, chunk, offset)
         obj[offset : offset + n] = chunk
 
@@ -102,6 +129,8 @@ class PoolMachine(RuleBasedStateMachine):
         obj = self.model[h]
         offset = data.draw(st.integers(0, len(obj)), label="offset")
         n = data.draw(st.integers(0, len(obj) - offset), label="length")
+        if self._engine_panics(h, offset, n):
+            return
         assert self.pool.read(h, n, offset) == bytes(obj[offset : offset + n])
 
     @rule(h=handles, data=st.data())
@@ -109,6 +138,8 @@ class PoolMachine(RuleBasedStateMachine):
         obj = self.model[h]
         offset = data.draw(st.integers(0, len(obj)), label="offset")
         buf = bytearray(data.draw(st.integers(0, len(obj) - offset), label="length"))
+        if self._engine_panics(h, offset, len(buf)):
+            return
         assert self.pool.read_into(h, buf, offset) == len(buf)
         assert buf == obj[offset : offset + len(buf)]
 
@@ -117,6 +148,8 @@ class PoolMachine(RuleBasedStateMachine):
         obj = self.model[h]
         offset = data.draw(st.integers(0, len(obj)), label="offset")
         n = data.draw(st.integers(0, len(obj) - offset), label="length")
+        if self._engine_panics(h, offset, n):
+            return
         with self.pool.map(h, n, offset) as view:
             assert view.readonly
             assert bytes(view) == bytes(obj[offset : offset + n])
@@ -165,14 +198,14 @@ class PoolMachine(RuleBasedStateMachine):
     def objects_lie_where_the_kernel_keeps_them(self):
         """Read every object straight from its frames (KERNEL.md section 2), not through the pool."""
         mem = self.pool.memory
+        descriptors = snapshot(self.pool)["pages"]
         for h, obj in self.model.items():
             spec = self.spec_of_size[len(obj)]
-            loc = self.pool._h_obj[h >> SLOT_SHIFT]
-            pfn, idx = loc >> OBJ_INDEX_BITS, loc & IDX_MASK
+            pfn, idx = self.pool.locate(h)
             frame = mem.frame(pfn)
             if spec.huge:
                 assert idx == 0
-                assert mem.index[pfn] == h | OBJ_ALLOCATED_TAG
+                assert descriptors[pfn]["index"] == h | OBJ_ALLOCATED_TAG
                 assert frame[: len(obj)] == obj
                 continue
             start = idx * spec.size % PAGE
@@ -180,7 +213,7 @@ class PoolMachine(RuleBasedStateMachine):
             first = min(len(obj), PAGE - start - HEADER)
             assert frame[start + HEADER : start + HEADER + first] == obj[:first]
             if first < len(obj):  # the rest at the start of the next page of the chain
-                assert mem.frame(mem.next[pfn])[: len(obj) - first] == obj[first:]
+                assert mem.frame(descriptors[pfn]["next"])[: len(obj) - first] == obj[first:]
 
     @invariant()
     def counts_match_the_model(self):
@@ -193,19 +226,19 @@ class PoolMachine(RuleBasedStateMachine):
             spec[s.index] = s
             per_class[s.index] = per_class.get(s.index, 0) + 1
         low = high = pages = 0
-        for cls in pool.classes:  # the fields class_stats() reports, read directly: cheaper
-            n = per_class.get(cls.index, 0)
-            assert cls.objs_inuse == n, f"class {cls.index}"
-            zspages = cls.objs_allocated // cls.objs_per_zspage
-            pages += zspages * cls.pages_per_zspage
+        for row in pool.class_stats():
+            n = per_class.get(row.index, 0)
+            assert row.obj_used == n, f"class {row.index}"
+            zspages = row.obj_allocated // row.objs_per_zspage
+            pages += zspages * row.pages_per_zspage
             if n:
-                s = spec[cls.index]
-                assert (cls.objs_per_zspage, cls.pages_per_zspage) == (s.objs_per_zspage, s.pages_per_zspage)
+                s = spec[row.index]
+                assert (row.objs_per_zspage, row.pages_per_zspage) == (s.objs_per_zspage, s.pages_per_zspage)
                 assert -(-n // s.objs_per_zspage) <= zspages <= n
                 low += -(-n // s.objs_per_zspage) * s.pages_per_zspage
                 high += n * s.pages_per_zspage
             else:
-                assert zspages == 0, f"class {cls.index} keeps an empty zspage"
+                assert zspages == 0, f"class {row.index} keeps an empty zspage"
         assert low <= pool.total_pages <= high
         assert pool.total_pages == pages
         assert pool.memory.nr_used == pool.total_pages
@@ -218,13 +251,10 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-for _chain in (4, 8, 16):
-    for _rule in (RULE_MIN_WASTE, RULE_USED_PERCENTAGE):
-        _name = f"Chain{_chain}{_rule.title().replace('-', '')}"
-        _machine = type(f"PoolMachine{_name}", (PoolMachine,), {"CHAIN": _chain, "RULE": _rule})
-        _case = _machine.TestCase
-        _case.settings = SETTINGS
-        _case.__name__ = _case.__qualname__ = f"TestPool{_name}"
-        globals()[_case.__name__] = _case
 
-del _chain, _rule, _name, _machine, _case
+@pytest.mark.parametrize("rule", [RULE_MIN_WASTE, RULE_USED_PERCENTAGE])
+@pytest.mark.parametrize("chain", [4, 8, 16])
+def test_pool_state_machine(chain, rule):
+    name = f"Chain{chain}{rule.title().replace('-', '')}"
+    machine = type(f"PoolMachine{name}", (PoolMachine,), {"CHAIN": chain, "RULE": rule})
+    run_state_machine_as_test(machine, settings=SETTINGS)

@@ -7,6 +7,11 @@ Sources of truth, never the code under test:
 - a brute-force reference written here from the rules' definitions
   (KERNEL.md section 1) for the current min-waste rule;
 - a few hand-checked facts.
+
+Most tests here are about the table functions (``zsmalloc.size_classes`` and
+the rest of ``zsmalloc.pool.size_class``), which no implementation owns; the
+tests that build a ``Pool`` run on both implementations (``both``), since
+each computes its own table.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import pytest
 
 import zsmalloc
-from zsmalloc import InvalidSizeError, Pool
+from zsmalloc import InvalidSizeError, Pool, debug
 from zsmalloc.pool import size_class as sc
 from zsmalloc.pool.size_class import (
     RULE_MIN_WASTE,
@@ -28,7 +33,26 @@ from zsmalloc.pool.size_class import (
 )
 
 PAGE = 4096
+HEADER = 8
 CHAINS = range(4, 17)
+
+#: the test builds a Pool: run it on the model and on the engine (conftest.py)
+both = pytest.mark.usefixtures("each_backend")
+
+
+def engine_differs(reason: str):
+    """Run on both implementations, the engine's run expected to fail (strictly): a recorded gap."""
+    return pytest.mark.parametrize(
+        "impl",
+        [pytest.param("engine", marks=pytest.mark.xfail(strict=True, reason=f"engine: {reason}")), "model"],
+        indirect=True,
+    )
+
+
+#: engine finding: Pool.class_index(size) adds the 8-byte handle header (malloc's lookup), where
+#: the model's, like the kernel's zs_lookup_class_index, does not: engine.Pool().class_index(25)
+#: is 1 and class_index(3625) is 254; the model answers 0 and 225
+CLASS_INDEX_ADDS_HEADER = "Pool.class_index(size) adds the handle header: class_index(25) is 1, not 0"
 
 # chain limit -> (canonical classes, size of the largest non-huge class), used-percentage rule
 DOCUMENTED = {
@@ -289,6 +313,7 @@ def test_constants():
 # bad arguments
 
 
+@both
 @pytest.mark.parametrize("chain", [3, 17, 0, -1])
 def test_invalid_chain_size_raises(chain):
     with pytest.raises(ValueError):
@@ -303,6 +328,7 @@ def test_invalid_chain_size_raises(chain):
         Pool(chain_size=chain)
 
 
+@both
 def test_unknown_rule_raises():
     for rule in ("", "min_waste", "used", "MIN-WASTE"):
         with pytest.raises(ValueError):
@@ -319,6 +345,33 @@ def test_unknown_rule_raises():
 # the pool uses the table
 
 
+@both
+@pytest.mark.parametrize("rule", [RULE_MIN_WASTE, RULE_USED_PERCENTAGE])
+@pytest.mark.parametrize("chain", CHAINS)
+def test_the_pools_classes_are_the_reference_table(chain, rule):
+    """Each implementation builds its own class table: the classes it reports, the class malloc
+    takes for every size (the header added, merged slots going to the next class kept) and the
+    huge threshold are the reference's."""
+    want_classes, want_canonical, want_huge = REF[chain, rule]
+    with Pool(name="table", chain_size=chain, class_rule=rule) as pool:
+        assert pool.huge_class_size == want_huge
+        rows = pool.class_stats()
+        assert [(r.index, r.size, r.pages_per_zspage, r.objs_per_zspage) for r in rows] == [
+            c[:4] for c in want_classes
+        ]
+        snap = debug.snapshot(pool)
+        classes = [
+            (c["index"], c["size"], c["pages_per_zspage"], c["objs_per_zspage"], c["huge"])
+            for c in snap["classes"]
+        ]
+        assert sorted(classes) == want_classes
+        assert snap["class_of_size"] == [-1] + [
+            want_canonical[ref_index(size + HEADER)] for size in range(1, 4097)
+        ]
+
+
+@both
+@engine_differs(CLASS_INDEX_ADDS_HEADER)
 @pytest.mark.parametrize(
     ("chain", "rule"),
     [(8, RULE_MIN_WASTE), (4, RULE_MIN_WASTE), (16, RULE_USED_PERCENTAGE), (11, RULE_MIN_WASTE)],
@@ -337,6 +390,8 @@ def test_pool_class_index_and_huge_class_size(chain, rule):
             pool.class_index(4097)
 
 
+@both
+@engine_differs(CLASS_INDEX_ADDS_HEADER)
 def test_pool_defaults_to_min_waste_chain_8():
     _, canonical, _ = REF[8, "min-waste"]
     _, canonical_up, _ = REF[8, "used-percentage"]
@@ -351,6 +406,7 @@ def test_pool_defaults_to_min_waste_chain_8():
 MALLOC_SIZES = [1, 24, 25, 40, 41, 100, 200, 1000, 1560, 1561, 3623, 3624, 3625, 3633, 4088, 4089, 4096]
 
 
+@both
 @pytest.mark.parametrize(("chain", "rule"), [(8, RULE_MIN_WASTE), (4, RULE_USED_PERCENTAGE)])
 def test_malloc_lands_in_the_class_of_size_plus_header(chain, rule):
     _, canonical, huge = REF[chain, rule]
@@ -360,13 +416,14 @@ def test_malloc_lands_in_the_class_of_size_plus_header(chain, rule):
             h = pool.malloc(n)
             after = {r.index: r.obj_used for r in pool.class_stats()}
             grew = [i for i in after if after[i] != before[i]]
-            assert grew == [canonical[ref_index(n + 8)]], n
+            assert grew == [canonical[ref_index(n + HEADER)]], n
             assert after[grew[0]] == before[grew[0]] + 1
             # the huge threshold: requests of huge_class_size or more get a page of their own
             assert (grew[0] == 254) == (n >= huge), n
             pool.free(h)
 
 
+@both
 def test_malloc_at_the_chain_8_huge_threshold():
     with Pool(name="edge") as pool:
         small = pool.malloc(3624)  # 3632 with the header: class 225, the largest non-huge one

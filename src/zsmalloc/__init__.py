@@ -37,6 +37,7 @@ Quick start::
 import os as _os
 from importlib.metadata import PackageNotFoundError as _NotFound
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING
 
 from zsmalloc.errors import (
     CorruptionError,
@@ -62,7 +63,9 @@ from zsmalloc.pool import (
 BACKENDS = ("engine", "model")
 #: which implementation ``Pool`` and ``Memory`` are: "engine" or "model"
 backend: str = _os.environ.get("ZSMALLOC_BACKEND", "model")
-if backend == "engine":
+if TYPE_CHECKING:  # one static type for both: they share the API (tests/test_backend.py)
+    from zsmalloc.model import Memory, Pool
+elif backend == "engine":
     from zsmalloc.engine import Memory, Pool
 elif backend == "model":
     from zsmalloc.model import Memory, Pool

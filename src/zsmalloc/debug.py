@@ -69,7 +69,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from zsmalloc.errors import CorruptionError
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_movable
@@ -87,6 +87,8 @@ from zsmalloc.pool.constants import (
 from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
 
 if TYPE_CHECKING:
+    from typing_extensions import TypeIs
+
     from zsmalloc.pool.zsmalloc import Pool
 
 _WORD_SHIFT = 3  # bytes -> 8-byte words
@@ -108,15 +110,24 @@ def frozen(pool: Pool) -> Iterator[None]:
         yield
 
 
-def snapshot(pool: Pool, data: bool = False) -> dict:
+class _SnapshotsItself(Protocol):
+    """A pool that takes its own snapshot (the engine's)."""
+
+    def _snapshot(self, data: bool = False) -> dict[str, Any]: ...
+
+
+def _takes_own_snapshot(pool: Pool | _SnapshotsItself) -> TypeIs[_SnapshotsItself]:
+    return getattr(pool, "_snapshot", None) is not None
+
+
+def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
     """The pool's state in the snapshot format above; with ``data``, every live object's bytes.
 
     A pool that takes its own snapshot (the engine's, through ``_snapshot``)
     is asked for it; the model's is read here, under :func:`frozen`.
     """
-    own = getattr(pool, "_snapshot", None)
-    if own is not None:
-        return own(data)
+    if _takes_own_snapshot(pool):
+        return pool._snapshot(data)
     with frozen(pool):
         mem = pool.memory
         hwm = mem.hwm
@@ -427,12 +438,12 @@ def check_snapshot(snap: dict) -> None:
             _fail(f"handle slot {slot} is live and in the handle cache")
         if slot not in live_objects:
             _fail(f"handle {val:#x} is live but no object header holds it")
-        location, header_handle = live_objects[slot]
+        header_location, header_handle = live_objects[slot]
         if header_handle != val:
             _fail(f"handle {val:#x}: the object header holds {header_handle:#x} (stale generation)")
         table = (h["pfn"] << OBJ_INDEX_BITS) | h["idx"]
-        if table != location:
-            _fail(f"handle {val:#x}: table says location {table:#x}, its header is at {location:#x}")
+        if table != header_location:
+            _fail(f"handle {val:#x}: table says location {table:#x}, its header is at {header_location:#x}")
         cls = classes[zspages[pages[h["pfn"]]["private"]]["class"]]
         room = cls["size"] if cls["huge"] else cls["size"] - ZS_HANDLE_SIZE
         if not 0 < h["size"] <= room:

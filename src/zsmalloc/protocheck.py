@@ -583,17 +583,35 @@ class World:
 
     def teardown_steps(self) -> Iterator[tuple[str, Callable[[], str]]]:
         """The end of a run, as (label, action) pairs; each action returns what it did."""
+        # named functions, not lambdas: the type checker cannot infer a lambda's
+        # default-bound arguments; the defaults bind each loop's values
         for name, m in list(self.maps.items()):
-            yield f"map_end({name})", lambda s=Step("map_end", name), m=m: self._do_map_end(s, m.actor)[0]
+
+            def map_end(name: str = name, m: _Mapping = m) -> str:
+                return self._do_map_end(Step("map_end", name), m.actor)[0]
+
+            yield f"map_end({name})", map_end
         for pfn, actor in list(self.locked.items()):
-            yield f"unlock(pfn {pfn})", lambda pfn=pfn, actor=actor: self._unlock_pfn(pfn, actor)
+
+            def unlock(pfn: int = pfn, actor: str = actor) -> str:
+                return self._unlock_pfn(pfn, actor)
+
+            yield f"unlock(pfn {pfn})", unlock
         for held in self.isolated.values():
             for pfn in sorted(held):
-                yield f"putback(pfn {pfn})", lambda pfn=pfn, held=held: self._putback_pfn(pfn, held)
+
+                def putback(pfn: int = pfn, held: set[int] = held) -> str:
+                    return self._putback_pfn(pfn, held)
+
+                yield f"putback(pfn {pfn})", putback
         yield "flush()", lambda: self._do_flush(Step("flush"))[0]
         yield "verify", self._verify_or_raise
         for name in list(self.handles):
-            yield f"free({name})", lambda name=name: self._do_free(Step("free", name))[0]
+
+            def free(name: str = name) -> str:
+                return self._do_free(Step("free", name))[0]
+
+            yield f"free({name})", free
         yield "flush()", lambda: self._do_flush(Step("flush"))[0]
         yield "verify", self._verify_or_raise
         yield "probe", self._probe

@@ -63,7 +63,7 @@ def _time_zict(pages: list[bytes], order: list[int]) -> Timing:
     def load(blob: bytes) -> bytes:
         return lz4.block.decompress(blob, uncompressed_size=PAGE)
 
-    m = zict.Func(dump, load, {})
+    m: zict.Func[int, bytes, bytes] = zict.Func(dump, load, {})
     t0 = time.perf_counter()
     for i, page in enumerate(pages):
         m[i] = page

@@ -145,13 +145,13 @@ def _run_device(
         with _progress(quiet) as progress:
             task = progress.add_task("churn (VM migrating)", total=len(ops))
             t0 = time.perf_counter()
-            for k, (i, page) in enumerate(ops):
-                if page is None:
+            for k, (i, new_page) in enumerate(ops):
+                if new_page is None:
                     dev.discard(i)
                     expected[i] = _ZERO
                 else:
-                    write(i, page)
-                    expected[i] = page
+                    write(i, new_page)
+                    expected[i] = new_page
                 if not k & 1023:
                     progress.update(task, completed=k)
             t_churn = time.perf_counter() - t0

@@ -66,16 +66,16 @@ def replay_cmd(
     as_json: bool,
 ) -> None:
     """Replay a zs_malloc/zs_free trace on fresh pools and compare what each configuration costs."""
-    if (trace is None) == (mix is None):
-        raise click.UsageError("give a TRACE file (or - for stdin), or --mix for a synthetic trace")
-    if trace is not None:
+    if trace is not None and mix is None:
         lines = list(trace)
         source = trace.name
-    else:
+    elif mix is not None and trace is None:
         lines = list(synthetic_trace(mix, live, ops, seed))
         source = f"synthetic {mix}"
         if save is not None:
             save.writelines(line + "\n" for line in lines)
+    else:  # both or neither
+        raise click.UsageError("give a TRACE file (or - for stdin), or --mix for a synthetic trace")
     try:
         operations = list(parse_trace(lines))
     except TraceError as exc:
@@ -112,6 +112,8 @@ def replay_cmd(
         table.add_column(col, justify="right")
     for r in reports:
         f = r.final
+        if f is None:  # replay() sets it on every report it returns
+            raise RuntimeError(f"the replay with chain size {r.chain_size} has no final snapshot")
         table.add_row(
             str(r.chain_size),
             f"{r.mallocs:,}",

@@ -32,10 +32,14 @@ from typing import TYPE_CHECKING
 
 from zsmalloc.mm.constants import PAGE_SHIFT, PG_isolated, PG_movable
 from zsmalloc.mm.heap import trim_process_heap
-from zsmalloc.mm.migrate import MigrateMode, MigrateResult
+from zsmalloc.mm.migrate import NR_MIGRATE_PASSES, MigrateMode, MigrateResult
 
 if TYPE_CHECKING:
-    from zsmalloc.mm.memory import Memory
+    import threading
+    from array import array
+    from collections.abc import Callable
+
+    from zsmalloc.mm.counters import Counters
 
 COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
 _MOVABLE_MASK = PG_movable | PG_isolated
@@ -67,8 +71,37 @@ class CompactResult(MigrateResult):
 class Compaction:
     """Evacuation and compaction, mixed into :class:`~zsmalloc.mm.Memory`."""
 
+    # What the mixin uses of its Memory, which defines all of it (the
+    # migration calls are Migration's, the other mixin); declared here for the
+    # type checker, nothing below is defined at run time.
+    if TYPE_CHECKING:
+        _lock: threading.Lock
+        _pcp: list[int]
+        _free: list[int]
+        arena: mmap.mmap
+        hwm: int
+        refcount: array[int]
+        vmstat: Counters
+
+        def exclude_range(self, start: int, end: int) -> None: ...
+        def unexclude_range(self, start: int, end: int) -> None: ...
+        def _drain(self, pfns: list[int]) -> None: ...
+        def _shrink_descriptors(self, hwm: int) -> None: ...
+        def movable_pfns(self, start: int = 0, end: int | None = None) -> list[int]: ...
+        def isolate_movable_page(self, pfn: int, mode: MigrateMode = MigrateMode.SYNC) -> bool: ...
+        def migrate_pages(
+            self,
+            pfns: list[int],
+            mode: MigrateMode = MigrateMode.SYNC,
+            target: tuple[int, int] | Callable[[int], tuple[int, int]] | None = None,
+            passes: int = NR_MIGRATE_PASSES,
+            putback: bool = True,
+            lock_timeout: float | None = None,
+        ) -> MigrateResult: ...
+        def descriptor_snapshot(self, start: int, end: int | None = None) -> tuple[bytes, array]: ...
+
     def evacuate(
-        self: Memory,
+        self,
         start: int,
         end: int,
         mode: MigrateMode = MigrateMode.SYNC,
@@ -97,7 +130,7 @@ class Compaction:
         self.vmstat["evacuate_runs"] += 1
         return result
 
-    def compact(self: Memory, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
+    def compact(self, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
         """Move in-use movable frames down into free frames, then lower the high-water mark."""
         result = CompactResult(hwm_before=self.hwm)
         migrate_pfn = self.hwm - 1  # the migration scanner, walking down (cc->migrate_pfn)
@@ -130,7 +163,7 @@ class Compaction:
         self.vmstat["compact_pages_moved"] += result.succeeded
         return result
 
-    def shrink_arena(self: Memory) -> int:
+    def shrink_arena(self) -> int:
         """Lower the high-water mark to just above the highest frame in use.
 
         Free frames above it leave the hot list and the cold heap (given back

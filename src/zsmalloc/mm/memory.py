@@ -64,7 +64,7 @@ from zsmalloc.errors import OutOfFramesError, PageStateError, WouldSleepError
 from zsmalloc.mm.compaction import Compaction
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.counters import Counters
-from zsmalloc.mm.migrate import Migration
+from zsmalloc.mm.migrate import Migration, MovableOps
 
 # Linux's MAP_NORESERVE; the mmap module does not export it.  Without it a
 # large capacity would be refused by the kernel's overcommit heuristic.
@@ -151,7 +151,7 @@ class Memory(Migration, Compaction):
         self._pcp: list[int] = []  # hot list: free, still resident, LIFO
         self._free: list[int] = []  # cold heap: free, given back to the OS
         self.hwm = 0  # frames ever handed out; descriptors exist below it
-        self._ops: list[object | None] = [None]  # movable_ops id 0 = not movable
+        self._ops: list[MovableOps | None] = [None]  # movable_ops id 0 = not movable
 
         # counters (vmstat-like)
         self.nr_used = 0
@@ -524,7 +524,7 @@ class Memory(Migration, Compaction):
     # ------------------------------------------------------------------
     # movable pages: the owner side of the migration protocol
 
-    def register_movable_ops(self, ops: object) -> int:
+    def register_movable_ops(self, ops: MovableOps) -> int:
         """Register an owner's ``isolate`` / ``migrate`` / ``putback`` callbacks.
 
         Returns the id to pass to :meth:`set_page_movable`.

@@ -47,7 +47,7 @@ from zsmalloc.mm.constants import PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.counters import Counters
 
 if TYPE_CHECKING:
-    from zsmalloc.mm.memory import Memory
+    import threading
 
 MIGRATEPAGE_SUCCESS = 0
 EAGAIN = -11
@@ -95,14 +95,30 @@ class MigrateResult:
 class Migration:
     """The VM side of page migration, mixed into :class:`~zsmalloc.mm.Memory`."""
 
+    # What the mixin uses of its Memory, which defines all of it (declared
+    # here for the type checker; nothing below is defined at run time).
     vmstat: Counters
+    if TYPE_CHECKING:
+        _lock: threading.Lock
+        _ops: list[MovableOps | None]
+        hwm: int
+        flags: bytearray
+        refcount: array[int]
+        movable_ops: array[int]
 
-    def _ops_of(self: Memory, pfn: int) -> MovableOps | None:
+        def trylock_page(self, pfn: int) -> bool: ...
+        def lock_page(self, pfn: int, timeout: float | None = None) -> bool: ...
+        def unlock_page(self, pfn: int) -> None: ...
+        def put_page(self, pfn: int) -> None: ...
+        def _alloc_frame(self, lo: int = 0, hi: int = -1) -> int: ...
+        def _release_frame(self, pfn: int) -> None: ...
+
+    def _ops_of(self, pfn: int) -> MovableOps | None:
         return self._ops[self.movable_ops[pfn]]
 
     # ------------------------------------------------------------------
 
-    def isolate_movable_page(self: Memory, pfn: int, mode: MigrateMode = MigrateMode.SYNC) -> bool:
+    def isolate_movable_page(self, pfn: int, mode: MigrateMode = MigrateMode.SYNC) -> bool:
         """Take a movable page away from its owner for migration (kernel ``isolate_movable_page``).
 
         On success the page is PG_isolated, unlocked, and the VM holds a
@@ -130,7 +146,7 @@ class Migration:
         self.vmstat["isolate_success"] += 1
         return True
 
-    def putback_movable_page(self: Memory, pfn: int) -> None:
+    def putback_movable_page(self, pfn: int) -> None:
         """Give an isolated page back to its owner (kernel ``putback_movable_pages``)."""
         if not self.flags[pfn] & PG_isolated:
             raise PageStateError(f"putback of frame {pfn}, which is not isolated")
@@ -144,7 +160,7 @@ class Migration:
         self.put_page(pfn)
         self.vmstat["putback"] += 1
 
-    def set_isolated(self: Memory, pfn: int, isolated: bool) -> None:
+    def set_isolated(self, pfn: int, isolated: bool) -> None:
         with self._lock:
             if isolated:
                 self.flags[pfn] |= PG_isolated
@@ -154,7 +170,7 @@ class Migration:
     # ------------------------------------------------------------------
 
     def migrate_pages(
-        self: Memory,
+        self,
         pfns: list[int],
         mode: MigrateMode = MigrateMode.SYNC,
         target: tuple[int, int] | Callable[[int], tuple[int, int]] | None = None,
@@ -202,7 +218,7 @@ class Migration:
         return result
 
     def _unmap_and_move(
-        self: Memory,
+        self,
         src: int,
         mode: MigrateMode,
         target: tuple[int, int] | Callable[[int], tuple[int, int]] | None,
@@ -249,7 +265,7 @@ class Migration:
             return rc, dst if self.refcount[dst] > 0 else -1
         return rc, -1
 
-    def _release_if_freed(self: Memory, pfn: int) -> bool:
+    def _release_if_freed(self, pfn: int) -> bool:
         """If only the VM still holds the page, its owner freed it: finish it off."""
         with self._lock:
             if self.refcount[pfn] != 1 or self.flags[pfn] & PG_locked:
@@ -261,7 +277,7 @@ class Migration:
             return True
 
     def move_pages(
-        self: Memory,
+        self,
         pfns: list[int],
         mode: MigrateMode = MigrateMode.SYNC,
         target: tuple[int, int] | None = None,
@@ -276,7 +292,7 @@ class Migration:
         result.failed_pfns.extend(refused)
         return result
 
-    def movable_pfns(self: Memory, start: int = 0, end: int | None = None) -> list[int]:
+    def movable_pfns(self, start: int = 0, end: int | None = None) -> list[int]:
         """In-use, movable, not isolated frames in ``[start, end)``."""
         flags, refcount = self.descriptor_snapshot(start, end)
         return [
@@ -285,7 +301,7 @@ class Migration:
             if f & (PG_movable | PG_isolated) == PG_movable and refcount[i] > 0
         ]
 
-    def descriptor_snapshot(self: Memory, start: int, end: int | None = None) -> tuple[bytes, array]:
+    def descriptor_snapshot(self, start: int, end: int | None = None) -> tuple[bytes, array]:
         """Copies of the flags and refcounts of ``[start, end)`` (clamped to the arena).
 
         Scanners work on these, not on the live arrays: the copy is one C

@@ -176,7 +176,7 @@ class NbdClient:
     def list_exports(self) -> list[tuple[str, str]]:
         """NBD_OPT_LIST: (name, description) of every export."""
         self.send_option(p.NBD_OPT_LIST)
-        exports = []
+        exports: list[tuple[str, str]] = []
         while True:
             reply_type, data = self.option_reply(p.NBD_OPT_LIST)
             if reply_type == p.NBD_REP_ACK:

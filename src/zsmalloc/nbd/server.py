@@ -85,6 +85,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar, TypeVarTuple
 
 from zsmalloc.errors import PoolClosedError
 from zsmalloc.nbd import protocol as p
@@ -92,6 +93,9 @@ from zsmalloc.zram import InvalidIOError, ZramDevice, ZramFullError, ZramIOError
 from zsmalloc.zram.device import PAGE_SIZE
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 #: the longest option data accepted in the handshake; longer is a hard disconnect
 MAX_OPTION_DATA = 64 << 10
@@ -311,7 +315,7 @@ class NbdServer:
         """Whether ``name`` (as sent) selects the export: its name, or the empty default name."""
         return name in (b"", self.name.encode())
 
-    async def device_call(self, length: int, fn: Callable, *args: object) -> object:
+    async def device_call(self, length: int, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
         """Run a device call for a request of ``length`` bytes: on the event loop, or in the pool.
 
         Requests of at most ``inline_max`` bytes (all of them with ``workers=0``)

@@ -951,7 +951,7 @@ class Pool:
                 if self.shrinker_count() >= self.auto_compact_pages:
                     self._schedule_work("compact")
 
-    def write(self, handle: int, data: bytes, offset: int = 0) -> None:
+    def write(self, handle: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         """Copy ``data`` into the object at ``offset``; it must fit in the size allocated."""
         if data.__class__ is not bytes and data.__class__ is not bytearray:
             data = memoryview(data).cast("B")
@@ -971,6 +971,8 @@ class Pool:
             obj = self._h_obj[slot]
             idx = obj & OBJ_INDEX_MASK
             cls = self._class_for_size[size]
+            if cls is None:  # a live handle's size has a class while the pool is open
+                raise PoolClosedError(f"pool {self.name!r} is closed")
             if end <= cls.obj_room[idx]:
                 start = obj + cls.obj_data[idx] + offset
                 self.memory.arena[start : start + n] = data
@@ -1002,6 +1004,8 @@ class Pool:
             obj = self._h_obj[slot]
             idx = obj & OBJ_INDEX_MASK
             cls = self._class_for_size[size]
+            if cls is None:  # as in write()
+                raise PoolClosedError(f"pool {self.name!r} is closed")
             if end <= cls.obj_room[idx]:
                 start = obj + cls.obj_data[idx] + offset
                 return self.memory.arena[start : start + length]

@@ -42,7 +42,7 @@ StrPath = str | os.PathLike[str]
 def stdlib_files() -> list[Path]:
     """The standard library's ``.py`` files, resolved and sorted."""
     root = sysconfig.get_paths()["stdlib"]
-    found = []
+    found: list[str] = []
     for top, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if d not in _NOT_STDLIB]
         found.extend(os.path.join(top, name) for name in names if name.endswith(".py"))

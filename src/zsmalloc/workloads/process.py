@@ -146,9 +146,12 @@ def heap_child(heap_bytes: int, seed: int = 0, timeout: float = 30.0) -> Iterato
     )
     err = b""
     try:
-        if not select.select([proc.stdout], [], [], timeout)[0]:
+        out = proc.stdout
+        if out is None:  # cannot happen: stdout=PIPE
+            raise RuntimeError("the heap child has no stdout pipe")
+        if not select.select([out], [], [], timeout)[0]:
             raise TimeoutError(f"the heap child did not build its heap within {timeout} s")
-        if proc.stdout.readline() == b"ready\n":
+        if out.readline() == b"ready\n":
             yield proc.pid
             return
     finally:

@@ -379,12 +379,19 @@ class ZramDevice:
     # ------------------------------------------------------------------
     # slot internals (the caller holds the slot lock unless said otherwise)
 
+    def _backing_of(self, index: int) -> BackingFile:
+        """The backing file that written-back slot ``index`` has its page in."""
+        backing = self._backing
+        if backing is None:  # writeback() needs a backing file: a ZRAM_WB slot implies one
+            raise CorruptionError(f"{self.name}: slot {index} is written back, but there is no backing file")
+        return backing
+
     def _free_slot(self, index: int, s: int) -> bool:
         """``zram_free_page``: release whatever the slot holds; False if it held nothing."""
         flags = self._flags[index]
         handle = self._handle[index]
         if flags & ZRAM_WB:
-            self._backing.free_block(handle)
+            self._backing_of(index).free_block(handle)
         elif flags & ZRAM_SAME:
             self._st_same[s] -= 1
         elif handle:
@@ -409,7 +416,7 @@ class ZramDevice:
             return handle.to_bytes(8, "little") * 512
         if flags & ZRAM_WB:
             try:
-                page = self._backing.read_block(handle)
+                page = self._backing_of(index).read_block(handle)
             except ZramIOError:
                 with self._stat_lock:
                     self._failed_reads += 1
