@@ -29,10 +29,14 @@ run: $(ENGINE)
 
 test: test-rust test-python
 
+# the loom models (engine/core/tests/loom.rs) explore every interleaving of
+# their scenarios up to a preemption bound: 2 here (LOOM_MAX_PREEMPTIONS=3 for
+# the long form); they build apart, with --cfg loom, in target/loom
 test-rust:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked -p zsmalloc-core
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p zsmalloc-core --release --test loom
 
 test-python: $(ENGINE)
 	$(PY) -m ruff check .

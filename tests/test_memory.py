@@ -33,7 +33,6 @@ pytestmark = pytest.mark.usefixtures("each_backend")
 WAIT = 5.0  # seconds a thread may take to react; only reached when something is broken
 
 
-
 def descriptors(mem: Memory, window: Pool | None = None) -> dict[int, dict]:
     """The descriptor of every frame of ``mem`` in use, by pfn, from a snapshot of ``window``
     (a pool on ``mem``) or of a pool made here for the purpose and closed again."""

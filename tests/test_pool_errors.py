@@ -27,15 +27,6 @@ SLOT_SHIFT = 32  # handle = slot << 32 | generation << 1
 SIZES = [1, 24, 25, 100, 1560, 1560, 1560, 3624, 4096, 3625, 700, 2000, 1560]
 
 
-def engine_differs(reason: str):
-    """Run on both implementations, the engine's run expected to fail (strictly): a recorded gap."""
-    return pytest.mark.parametrize(
-        "impl",
-        [pytest.param("engine", marks=pytest.mark.xfail(strict=True, reason=f"engine: {reason}")), "model"],
-        indirect=True,
-    )
-
-
 def slot_of(handle: int) -> int:
     return handle >> SLOT_SHIFT
 
@@ -235,18 +226,6 @@ def _page_final(pool: Pool, live: dict[int, bytes], size: int) -> int:
         candidates = [h]
 
 
-#: engine finding: on such an object a zero-length access at offset == size panics in the engine
-#: (the arena copy's range assertion, engine/core/src/mm/memory.rs): read, read_into and write
-#: raise CorruptionError and the pool refuses any further use; map lets pyo3's PanicException (a
-#: BaseException) out.  Reproduction: ``p = zsmalloc.engine.Pool(); h = p.malloc(4096);
-#: p.read(h, 0, 4096)``.  The model returns b"" (read_into 0, write None) and changes nothing.
-EMPTY_TAIL_PANICS = (
-    "a zero-length read/read_into/write/map at offset == size of an object ending at a page end "
-    "panics (CorruptionError, pool unusable after; map: PanicException)"
-)
-
-
-@engine_differs(EMPTY_TAIL_PANICS)
 @pytest.mark.parametrize("size", [24, 4096])  # the last 32-byte slot of a page; a huge object
 @pytest.mark.parametrize("name", sorted(EMPTY_TAIL_ACCESSES))
 def test_empty_access_at_the_end_of_an_object(pool_and_live, name, size):
@@ -456,13 +435,6 @@ def test_max_pages_zero():
         pool.check()
 
 
-#: engine finding: max_pages is read-only on the engine (AttributeError: attribute 'max_pages' of
-#: 'zsmalloc._engine.Pool' objects is not writable), where the model's may be changed on a live
-#: pool, as zram's mem_limit does (ZramDevice(pool=zsmalloc.engine.Pool(), mem_limit=16384) fails)
-MAX_PAGES_READ_ONLY = "Pool.max_pages cannot be changed on a live pool (AttributeError: not writable)"
-
-
-@engine_differs(MAX_PAGES_READ_ONLY)
 def test_max_pages_can_change_on_a_live_pool():
     with Pool(name="cap", chain_size=8) as pool:
         live = {}

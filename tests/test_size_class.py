@@ -40,20 +40,6 @@ CHAINS = range(4, 17)
 both = pytest.mark.usefixtures("each_backend")
 
 
-def engine_differs(reason: str):
-    """Run on both implementations, the engine's run expected to fail (strictly): a recorded gap."""
-    return pytest.mark.parametrize(
-        "impl",
-        [pytest.param("engine", marks=pytest.mark.xfail(strict=True, reason=f"engine: {reason}")), "model"],
-        indirect=True,
-    )
-
-
-#: engine finding: Pool.class_index(size) adds the 8-byte handle header (malloc's lookup), where
-#: the model's, like the kernel's zs_lookup_class_index, does not: engine.Pool().class_index(25)
-#: is 1 and class_index(3625) is 254; the model answers 0 and 225
-CLASS_INDEX_ADDS_HEADER = "Pool.class_index(size) adds the handle header: class_index(25) is 1, not 0"
-
 # chain limit -> (canonical classes, size of the largest non-huge class), used-percentage rule
 DOCUMENTED = {
     4: (69, 3264),
@@ -371,7 +357,6 @@ def test_the_pools_classes_are_the_reference_table(chain, rule):
 
 
 @both
-@engine_differs(CLASS_INDEX_ADDS_HEADER)
 @pytest.mark.parametrize(
     ("chain", "rule"),
     [(8, RULE_MIN_WASTE), (4, RULE_MIN_WASTE), (16, RULE_USED_PERCENTAGE), (11, RULE_MIN_WASTE)],
@@ -391,7 +376,6 @@ def test_pool_class_index_and_huge_class_size(chain, rule):
 
 
 @both
-@engine_differs(CLASS_INDEX_ADDS_HEADER)
 def test_pool_defaults_to_min_waste_chain_8():
     _, canonical, _ = REF[8, "min-waste"]
     _, canonical_up, _ = REF[8, "used-percentage"]

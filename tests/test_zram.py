@@ -45,15 +45,6 @@ from zsmalloc.zram import (
 both = pytest.mark.usefixtures("each_backend")
 
 
-def engine_differs(reason: str):
-    """Run on both implementations, the engine's run expected to fail (strictly): a recorded gap."""
-    return pytest.mark.parametrize(
-        "impl",
-        [pytest.param("engine", marks=pytest.mark.xfail(strict=True, reason=f"engine: {reason}")), "model"],
-        indirect=True,
-    )
-
-
 @pytest.fixture
 def dev():
     d = ZramDevice(256 * PAGE)
@@ -580,18 +571,7 @@ def test_mem_limit_is_page_aligned_and_can_change():
             dev.mem_limit = -1
 
 
-#: finding: ZramDevice builds its pool as zsmalloc.pool.Pool, the model's, whatever the backend,
-#: and a model Pool cannot take frames from an engine Memory: ``ZramDevice(64 * 4096,
-#: memory=zsmalloc.engine.Memory(capacity=4))`` raises AttributeError ('zsmalloc._engine.Memory'
-#: object has no attribute 'private') at its first write; on a model Memory the device works
-ZRAM_POOL_IS_THE_MODEL = (
-    "ZramDevice(memory=engine Memory) breaks (AttributeError 'private'): zram builds a model "
-    "Pool (zsmalloc.pool.Pool) whatever the backend"
-)
-
-
 @both
-@engine_differs(ZRAM_POOL_IS_THE_MODEL)
 def test_out_of_frames_is_a_full_device():
     with ZramDevice(64 * PAGE, memory=Memory(capacity=4)) as dev:
         rng = random.Random(14)

@@ -4,9 +4,8 @@ Two implementations of one API: the engine (``zsmalloc.engine``, Rust, built
 into ``zsmalloc._engine``) and the model (``zsmalloc.model``, Python, the
 readable reference).  ``zsmalloc.backend`` says which one ``zsmalloc.Pool``
 and ``zsmalloc.Memory`` are; ``ZSMALLOC_BACKEND=engine`` or ``=model``
-chooses.  The default is still the model, because the layers above the pool
-(zram, the protocol checker, the stress run, the CLI) are tested on it; the
-engine is used directly as ``zsmalloc.engine.Pool`` meanwhile.
+chooses, for the whole library (zram, the NBD export, the CLI and the tools
+build their pools from these names).  The default is the engine.
 
 Layers, each a package, data flowing down (nothing below imports above)::
 
@@ -62,7 +61,7 @@ from zsmalloc.pool import (
 
 BACKENDS = ("engine", "model")
 #: which implementation ``Pool`` and ``Memory`` are: "engine" or "model"
-backend: str = _os.environ.get("ZSMALLOC_BACKEND", "model")
+backend: str = _os.environ.get("ZSMALLOC_BACKEND", "engine")
 if TYPE_CHECKING:  # one static type for both: they share the API (tests/test_backend.py)
     from zsmalloc.model import Memory, Pool
 elif backend == "engine":

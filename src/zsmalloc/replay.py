@@ -44,8 +44,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 
+import zsmalloc
 from zsmalloc.errors import ZsmallocError
-from zsmalloc.pool import RULE_MIN_WASTE, Pool
+from zsmalloc.pool import RULE_MIN_WASTE
 from zsmalloc.pool.size_class import ZS_MAX_ALLOC_SIZE
 from zsmalloc.workloads import get_mix
 
@@ -178,7 +179,7 @@ def replay(
     payload = bytes(range(256)) * (ZS_MAX_ALLOC_SIZE // 256)
     requested = 0
     t0 = time.perf_counter()
-    with Pool(name="replay", chain_size=chain_size, class_rule=class_rule) as pool:
+    with zsmalloc.Pool(name="replay", chain_size=chain_size, class_rule=class_rule) as pool:
         malloc, free, pool_write = pool.malloc, pool.free, pool.write
         n = 0
         for kind, ident, size in ops:

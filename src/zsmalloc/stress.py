@@ -37,9 +37,9 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
+import zsmalloc
 from zsmalloc.errors import InvalidHandleError
-from zsmalloc.mm import Memory, MigrateMode
-from zsmalloc.pool import Pool
+from zsmalloc.mm import MigrateMode
 
 #: sizes drawn besides uniform ones: class boundaries, spanning objects, huge ones
 _EDGE_SIZES = (1, 24, 25, 200, 1560, 2000, 3624, 3625, 4096)
@@ -109,10 +109,12 @@ class StressReport:
 
 
 class _Run:
-    def __init__(self, pool: Pool, seed: int, stop: threading.Event, vm_compact: bool = True) -> None:
+    def __init__(
+        self, pool: zsmalloc.Pool, seed: int, stop: threading.Event, vm_compact: bool = True
+    ) -> None:
         self.pool = pool
         self.vm_compact = vm_compact
-        self.mem: Memory = pool.memory
+        self.mem: zsmalloc.Memory = pool.memory
         self.seed = seed
         self.stop = stop
         self.lock = threading.Lock()
@@ -278,7 +280,7 @@ def run_stress(
     ``Memory.compact()`` out of the compactor's choices.
     """
     report = StressReport(protocol=protocol, seconds=seconds, threads=threads, seed=seed)
-    pool = Pool(name=f"stress-{protocol}-{seed}", chain_size=chain_size, migration=protocol)
+    pool = zsmalloc.Pool(name=f"stress-{protocol}-{seed}", chain_size=chain_size, migration=protocol)
     stop = threading.Event()
     run = _Run(pool, seed, stop, vm_compact)
     run.owned = [{} for _ in range(threads)]
@@ -318,7 +320,7 @@ def run_stress(
     report.ops = run.ops
     report.errors = run.errors
     report.corrupt = run.corrupt
-    report.vmstat = pool.memory.vmstat.to_dict()
+    report.vmstat = dict(pool.memory.vmstat.items())
     if report.alive:  # something is stuck: looking further could hang too
         report.pool_stats = {"pages_compacted": pool.pages_compacted}
         return report
@@ -337,7 +339,7 @@ def run_stress(
     return report
 
 
-def _finish(pool: Pool, run: _Run, report: StressReport, timeout: float) -> None:
+def _finish(pool: zsmalloc.Pool, run: _Run, report: StressReport, timeout: float) -> None:
     """Check, read everything back, free everything, count the frames left."""
     try:
         pool.check()
@@ -372,5 +374,5 @@ def _finish(pool: Pool, run: _Run, report: StressReport, timeout: float) -> None
         "deferred_frees": s.deferred_frees,
         "pages_left": pool.total_pages,
     }
-    report.vmstat = pool.memory.vmstat.to_dict()
+    report.vmstat = dict(pool.memory.vmstat.items())
     pool.close()

@@ -8,7 +8,9 @@
 //!          the page allocator
 //! ```
 //!
-//! `mm` never knows that `pool` exists.
+//! `mm` never knows that `pool` exists.  Both take their locks and atomics
+//! from `sync`: parking_lot and std normally, loom under `--cfg loom`.
 
 pub mod mm;
 pub mod pool;
+pub mod sync;

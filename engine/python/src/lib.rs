@@ -73,6 +73,11 @@ fn pool_err(py: Python<'_>, e: PoolError) -> PyErr {
         PoolError::InvalidSize(m) => zs_error(py, 0, m),
         PoolError::InvalidHandle(m) => zs_error(py, 1, m),
         PoolError::PoolFull(m) => zs_error(py, 2, m),
+        PoolError::NoFrame(m, cause) => {
+            let err = zs_error(py, 2, m);
+            err.set_cause(py, Some(mm_err(py, cause)));
+            err
+        }
         PoolError::PoolClosed(m) => zs_error(py, 3, m),
         PoolError::Value(m) => PyValueError::new_err(m),
         PoolError::Mm(e) => mm_err(py, e),
@@ -842,9 +847,20 @@ impl PyPool {
     fn class_rule(&self) -> &'static str {
         self.inner.config.class_rule.name()
     }
+    /// The pool's page cap, or None; writable (zram's mem_limit changes it).
     #[getter]
     fn max_pages(&self) -> Option<usize> {
-        self.inner.config.max_pages
+        self.inner.max_pages()
+    }
+    #[setter]
+    fn set_max_pages(&self, max_pages: Option<i64>) -> PyResult<()> {
+        if let Some(m) = max_pages {
+            if m < 0 {
+                return Err(PyValueError::new_err(format!("max_pages must be >= 0, not {m}")));
+            }
+        }
+        self.inner.set_max_pages(max_pages.map(|m| m as usize));
+        Ok(())
     }
     #[getter]
     fn migration(&self) -> &str {
@@ -894,7 +910,7 @@ impl PyPool {
 
     /// ``zs_lookup_class_index``: the canonical class index serving ``size`` bytes.
     fn class_index(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<usize> {
-        self.inner.class_index_for_size(size_arg(size)?).map_err(|e| pool_err(py, e))
+        self.inner.zs_lookup_class_index(size_arg(size)?).map_err(|e| pool_err(py, e))
     }
 
     /// ``zs_malloc``: allocate ``size`` bytes (1..4096); return a handle, never 0.
@@ -988,26 +1004,28 @@ impl PyPool {
     ) -> PyResult<Mapping> {
         let py = slf.py();
         let this = slf.get();
-        let h = handle_arg(&this.inner, handle)?;
-        let length = length.map(int_arg).transpose()?;
-        let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
-        let mapped = this.inner.zs_map_object(h, offset, length).map_err(|e| pool_err(py, e))?;
-        let copy = match mapped.span.contiguous() {
-            Some(_) => None,
-            None => {
-                let mut v = vec![0u8; mapped.span.len()];
-                this.inner.copy_mapped(&mapped, &mut v);
-                Some(v)
-            }
-        };
-        Ok(Mapping {
-            pool: this.inner.clone(),
-            mapped,
-            copy,
-            exports: AtomicUsize::new(0),
-            exited: AtomicBool::new(false),
-            unmapped: AtomicBool::new(false),
-            view: std::sync::Mutex::new(None),
+        guard(py, &[&this.poisoned, &this.memory.get().poisoned], "map", || {
+            let h = handle_arg(&this.inner, handle)?;
+            let length = length.map(int_arg).transpose()?;
+            let offset = offset.map(int_arg).transpose()?.unwrap_or(0);
+            let mapped = this.inner.zs_map_object(h, offset, length).map_err(|e| pool_err(py, e))?;
+            let copy = match mapped.span.contiguous() {
+                Some(_) => None,
+                None => {
+                    let mut v = vec![0u8; mapped.span.len()];
+                    this.inner.copy_mapped(&mapped, &mut v);
+                    Some(v)
+                }
+            };
+            Ok(Mapping {
+                pool: this.inner.clone(),
+                mapped,
+                copy,
+                exports: AtomicUsize::new(0),
+                exited: AtomicBool::new(false),
+                unmapped: AtomicBool::new(false),
+                view: std::sync::Mutex::new(None),
+            })
         })
     }
 

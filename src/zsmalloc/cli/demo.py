@@ -193,7 +193,7 @@ def _run_device(
             "frames_released": arena.released,
         },
         "background_vm": vm.to_dict(),
-        "vmstat": dev.pool.memory.vmstat.to_dict(),
+        "vmstat": dict(dev.pool.memory.vmstat.items()),
         "pages_verified": n,
         "pages_corrupt": len(bad) + bad_after_fill,
         "mm_stat": dev.mm_stat().to_dict(),

@@ -16,14 +16,14 @@ import click
 from rich.progress import Progress
 from rich.table import Table
 
+import zsmalloc
 from zsmalloc.cli.app import console, main
 from zsmalloc.cli.app import rss as _rss
 from zsmalloc.mm import BackgroundMigration
-from zsmalloc.pool import Pool
 from zsmalloc.workloads import MIXES, get_mix
 
 
-def _figures(pool: Pool, payload: int, rss0: int) -> dict:
+def _figures(pool: zsmalloc.Pool, payload: int, rss0: int) -> dict:
     return {
         "pages": pool.total_pages,
         "payload": payload,
@@ -56,7 +56,7 @@ def pool_demo(
     offsets = array("Q", bytes(8 * objects))
     order = array("L", range(objects))
     rss0 = _rss()
-    pool = Pool(name="demo", chain_size=chain_size, migration=migration)
+    pool = zsmalloc.Pool(name="demo", chain_size=chain_size, migration=migration)
     payload = 0
     t0 = time.perf_counter()
     with Progress(console=console, transient=True, disable=as_json) as progress:
@@ -99,7 +99,7 @@ def pool_demo(
     bad = [i for i in kept if pool.read(handles[i]) != source[offsets[i] : offsets[i] + sizes[i]]]
     pool.check()
     stats = pool.stats()
-    vmstat = pool.memory.vmstat.to_dict()
+    vmstat = dict(pool.memory.vmstat.items())
     for i in kept:
         pool.free(handles[i])
     pool.flush_deferred()

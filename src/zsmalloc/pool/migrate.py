@@ -20,10 +20,12 @@ calls ``isolate`` / ``migrate`` / ``putback`` (see ``zsmalloc.mm.migrate``).
     off its fullness list (no allocation or compaction can pick it), and the
     zspage counts its isolated pages.
     migrate: freeze (pin) every allocated object that starts in the page
-    (busy if one is pinned: a caller maps it), copy, re-point, replace the
-    page; the last isolated page to leave (migrated or put back) puts the
-    zspage back on the list its inuse calls for, and an empty one goes to the
-    deferred free.
+    (busy if one is pinned: a caller maps it), take the zspage's migrate lock
+    for writing (busy while any object of the zspage is mapped: 4.8's
+    migrate rwlock, which also keeps the second page of a mapped object that
+    spans two pages in place), copy, re-point, replace the page; the last
+    isolated page to leave (migrated or put back) puts the zspage back on the
+    list its inuse calls for, and an empty one goes to the deferred free.
     zs_free never destroys an isolated zspage.
 
 ``2016-v3`` (deliberately broken, for the checker's tests)
@@ -160,7 +162,17 @@ class Seed2016MovableOps(MainlineMovableOps):
                 objs = pool.objs_in_page(cls, zid, src)
                 if any(slot in pool._pinned for slot, _ in objs):
                     return EAGAIN
-                self.move_page(cls, zid, dst, src, objs)
+                # migrate_write_lock: 4.8's per-zspage migrate rwlock, which
+                # zs_map_object held for reading across the whole mapping, so
+                # that no page of the zspage moves under a mapped object (the
+                # second page of an object that spans two pages included; the
+                # pins above only cover objects that start in this page)
+                if not pool.zspage_write_trylock(zid):
+                    return EAGAIN
+                try:
+                    self.move_page(cls, zid, dst, src, objs)
+                finally:
+                    pool.zspage_write_unlock(zid)
                 self.after_migrate(cls, zid)
         self.release_old_page(src)
         return MIGRATEPAGE_SUCCESS

@@ -105,8 +105,8 @@ from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import zsmalloc
 from zsmalloc.errors import CorruptionError, OutOfFramesError, PoolClosedError, PoolFullError
-from zsmalloc.pool import Pool
 from zsmalloc.zram.backing import BackingFile
 from zsmalloc.zram.codecs import Codec, get_codec
 from zsmalloc.zram.errors import (
@@ -168,6 +168,17 @@ def _resolve_codec(spec: str | Codec, params: dict | None = None) -> Codec:
     return get_codec(spec, params.get("level"), params.get("dictionary"))
 
 
+def _pool_class(memory: object) -> type[zsmalloc.Pool]:
+    """The Pool of the implementation that ``memory`` belongs to (the backend's, without one)."""
+    from zsmalloc import engine, model
+
+    if memory is None:
+        return zsmalloc.Pool
+    if isinstance(memory, engine.Memory):
+        return engine.Pool  # type: ignore[return-value]  # one static type (the model's) names both Pools
+    return model.Pool
+
+
 class ZramDevice:
     """A zram device: ``disksize`` bytes in 4 KiB pages, stored compressed in a zsmalloc pool.
 
@@ -192,7 +203,7 @@ class ZramDevice:
         backing_file: str | os.PathLike[str] | None = None,
         *,
         backing_blocks: int | None = None,
-        pool: Pool | None = None,
+        pool: zsmalloc.Pool | None = None,
         memory=None,
         algorithm_params: dict | None = None,
         name: str = "zram0",
@@ -223,7 +234,9 @@ class ZramDevice:
         self._compress = self._codecs[0].compress
 
         self._own_pool = pool is None
-        self.pool = Pool(name=name, chain_size=chain_size, memory=memory) if pool is None else pool
+        if pool is None:
+            pool = _pool_class(memory)(name=name, chain_size=chain_size, memory=memory)
+        self.pool = pool
         self._huge_size = self.pool.huge_class_size
         self._limit_pages = 0
         if mem_limit or self._own_pool:

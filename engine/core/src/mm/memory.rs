@@ -33,12 +33,13 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
+use crate::sync::{
+    Arc, ArenaWord, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Condvar,
+    Mutex, MutexGuard, RwLock, Weak,
+};
 
 use super::migrate::{MovableOps, VmStat};
 
@@ -638,18 +639,30 @@ impl Memory {
         if !self.sleep_on_page_lock {
             return Err(MmError::WouldSleep(format!("{call}({pfn}) would sleep: the page is locked")));
         }
+        // Registered as a waiter, look at the page with a release RMW on its
+        // flags (taking the lock, or or-ing in nothing): whoever clears
+        // PG_LOCKED does it with an RMW that reads from ours or a later one,
+        // so it sees our registration when it loads page_waiters.  With an
+        // acquire-only trylock or a plain load here, the memory model lets
+        // the unlocker read no waiter while we still read the page locked
+        // (the store-buffering pattern): a lost wake-up, found by the loom
+        // models.  Only the sleeping path pays for it.
+        let ready_registered = |m: &Memory| {
+            let bit = if take { PG_LOCKED } else { 0 };
+            m.desc(pfn).flags.fetch_or(bit, AcqRel) & PG_LOCKED == 0
+        };
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut guard = self.page_wait.lock();
         self.page_waiters.fetch_add(1, SeqCst);
         let ok = loop {
-            if ready(self) {
+            if ready_registered(self) {
                 break true;
             }
             match deadline {
                 None => self.page_cond.wait(&mut guard),
                 Some(d) => {
                     if self.page_cond.wait_until(&mut guard, d).timed_out() {
-                        break ready(self);
+                        break ready_registered(self);
                     }
                 }
             }
@@ -674,16 +687,36 @@ impl Memory {
         }
     }
 
-    /// Trylock every page, all or none.
+    /// Trylock every page, all or none (the kernel's `trylock_zspage`: each
+    /// page with `trylock_page`, and on the first busy one the pages already
+    /// taken are unlocked again).
+    ///
+    /// Each page is taken with one atomic test-and-set, never checked first
+    /// and set after: `trylock_page` and `lock_page` take a page lock without
+    /// the allocator lock, so a VM thread could take the lock between a check
+    /// and a set, and both would believe they held it (found by the loom
+    /// model of the seed race: the pool destroyed a zspage under the VM's
+    /// page lock).
     pub fn trylock_pages(&self, pfns: &[u32]) -> bool {
-        let _a = self.alloc.lock();
-        if pfns.iter().any(|&p| self.desc(p).flags.load(Relaxed) & PG_LOCKED != 0) {
-            return false;
+        let taken = {
+            let _a = self.alloc.lock();
+            let mut taken = 0;
+            while taken < pfns.len() && self.trylock_page(pfns[taken]) {
+                taken += 1;
+            }
+            if taken == pfns.len() {
+                return true;
+            }
+            for &p in &pfns[..taken] {
+                self.desc(p).flags.fetch_and(!PG_LOCKED, SeqCst);
+            }
+            taken
+        };
+        if taken > 0 {
+            // someone may have begun to wait on a page we held for a moment
+            self.wake_page_waiters();
         }
-        for &p in pfns {
-            self.desc(p).flags.fetch_or(PG_LOCKED, Acquire);
-        }
-        true
+        false
     }
 
     pub fn page_flags(&self, pfn: u32) -> u8 {
@@ -825,12 +858,12 @@ impl Memory {
 
     /// The 8-byte word at arena address `addr` (8-aligned: object headers).
     #[inline]
-    pub fn word(&self, addr: usize) -> &AtomicU64 {
+    pub fn word(&self, addr: usize) -> &ArenaWord {
         assert!(addr % 8 == 0);
         // SAFETY: in bounds (span), 8-aligned (asserted; the arena is
         // page-aligned), and AtomicU64 has the layout of u64; the arena
         // lives as long as `self`.
-        unsafe { &*self.span(addr, 8).cast::<AtomicU64>() }
+        unsafe { &*self.span(addr, 8).cast::<ArenaWord>() }
     }
 
     /// Copy `src` into the arena at `addr`.
@@ -974,7 +1007,8 @@ fn next_unit(state: &mut u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-#[cfg(test)]
+// the unit tests run real threads on std's atomics: not under loom (tests/loom.rs)
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

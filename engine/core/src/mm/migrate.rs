@@ -35,9 +35,10 @@
 //! Names: `isolate_movable_page` is `isolate_movable_ops_page` since 6.17,
 //! and PG_isolated is `PageMovableOpsIsolated`.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+
+use crate::sync::AtomicU64;
+use crate::sync::Ordering::Relaxed;
 
 use super::memory::{Memory, MmError, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
 

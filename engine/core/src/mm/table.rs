@@ -17,8 +17,14 @@
 //! Entries are made of atomics only, so a zero-filled page is a valid table
 //! of default entries and shared references are enough to mutate them: each
 //! user says which lock orders its writes.
+//!
+//! Under `--cfg loom` the entries hold loom's atomics, which cannot be
+//! conjured from zero pages: the table is then a `Vec` of default entries
+//! (see the loom `Table` below).  The arena's mapping (`map_anonymous`) is
+//! the same in both builds.
 
 use std::io;
+#[cfg(not(loom))]
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
@@ -30,20 +36,25 @@ use std::ptr::NonNull;
 /// shared references to entries that other threads update.
 pub unsafe trait Zeroable: Sync {}
 
+#[cfg(not(loom))]
 pub struct Table<T: Zeroable> {
     ptr: NonNull<T>,
     capacity: usize,
     _owns: PhantomData<T>,
 }
 
+#[cfg(not(loom))]
 // SAFETY: the table owns its mapping; entries are Sync (Zeroable's contract),
 // and the mapping itself is never touched through `&mut` after creation.
 unsafe impl<T: Zeroable> Send for Table<T> {}
+#[cfg(not(loom))]
 // SAFETY: as above: shared access only ever yields `&T`, and T is Sync.
 unsafe impl<T: Zeroable> Sync for Table<T> {}
 
+#[cfg(not(loom))]
 const OS_PAGE: usize = 4096;
 
+#[cfg(not(loom))]
 impl<T: Zeroable> Table<T> {
     /// Reserve room for `capacity` entries (at least one).
     pub fn new(capacity: usize) -> io::Result<Self> {
@@ -91,6 +102,7 @@ impl<T: Zeroable> Table<T> {
     }
 }
 
+#[cfg(not(loom))]
 impl<T: Zeroable> Drop for Table<T> {
     fn drop(&mut self) {
         // SAFETY: the mapping was made by map_anonymous with this length and
@@ -99,6 +111,43 @@ impl<T: Zeroable> Drop for Table<T> {
             libc::munmap(self.ptr.as_ptr().cast(), self.capacity * std::mem::size_of::<T>());
         }
     }
+}
+
+/// Under loom: the entries are loom atomics, which cannot live in mmap'd
+/// zero pages (each one is registered with the model when created), so the
+/// table is a Vec of default entries made up front (a loom model's Memory has
+/// a few frames, so its tables have a few thousand entries at most).
+#[cfg(loom)]
+pub struct Table<T: Zeroable> {
+    entries: Vec<T>,
+}
+
+#[cfg(loom)]
+impl<T: Zeroable + Default> Table<T> {
+    /// Room for `capacity` entries (at least one), all default.
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        let capacity = capacity.max(1);
+        Ok(Table { entries: (0..capacity).map(|_| T::default()).collect() })
+    }
+}
+
+#[cfg(loom)]
+impl<T: Zeroable> Table<T> {
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[inline]
+    pub fn as_slice(&self) -> &[T] {
+        &self.entries
+    }
+
+    /// A no-op under loom: nothing is given back, and entries above a
+    /// table's logical length keep their last values.  Every user
+    /// initialises an entry before it uses it again (a handle slot when the
+    /// table grows, a zspage in `alloc_zspage`, a descriptor when its frame
+    /// is handed out), so no reader depends on the zeroing.
+    pub fn release_from(&self, _from: usize) {}
 }
 
 /// A private anonymous read-write mapping of `bytes` bytes, not reserved
@@ -121,10 +170,11 @@ pub(crate) fn map_anonymous(bytes: usize) -> io::Result<NonNull<u8>> {
     NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))
 }
 
-#[cfg(test)]
+// the unit tests run real threads on std's atomics: not under loom (tests/loom.rs)
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    use crate::sync::{AtomicU64, Ordering::Relaxed};
 
     struct E(AtomicU64);
     // SAFETY: an AtomicU64 of zero is valid.

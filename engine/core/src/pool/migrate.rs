@@ -13,7 +13,8 @@
 //! - `2016` (the design merged in 4.8): isolate refuses an empty zspage; the
 //!   first isolated page takes the zspage off its fullness list, and the
 //!   zspage counts its isolated pages; migrate refuses (busy) while an object
-//!   starting in the page is pinned by a mapping; the last isolated page to
+//!   starting in the page is pinned by a mapping, or while any object of the
+//!   zspage is mapped (4.8's per-zspage migrate rwlock); the last isolated page to
 //!   leave puts the zspage back, an empty one to the deferred free; zs_free
 //!   never destroys an isolated zspage.
 //! - `2016-v3` (deliberately broken, for the checkers): the 2016 protocol
@@ -24,10 +25,9 @@
 //! Lock order: page lock (held by the VM) -> pool lock -> class lock ->
 //! zspage lock.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use crate::mm::migrate::{MigrateMode, MovableOps, EAGAIN, MIGRATEPAGE_SUCCESS};
 use crate::mm::{Memory, PG_MOVABLE};
+use crate::sync::Ordering::Relaxed;
 
 use super::size_class::ZS_SIZE_CLASSES;
 use super::zsmalloc::{ClassState, Pool, SizeClass, LOC_MASK, MAX_OBJS_PER_PAGE, OBJ_INDEX_BITS};
@@ -189,7 +189,16 @@ impl MovableOps for Pool {
                     return EAGAIN;
                 }
                 drop(pinned);
+                // migrate_write_lock: 4.8's per-zspage migrate rwlock, held for
+                // reading across every mapping, so that no page of the zspage
+                // moves under a mapped object (the second page of one that
+                // spans two pages included; the pins cover only objects that
+                // start in this page)
+                if !self.zspage_write_trylock(zid) {
+                    return EAGAIN;
+                }
                 self.move_page(cls, zid, dst, src, &objs[..n]);
+                self.zspage_write_unlock(zid);
                 self.dec_isolation(cls, &mut st, zid);
             } else {
                 if !self.zspage_write_trylock(zid) {

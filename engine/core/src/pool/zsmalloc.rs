@@ -53,17 +53,17 @@
 //!   table lengths, the page count.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize};
-use std::sync::{Arc, Weak};
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 use std::time::Duration;
-
-use parking_lot::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use crate::mm::migrate::MovableOps;
 use crate::mm::table::{Table, Zeroable};
 use crate::mm::{Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::{
+    thread, Arc, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex,
+    MutexGuard, RwLock, RwLockReadGuard, Weak,
+};
 
 use super::migrate::Protocol;
 
@@ -111,6 +111,9 @@ pub enum PoolError {
     /// an offset or length outside the object, or another bad argument
     Value(String),
     PoolFull(String),
+    /// no page to be had from the page allocator: the message, and the
+    /// allocator's own error as its cause
+    NoFrame(String, MmError),
     PoolClosed(String),
     Mm(MmError),
 }
@@ -122,7 +125,8 @@ impl std::fmt::Display for PoolError {
             | PoolError::InvalidHandle(m)
             | PoolError::Value(m)
             | PoolError::PoolFull(m)
-            | PoolError::PoolClosed(m) => f.write_str(m),
+            | PoolError::PoolClosed(m)
+            | PoolError::NoFrame(m, _) => f.write_str(m),
             PoolError::Mm(e) => e.fmt(f),
         }
     }
@@ -360,6 +364,8 @@ pub struct Pool {
     class_for_size: Vec<u8>,
     pub(super) lock: RwLock<()>,
     cache: Mutex<Cache>,
+    /// the page cap, usize::MAX for none (config.max_pages at first)
+    max_pages: AtomicUsize,
     handles: Table<HandleEntry>,
     /// the handle table's length: grows under the cache lock, shrinks under
     /// the pool lock held for writing (trim)
@@ -455,6 +461,7 @@ impl Pool {
         let handles: Table<HandleEntry> = Table::new(max_handles).map_err(os_err)?;
         let zspages: Table<ZsPage> = Table::new(frames + 1).map_err(os_err)?;
         handles.as_slice()[0].val.store(HANDLE_FREED, Relaxed);
+        let max_pages = config.max_pages.unwrap_or(usize::MAX);
         let mut registered = Ok(0);
         let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
             let ops: Weak<dyn MovableOps> = me.clone();
@@ -479,6 +486,7 @@ impl Pool {
                 }),
                 handles,
                 h_len: AtomicUsize::new(1),
+                max_pages: AtomicUsize::new(max_pages),
                 zspages,
                 pinned: Mutex::new(HashMap::new()),
                 deferred_worker: Mutex::new(()),
@@ -515,6 +523,24 @@ impl Pool {
     pub fn class_index_for_size(&self, size: usize) -> Result<usize, PoolError> {
         check_size(size)?;
         Ok(self.classes[self.class_for_size[size] as usize].spec.index)
+    }
+
+    /// `zs_lookup_class_index`: the canonical class serving objects of
+    /// `size` bytes, the handle header not added (zram's question).
+    pub fn zs_lookup_class_index(&self, size: usize) -> Result<usize, PoolError> {
+        check_size(size)?;
+        Ok(self.classes[self.class_pos[get_size_class_index(size)] as usize].spec.index)
+    }
+
+    /// The page cap (`max_pages`), or None.
+    pub fn max_pages(&self) -> Option<usize> {
+        let m = self.max_pages.load(Relaxed);
+        (m != usize::MAX).then_some(m)
+    }
+
+    /// Change the page cap: new zspages are refused past it (zram's mem_limit).
+    pub fn set_max_pages(&self, max: Option<usize>) {
+        self.max_pages.store(max.unwrap_or(usize::MAX), Relaxed);
     }
     /// `zs_get_total_pages`.
     pub fn total_pages(&self) -> usize {
@@ -791,7 +817,7 @@ impl Pool {
         let n = cls.spec.pages_per_zspage;
         {
             let mut c = self.cache.lock();
-            if let Some(max) = self.config.max_pages {
+            if let Some(max) = self.max_pages() {
                 if c.pages_allocated + n > max {
                     return Err(PoolError::PoolFull(format!(
                         "pool '{}' would pass max_pages={max} ({} in use, {n} more needed)",
@@ -804,10 +830,8 @@ impl Pool {
         let mut pages = [0u32; ZS_MAX_CHAIN_SIZE];
         if let Err(e) = self.mem.alloc_pages(&mut pages[..n]) {
             self.cache.lock().pages_allocated -= n;
-            return Err(PoolError::PoolFull(format!(
-                "no page for a new zspage of class {}: {e}",
-                cls.spec.index
-            )));
+            let msg = format!("no page for a new zspage of class {}: {e}", cls.spec.index);
+            return Err(PoolError::NoFrame(msg, e));
         }
         let zid = self.cache_alloc_zspage();
         let z = self.zs(zid);
@@ -990,9 +1014,8 @@ impl Pool {
         }
         let Some(me) = self.me.upgrade() else { return };
         w.running = true;
-        let spawned = std::thread::Builder::new()
-            .name(format!("zs-work-{}", self.config.name))
-            .spawn(move || me.worker());
+        let spawned =
+            thread::Builder::new().name(format!("zs-work-{}", self.config.name)).spawn(move || me.worker());
         if spawned.is_err() {
             w.running = false; // no thread to be had: flush_deferred and compact still work
         }
@@ -1216,6 +1239,11 @@ impl Pool {
         let length = length.unwrap_or(size as i64 - offset);
         if offset < 0 || length < 0 || offset + length > size as i64 {
             return Err(bad_range(op, handle, offset, length, size));
+        }
+        if length == 0 {
+            // nothing to reach: an offset at the very end of an object may
+            // name the page after its last one, which need not exist
+            return Ok(Span { first: (0, 0), second: (0, 0) });
         }
         let cls = &self.classes[self.class_for_size[size] as usize];
         let start = self.obj_addr(cls, packed & LOC_MASK, offset as usize);
@@ -1773,7 +1801,8 @@ fn trim_process_heap() {
     }
 }
 
-#[cfg(test)]
+// the unit tests run real threads on std's atomics: not under loom (tests/loom.rs)
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
