@@ -157,3 +157,15 @@ MEMORY_API = (
     "pcp_batch",
     "sleep_on_page_lock",
 )
+
+
+def test_the_library_imports_nothing_of_the_command_line():
+    """``pip install zsmalloc`` brings lz4 and zstandard only: the pool, zram and the tools must
+    not need the CLI's extra (click, rich, psutil, matplotlib)."""
+    code = (
+        "import sys, zsmalloc, zsmalloc.zram, zsmalloc.protocheck, zsmalloc.stress, zsmalloc.replay; "
+        "heavy = {'click', 'rich', 'psutil', 'matplotlib'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -13,6 +13,13 @@ family, each registering on the group in :mod:`zsmalloc.cli.app`:
 ``serve``      ``zsmalloc serve``: a zram device exported over NBD
 """
 
+try:
+    import click  # noqa: F401
+    import rich  # noqa: F401
+except ImportError as exc:  # the library is installed without its command line
+    need = "pip install 'zsmalloc[cli]'"
+    raise ImportError(f"the zsmalloc command line needs its extra: {need} ({exc})") from exc
+
 from zsmalloc.cli import bench, checks, classes, demo, pool_demo, replay, serve, stats
 from zsmalloc.cli.app import main
 
