@@ -984,3 +984,17 @@ def test_close_with_a_frame_view_still_held(impl):
 def test_repr_mentions_usage(mem):
     mem.alloc_pages(3)
     assert "3/256" in repr(mem)
+
+
+def test_extreme_arguments_are_answered_not_crashed(mem):
+    """A page count past the arena is refused (no buffer of that size is made first); an
+    infinite or negative timeout is a timeout, not a crash."""
+    with pytest.raises(OutOfFramesError):
+        mem.alloc_pages(10**12)
+    assert mem.nr_used == 0
+    p = mem.alloc_page()
+    assert mem.wait_on_page_locked(p, timeout=float("inf")) is True
+    assert mem.lock_page(p, timeout=float("inf")) is True
+    assert mem.lock_page(p, timeout=-1.0) is False  # locked by us: no wait at all
+    mem.unlock_page(p)
+    mem.free_page(p)

@@ -159,6 +159,16 @@ fn int_arg(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
     Ok(if as_int.lt(0)? { i64::MIN / 2 } else { i64::MAX / 2 })
 }
 
+/// A timeout in seconds: negative or NaN is no wait at all, infinite or too
+/// long for a Duration is no limit (Duration::from_secs_f64 would panic).
+fn timeout_arg(timeout: Option<f64>) -> Option<Duration> {
+    let t = timeout?;
+    if t.is_nan() || t <= 0.0 {
+        return Some(Duration::ZERO);
+    }
+    Duration::try_from_secs_f64(t).ok()
+}
+
 fn pfn_arg(mem: &Memory, pfn: i64) -> PyResult<u32> {
     if pfn < 0 || pfn as u64 >= mem.capacity() as u64 {
         return Err(PyValueError::new_err(format!(
@@ -448,7 +458,7 @@ impl PyMemory {
     ) -> PyResult<Bound<'py, PyAny>> {
         guard(py, &[&self.poisoned], "migrate_pages", || {
             let (pfns, mode, target) = (pfns_arg(&self.inner, pfns)?, mode_arg(mode)?, target_arg(target)?);
-            let timeout = lock_timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+            let timeout = timeout_arg(lock_timeout);
             let mem = &self.inner;
             let r = py.detach(|| mem.migrate_pages(&pfns, mode, target, passes, putback, timeout));
             migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.map_err(|e| mm_err(py, e))?)
@@ -585,6 +595,16 @@ impl PyMemory {
     }
 
     fn alloc_pages(&self, py: Python<'_>, n: usize) -> PyResult<Vec<u32>> {
+        if n > self.inner.capacity() {
+            // more than the arena holds: refused before a buffer of n is made
+            return Err(mm_err(
+                py,
+                MmError::OutOfFrames(format!(
+                    "no free frame for {n} pages (capacity {})",
+                    self.inner.capacity()
+                )),
+            ));
+        }
         let mut out = vec![0u32; n];
         self.inner.alloc_pages(&mut out).map_err(|e| mm_err(py, e))?;
         Ok(out)
@@ -648,7 +668,7 @@ impl PyMemory {
         if mem.trylock_page(pfn) {
             return Ok(true);
         }
-        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let timeout = timeout_arg(timeout);
         py.detach(|| mem.lock_page(pfn, timeout)).map_err(|e| mm_err(py, e))
     }
 
@@ -656,7 +676,7 @@ impl PyMemory {
     fn wait_on_page_locked(&self, py: Python<'_>, pfn: i64, timeout: Option<f64>) -> PyResult<bool> {
         let pfn = pfn_arg(&self.inner, pfn)?;
         let mem = &self.inner;
-        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+        let timeout = timeout_arg(timeout);
         py.detach(|| mem.wait_on_page_locked(pfn, timeout)).map_err(|e| mm_err(py, e))
     }
 
