@@ -7,10 +7,8 @@ Rust) and the model (``zsmalloc.model.Pool``, Python): a pool filled with the
 ``kernel-build`` mix (140k objects, 208 MiB of payload, in the full run; 10k
 with ``--quick``), then a random half of the objects freed (fixed seed, in
 random order), then compaction: ``pool.compact()`` (objects move between
-zspages so that zspages empty) and, for the model only, ``pool.memory.compact()``
-(the VM moves in-use frames down the arena and lowers its high-water mark;
-the engine's Memory does not have the VM's migration calls yet, so the
-engine's run stops at ``pool.compact()``), each followed by
+zspages so that zspages empty) and ``pool.memory.compact()`` (the VM moves
+in-use frames down the arena and lowers its high-water mark), each followed by
 ``flush_deferred()`` and ``memory.drain_pages()``.  At four points (filled;
 after the free; after ``pool.compact()``; after ``memory.compact()``, model
 only):
@@ -22,9 +20,9 @@ only):
   the imported package, the size list, the data source and the handle array
   are in that baseline); the raw RSS is reported beside it.
 
-Targets (full-size runs, at least 200 MiB of payload): for the engine, after
-``pool.compact()``, pool bytes <= 1.05 x live payload and RSS growth <= 1.10
-x live payload; for the model, after ``memory.compact()``, 1.10 x and 1.15 x.
+Targets (full-size runs, at least 200 MiB of payload), after
+``memory.compact()``: for the engine, pool bytes <= 1.05 x live payload and
+RSS growth <= 1.10 x live payload; for the model, 1.10 x and 1.15 x.
 
 The peer, in the same run and a separate fresh subprocess: a ``dict {i:
 bytes}`` holding the same objects (same sizes, same bytes), with the same
@@ -90,8 +88,6 @@ STAGE_LABELS = {
     "pool_compacted": "after pool.compact() (+ flush_deferred, drain_pages)",
     "memory_compacted": "after memory.compact() (+ flush_deferred, drain_pages)",
 }
-# the engine's Memory has no compact() (the VM's migration calls): its run stops at pool.compact()
-BACKEND_STAGES = {"engine": STAGES[:3], "model": STAGES}
 
 
 # ----------------------------------------------------------------------
@@ -206,21 +202,19 @@ def worker_pool(backend: str, mix: str, n: int) -> dict:
     compact_s = time.perf_counter() - t0
     _settle(pool)
     stage("pool_compacted", inp.live_payload)
-    memory_compact = None
-    if "memory_compacted" in BACKEND_STAGES[backend]:
-        t0 = time.perf_counter()
-        res = mem.compact()
-        mem_compact_s = time.perf_counter() - t0
-        _settle(pool)
-        stage("memory_compacted", inp.live_payload)
-        memory_compact = {
-            "pages_moved": res.succeeded,
-            "failed": res.failed,
-            "hwm_before": res.hwm_before,
-            "hwm_after": res.hwm_after,
-            "released": res.released,
-            "seconds": mem_compact_s,
-        }
+    t0 = time.perf_counter()
+    res = mem.compact()
+    mem_compact_s = time.perf_counter() - t0
+    _settle(pool)
+    stage("memory_compacted", inp.live_payload)
+    memory_compact = {
+        "pages_moved": res.succeeded,
+        "failed": res.failed,
+        "hwm_before": res.hwm_before,
+        "hwm_after": res.hwm_after,
+        "released": res.released,
+        "seconds": mem_compact_s,
+    }
     intact, why = verify_live(pool, inp, handles)
     return {
         "backend": backend,
@@ -317,9 +311,8 @@ def _targets(pools: dict[str, dict], peer: dict, n: int) -> list[dict]:
     dict_freed = peer["stages"]["freed"]["rss_growth_per_live"]
     targets = []
     for backend, pool in pools.items():
-        last = BACKEND_STAGES[backend][-1]
-        final = pool["stages"][last]
-        after = "pool.compact()" if last == "pool_compacted" else "memory.compact()"
+        final = pool["stages"]["memory_compacted"]
+        after = "memory.compact()"
         applies = pool["payload_bytes"] >= MIN_PAYLOAD
         config = f"{backend}, {MIX}, {n:,} objects, {pool['payload_bytes'] / 2**20:.0f} MiB, half freed"
         targets += [
@@ -393,24 +386,23 @@ def markdown(doc: dict) -> str:
         f"{doc['mix']} mix (seed {doc['seed']}; payload {fmt_mib(any_pool['payload_bytes'])} MiB), the "
         "data source, the handle array and the victims (a random half, freed in random order), runs "
         "`gc.collect()` and `malloc_trim(0)`, reads its RSS, creates the pool and fills it; frees the "
-        "victims; runs `pool.compact()`, then (model only) `pool.memory.compact()`; "
+        "victims; runs `pool.compact()`, then `pool.memory.compact()`; "
         "after each step `flush_deferred()`, `memory.drain_pages()` and `gc.collect()`, then the pool's "
-        "pages and the RSS are read. **The engine's rows stop at `pool.compact()`: its Memory has no "
-        "`compact()` yet (the VM's migration calls are model-only).** **RSS ratios use the RSS growth: "
+        "pages and the RSS are read. **RSS ratios use the RSS growth: "
         "process RSS minus the RSS read just before the pool was created**; raw RSS is shown too. Live "
         "payload = sum of the requested "
         "sizes of the objects still allocated. The peer, a `dict {i: bytes}` of the same objects with "
         "the same half deleted (`del d[i]`), runs in its own fresh subprocess the same way. "
         f"{doc['repeats']} run(s) of each, interleaved (engine, model, dict); RSS figures are medians. "
         "At the end every live object is read back and compared, and `pool.check()` run. Targets "
-        "(>= 200 MiB of payload): the engine after `pool.compact()`, pool bytes <= "
-        f"{POOL_LIMIT['engine']}x and RSS growth <= {RSS_LIMIT['engine']}x the live payload; the model "
-        f"after `memory.compact()`, {POOL_LIMIT['model']}x and {RSS_LIMIT['model']}x.",
+        "(>= 200 MiB of payload), after `memory.compact()`: the engine, pool bytes <= "
+        f"{POOL_LIMIT['engine']}x and RSS growth <= {RSS_LIMIT['engine']}x the live payload; the model, "
+        f"{POOL_LIMIT['model']}x and {RSS_LIMIT['model']}x.",
         "",
     ]
     rows = []
     for backend, pool in pools.items():
-        for name in BACKEND_STAGES.get(backend, STAGES):
+        for name in STAGES:
             s = pool["stages"][name]
             rows.append(
                 [
@@ -469,16 +461,13 @@ def markdown(doc: dict) -> str:
             f"{fmt_int(pool['freeable_before_compact'])} freeable), {fmt_int(pc['objects_moved'])} objects "
             f"moved, {pc['seconds']:.2f} s."
         )
-        if mc is None:
-            text += " `memory.compact()`: not on the engine's Memory yet, not run."
-        else:
-            mc_us = mc["seconds"] / mc["pages_moved"] * 1e6 if mc["pages_moved"] else None
-            text += (
-                f" `memory.compact()`: {fmt_int(mc['pages_moved'])} frames moved down, {mc['failed']} not "
-                f"moved, high-water mark {fmt_int(mc['hwm_before'])} -> {fmt_int(mc['hwm_after'])} frames "
-                f"({fmt_int(mc['released'])} released), {mc['seconds']:.2f} s"
-                + (f" ({mc_us:,.0f} µs per frame moved)." if mc_us else ".")
-            )
+        mc_us = mc["seconds"] / mc["pages_moved"] * 1e6 if mc["pages_moved"] else None
+        text += (
+            f" `memory.compact()`: {fmt_int(mc['pages_moved'])} frames moved down, {mc['failed']} not "
+            f"moved, high-water mark {fmt_int(mc['hwm_before'])} -> {fmt_int(mc['hwm_after'])} frames "
+            f"({fmt_int(mc['released'])} released), {mc['seconds']:.2f} s"
+            + (f" ({mc_us:,.0f} µs per frame moved)." if mc_us else ".")
+        )
         out += ["", text]
     out += [
         "",
@@ -486,7 +475,7 @@ def markdown(doc: dict) -> str:
         "pymalloc arena) between live ones, so its RSS stays where the fill left it; `malloc_trim(0)` "
         "returns only the heap pages that happen to be wholly free. The pool's `pool.compact()` empties "
         "zspages by moving objects, and the freed frames go back to the OS (`madvise(MADV_DONTNEED)`); "
-        "the model's `memory.compact()` then packs the frames still in use below a lower high-water "
+        "`memory.compact()` then packs the frames still in use below a lower high-water "
         "mark, which shrinks the page descriptors.",
     ]
     return "\n".join(out)

@@ -13,7 +13,9 @@ legacy one) and ``bench_zram.py``
 (``ZramDevice`` page write/read throughput and RSS, fill and after discarding
 half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
 (``zsmalloc serve`` against ``nbdkit memory allocator=zstd`` through
-nbdcopy, qemu-img and libnbd: throughput and server RSS).  Each writes
+nbdcopy, qemu-img and libnbd: throughput and server RSS) and
+``bench_threads.py`` (what a second thread gets from one-object calls, which
+keep the GIL, and from batch calls, which release it).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -50,6 +52,7 @@ import bench_density
 import bench_migration
 import bench_nbd
 import bench_speed
+import bench_threads
 import bench_zram
 import common
 from common import md_table, verdict
@@ -62,6 +65,7 @@ BENCHMARKS = (
     bench_compaction_work,
     bench_zram,
     bench_nbd,
+    bench_threads,
 )
 
 

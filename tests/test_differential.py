@@ -90,6 +90,9 @@ class Differential(RuleBasedStateMachine):
                 max_pages=max_pages,
                 class_rule=rule,
                 migration=migration,
+                # deferred work waits for run_pending_work / flush_deferred: a
+                # worker thread of each would run it whenever it is scheduled
+                background_work=False,
             )
             for impl in (model, engine)
         )
@@ -186,6 +189,10 @@ class Differential(RuleBasedStateMachine):
     @rule()
     def flush_deferred(self) -> None:
         self.both(lambda p: p.flush_deferred())
+
+    @rule()
+    def run_pending_work(self) -> None:
+        self.both(lambda p: (p.pending_work(), p.run_pending_work()))
 
     @rule()
     def trim(self) -> None:

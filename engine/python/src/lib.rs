@@ -124,8 +124,29 @@ fn guard<T>(
 // ----------------------------------------------------------------------
 // arguments
 
+/// The value of an exact `int` that fits an i64, without the general
+/// conversion's cost (CPython 3.11 converts every multi-digit int to u64
+/// through a byte array); None for anything else.
+#[inline]
+fn exact_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
+    // SAFETY: obj is a live object (we hold a reference); PyLong_CheckExact
+    // only reads its type, and PyLong_AsLongAndOverflow on an exact int
+    // never raises: it reports overflow through the flag instead.
+    unsafe {
+        if ffi::PyLong_CheckExact(obj.as_ptr()) == 0 {
+            return None;
+        }
+        let mut overflow = 0;
+        let v = ffi::PyLong_AsLongAndOverflow(obj.as_ptr(), &mut overflow);
+        (overflow == 0).then_some(v as i64)
+    }
+}
+
 /// A handle argument: any int; one that is no u64 is no handle of ours.
 fn handle_arg(pool: &Pool, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
+    if let Some(h) = exact_i64(obj).filter(|&h| h >= 0) {
+        return Ok(h as u64);
+    }
     if let Ok(h) = obj.extract::<u64>() {
         return Ok(h);
     }
@@ -141,6 +162,9 @@ fn handle_arg(pool: &Pool, obj: &Bound<'_, PyAny>) -> PyResult<u64> {
 
 /// A size argument: an int within 1..4096, else InvalidSizeError.
 fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
+    if let Some(s) = exact_i64(obj).filter(|&s| s >= 0) {
+        return Ok(s as usize);
+    }
     if let Ok(s) = obj.extract::<usize>() {
         return Ok(s);
     }

@@ -17,7 +17,7 @@
 //!   after:   [U][U][U][U][U][U][.][.][.][.][.]  ->  [U][U][U][U][U][U]   hwm = 6
 //! ```
 
-use super::memory::{Memory, MmError, PG_ISOLATED, PG_MOVABLE};
+use super::memory::{trim_process_heap, Memory, MmError, PG_ISOLATED, PG_MOVABLE, TRIM_HEAP_FRAMES};
 use super::migrate::{Event, MigrateMode, MigrateResult, Target, NR_MIGRATE_PASSES};
 
 /// Pages isolated per round (the kernel's COMPACT_CLUSTER_MAX).
@@ -117,6 +117,11 @@ impl Memory {
             }
         }
         result.released = self.shrink_arena();
+        if result.released < TRIM_HEAP_FRAMES {
+            // (a bigger shrink has trimmed the heap already) whoever compacts
+            // wants the process's memory back, the C heap's too
+            trim_process_heap();
+        }
         result.hwm_after = self.hwm();
         self.vmstat.add(Event::CompactRuns, 1);
         self.vmstat.add(Event::CompactPagesMoved, result.migrate.succeeded);

@@ -118,6 +118,21 @@ const NR_ALLOC_FAIL: usize = 2;
 const NR_DRAINED: usize = 3;
 const NR_USED_MAX: usize = 4;
 
+/// A shrink of the arena by this many frames or more, or an arena
+/// compaction, also gives the C heap's free memory back to the OS.
+pub(super) const TRIM_HEAP_FRAMES: usize = 1024;
+
+/// Ask the C heap to give its free memory back to the OS (glibc's
+/// `malloc_trim(0)`): tables that shrank leave free memory that glibc
+/// keeps resident until asked.
+pub fn trim_process_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap structures.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Where a frame handed out by `alloc_pages` came from, to put it back on failure.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Source {
@@ -518,7 +533,14 @@ impl Memory {
     /// Lower the high-water mark to just above the highest frame in use;
     /// returns how many free frames were dropped.
     pub fn shrink_arena(&self) -> usize {
-        let mut a = self.alloc.lock();
+        let dropped = self.shrink_arena_locked(&mut self.alloc.lock());
+        if dropped >= TRIM_HEAP_FRAMES {
+            trim_process_heap(); // the shrunk descriptor table and frame heap left free heap memory
+        }
+        dropped
+    }
+
+    fn shrink_arena_locked(&self, a: &mut Alloc) -> usize {
         let mut new_hwm = a.hwm;
         while new_hwm > 0 && self.desc(new_hwm as u32 - 1).refcount.load(Relaxed) <= 0 {
             new_hwm -= 1;
@@ -528,7 +550,7 @@ impl Memory {
         }
         let mut resident: Vec<u32> = a.pcp.iter().copied().filter(|&p| p as usize >= new_hwm).collect();
         if !resident.is_empty() {
-            self.drain(&mut a, &mut resident);
+            self.drain(a, &mut resident);
             a.pcp.retain(|&p| (p as usize) < new_hwm);
         }
         let kept: Vec<Reverse<u32>> = a.free.drain().filter(|&Reverse(p)| (p as usize) < new_hwm).collect();
@@ -864,6 +886,23 @@ impl Memory {
         // page-aligned), and AtomicU64 has the layout of u64; the arena
         // lives as long as `self`.
         unsafe { &*self.span(addr, 8).cast::<ArenaWord>() }
+    }
+
+    /// A hint that `len` arena bytes at `addr` are about to be written: the
+    /// cache lines are fetched while the caller does other work.
+    #[inline]
+    pub fn prefetch_write(&self, addr: usize, len: usize) {
+        let start = self.span(addr, len) as usize;
+        #[cfg(target_arch = "x86_64")]
+        for line in (start & !63..start + len).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the
+            // address, and the lines lie inside the arena anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(line as *const i8)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = start;
     }
 
     /// Copy `src` into the arena at `addr`.

@@ -10,7 +10,7 @@ pub mod migrate;
 pub mod table;
 
 pub use memory::{
-    Memory, MemoryStats, MmError, PageDesc, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED, PG_LOCKED,
-    PG_MOVABLE,
+    trim_process_heap, Memory, MemoryStats, MmError, PageDesc, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED,
+    PG_LOCKED, PG_MOVABLE,
 };
 pub use migrate::{MigrateMode, MigrateResult, MovableOps, Target};

@@ -31,11 +31,25 @@
 //! (FREE_LIST_END ends the list).  Huge zspages keep their handle in the page
 //! descriptor's `index` word instead.
 //!
-//! A handle is `slot << 32 | generation << 1`; its table entry holds the
-//! object's location `(pfn << OBJ_INDEX_BITS) | obj_idx` (pfn: the page the
-//! object starts in) and the size asked for.  Moving an object rewrites only
-//! that entry.  A freed entry keeps its handle with HANDLE_FREED (bit 63)
-//! set, and the next handle of that slot is one generation on.
+//! A handle is `slot << 32 | generation << 1`.  Its table entry, one
+//! 16-byte [`HandleEntry`], holds:
+//!
+//! ```text
+//!      63               32 31                 1   0
+//!     +-------------------+--------------------+----+
+//! val |  zspage id        |  generation        |free|   the handle's low word, and
+//!     +-------------------+--------------------+----+   the zspage of its object
+//!      63        48 47                    12 11     0
+//!     +------------+------------------------+-------+
+//! obj | size asked |  pfn                   |obj_idx|   obj_to_location's word
+//!     +------------+------------------------+-------+
+//! ```
+//!
+//! (pfn: the page the object starts in.)  Moving an object rewrites only
+//! that entry.  A freed entry keeps its generation with the free bit set,
+//! and the next handle of that slot is one generation on.  The zspage id
+//! beside the generation is the engine's own: zs_free finds the zspage
+//! without reading the page descriptor (the kernel reads page->private).
 //!
 //! Locking
 //! -------
@@ -58,7 +72,7 @@ use std::time::Duration;
 
 use crate::mm::migrate::MovableOps;
 use crate::mm::table::{Table, Zeroable};
-use crate::mm::{Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
+use crate::mm::{trim_process_heap, Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
 use crate::sync::Ordering::{Acquire, Relaxed, Release};
 use crate::sync::{
     thread, Arc, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex,
@@ -81,9 +95,10 @@ pub const FREE_LIST_END: u64 = !OBJ_ALLOCATED_TAG;
 pub const HANDLE_SLOT_SHIFT: u32 = 32;
 pub const HANDLE_SLOT_MASK: u64 = (1 << 31) - 1;
 pub const HANDLE_GEN_SHIFT: u32 = 1;
-pub const HANDLE_GEN_MASK: u64 = (1 << (HANDLE_SLOT_SHIFT - HANDLE_GEN_SHIFT)) - 1;
 pub const HANDLE_LOW_MASK: u64 = (1 << HANDLE_SLOT_SHIFT) - 1;
-pub const HANDLE_FREED: u64 = 1 << 63;
+/// A handle entry's `val`: the slot is free (bit 0, always clear in a handle).
+const VAL_FREED: u64 = 1;
+const VAL_ZID_SHIFT: u32 = 32;
 
 pub const NR_FULLNESS_GROUPS: usize = 12;
 pub const ZS_INUSE_RATIO_0: usize = 0;
@@ -151,10 +166,30 @@ pub fn get_fullness_group(inuse: usize, objs_per_zspage: usize) -> usize {
     }
 }
 
+/// A live handle's table entry: what `lookup` found.
+struct Found {
+    slot: usize,
+    /// location and size
+    packed: u64,
+    zid: u32,
+}
+
+/// Whether a handle entry's `val` is live and belongs to `handle`.
+#[inline]
+fn val_is(val: u64, handle: u64) -> bool {
+    val & VAL_FREED == 0 && (val ^ handle) & HANDLE_LOW_MASK == 0
+}
+
+/// The `val` of a live handle whose object is in zspage `zid`.
+#[inline]
+fn live_val(handle: u64, zid: u32) -> u64 {
+    ((zid as u64) << VAL_ZID_SHIFT) | (handle & HANDLE_LOW_MASK)
+}
+
 /// One handle slot.
 #[derive(Default)]
 pub struct HandleEntry {
-    /// the live handle, or the last one with HANDLE_FREED set
+    /// the zspage id above, the handle's generation, VAL_FREED when free
     val: AtomicU64,
     /// location in the low 48 bits, the size asked for above
     pub(super) obj: AtomicU64,
@@ -460,7 +495,7 @@ impl Pool {
         let max_handles = (frames * (PAGE_SIZE / ZS_MIN_ALLOC_SIZE) + 1).min(HANDLE_SLOT_MASK as usize + 1);
         let handles: Table<HandleEntry> = Table::new(max_handles).map_err(os_err)?;
         let zspages: Table<ZsPage> = Table::new(frames + 1).map_err(os_err)?;
-        handles.as_slice()[0].val.store(HANDLE_FREED, Relaxed);
+        handles.as_slice()[0].val.store(VAL_FREED, Relaxed);
         let max_pages = config.max_pages.unwrap_or(usize::MAX);
         let mut registered = Ok(0);
         let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
@@ -592,16 +627,17 @@ impl Pool {
     /// The slot of a live handle and its packed location and size, or an
     /// error.  Caller holds the pool lock (either side).
     #[inline]
-    fn lookup(&self, handle: u64, h_len: usize) -> Result<(usize, u64), PoolError> {
+    fn lookup(&self, handle: u64, h_len: usize) -> Result<Found, PoolError> {
         let slot = (handle >> HANDLE_SLOT_SHIFT) as usize;
         if slot >= h_len {
             return Err(self.bad_handle(handle));
         }
         let e = self.entry(slot);
-        if e.val.load(Acquire) != handle {
+        let val = e.val.load(Acquire);
+        if !val_is(val, handle) {
             return Err(self.bad_handle(handle));
         }
-        Ok((slot, e.obj.load(Relaxed)))
+        Ok(Found { slot, packed: e.obj.load(Relaxed), zid: (val >> VAL_ZID_SHIFT) as u32 })
     }
 
     #[inline]
@@ -623,10 +659,10 @@ impl Pool {
         if new <= old {
             return Err(PoolError::PoolFull("handle table is full".into()));
         }
-        let fresh = (c.gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED;
+        let fresh = (c.gen_base << HANDLE_GEN_SHIFT) | VAL_FREED;
         for slot in old..new {
             let e = self.entry(slot);
-            e.val.store(((slot as u64) << HANDLE_SLOT_SHIFT) | fresh, Relaxed);
+            e.val.store(fresh, Relaxed);
             e.obj.store(0, Relaxed);
         }
         c.h_free.extend((old as u32..new as u32).rev());
@@ -771,6 +807,15 @@ impl Pool {
         } else {
             ((self.mem.desc(pfn).next.load(Relaxed) as usize) << PAGE_SHIFT) + offset - room
         }
+    }
+
+    /// Fetch the cache lines of the first page of a new object's bytes: the
+    /// caller's write follows.
+    #[inline]
+    fn prefetch_object(&self, cls: &SizeClass, obj: u64, size: usize) {
+        let start = self.obj_addr(cls, obj, 0);
+        let page_end = (start | (PAGE_SIZE - 1)) + 1;
+        self.mem.prefetch_write(start, size.min(page_end - start));
     }
 
     /// The span of `n` bytes from arena address `start`, across a page boundary.
@@ -1124,16 +1169,16 @@ impl Pool {
             let mut st = cls.state.lock();
             let slot = self.cache_alloc_handle()?;
             let e = self.entry(slot as usize);
-            let mut handle = (e.val.load(Relaxed) & !HANDLE_FREED) + (1 << HANDLE_GEN_SHIFT);
-            if handle & HANDLE_LOW_MASK == 0 {
-                handle -= 1 << HANDLE_SLOT_SHIFT; // the generation wrapped: it carried into the slot
-            }
+            // one generation on (wrapping within the low word)
+            let generation = (e.val.load(Relaxed) & !VAL_FREED).wrapping_add(1 << HANDLE_GEN_SHIFT);
+            let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (generation & HANDLE_LOW_MASK);
             if let Some(zid) = self.find_get_zspage(&st) {
                 let obj = self.obj_malloc(cls, zid, handle);
                 self.fix_fullness_group(cls, &mut st, zid);
                 st.objs_inuse += 1;
                 e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
-                e.val.store(handle, Release);
+                e.val.store(live_val(handle, zid), Release);
+                self.prefetch_object(cls, obj, size);
                 return Ok(handle);
             }
             (slot, handle)
@@ -1162,7 +1207,7 @@ impl Pool {
         st.objs_inuse += 1;
         let e = self.entry(slot as usize);
         e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
-        e.val.store(handle, Release);
+        e.val.store(live_val(handle, zid), Release);
         // only now, fully set up, may the VM see its pages
         self.set_zspage_movable(zid)?;
         Ok(handle)
@@ -1177,13 +1222,19 @@ impl Pool {
             return Err(self.bad_handle(handle));
         }
         let e = self.entry(slot);
+        let val = e.val.load(Relaxed);
         // marked freed at once: a racing second free is refused
-        if e.val.compare_exchange(handle, handle | HANDLE_FREED, Acquire, Relaxed).is_err() {
+        if !val_is(val, handle) || e.val.compare_exchange(val, val | VAL_FREED, Acquire, Relaxed).is_err() {
             return Err(self.bad_handle(handle));
         }
-        let obj = e.obj.load(Relaxed) & LOC_MASK;
-        let (pfn, _) = obj_to_location_parts(obj);
-        let zid = self.mem.desc(pfn).private.load(Relaxed);
+        let packed = e.obj.load(Relaxed);
+        let obj = packed & LOC_MASK;
+        let (pfn, idx) = obj_to_location_parts(obj);
+        // the in-page header that obj_free rewrites: its cache line comes
+        // in while the zspage is looked up
+        let by_size = &self.classes[self.class_for_size[(packed >> SIZE_SHIFT) as usize] as usize];
+        self.mem.prefetch_write(Self::header_addr(by_size, pfn, idx), 8);
+        let zid = (val >> VAL_ZID_SHIFT) as u32;
         let cls = self.class_of_zspage(zid);
         let mut st = cls.state.lock();
         drop(guard);
@@ -1220,7 +1271,7 @@ impl Pool {
         op: &str,
     ) -> Result<ObjectRef<'_>, PoolError> {
         let guard = self.lock.read();
-        let (_, packed) = self.lookup(handle, self.h_len())?;
+        let packed = self.lookup(handle, self.h_len())?.packed;
         let span = self.object_span(handle, packed, offset, length, op)?;
         Ok(ObjectRef { pool: self, _guard: guard, span })
     }
@@ -1253,7 +1304,7 @@ impl Pool {
     /// `zs_obj_write`: copy `data` into the object at `offset`.
     pub fn zs_obj_write(&self, handle: u64, data: &[u8], offset: i64) -> Result<(), PoolError> {
         let _guard = self.lock.read();
-        let (_, packed) = self.lookup(handle, self.h_len())?;
+        let packed = self.lookup(handle, self.h_len())?.packed;
         let span = self.object_span(handle, packed, offset, Some(data.len() as i64), "write")?;
         self.copy_span_in(&span, data);
         Ok(())
@@ -1263,10 +1314,8 @@ impl Pool {
     /// pinned) and locate its bytes; `unmap_object` ends it.
     pub fn zs_map_object(&self, handle: u64, offset: i64, length: Option<i64>) -> Result<Mapped, PoolError> {
         let _guard = self.lock.read();
-        let (slot, packed) = self.lookup(handle, self.h_len())?;
+        let Found { slot, packed, zid } = self.lookup(handle, self.h_len())?;
         let span = self.object_span(handle, packed, offset, length, "map")?;
-        let (pfn, _) = obj_to_location_parts(packed & LOC_MASK);
-        let zid = self.mem.desc(pfn).private.load(Relaxed);
         // writers of the zspage lock hold the pool lock for writing: under
         // our read side it is never write-locked, so this only counts up
         self.zs(zid).lock.fetch_add(1, Acquire);
@@ -1296,23 +1345,19 @@ impl Pool {
     /// The size `malloc` was asked for.
     pub fn handle_size(&self, handle: u64) -> Result<usize, PoolError> {
         let _guard = self.lock.read();
-        let (_, packed) = self.lookup(handle, self.h_len())?;
-        Ok((packed >> SIZE_SHIFT) as usize)
+        Ok((self.lookup(handle, self.h_len())?.packed >> SIZE_SHIFT) as usize)
     }
 
     /// `obj_to_location` of a live handle: (pfn, obj_idx).
     pub fn locate(&self, handle: u64) -> Result<(u32, usize), PoolError> {
         let _guard = self.lock.read();
-        let (_, packed) = self.lookup(handle, self.h_len())?;
-        Ok(obj_to_location_parts(packed & LOC_MASK))
+        Ok(obj_to_location_parts(self.lookup(handle, self.h_len())?.packed & LOC_MASK))
     }
 
     /// The pfns of the object's zspage, head first.
     pub fn zspage_pfns(&self, handle: u64) -> Result<Vec<u32>, PoolError> {
         let _guard = self.lock.read();
-        let (_, packed) = self.lookup(handle, self.h_len())?;
-        let (pfn, _) = obj_to_location_parts(packed & LOC_MASK);
-        Ok(self.zspage_pages(self.mem.desc(pfn).private.load(Relaxed)).as_slice().to_vec())
+        Ok(self.zspage_pages(self.lookup(handle, self.h_len())?.zid).as_slice().to_vec())
     }
 
     /// Live objects.
@@ -1330,7 +1375,7 @@ impl Pool {
         let h_len = self.h_len();
         (1..h_len)
             .map(|s| self.entry(s))
-            .filter(|e| e.val.load(Acquire) & HANDLE_FREED == 0)
+            .filter(|e| e.val.load(Acquire) & VAL_FREED == 0)
             .map(|e| e.obj.load(Relaxed) >> SIZE_SHIFT)
             .sum()
     }
@@ -1448,13 +1493,15 @@ impl Pool {
             let count = self.objs_in_page(cls, k, page, &mut objs);
             for &(slot, _) in &objs[..count] {
                 let e = self.entry(slot as usize);
-                let handle = e.val.load(Relaxed);
+                let val = e.val.load(Relaxed);
+                let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
                 let packed = e.obj.load(Relaxed);
                 let old = packed & LOC_MASK;
                 let new = self.obj_malloc(cls, dst, handle);
                 self.zs_object_copy(cls, new, old);
                 self.obj_free(cls, src, old);
                 e.obj.store(new | (packed & !LOC_MASK), Relaxed);
+                e.val.store(live_val(handle, dst), Relaxed);
                 moved += 1;
                 if self.zs(dst).inuse.load(Relaxed) == n || self.zs(src).inuse.load(Relaxed) == 0 {
                     return moved;
@@ -1557,12 +1604,13 @@ impl Pool {
             return 0;
         }
         let top = (keep..old)
-            .map(|s| (self.entry(s).val.load(Relaxed) >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK)
+            .map(|s| (self.entry(s).val.load(Relaxed) & HANDLE_LOW_MASK) >> HANDLE_GEN_SHIFT)
             .max()
             .unwrap_or(0);
         c.gen_base = c.gen_base.max(top);
         self.h_len.store(keep, Release);
         c.h_free.retain(|&s| (s as usize) < keep);
+        c.h_free.shrink_to_fit();
         self.handles.release_from(keep);
         old - keep
     }
@@ -1575,6 +1623,7 @@ impl Pool {
         }
         c.zs_len = keep;
         c.zs_free.retain(|&z| (z as usize) < keep);
+        c.zs_free.shrink_to_fit();
         self.zspages.release_from(keep);
         old - keep
     }
@@ -1607,7 +1656,7 @@ impl Pool {
             }
             let h_len = self.h_len();
             for s in 1..h_len {
-                self.entry(s).val.fetch_or(HANDLE_FREED, Relaxed);
+                self.entry(s).val.fetch_or(VAL_FREED, Relaxed);
             }
         }
         if self.ops_id != 0 {
@@ -1681,10 +1730,11 @@ impl Pool {
             .filter_map(|s| {
                 let e = self.entry(s);
                 let val = e.val.load(Relaxed);
-                (val & HANDLE_FREED == 0).then(|| {
+                (val & VAL_FREED == 0).then(|| {
                     let packed = e.obj.load(Relaxed);
                     let (pfn, idx) = obj_to_location_parts(packed & LOC_MASK);
-                    (s as u32, val, pfn, idx as u32, (packed >> SIZE_SHIFT) as u32)
+                    let handle = ((s as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
+                    (s as u32, handle, pfn, idx as u32, (packed >> SIZE_SHIFT) as u32)
                 })
             })
             .collect();
@@ -1793,14 +1843,6 @@ fn top_free_run(free: &[u32], n: usize) -> usize {
 }
 
 /// glibc's `malloc_trim(0)`: the C heap's free memory back to the OS.
-fn trim_process_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heap structures.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 // the unit tests run real threads on std's atomics: not under loom (tests/loom.rs)
 #[cfg(all(test, not(loom)))]
 mod tests {
