@@ -120,3 +120,22 @@ def test_failed_allocation_is_zero_or_an_error_pointer():
     assert failed_allocation("ffffffffffffffff")
     assert not failed_allocation("fffffffffffff000")  # a handle, however unlikely
     assert not failed_allocation("ffff888104a3c000") and not failed_allocation("obj-7")
+
+
+def test_a_trace_that_allocates_a_live_id_again_is_refused():
+    """Issue 10, item 12: the second malloc of a live id names both lines; a freed id may come back."""
+    with pytest.raises(TraceError, match="line 4: 'a' is allocated again, live since line 1"):
+        list(parse_trace(["m a 100", "m b 10", "# a comment", "m a 200"]))
+    ops = list(parse_trace(["m a 100", "f a", "m a 200", "m 0 10", "m 0 10"]))  # failed ones (0) repeat
+    assert [op[0] for op in ops] == ["m", "f", "m", "m", "m"]
+
+
+def test_replay_refuses_a_malloc_of_a_live_id():
+    with pytest.raises(TraceError, match="operation 2: 'a' is allocated again while live"):
+        replay([("m", "a", 100), ("m", "a", 200)])
+
+
+@pytest.mark.parametrize("kwargs", [{"compact_every": -1}, {"snapshot_every": -2}])
+def test_replay_refuses_negative_intervals(kwargs):
+    with pytest.raises(ValueError, match="must be >= 0"):
+        replay([("m", "a", 100)], **kwargs)

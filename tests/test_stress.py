@@ -20,6 +20,7 @@ their interleaving does not.)
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -71,3 +72,22 @@ def test_stress_notices_a_migration_that_loses_data(monkeypatch):
     # the lost bytes are seen: as objects that read back wrong, or as the errors and the
     # broken free lists they lead to (the run stops at the first error)
     assert report.corrupt or report.errors or report.check_error, report.summary()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"seconds": -1.0, "threads": -3}, "seconds must be positive"),
+        ({"seconds": 0.0}, "seconds must be positive"),
+        ({"seconds": float("nan")}, "seconds must be positive"),
+        ({"seconds": float("inf")}, "seconds must be positive"),
+        ({"seconds": 1.0, "threads": 0}, "threads must be within 1..256"),
+        ({"seconds": 1.0, "threads": -3}, "threads must be within 1..256"),
+    ],
+)
+def test_a_run_that_would_do_nothing_or_never_end_is_refused(kwargs, message):
+    """Issue 10, item 12: refused before any thread starts or any pool is made."""
+    before = threading.active_count()
+    with pytest.raises(ValueError, match=message):
+        run_stress(**kwargs)
+    assert threading.active_count() == before

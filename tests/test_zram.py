@@ -673,3 +673,64 @@ def test_errors_are_zsmalloc_errors():
         ZramDevice(PAGE, algorithm="nope")
     with ZramDevice(PAGE + 1) as dev:  # disksize is rounded up to whole pages
         assert dev.disksize == 2 * PAGE and dev.nr_pages == 2
+
+
+# issue 10, items 12 and 13: nonsense refused, closed means PoolClosedError
+
+
+@pytest.mark.parametrize("blocks", [0, -1, 2.5, True])
+def test_backing_blocks_that_are_not_a_positive_int_are_refused(tmp_path, blocks):
+    path = tmp_path / "backing.img"
+    with pytest.raises(ValueError, match="backing_blocks must be a positive int"):
+        ZramDevice(8 * PAGE, backing_file=path, backing_blocks=blocks)
+    assert not path.exists()  # refused before anything was made
+
+
+def test_backing_blocks_without_a_backing_file_are_refused():
+    with pytest.raises(ValueError, match="backing_blocks sizes a backing_file"):
+        ZramDevice(8 * PAGE, backing_blocks=4)
+
+
+def test_a_backing_file_that_cannot_open_leaves_no_pool_open(tmp_path, impl, monkeypatch):
+    made: list = []
+
+    def pool_class(memory):
+        def make(**kwargs):
+            made.append(impl.Pool(**kwargs))
+            return made[-1]
+
+        return make
+
+    monkeypatch.setattr("zsmalloc.zram.device._pool_class", pool_class)
+    with pytest.raises(OSError):
+        ZramDevice(8 * PAGE, backing_file=tmp_path / "no-such-dir" / "b.img")
+    assert len(made) == 1 and snapshot(made[0])["closed"]
+
+
+def test_check_after_close_raises_pool_closed():
+    dev = ZramDevice(8 * PAGE)
+    dev.write_page(0, text_page(random.Random(30)))
+    dev.close()
+    with pytest.raises(PoolClosedError):
+        dev.check()
+
+
+def test_reset_after_close_raises_pool_closed_and_changes_nothing():
+    dev = ZramDevice(8 * PAGE)
+    dev.write_page(0, text_page(random.Random(31)))
+    dev.write_page(1, same_page(7))
+    dev.close()
+    before = dev.mm_stat(), dev.io_stat()
+    with pytest.raises(PoolClosedError):
+        dev.reset()
+    assert (dev.mm_stat(), dev.io_stat()) == before
+    assert before[0].orig_data_size == 2 * PAGE  # (the counters were there to be zeroed)
+
+
+@pytest.mark.parametrize("call", ["mark_idle", "reset_mem_used_max", "recompress", "writeback"])
+def test_maintenance_after_close_raises_pool_closed(tmp_path, call):
+    dev = ZramDevice(8 * PAGE, recompress_algorithm="zstd", backing_file=tmp_path / "b.img")
+    dev.write_page(0, text_page(random.Random(32)))
+    dev.close()
+    with pytest.raises(PoolClosedError):
+        getattr(dev, call)()

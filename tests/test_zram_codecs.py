@@ -282,3 +282,36 @@ def test_recompress_errors():
             dev.recompress(threshold=dev.pool.huge_class_size)
     with pytest.raises(ValueError):
         ZramDevice(PAGE, recompress_algorithm=["zstd", "deflate", "lz4hc", "lz4"])
+
+
+# issue 10, item 12: parameters the codecs do not know are refused
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "message"),
+    [
+        ({"bogus": 1}, ValueError, "unknown algorithm_params 'bogus'"),
+        ({"level": 99}, ValueError, "zstd level must be within 1..22, not 99"),
+        ({"level": 0}, ValueError, "zstd level must be within 1..22, not 0"),
+        ({"level": "3"}, TypeError, "level must be an int"),
+        ({"level": 3.5}, TypeError, "level must be an int"),
+    ],
+)
+def test_zstd_parameters_it_does_not_take_are_refused(params, error, message):
+    with pytest.raises(error, match=message):
+        ZramDevice(16 * PAGE, algorithm="zstd", algorithm_params=params)
+
+
+def test_zstd_levels_it_takes():
+    for level in (1, 19, 22):
+        with ZramDevice(16 * PAGE, algorithm="zstd", algorithm_params={"level": level}) as dev:
+            page = text_page(random.Random(level))
+            dev.write_page(0, page)
+            assert dev.read_page(0) == page
+    with pytest.raises(ValueError, match="zstd level"):
+        get_codec("zstd", level=23)
+
+
+def test_algorithm_params_with_a_codec_object_are_refused():
+    with pytest.raises(ValueError, match="configure a named algorithm"):
+        ZramDevice(16 * PAGE, algorithm=get_codec("zstd"), algorithm_params={"level": 5})

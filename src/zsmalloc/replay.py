@@ -14,7 +14,8 @@ Text, one operation per line; blank lines and ``#`` comments are skipped::
     c              zs_compact
 
 ``ID`` is any token without blanks (the kernel's handle, in hex, say); an ID
-may come back once it is freed, as handles do.  An allocation that failed is
+may come back once it is freed, as handles do, but an allocation of an ID
+that is still live is an error.  An allocation that failed is
 skipped: ID ``0`` (older kernels' zs_malloc returns 0) or an error pointer
 in hex, ``fffffffffffff001`` to ``ffffffffffffffff`` (newer ones return
 ``ERR_PTR(-ENOMEM)``).  A free of an
@@ -74,6 +75,7 @@ def failed_allocation(ident: str) -> bool:
 
 def parse_trace(lines: Iterable[str]) -> Iterator[Op]:
     """The operations of a trace, checked line by line (:class:`TraceError` names a bad one)."""
+    live: dict[str, int] = {}  # id -> the line that allocated it
     for n, line in enumerate(lines, 1):
         fields = line.split("#", 1)[0].split()
         if not fields:
@@ -86,8 +88,14 @@ def parse_trace(lines: Iterable[str]) -> Iterator[Op]:
                 raise TraceError(f"line {n}: size {fields[2]!r} is not an integer") from None
             if not 1 <= size <= ZS_MAX_ALLOC_SIZE:
                 raise TraceError(f"line {n}: size {size} is outside 1..{ZS_MAX_ALLOC_SIZE}")
-            yield MALLOC, fields[1], size
+            ident = fields[1]
+            if ident in live:
+                raise TraceError(f"line {n}: {ident!r} is allocated again, live since line {live[ident]}")
+            if not failed_allocation(ident):
+                live[ident] = n
+            yield MALLOC, ident, size
         elif kind == FREE and len(fields) == 2:
+            live.pop(fields[1], None)
             yield FREE, fields[1], 0
         elif kind == COMPACT and len(fields) == 1:
             yield COMPACT, "", 0
@@ -172,8 +180,13 @@ def replay(
     ``compact_every`` runs ``zs_compact`` (with ``policy``) after every so many
     operations, besides the trace's own ``c`` lines; ``snapshot_every``
     records the pool's size as it goes; ``write`` fills each object with
-    bytes (the layout does not depend on it; the run takes longer).
+    bytes (the layout does not depend on it; the run takes longer).  A
+    malloc of an id that is still live raises :class:`TraceError`.
     """
+    if compact_every < 0 or snapshot_every < 0:
+        raise ValueError(
+            f"compact_every and snapshot_every must be >= 0, not {compact_every}, {snapshot_every}"
+        )
     report = ReplayReport(chain_size, class_rule, policy, compact_every)
     live: dict[str, tuple[int, int]] = {}  # trace id -> (handle, size)
     payload = bytes(range(256)) * (ZS_MAX_ALLOC_SIZE // 256)
@@ -188,10 +201,8 @@ def replay(
                 if failed_allocation(ident):
                     report.failed_mallocs_skipped += 1
                     continue
-                old = live.pop(ident, None)
-                if old is not None:  # the trace lost a free: the object is gone anyway
-                    requested -= old[1]
-                    free(old[0])
+                if ident in live:
+                    raise TraceError(f"operation {n}: {ident!r} is allocated again while live")
                 h = malloc(size)
                 if write:
                     pool_write(h, payload[:size])

@@ -44,6 +44,8 @@ from zsmalloc.mm import MigrateMode
 #: sizes drawn besides uniform ones: class boundaries, spanning objects, huge ones
 _EDGE_SIZES = (1, 24, 25, 200, 1560, 2000, 3624, 3625, 4096)
 _MAX_OWNED = 250  # objects per mutator before it frees half of them
+#: the most mutator threads one run takes
+MAX_MUTATORS = 256
 
 
 @dataclass
@@ -278,7 +280,15 @@ def run_stress(
     is the interpreter's thread switch interval during the run (shorter: more
     interleavings; the old value is restored).  ``vm_compact=False`` leaves
     ``Memory.compact()`` out of the compactor's choices.
+
+    Raises ``ValueError`` before starting anything when ``seconds`` is not a
+    positive finite number a thread can wait for, or ``threads`` is not
+    within 1..MAX_MUTATORS.
     """
+    if not 0 < seconds <= threading.TIMEOUT_MAX:  # (nan fails this too)
+        raise ValueError(f"seconds must be positive and at most {threading.TIMEOUT_MAX:g}, not {seconds}")
+    if not 1 <= threads <= MAX_MUTATORS:
+        raise ValueError(f"threads must be within 1..{MAX_MUTATORS}, not {threads}")
     report = StressReport(protocol=protocol, seconds=seconds, threads=threads, seed=seed)
     pool = zsmalloc.Pool(name=f"stress-{protocol}-{seed}", chain_size=chain_size, migration=protocol)
     stop = threading.Event()

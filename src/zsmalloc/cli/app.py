@@ -1,4 +1,4 @@
-"""The ``zsmalloc`` click group and what its commands share (the console, RSS).
+"""The ``zsmalloc`` click group and what its commands share (the console, RSS, option types).
 
 Every command module registers itself on :data:`main`; ``zsmalloc.cli``
 imports them all, so the console script sees every command.
@@ -6,11 +6,26 @@ imports them all, so the console script sees every command.
 
 from __future__ import annotations
 
+import math
+import threading
+from typing import Any
+
 import click
 import psutil
 from rich.console import Console
+from rich.rule import Rule
 
-console = Console()
+#: The console of every command.  The program's own text is never read as
+#: markup or emoji codes (a trace's ``[pool 3 pages, 3 frames]`` prints as it
+#: is; styles are given with ``style=``), and a long line is never re-wrapped
+#: by rich (``soft_wrap``): a terminal folds it, a pipe gets it whole.
+console = Console(markup=False, emoji=False, soft_wrap=True)
+
+#: the console's width when the output is not a terminal: wide enough that no
+#: table is squeezed, no cell cut short with an ellipsis
+PIPE_WIDTH = 10_000
+#: a rule's width when the output is not a terminal
+PIPE_RULE_WIDTH = 80
 
 
 def rss() -> int:
@@ -18,7 +33,31 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def print_rule(title: str) -> None:
+    """A titled horizontal rule, the terminal's width (80 columns in a pipe)."""
+    console.print(Rule(title), width=None if console.is_terminal else PIPE_RULE_WIDTH)
+
+
+class FiniteFloat(click.FloatRange):
+    """A ``click.FloatRange`` that also refuses ``nan`` and the infinities."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = float(super().convert(value, param, ctx))
+        if not math.isfinite(number):  # nan passes every comparison of the range; inf may pass one
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+#: a share of something: a finite float within 0..1
+SHARE = FiniteFloat(0, 1)
+#: a duration in seconds: finite, positive, and within what a thread wait accepts
+SECONDS = FiniteFloat(0, threading.TIMEOUT_MAX, min_open=True)
+
+
 @click.group()
 @click.version_option(package_name="zsmalloc")
 def main() -> None:
     """zsmalloc: the kernel's compressed-memory allocator, in Python, on real memory."""
+    console.width = None if console.is_terminal else PIPE_WIDTH  # type: ignore[assignment]

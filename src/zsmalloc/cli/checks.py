@@ -12,14 +12,20 @@ from contextlib import nullcontext as _nullctx
 
 import click
 
-from zsmalloc.cli.app import console, main
+from zsmalloc.cli.app import SECONDS, console, main
 from zsmalloc.protocheck import SCENARIOS, run_named
-from zsmalloc.stress import run_stress
+from zsmalloc.stress import MAX_MUTATORS, run_stress
 
 
 @main.command()
-@click.option("--seconds", default=10.0, show_default=True, help="run time per protocol")
-@click.option("--threads", default=4, show_default=True, help="allocator threads (plus VM threads)")
+@click.option("--seconds", default=10.0, show_default=True, type=SECONDS, help="run time per protocol")
+@click.option(
+    "--threads",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, MAX_MUTATORS),
+    help="allocator threads (plus VM threads)",
+)
 @click.option(
     "--protocol",
     type=click.Choice(["mainline", "2016", "both"]),
@@ -55,7 +61,13 @@ def stress(seconds: float, threads: int, protocol: str, seed: int, as_json: bool
     show_default=True,
     help="2016-v3 is the reviewed patch with the race: the checker should find it",
 )
-@click.option("--random", "random_runs", type=int, default=0, help="random interleavings instead of all")
+@click.option(
+    "--random",
+    "random_runs",
+    type=click.IntRange(0),
+    default=0,
+    help="random interleavings instead of all",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
 @click.option(

@@ -43,8 +43,9 @@ import click
 import lz4.block
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from zsmalloc.cli.app import console, main, rss
+from zsmalloc.cli.app import SHARE, console, main, print_rule, rss
 from zsmalloc.cli.bench import time_lz4_dict
 from zsmalloc.cli.stats import mm_stat_table
 from zsmalloc.mm import BackgroundMigration
@@ -254,12 +255,8 @@ def _generate(source: Callable, n: int, seed: int, label: str, quiet: bool) -> l
 @click.option("--pages", "n_pages", default=32768, show_default=True, type=click.IntRange(16), help="pages")
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
 @click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
-@click.option(
-    "--rewrite", default=0.3, show_default=True, type=click.FloatRange(0, 1), help="share rewritten"
-)
-@click.option(
-    "--discard", default=0.4, show_default=True, type=click.FloatRange(0, 1), help="share discarded"
-)
+@click.option("--rewrite", default=0.3, show_default=True, type=SHARE, help="share rewritten")
+@click.option("--discard", default=0.4, show_default=True, type=SHARE, help="share discarded")
 @click.option("--seed", default=1, show_default=True)
 @click.option(
     "--png",
@@ -331,13 +328,13 @@ def _mib(nbytes: int) -> str:
 
 def _print_report(f: dict) -> None:
     dev, peer, n = f["device"], f["peer"], f["pages"]
-    console.rule("/sys/kernel/debug/zsmalloc/zram0/classes (after compaction)")
-    console.print(dev["text"]["classes"], highlight=False, markup=False, soft_wrap=True)
-    console.rule("/sys/block/zram0/mm_stat and io_stat")
+    print_rule("/sys/kernel/debug/zsmalloc/zram0/classes (after compaction)")
+    console.print(dev["text"]["classes"], highlight=False)
+    print_rule("/sys/block/zram0/mm_stat and io_stat")
     mm = dev["mm_stat"]
     console.print(mm_stat_table(mm))
-    console.print(f"mm_stat: {dev['text']['mm_stat'].rstrip()}", highlight=False, soft_wrap=True)
-    console.print(f"io_stat: {dev['text']['io_stat'].rstrip()}", highlight=False, soft_wrap=True)
+    console.print(f"mm_stat: {dev['text']['mm_stat'].rstrip()}", highlight=False)
+    console.print(f"io_stat: {dev['text']['io_stat'].rstrip()}", highlight=False)
 
     vm, ac = dev["background_vm"], dev["arena_compaction"]
     bfr, aft = dev["before_compaction"], dev["after_compaction"]
@@ -387,10 +384,13 @@ def _print_report(f: dict) -> None:
         f"compaction {dev['compact_seconds']:.2f} s.",
         highlight=False,
     )
-    verdict = "[green]all intact[/green]" if not dev["pages_corrupt"] else "[red]CORRUPT[/red]"
+    verdict = ("all intact", "green") if not dev["pages_corrupt"] else ("CORRUPT", "red")
     console.print(
-        f"verified {dev['pages_verified']:,} pages byte for byte, {dev['pages_corrupt']} wrong: {verdict}; "
-        "device and pool check() clean."
+        Text.assemble(
+            f"verified {dev['pages_verified']:,} pages byte for byte, {dev['pages_corrupt']} wrong: ",
+            verdict,
+            "; device and pool check() clean.",
+        )
     )
     if "png" in f:
         console.print(f"plot: {f['png']}")

@@ -17,7 +17,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 import zsmalloc
-from zsmalloc.cli.app import console, main
+from zsmalloc.cli.app import SHARE, console, main, print_rule
 from zsmalloc.cli.app import rss as _rss
 from zsmalloc.mm import BackgroundMigration
 from zsmalloc.workloads import MIXES, get_mix
@@ -35,9 +35,11 @@ def _figures(pool: zsmalloc.Pool, payload: int, rss0: int) -> dict:
 
 
 @main.command("pool-demo")
-@click.option("--objects", default=150_000, show_default=True, help="objects to allocate")
+@click.option(
+    "--objects", default=150_000, show_default=True, type=click.IntRange(1), help="objects to allocate"
+)
 @click.option("--mix", type=click.Choice(sorted(MIXES)), default="kernel-build", show_default=True)
-@click.option("--free-share", default=0.5, show_default=True, help="share of objects freed")
+@click.option("--free-share", default=0.5, show_default=True, type=SHARE, help="share of objects freed")
 @click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
 @click.option("--migration", type=click.Choice(["mainline", "2016"]), default="mainline", show_default=True)
 @click.option("--seed", default=1, show_default=True)
@@ -59,7 +61,7 @@ def pool_demo(
     pool = zsmalloc.Pool(name="demo", chain_size=chain_size, migration=migration)
     payload = 0
     t0 = time.perf_counter()
-    with Progress(console=console, transient=True, disable=as_json) as progress:
+    with Progress(console=console, transient=True, disable=as_json or not console.is_terminal) as progress:
         task = progress.add_task(f"fill ({size_mix.name})", total=objects)
         for i, size in enumerate(sizes):
             off = rng.randrange(len(source) - size)
@@ -139,8 +141,8 @@ def pool_demo(
 
 
 def _print_demo(figures: dict, classes: str, description: str, free_share: float) -> None:
-    console.rule(f"/sys/kernel/debug/zsmalloc/demo/classes after freeing {free_share:.0%}")
-    console.print(classes, highlight=False, markup=False, soft_wrap=True)
+    print_rule(f"/sys/kernel/debug/zsmalloc/demo/classes after freeing {free_share:.0%}")
+    console.print(classes, highlight=False)
     title = f"pool ({description}), chain {figures['chain_size']}, {figures['migration']} migration"
     table = Table(title=title)
     for col in ("stage", "pages", "pool bytes / payload", "RSS growth / payload", "arena hwm"):

@@ -12,22 +12,47 @@ The trace format, and how to record one on a kernel with bpftrace, are in
 from __future__ import annotations
 
 import json
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import click
 from rich.table import Table
 
-from zsmalloc.cli.app import console, main
+from zsmalloc.cli.app import console, main, print_rule
 from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE
 from zsmalloc.replay import TraceError, parse_trace, replay, synthetic_trace
 from zsmalloc.workloads import MIXES
 
 
+def _text_lines(trace: BinaryIO) -> list[str]:
+    """The trace file's lines as text; a line that is not UTF-8 is a usage error naming it."""
+    lines = []
+    for n, raw in enumerate(trace, 1):
+        try:
+            lines.append(raw.decode())
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(
+                f"line {n} is not UTF-8 text ({exc.reason})", param_hint="TRACE"
+            ) from None
+    return lines
+
+
 @main.command("replay")
-@click.argument("trace", type=click.File("r"), required=False)
+@click.argument("trace", type=click.File("rb"), required=False)
 @click.option("--mix", type=click.Choice(sorted(MIXES)), help="no TRACE: make a synthetic one from this mix")
-@click.option("--live", default=100_000, show_default=True, help="synthetic: objects allocated first")
-@click.option("--ops", default=100_000, show_default=True, help="synthetic: then this many free+malloc steps")
+@click.option(
+    "--live",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="synthetic: objects allocated first",
+)
+@click.option(
+    "--ops",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="synthetic: then this many free+malloc steps",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save", type=click.File("w"), help="synthetic: write the trace to this file too")
 @click.option(
@@ -46,12 +71,18 @@ from zsmalloc.workloads import MIXES
     show_default=True,
 )
 @click.option("--policy", type=click.Choice(["ratio", "legacy"]), default="ratio", show_default=True)
-@click.option("--compact-every", default=0, show_default=True, help="zs_compact after every N operations")
+@click.option(
+    "--compact-every",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="zs_compact after every N operations (0: never)",
+)
 @click.option("--write", is_flag=True, help="fill every object with bytes (slower; same layout)")
 @click.option("--classes", "show_classes", is_flag=True, help="print each run's classes table")
 @click.option("--json", "as_json", is_flag=True, help="print the reports as JSON")
 def replay_cmd(
-    trace: TextIO | None,
+    trace: BinaryIO | None,
     mix: str | None,
     live: int,
     ops: int,
@@ -67,7 +98,7 @@ def replay_cmd(
 ) -> None:
     """Replay a zs_malloc/zs_free trace on fresh pools and compare what each configuration costs."""
     if trace is not None and mix is None:
-        lines = list(trace)
+        lines = _text_lines(trace)
         source = trace.name
     elif mix is not None and trace is None:
         lines = list(synthetic_trace(mix, live, ops, seed))
@@ -134,5 +165,5 @@ def replay_cmd(
         )
     if show_classes:
         for r in reports:
-            console.rule(f"classes, chain {r.chain_size}")
-            console.print(r.classes, highlight=False, markup=False, soft_wrap=True)
+            print_rule(f"classes, chain {r.chain_size}")
+            console.print(r.classes, highlight=False)

@@ -4,6 +4,14 @@ The device lives as long as the command: it starts empty and its contents go
 when the server stops.  By default the server listens on 127.0.0.1:10809
 only; ``--socket PATH`` listens on a Unix socket (mode 0600) instead, and
 ``--host``/``--port`` name another TCP address (with ``--socket``, both).
+NBD has no authentication: a ``--host`` that is not a loopback address
+(``0.0.0.0``, ``::``, a LAN address, a host name) exports a writable disk to
+the network, and is refused without ``--allow-remote``.
+
+``--size`` is refused when the machine cannot back it: when the slot table
+(11 bytes a page) does not fit in the memory available, or when what the pool
+may grow to -- ``--mem-limit``, or without one half of ``--size`` (zram's 2:1,
+the kernel's guidance) -- is more than the machine's memory.
 
 While it serves, ``kill -USR1 <pid>`` prints the live statistics: the
 device's ``mm_stat`` and ``io_stat``, the server's counters and the pool's
@@ -17,6 +25,7 @@ these as one JSON object per line (``"event"``: ``listening``, ``stats``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -26,6 +35,7 @@ import sys
 import time
 
 import click
+import psutil
 from rich.table import Table
 
 from zsmalloc.cli.app import console, main
@@ -33,6 +43,7 @@ from zsmalloc.errors import CorruptionError
 from zsmalloc.mm.heap import fix_mmap_threshold
 from zsmalloc.nbd import Limits, NbdServer
 from zsmalloc.zram import ZramDevice, available_codecs
+from zsmalloc.zram.device import SLOT_BYTES
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -50,6 +61,46 @@ class ByteSize(click.ParamType):
         if not m:
             self.fail(f"{value!r} is not a size (examples: 4096, 64K, 512M, 1G)", param, ctx)
         return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 30):,.1f} GiB"
+
+
+def check_backable(size: int, mem_limit: int) -> None:
+    """Refuse (``click.UsageError``) a device this machine cannot back, before allocating it.
+
+    Its slot table must fit in the memory available now, and what its pool
+    may grow to -- ``mem_limit``, or half of ``size`` without one (zram's
+    expected 2:1) -- in the machine's memory.
+    """
+    memory = psutil.virtual_memory()
+    table = -(-size // 4096) * SLOT_BYTES
+    if table > memory.available:
+        raise click.UsageError(
+            f"--size {size:,} needs {_gib(table)} of slot table alone; "
+            f"this machine has {_gib(memory.available)} available"
+        )
+    if mem_limit > memory.total:
+        raise click.UsageError(
+            f"--mem-limit {mem_limit:,} is more than this machine's memory ({_gib(memory.total)})"
+        )
+    pool = -(-size // 2)
+    if not mem_limit and pool > memory.total:
+        raise click.UsageError(
+            f"--size {size:,} would hold about {_gib(pool)} in memory at zram's 2:1, more than this "
+            f"machine's {_gib(memory.total)}; give a smaller --size, or a --mem-limit to cap the pool"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only: ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every interface)
+        return False
 
 
 def _report(server: NbdServer, started: float) -> dict:
@@ -166,6 +217,12 @@ async def _serve(
 @click.option("--mem-limit", type=ByteSize(), default=0, help="cap on the pool's memory (0: none)")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="listen on this Unix socket")
 @click.option("--host", help="TCP address to listen on [default: 127.0.0.1]")
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="allow a --host that is not a loopback address: NBD has no authentication, "
+    "anyone who reaches it can read and write the disk",
+)
 @click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default: 10809]")
 @click.option("--name", default="zram0", show_default=True, help='export name ("" selects it too)')
 @click.option("--max-request", type=ByteSize(), default="32M", show_default=True, help="largest request")
@@ -192,6 +249,7 @@ def serve(
     mem_limit: int,
     socket_path: str | None,
     host: str | None,
+    allow_remote: bool,
     port: int | None,
     name: str,
     max_request: int,
@@ -202,6 +260,13 @@ def serve(
     as_json: bool,
 ) -> None:
     """Serve a compressed RAM disk (a zram device) over NBD until SIGINT or SIGTERM."""
+    if host is not None and not is_loopback(host) and not allow_remote:
+        raise click.BadParameter(
+            f"{host!r} is not a loopback address: the disk would be writable, without authentication, "
+            "by anyone who reaches it; add --allow-remote to mean it",
+            param_hint="--host",
+        )
+    check_backable(size, mem_limit)
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO if verbose else logging.WARNING,
@@ -218,6 +283,8 @@ def serve(
         server = NbdServer(device, name=name, limits=limits, workers=workers, inline_max=inline_max)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    except MemoryError as exc:
+        raise click.ClickException(f"out of memory making a device of {size:,} bytes") from exc
     try:
         report = asyncio.run(_serve(server, socket_path, host, port, as_json))
         try:

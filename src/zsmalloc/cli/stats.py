@@ -18,8 +18,9 @@ from pathlib import Path
 
 import click
 from rich.table import Table
+from rich.text import Text
 
-from zsmalloc.cli.app import console, main
+from zsmalloc.cli.app import SHARE, console, main
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
 from zsmalloc.zram import ZramDevice
 from zsmalloc.zram.codecs import available_codecs
@@ -75,9 +76,7 @@ def _comp_algorithm_line(selected: str) -> str:
 @click.option("--pages", "n_pages", default=16384, show_default=True, type=click.IntRange(1))
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
 @click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
-@click.option(
-    "--discard", default=0.0, show_default=True, type=click.FloatRange(0, 1), help="share discarded"
-)
+@click.option("--discard", default=0.0, show_default=True, type=SHARE, help="share discarded")
 @click.option("--compact", is_flag=True, help="run zram's compact after the discards")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
@@ -131,8 +130,12 @@ def stats(
             ("io_stat", dev.format_io_stat()),
             ("bd_stat", dev.format_bd_stat()),
         ):
-            console.print(f"[bold]{sysfs}/{name}[/bold]")
-            console.print(text, end="", highlight=False, markup=False)
+            console.print(f"{sysfs}/{name}", style="bold", highlight=False)
+            console.print(text, end="", highlight=False)
         console.print(mm_stat_table(dev.mm_stat().to_dict()))
-        console.print(f"[bold]/sys/kernel/debug/zsmalloc/zram0/classes[/bold]  ({label}, chain {chain_size})")
-        console.print(dev.pool.format_classes(), highlight=False, markup=False, soft_wrap=True)
+        console.print(
+            Text.assemble(
+                ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"), f"  ({label}, chain {chain_size})"
+            )
+        )
+        console.print(dev.pool.format_classes(), highlight=False)

@@ -14,7 +14,7 @@ Registered names (the kernel's ``comp_algorithm`` names):
 ``lz4hc``
     LZ4's high-compression mode, same block format (level 1..12, default 9).
 ``zstd``
-    Zstandard at a fixed level (default 3, the kernel's default), with one
+    Zstandard at a fixed level (1..22, default 3, the kernel's default), with one
     compressor and one decompressor object per thread (they are not
     thread-safe), frames without the magic number, content size, checksum or
     dictionary id: the page size is known.  Optional dictionary
@@ -128,6 +128,8 @@ def _lz4hc(level: int | None, dictionary: bytes | None) -> Codec:
 
 def _zstd(level: int | None, dictionary: bytes | None) -> Codec:
     level = 3 if level is None else level
+    if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
+        raise ValueError(f"zstd level must be within 1..{zstandard.MAX_COMPRESSION_LEVEL}, not {level}")
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
         format=zstandard.FORMAT_ZSTD1_MAGICLESS,

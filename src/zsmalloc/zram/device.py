@@ -131,6 +131,10 @@ ZRAM_INCOMPRESSIBLE = 1 << 4  # no secondary algorithm could shrink it
 ZRAM_COMP_PRIORITY_SHIFT = 5  # bits 5-6: which algorithm compressed it
 ZRAM_COMP_PRIORITY_MASK = 3 << ZRAM_COMP_PRIORITY_SHIFT
 ZRAM_MAX_COMPS = 4  # the primary algorithm and up to three for recompression
+#: bytes of slot table per page of disksize: the handle word, the object size, the flags
+SLOT_BYTES = 8 + 2 + 1
+#: the keys ``algorithm_params`` takes
+ALGORITHM_PARAMS = frozenset({"level", "dictionary"})
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WRITEBACK_MODES = {
@@ -163,9 +167,17 @@ class SlotInfo:
 
 def _resolve_codec(spec: str | Codec, params: dict | None = None) -> Codec:
     if isinstance(spec, Codec):
+        if params:
+            raise ValueError(f"algorithm_params configure a named algorithm, not the codec {spec!r}")
         return spec
     params = params or {}
-    return get_codec(spec, params.get("level"), params.get("dictionary"))
+    unknown = sorted(map(repr, set(params) - ALGORITHM_PARAMS))
+    if unknown:
+        raise ValueError(f"unknown algorithm_params {', '.join(unknown)}; known: {sorted(ALGORITHM_PARAMS)}")
+    level = params.get("level")
+    if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
+        raise TypeError(f"algorithm_params level must be an int, not {level!r}")
+    return get_codec(spec, level, params.get("dictionary"))
 
 
 def _pool_class(memory: object) -> type[zsmalloc.Pool]:
@@ -215,6 +227,11 @@ class ZramDevice:
             raise ValueError(f"slot_lock_stripes must be a power of two, not {slot_lock_stripes}")
         if mem_limit < 0:
             raise ValueError(f"mem_limit must be >= 0, not {mem_limit}")
+        if backing_blocks is not None:
+            if backing_file is None:
+                raise ValueError("backing_blocks sizes a backing_file: give one")
+            if not isinstance(backing_blocks, int) or isinstance(backing_blocks, bool) or backing_blocks < 1:
+                raise ValueError(f"backing_blocks must be a positive int, not {backing_blocks!r}")
         self.name = name
         #: bytes, rounded up to whole pages (disksize_store's PAGE_ALIGN)
         self.disksize = (disksize + _PAGE_MASK) & ~_PAGE_MASK
@@ -244,8 +261,8 @@ class ZramDevice:
 
         # the slot table
         n = self.nr_pages
-        self._handle = array("Q", bytes(8 * n))
-        self._size = array("H", bytes(2 * n))
+        self._handle = array("Q", [0]) * n  # (no transient zero bytes the size of the table)
+        self._size = array("H", [0]) * n
         self._flags = bytearray(n)
 
         # slot locks and per-stripe counters (each changed under its stripe's lock)
@@ -275,7 +292,12 @@ class ZramDevice:
 
         self._backing: BackingFile | None = None
         if backing_file is not None:
-            self._backing = BackingFile(backing_file, backing_blocks or n)
+            try:
+                self._backing = BackingFile(backing_file, n if backing_blocks is None else backing_blocks)
+            except BaseException:
+                if self._own_pool:  # a failed constructor leaves no pool behind
+                    self.pool.close()
+                raise
         self._closed = False
 
     # ------------------------------------------------------------------
@@ -532,9 +554,12 @@ class ZramDevice:
         with self._stat_lock:
             self._invalid_io += 1
 
-    def _bad_index(self, index: int) -> None:
+    def _require_open(self) -> None:
         if self._closed:
             raise PoolClosedError(f"zram device {self.name!r} is closed")
+
+    def _bad_index(self, index: int) -> None:
+        self._require_open()
         self._count_invalid()
         raise InvalidIOError(f"page index {index} is outside {self.name} (0..{self.nr_pages - 1})")
 
@@ -546,8 +571,7 @@ class ZramDevice:
 
     def _check_range(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.disksize:
-            if self._closed:
-                raise PoolClosedError(f"zram device {self.name!r} is closed")
+            self._require_open()
             self._count_invalid()
             raise InvalidIOError(
                 f"byte range [{offset}, {offset + length}) is outside {self.name} (0..{self.disksize})"
@@ -632,8 +656,7 @@ class ZramDevice:
     def discard(self, index: int, count: int = 1) -> None:
         """Free pages ``index .. index+count-1`` (REQ_OP_DISCARD); they read as zeros."""
         if count < 0 or index < 0 or index + count > self.nr_pages:
-            if self._closed:
-                raise PoolClosedError(f"zram device {self.name!r} is closed")
+            self._require_open()
             self._count_invalid()
             raise InvalidIOError(f"discard of pages [{index}, {index + count}) is outside {self.name}")
         for i in range(index, index + count):
@@ -660,6 +683,7 @@ class ZramDevice:
         Same-filled and written-back pages are left alone, as in the kernel.
         Any read or write of a page clears its IDLE flag.
         """
+        self._require_open()
         flags, handles = self._flags, self._handle
         n, stripes = self.nr_pages, self._stripes
         marked = 0
@@ -688,6 +712,7 @@ class ZramDevice:
         out uncompressed, one per block; reads of them are served from the file.
         Stops early when the file is full.  Returns the pages written.
         """
+        self._require_open()
         backing = self._backing
         if backing is None:
             raise NoBackingDeviceError(f"{self.name} has no backing file")
@@ -752,6 +777,7 @@ class ZramDevice:
         algorithm fails too, the page is marked INCOMPRESSIBLE.  ``max_pages``
         caps the pages tried.  Counters: :meth:`recomp_stat`.
         """
+        self._require_open()
         nr_comps = len(self._codecs)
         if nr_comps < 2:
             raise ZramError(f"{self.name} has no recompression algorithm")
@@ -900,6 +926,7 @@ class ZramDevice:
 
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: restart the high-water mark from the pool's current size."""
+        self._require_open()
         with self._stat_lock:
             self._max_used_pages = self.pool.total_pages
 
@@ -935,6 +962,7 @@ class ZramDevice:
 
     def reset(self) -> None:
         """Free every page and clear the statistics (``echo 1 > reset``); the configuration stays."""
+        self._require_open()
         with self._pp_lock:
             n, stripes = self.nr_pages, self._stripes
             for s in range(stripes):
@@ -965,8 +993,10 @@ class ZramDevice:
     def check(self) -> None:
         """Recompute every counter from the slot table and compare; then ``pool.check()``.
 
-        Raises :class:`~zsmalloc.CorruptionError`.  Run it when no I/O is in flight.
+        Raises :class:`~zsmalloc.CorruptionError`, or :class:`~zsmalloc.PoolClosedError`
+        once the device is closed.  Run it when no I/O is in flight.
         """
+        self._require_open()
         stored = compr = same = huge = wb = 0
         flags_arr, handles, sizes = self._flags, self._handle, self._size
         seen: set[int] = set()
@@ -1048,7 +1078,9 @@ class ZramDevice:
 
 
 __all__ = [
+    "ALGORITHM_PARAMS",
     "PAGE_SIZE",
+    "SLOT_BYTES",
     "ZRAM_COMP_PRIORITY_MASK",
     "ZRAM_COMP_PRIORITY_SHIFT",
     "ZRAM_HUGE",
