@@ -41,6 +41,12 @@ class WouldSleepError(ZsmallocError, RuntimeError):
     the caller (a single-threaded checker) asked to be told instead of sleeping."""
 
 
+class ObjectMappedError(ZsmallocError, RuntimeError):
+    """``free()`` of an object that is mapped: a ``with pool.map(h)`` block, or a view
+    derived from one, still reads it.  The object stays allocated; free it once the
+    last view is released."""
+
+
 class PoolClosedError(ZsmallocError, RuntimeError):
     """The pool was closed; its memory is gone."""
 

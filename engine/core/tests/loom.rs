@@ -37,6 +37,9 @@
 //!   against the VM moving the second page (no page may move while mapped;
 //!   the 2016 variant found that the 2016 migrate honoured only the pins of
 //!   the objects starting in the page: see its comment);
+//! - `close_vs_malloc_*`: `close` against a malloc into a class with room
+//!   and into one that must build a zspage: the malloc completes (and the
+//!   close frees its object) or is refused, and nothing outlives the close;
 //! - `mm_*`: the page lock alone, the two engine bugs these models found,
 //!   minimised: `trylock_pages` against `trylock_page` (both could own the
 //!   lock), and a sleeper on a page lock against the unlock (a lost wake-up).
@@ -66,7 +69,7 @@ use loom::thread;
 use zsmalloc_core::mm::memory::{PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::{Memory, MigrateMode, Target, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
 use zsmalloc_core::pool::zsmalloc::get_fullness_group;
-use zsmalloc_core::pool::{ClassRule, CompactPolicy, Pool, PoolConfig, Protocol};
+use zsmalloc_core::pool::{ClassRule, CompactPolicy, Pool, PoolConfig, PoolError, Protocol};
 
 /// The preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
 const DEFAULT_PREEMPTIONS: usize = 2;
@@ -195,6 +198,12 @@ struct Fixture {
 }
 
 fn fixture(protocol: Protocol, frames: usize) -> Fixture {
+    fixture_on(protocol, frames, true)
+}
+
+/// A pool on a Memory of `frames` frames, which it closes with itself if
+/// it `owns_memory`.
+fn fixture_on(protocol: Protocol, frames: usize, owns_memory: bool) -> Fixture {
     let mem = Arc::new(Memory::new(frames, PCP_HIGH, PCP_BATCH).unwrap());
     let config = PoolConfig {
         name: "loom".into(),
@@ -205,7 +214,7 @@ fn fixture(protocol: Protocol, frames: usize) -> Fixture {
         migration: protocol,
         background_work: false,
     };
-    let pool = Pool::new(config, mem.clone(), true).unwrap();
+    let pool = Pool::new(config, mem.clone(), owns_memory).unwrap();
     Fixture { mem, pool, log: Log::default() }
 }
 
@@ -488,6 +497,47 @@ fn teardown(fx: &Fixture, live: HashMap<u64, Vec<u8>>) {
 // ----------------------------------------------------------------------
 // the scenarios
 
+/// A malloc against `close` (issue 10, item 3): the malloc either completes
+/// before the close empties its class, and the close frees its object, or
+/// fails with PoolClosed; either way, once both have returned the pool
+/// holds no page and its Memory (which stays open) no frame.  `room`: the
+/// class has a zspage with a free slot (the malloc's fast path), or none
+/// (it builds a zspage, taking frames while the close may run).
+fn close_vs_malloc(room: bool) {
+    let fx = fixture_on(Protocol::Mainline, 8, false);
+    let (h0, _) = malloc_fill(&fx.pool, if room { ONE_PAGE } else { TWO_PAGES }, 0x11);
+    let size = if room { ONE_PAGE } else { ONE_PAGE / 2 };
+    let mutator = {
+        let (pool, log) = (fx.pool.clone(), fx.log.clone());
+        thread::spawn(move || {
+            let r = pool.zs_malloc(size);
+            log.push("mut", format!("zs_malloc -> {r:?}"));
+            r
+        })
+    };
+    let r = fx.pool.close();
+    fx.log.push("main", format!("close -> {r:?}"));
+    fx.log.ok("main", "close", r);
+    let got = mutator.join().unwrap();
+    ensure!(
+        fx,
+        matches!(got, Ok(_) | Err(PoolError::PoolClosed(_))),
+        "a malloc racing close failed otherwise: {got:?}"
+    );
+    for h in [Some(h0), got.as_ref().ok().copied()].into_iter().flatten() {
+        let freed = fx.pool.zs_free(h);
+        ensure!(fx, matches!(freed, Err(PoolError::PoolClosed(_))), "free({h:#x}) after close: {freed:?}");
+    }
+    ensure!(fx, fx.pool.total_pages() == 0, "the closed pool holds {} pages", fx.pool.total_pages());
+    let used = fx.mem.stats().nr_used;
+    ensure!(fx, used == 0, "{used} frames in use after the pool closed: {:?}", fx.mem.used_pfns());
+    OUTCOMES.with(|o| {
+        *o.borrow_mut()
+            .entry(format!("malloc {}", if got.is_ok() { "completed" } else { "refused" }))
+            .or_default() += 1
+    });
+}
+
 /// The 2016 race: the VM isolates a page of a zspage, then migrates it or
 /// puts it back; meanwhile the zspage's objects are freed (destroying it)
 /// and a new object is allocated (reusing the zspage id).
@@ -747,6 +797,16 @@ fn mm_lock_page_wakes_sleeper() {
 #[test]
 fn mm_wait_on_page_locked_wakes_sleeper() {
     explore("mm_wait_on_page_locked_wakes_sleeper", || page_lock_wakes_sleeper(false));
+}
+
+#[test]
+fn close_vs_malloc_with_room() {
+    explore("close_vs_malloc_with_room", || close_vs_malloc(true));
+}
+
+#[test]
+fn close_vs_malloc_new_zspage() {
+    explore("close_vs_malloc_new_zspage", || close_vs_malloc(false));
 }
 
 #[test]

@@ -35,8 +35,8 @@ use zsmalloc_core::pool::{ClassRule, CompactPolicy, Mapped, Pool, PoolConfig, Po
 // ----------------------------------------------------------------------
 // errors
 
-static ERRORS: [PyOnceLock<Py<PyAny>>; 8] = [const { PyOnceLock::new() }; 8];
-const ERROR_NAMES: [&str; 8] = [
+static ERRORS: [PyOnceLock<Py<PyAny>>; ERROR_NAMES.len()] = [const { PyOnceLock::new() }; ERROR_NAMES.len()];
+const ERROR_NAMES: [&str; 9] = [
     "InvalidSizeError",
     "InvalidHandleError",
     "PoolFullError",
@@ -45,6 +45,7 @@ const ERROR_NAMES: [&str; 8] = [
     "PageStateError",
     "CorruptionError",
     "WouldSleepError",
+    "ObjectMappedError",
 ];
 
 fn zs_error(py: Python<'_>, which: usize, msg: String) -> PyErr {
@@ -79,6 +80,7 @@ fn pool_err(py: Python<'_>, e: PoolError) -> PyErr {
             err
         }
         PoolError::PoolClosed(m) => zs_error(py, 3, m),
+        PoolError::Mapped(m) => zs_error(py, 8, m),
         PoolError::Value(m) => PyValueError::new_err(m),
         PoolError::Mm(e) => mm_err(py, e),
     }

@@ -73,7 +73,7 @@ use std::time::Duration;
 use crate::mm::migrate::MovableOps;
 use crate::mm::table::{Table, Zeroable};
 use crate::mm::{trim_process_heap, Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
-use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{
     thread, Arc, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Mutex,
     MutexGuard, RwLock, RwLockReadGuard, Weak,
@@ -130,6 +130,8 @@ pub enum PoolError {
     /// allocator's own error as its cause
     NoFrame(String, MmError),
     PoolClosed(String),
+    /// a free of an object that is mapped (zs_map_object without its unmap)
+    Mapped(String),
     Mm(MmError),
 }
 
@@ -141,6 +143,7 @@ impl std::fmt::Display for PoolError {
             | PoolError::Value(m)
             | PoolError::PoolFull(m)
             | PoolError::PoolClosed(m)
+            | PoolError::Mapped(m)
             | PoolError::NoFrame(m, _) => f.write_str(m),
             PoolError::Mm(e) => e.fmt(f),
         }
@@ -1167,6 +1170,9 @@ impl Pool {
         let cls = &self.classes[self.class_for_size[size] as usize];
         let (slot, handle) = {
             let mut st = cls.state.lock();
+            // a close that began since check_open has emptied this class or
+            // will: under the class lock, no object is made after it
+            self.check_open()?;
             let slot = self.cache_alloc_handle()?;
             let e = self.entry(slot as usize);
             // one generation on (wrapping within the low word)
@@ -1197,10 +1203,22 @@ impl Pool {
             Ok(zid) => zid,
             Err(e) => {
                 self.cache_free_handle(slot);
-                return Err(e);
+                return Err(if self.is_closed() { self.closed_error() } else { e });
             }
         };
         let mut st = cls.state.lock();
+        if self.is_closed() {
+            // the pool closed while the frames were taken: they go back
+            // (nobody else knows the fresh zspage: its page locks are free;
+            // a Memory closed with the pool has nothing left to give back to)
+            st.objs_allocated += cls.spec.objs_per_zspage as u64;
+            let locked = self.trylock_zspage(zid);
+            debug_assert!(locked);
+            let _ = self.__free_zspage(cls, &mut st, zid);
+            drop(st);
+            self.cache_free_handle(slot);
+            return Err(self.closed_error());
+        }
         let obj = self.obj_malloc(cls, zid, handle);
         self.insert_zspage(&mut st, zid, cls.fg_of_inuse[1] as usize);
         st.objs_allocated += cls.spec.objs_per_zspage as u64;
@@ -1224,8 +1242,14 @@ impl Pool {
         let e = self.entry(slot);
         let val = e.val.load(Relaxed);
         // marked freed at once: a racing second free is refused
-        if !val_is(val, handle) || e.val.compare_exchange(val, val | VAL_FREED, Acquire, Relaxed).is_err() {
+        if !val_is(val, handle) || e.val.compare_exchange(val, val | VAL_FREED, SeqCst, Relaxed).is_err() {
             return Err(self.bad_handle(handle));
+        }
+        if self.is_mapped(slot, (val >> VAL_ZID_SHIFT) as u32) {
+            e.val.store(val, Release); // still allocated: the mapping reads it
+            return Err(PoolError::Mapped(format!(
+                "handle {handle} is mapped: free it once the mapping and every view of it are released"
+            )));
         }
         let packed = e.obj.load(Relaxed);
         let obj = packed & LOC_MASK;
@@ -1318,9 +1342,23 @@ impl Pool {
         let span = self.object_span(handle, packed, offset, length, "map")?;
         // writers of the zspage lock hold the pool lock for writing: under
         // our read side it is never write-locked, so this only counts up
-        self.zs(zid).lock.fetch_add(1, Acquire);
+        self.zs(zid).lock.fetch_add(1, SeqCst);
         *self.pinned.lock().entry(slot as u32).or_insert(0) += 1;
-        Ok(Mapped { zid, slot: slot as u32, span })
+        let m = Mapped { zid, slot: slot as u32, span };
+        // a zs_free racing us marked the handle freed before it looked for
+        // pins (is_mapped), and we pinned before we look again: one of the
+        // two sees the other
+        if !val_is(self.entry(slot).val.load(SeqCst), handle) {
+            self.zs_unmap_object(m);
+            return Err(self.bad_handle(handle));
+        }
+        Ok(m)
+    }
+
+    /// Whether the object in handle slot `slot`, in zspage `zid`, is mapped.
+    fn is_mapped(&self, slot: usize, zid: u32) -> bool {
+        // no mapping in the zspage (its read count), no need to look further
+        self.zs(zid).lock.load(SeqCst) > 0 && self.pinned.lock().contains_key(&(slot as u32))
     }
 
     /// Copy a mapped object's bytes out (`len()` of its span).
