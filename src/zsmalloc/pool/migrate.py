@@ -1,7 +1,11 @@
 """zsmalloc's movable-page callbacks: two protocols, and the broken one the review caught.
 
 A pool registers one of these with its :class:`~zsmalloc.mm.Memory`; the VM
-calls ``isolate`` / ``migrate`` / ``putback`` (see ``zsmalloc.mm.migrate``).
+calls ``isolate`` / ``migrate`` / ``putback`` (the kernel's ``zs_page_isolate``
+/ ``zs_page_migrate`` / ``zs_page_putback``, see ``zsmalloc.mm.migrate``).
+The VM's side has the 6.17 names: ``isolate_movable_ops_page`` (was
+``isolate_movable_page``) sets ``PageMovableOpsIsolated`` (was
+``PG_isolated``, still our flag's name).
 
 ``mainline`` (default; 5.17 and later, as in 6.17)
     isolate: accept, unless the page no longer belongs to a zspage.
