@@ -270,16 +270,6 @@ def test_free_zspage_id_with_isolated_pages(healthy):
     st.verify()
 
 
-def test_non_empty_mask_disagrees_with_the_list(healthy):
-    # the mask is the Python pool's own index of its lists: no snapshot holds it
-    st = healthy
-    cls = st.pool.size_class[0]
-    cls.nonempty ^= 1 << 5
-    expect_corruption(st, "class 0 group 5: non-empty mask disagrees with the list")
-    cls.nonempty ^= 1 << 5
-    st.verify()
-
-
 # ----------------------------------------------------------------------
 # the handle table
 

@@ -7,7 +7,8 @@ write, read, read_into, map, free (live, freed and made-up handles), compact
 with either policy, flush the deferred free, trim, and the VM's drain and
 shrink of the arena.  Every call must give the same result, or raise the
 same error with the same message, on both.  After every step the two
-``zsmalloc.debug.snapshot(pool, data=True)`` must be equal: both follow one
+``zsmalloc.debug.snapshot(pool, data=True)`` must be equal (once the
+pools' worker threads, which run the deferred free, are idle): both follow one
 deterministic algorithm, so handles, locations, fullness lists (in order),
 zspage ids, header words, descriptors, frames in use and every object's
 bytes agree exactly.
@@ -29,6 +30,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from helpers import wait_until
 from zsmalloc import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, ZsmallocError, engine, model
 from zsmalloc.debug import snapshot
 
@@ -256,6 +258,8 @@ class Differential(RuleBasedStateMachine):
     def same_state(self) -> None:
         if not self.pools:
             return
+        # a free the pools deferred runs on each one's worker thread: compare once both are idle
+        assert wait_until(lambda: not any(p.worker_running for p in self.pools)), "a worker did not finish"
         a, b = (snapshot(p, data=True) for p in self.pools)
         assert a == b, first_difference(a, b)
         self.pools[1].check()

@@ -756,9 +756,9 @@ def test_2016_isolation_refuses_an_empty_zspage(z2016):
                 del zs.data[h]
         finally:
             mem.unlock_page(chain[4])
-        assert kicks and pool._zs_inuse[zs.zid] == 0
+        assert kicks and zspage(pool, zs.zid)["inuse"] == 0
         assert not mem.isolate_movable_page(chain[1])
-        assert pool._zs_isolated[zs.zid] == 0 and _membership(pool, zs.zid) == [0]
+        assert zspage(pool, zs.zid)["isolated"] == 0 and _membership(pool, zs.zid) == [0]
         pool.check()
     finally:
         del pool.kick_deferred_free

@@ -26,6 +26,7 @@ from zsmalloc import CorruptionError, Pool, engine, model
 from zsmalloc.debug import snapshot
 from zsmalloc.mm import MIGRATEPAGE_SUCCESS, PAGE_SIZE, MigrateMode
 from zsmalloc.pool.constants import FG_NONE, get_fullness_group
+from zsmalloc.pool.zsmalloc import Zspage
 
 pytestmark = pytest.mark.usefixtures("each_backend")
 
@@ -228,7 +229,7 @@ def _migrate_ahead_of_the_worker(s: Setup) -> list[str]:
             new4 = res.moved.get(p4, -1)
             if res.succeeded != 1 or new4 < 0:
                 problems.append(f"page 4 did not migrate: {res}")
-            elif pool.zspage_pages(s.zid)[4] != new4:
+            elif zspage(pool, s.zid)["pages"][4] != new4:
                 problems.append("the chain does not hold the new page 4")
     finally:
         s.unlock(p3)
@@ -278,8 +279,8 @@ def test_the_pre_2022_deferred_free_fails_that_scenario():
     s = Setup("mainline", stub_kick=True, name="reg-b-broken")
     pool = s.pool
 
-    def lock_zspage_snapshot(zid: int) -> None:
-        for pfn in pool.zspage_pages(zid):  # the chain as it is now, then sleep on each lock
+    def lock_zspage_snapshot(zs: Zspage) -> None:
+        for pfn in pool.zspage_pages(zs):  # the chain as it is now, then sleep on each lock
             pool.memory.lock_page(pfn, timeout=2.0)
 
     pool.lock_zspage = lock_zspage_snapshot
@@ -387,7 +388,7 @@ def _isolation_agrees(pool: Pool) -> None:
     snap = snapshot(pool)
     if isinstance(pool, model.Pool):  # the model keeps a count for free zspage ids too
         for zid in snap["free_zspage_ids"]:
-            assert pool._zs_isolated[zid] == 0
+            assert pool._zspages[zid].isolated == 0
     classes = {c["index"]: c for c in snap["classes"]}
     for zid, zs in snap["zspages"].items():
         cls = classes[zs["class"]]
@@ -737,7 +738,7 @@ def test_2016_a_zspage_with_an_isolated_page_is_not_destroyed():
         assert mem.isolate_movable_page(victim)
         s.free_all()
         assert pool.total_pages == s.pages_before
-        assert pool._zs_inuse[s.zid] == 0 and pool._zs_isolated[s.zid] == 1
+        assert zspage(pool, s.zid)["inuse"] == 0 and zspage(pool, s.zid)["isolated"] == 1
         assert mem.page_movable(victim) and mem.private[victim] == s.zid
         pool.check()
         res = mem.migrate_pages([victim])

@@ -26,6 +26,7 @@ import pytest
 
 import zsmalloc
 from zsmalloc.pool.migrate import MainlineMovableOps
+from zsmalloc.pool.zsmalloc import location_to_obj
 from zsmalloc.stress import run_stress
 
 SCALE = float(os.environ.get("ZSMALLOC_STRESS_SCALE", "1"))
@@ -58,11 +59,11 @@ def test_stress_notices_a_migration_that_loses_data(monkeypatch):
     """The harness can fail: a migrate callback that re-points the handles without copying the
     page shows up as corrupted objects (or a failed check)."""
 
-    def move_without_copy(self, cls, zid, dst, src):
+    def move_without_copy(self, cls, zspage, dst, src):
         pool = self.pool
-        for slot, idx in pool.objs_in_page(cls, zid, src):
-            pool.record_obj(slot, dst, idx)
-        pool.replace_sub_page(cls, zid, dst, src)
+        for handle, idx in pool.objs_in_page(cls, zspage, src):
+            pool.record_obj(handle, location_to_obj(dst, idx))
+        pool.replace_sub_page(cls, zspage, dst, src)
         pool.memory.get_page(dst)
 
     monkeypatch.setattr(MainlineMovableOps, "move_page", move_without_copy)

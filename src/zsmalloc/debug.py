@@ -84,7 +84,7 @@ from zsmalloc.pool.constants import (
     OBJ_TAG_BITS,
     get_fullness_group,
 )
-from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
+from zsmalloc.pool.size_class import ZS_HANDLE_SIZE, ZS_MAX_ALLOC_SIZE, get_size_class_index
 
 if TYPE_CHECKING:
     from typing_extensions import TypeIs
@@ -153,29 +153,34 @@ def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
                     "huge": cls.huge,
                     "objs_allocated": cls.objs_allocated,
                     "objs_inuse": cls.objs_inuse,
-                    "fullness": [[*reversed(lst)] if lst else [] for lst in cls.fullness_list],
+                    "fullness": [[zspage.zid for zspage in reversed(lst)] for lst in cls.fullness_list],
                 }
                 for cls in pool.classes
             ],
-            "class_of_size": [-1 if cls is None else cls.index for cls in pool._class_for_size],
+            "class_of_size": [-1]
+            + [
+                -1 if pool._closed else pool.size_class[get_size_class_index(size + ZS_HANDLE_SIZE)].index
+                for size in range(1, ZS_MAX_ALLOC_SIZE + 1)
+            ],
         }
         zspages = {}
-        for zid, ci in enumerate(pool._zs_class):
+        for zspage in pool._zspages:
+            ci = zspage.class_idx
             if ci < 0:
                 continue
             cls = pool.size_class[ci]
-            chain = _chain(pool, zid, cls.pages_per_zspage + 1)
+            chain = _chain(pool, zspage.first_page, cls.pages_per_zspage + 1)
             headers = []
             if arena_open and not cls.huge and len(chain) == cls.pages_per_zspage and max(chain) < hwm:
                 words = mem.words
                 headers = [words[_word_at(chain, idx * cls.size)] for idx in range(cls.objs_per_zspage)]
-            zspages[zid] = {
+            zspages[zspage.zid] = {
                 "class": ci,
-                "inuse": pool._zs_inuse[zid],
-                "freeobj": pool._zs_freeobj[zid],
-                "fg": pool._zs_fg[zid],
-                "lock": pool._zs_lock[zid],
-                "isolated": pool._zs_isolated[zid],
+                "inuse": zspage.inuse,
+                "freeobj": zspage.freeobj,
+                "fg": zspage.fullness,
+                "lock": zspage.lock,
+                "isolated": zspage.isolated,
                 "pages": chain,
                 "headers": headers,
             }
@@ -192,13 +197,13 @@ def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
         }
         snap |= {
             "zspages": zspages,
-            "free_zspage_ids": list(pool._zs_free),
-            "nr_zspage_ids": len(pool._zs_class),
+            "free_zspage_ids": list(pool._free_zspage_ids),
+            "nr_zspage_ids": len(pool._zspages),
             "handles": handles,
             "free_handle_slots": list(pool._h_free),
             "nr_handle_slots": len(h_val),
             "pinned": dict(pool._pinned),
-            "deferred": sorted(pool._deferred_batch),
+            "deferred": sorted(zspage.zid for zspage in pool._deferred_batch),
             "pages": {
                 pfn: {
                     "flags": mem.flags[pfn],
@@ -224,11 +229,11 @@ def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
         return snap
 
 
-def _chain(pool: Pool, zid: int, limit: int) -> list[int]:
-    """The zspage's pages from its first through the ``next`` links, at most ``limit`` of them."""
+def _chain(pool: Pool, first_page: int, limit: int) -> list[int]:
+    """A zspage's pages from its first through the ``next`` links, at most ``limit`` of them."""
     mem = pool.memory
     chain: list[int] = []
-    pfn = pool._zs_first[zid]
+    pfn = first_page
     while pfn >= 0 and len(chain) < limit:
         chain.append(pfn)
         if pfn >= mem.hwm:  # no descriptor to follow
@@ -496,13 +501,13 @@ _FIELDS: dict[str, Callable[..., tuple[Any, int | str]]] = {
     "pages_allocated": lambda pool: (pool, "pages_allocated"),
     "class.objs_allocated": lambda pool, ci: (pool.size_class[ci], "objs_allocated"),
     "class.objs_inuse": lambda pool, ci: (pool.size_class[ci], "objs_inuse"),
-    "zspage.inuse": lambda pool, zid: (pool._zs_inuse, zid),
-    "zspage.freeobj": lambda pool, zid: (pool._zs_freeobj, zid),
-    "zspage.lock": lambda pool, zid: (pool._zs_lock, zid),
-    "zspage.isolated": lambda pool, zid: (pool._zs_isolated, zid),
+    "zspage.inuse": lambda pool, zid: (pool._zspages[zid], "inuse"),
+    "zspage.freeobj": lambda pool, zid: (pool._zspages[zid], "freeobj"),
+    "zspage.lock": lambda pool, zid: (pool._zspages[zid], "lock"),
+    "zspage.isolated": lambda pool, zid: (pool._zspages[zid], "isolated"),
     "slot.word": lambda pool, zid, idx: (
         pool.memory.words,
-        _word_at(pool.zspage_pages(zid), idx * pool.size_class[pool._zs_class[zid]].size),
+        _word_at(pool.zspage_pages(pool._zspages[zid]), idx * pool.zspage_class(pool._zspages[zid]).size),
     ),
     "handle.location": lambda pool, slot: (pool._h_obj, slot),
     "handle.size": lambda pool, slot: (pool._h_size, slot),
@@ -537,12 +542,13 @@ def damage(pool: Pool, what: str, *key: int, value: int) -> int:
     with frozen(pool):
         if what == "zspage.fg":
             (zid,) = key
-            cls = pool.size_class[pool._zs_class[zid]]
-            old = pool._zs_fg[zid]
+            zspage = pool._zspages[zid]
+            cls = pool.zspage_class(zspage)
+            old = zspage.fullness
             if old != FG_NONE:
-                pool.remove_zspage(cls, zid)
+                pool.remove_zspage(cls, zspage)
             if value != FG_NONE:
-                pool.insert_zspage(cls, zid, value)
+                pool.insert_zspage(cls, zspage, value)
             return old
         if what == "handle_cache":
             (slot,) = key

@@ -4,6 +4,13 @@ migration thread that stands in for kcompactd and memory offlining.
 
 Nothing here knows that zsmalloc exists; owners talk to it through frames,
 descriptor words and registered movable-page callbacks.
+
+What lives where: ``memory.py`` (the arena, descriptors, page locks, the page
+allocator, and ``Memory``'s public methods), ``migrate.py`` (the migration
+core, mainline 6.17 names: ``isolate_movable_ops_page``,
+``PageMovableOpsIsolated``), ``compaction.py`` (evacuation and arena
+compaction), ``background.py`` (kcompactd's stand-in).  Lock order: page
+lock -> the owner's locks (inside its callbacks) -> the Memory's lock.
 """
 
 from zsmalloc.mm.background import BackgroundMigration

@@ -5,4 +5,6 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 
 PG_locked = 0x01  # the page lock
 PG_movable = 0x02  # an owner registered movable-page callbacks for it
-PG_isolated = 0x04  # taken by the VM for migration (between isolate and migrate/putback)
+# taken by the VM for migration (between isolate and migrate/putback): the
+# kernel's PG_isolated, PageMovableOpsIsolated since 6.17
+PG_isolated = 0x04

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 
 
 class Counters:
+    """Named event counters, each 8 bytes in one array."""
+
     __slots__ = ("_index", "_values")
 
     def __init__(self, names: Iterable[str]) -> None:
@@ -29,15 +31,6 @@ class Counters:
 
     def __setitem__(self, name: str, value: int) -> None:
         self._values[self._index[name]] = value
-
-    @property
-    def values(self) -> array:
-        """The counters themselves, for a hot path that updates one in place (see ``index``)."""
-        return self._values
-
-    def index(self, name: str) -> int:
-        """The position of counter ``name`` in ``values``."""
-        return self._index[name]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)

@@ -1,5 +1,13 @@
 """Physical memory for the model: page frames, page descriptors, page locks.
 
+Which kernel this models: the page allocator's per-cpu lists and free lists
+(mm/page_alloc.c), the page lock and the reference count of struct page, and
+the movable-ops registration of mainline 6.17 (owners register callbacks
+per page type, where 4.8 had ``__SetPageMovable(page, mapping)``; see
+mm/migrate.py for the renames).  The migration core (mm/migrate.py) and
+evacuation and compaction (mm/compaction.py) are plain functions over a
+Memory; the methods of the same names here are their public entry points.
+
 This module is the model's "VM".  It owns a single private anonymous mmap
 (the *arena*) cut into 4 KiB frames; a frame's page frame number (pfn) is its
 index in the arena.  It knows nothing of zsmalloc: an owner allocates frames,
@@ -61,10 +69,11 @@ import threading
 from array import array
 
 from zsmalloc.errors import OutOfFramesError, PageStateError, WouldSleepError
-from zsmalloc.mm.compaction import Compaction
+from zsmalloc.mm import compaction, migrate
+from zsmalloc.mm.compaction import CompactResult, EvacuateResult
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.counters import Counters
-from zsmalloc.mm.migrate import Migration, MovableOps
+from zsmalloc.mm.migrate import NR_MIGRATE_PASSES, MigrateMode, MigrateResult, MovableOps, Target
 
 # Linux's MAP_NORESERVE; the mmap module does not export it.  Without it a
 # large capacity would be refused by the kernel's overcommit heuristic.
@@ -82,9 +91,6 @@ VMSTAT_EVENTS = (
 )
 
 ALLOC_EVENTS = ("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max")
-_NR_ALLOC = ALLOC_EVENTS.index("nr_alloc")
-_NR_FREE = ALLOC_EVENTS.index("nr_free")
-_NR_USED_MAX = ALLOC_EVENTS.index("nr_used_max")
 
 _MAP_NORESERVE = 0x4000
 _MIN_GROWTH = 1024  # descriptor arrays: at least this many entries (buffers > 512 B stay out of pymalloc)
@@ -99,7 +105,7 @@ def _physical_pages() -> int:
         return 1 << 20
 
 
-class Memory(Migration, Compaction):
+class Memory:
     """Page frames in one mmap arena, with descriptors, locks and a page allocator.
 
     ``capacity`` is the number of frames the arena may ever hold (default: the
@@ -131,10 +137,9 @@ class Memory(Migration, Compaction):
             flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE,
             prot=mmap.PROT_READ | mmap.PROT_WRITE,
         )
-        #: the whole arena as bytes, and as native unsigned 64-bit words (headers live there;
-        #: "L" where it is 64 bits: a memoryview stores "L" items more cheaply than "Q")
+        #: the whole arena as bytes, and as native unsigned 64-bit words (headers live there)
         self.buf = memoryview(self.arena)
-        self.words = self.buf.cast("L" if array("L").itemsize == 8 else "Q")
+        self.words = self.buf.cast("Q")
 
         self.flags = bytearray()
         self.refcount = array("i")
@@ -157,7 +162,6 @@ class Memory(Migration, Compaction):
         self.nr_used = 0
         #: allocator events: frames handed out and freed, failures, drains, peak use
         self.events = Counters(ALLOC_EVENTS)
-        self._ev = self.events.values  # the allocator's hot paths update it in place
         #: migration and compaction events (like /proc/vmstat)
         self.vmstat = Counters(VMSTAT_EVENTS)
 
@@ -181,10 +185,8 @@ class Memory(Migration, Compaction):
         the counters are restored, so the failed call changes nothing but
         ``nr_alloc_fail``.
         """
-        lock = self._lock
-        lock.acquire()  # not ``with``: this runs for every new zspage, and a with costs twice as much
-        try:
-            hwm, used_max = self.hwm, self._ev[_NR_USED_MAX]
+        with self._lock:
+            hwm, used_max = self.hwm, self.events["nr_used_max"]
             pcp_before = self._pcp[:]  # where each frame came from, should the call fail
             pfns: list[int] = []
             try:
@@ -211,8 +213,6 @@ class Memory(Migration, Compaction):
                 self.nr_used -= len(pfns)
                 raise
             return pfns
-        finally:
-            lock.release()
 
     def alloc_page_in(self, lo: int = 0, hi: int | None = None) -> int:
         """Hand out one frame whose pfn lies in ``[lo, hi)``, lowest free first.
@@ -248,12 +248,10 @@ class Memory(Migration, Compaction):
             self.events["nr_alloc_fail"] += 1
             raise OutOfFramesError(f"no free frame (capacity {self.capacity}, {self.nr_used} in use)")
         self.refcount[pfn] = 1
-        ev = self._ev
-        ev[_NR_ALLOC] += 1
-        nr_used = self.nr_used + 1
-        self.nr_used = nr_used
-        if nr_used > ev[_NR_USED_MAX]:
-            ev[_NR_USED_MAX] = nr_used
+        self.events["nr_alloc"] += 1
+        self.nr_used += 1
+        if self.nr_used > self.events["nr_used_max"]:
+            self.events["nr_used_max"] = self.nr_used
         return pfn
 
     def _take_hwm_frame(self) -> int:
@@ -343,7 +341,7 @@ class Memory(Migration, Compaction):
         self.next[pfn] = 0
         self.first_obj_offset[pfn] = 0
         self.nr_used -= 1
-        self._ev[_NR_FREE] += 1
+        self.events["nr_free"] += 1
         pcp = self._pcp
         pcp.append(pfn)
         if len(pcp) > self.pcp_high:
@@ -493,9 +491,7 @@ class Memory(Migration, Compaction):
 
     def trylock_pages(self, pfns: list[int]) -> bool:
         """Trylock every page, all or none (one trylock_page per page, under one lock hold)."""
-        lock = self._lock
-        lock.acquire()  # not ``with``: this runs for every zspage freed
-        try:
+        with self._lock:
             flags = self.flags
             for pfn in pfns:
                 if flags[pfn] & PG_locked:
@@ -503,8 +499,6 @@ class Memory(Migration, Compaction):
             for pfn in pfns:
                 flags[pfn] |= PG_locked
             return True
-        finally:
-            lock.release()
 
     def page_locked(self, pfn: int) -> bool:
         return bool(self.flags[pfn] & PG_locked)
@@ -549,14 +543,12 @@ class Memory(Migration, Compaction):
         """``__SetPageMovable`` on each of an owner's new pages.
 
         A new page is the owner's alone, but a PFN walker may hold a passing
-        reference: ``isolate_movable_page`` takes one (get_page_unless_zero)
+        reference: ``isolate_movable_ops_page`` takes one (get_page_unless_zero)
         before it looks whether the page is movable, and drops it when it is
         not yet.  So the page must be in use and unlocked; its refcount may be
         above one.
         """
-        lock = self._lock
-        lock.acquire()  # not ``with``: this runs for every new zspage
-        try:
+        with self._lock:
             flags, movable_ops, refcount = self.flags, self.movable_ops, self.refcount
             for pfn in pfns:
                 if flags[pfn] & PG_locked or refcount[pfn] < 1:
@@ -564,8 +556,6 @@ class Memory(Migration, Compaction):
             for pfn in pfns:
                 movable_ops[pfn] = ops_id
                 flags[pfn] |= PG_movable
-        finally:
-            lock.release()
 
     def reset_page(self, pfn: int) -> None:
         """The owner forgets the page: clear its owner words and PG_movable (``reset_page``)."""
@@ -585,9 +575,7 @@ class Memory(Migration, Compaction):
         until the VM drops its own reference.  A page whose last reference
         goes is cleared once, by the release of its frame.
         """
-        lock = self._lock
-        lock.acquire()  # not ``with``: this runs for every zspage freed
-        try:
+        with self._lock:
             flags, refcount = self.flags, self.refcount
             for pfn in pfns:
                 if not flags[pfn] & PG_locked:
@@ -610,8 +598,6 @@ class Memory(Migration, Compaction):
                     self.first_obj_offset[pfn] = 0
             if self._page_waiters:
                 self._page_wait.notify_all()
-        finally:
-            lock.release()
 
     def clear_page_movable(self, pfn: int) -> None:
         with self._lock:
@@ -622,6 +608,96 @@ class Memory(Migration, Compaction):
 
     def page_isolated(self, pfn: int) -> bool:
         return bool(self.flags[pfn] & PG_isolated)
+
+    def descriptor_snapshot(self, start: int, end: int | None = None) -> tuple[bytes, array]:
+        """Copies of the flags and refcounts of ``[start, end)`` (clamped to the arena).
+
+        Scanners work on these, not on the live arrays: the copy is one C
+        memcpy under the Memory lock, so a long scan neither holds the lock
+        (starving allocations) nor races with ``shrink_arena``.
+        """
+        with self._lock:
+            end = self.hwm if end is None else min(end, self.hwm)
+            start = min(start, end)
+            return bytes(self.flags[start:end]), self.refcount[start:end]
+
+    # ------------------------------------------------------------------
+    # the migration core (mm/migrate.py) and compaction (mm/compaction.py)
+
+    def isolate_movable_page(self, pfn: int, mode: MigrateMode = MigrateMode.SYNC) -> bool:
+        """``isolate_movable_ops_page`` (6.17; ``isolate_movable_page`` before).
+
+        On success the page is PG_isolated, unlocked, and the VM holds a
+        reference on it; it must be passed to ``migrate_pages`` or
+        ``putback_movable_page``.
+        """
+        return migrate.isolate_movable_ops_page(self, pfn, mode)
+
+    def putback_movable_page(self, pfn: int) -> None:
+        """Give an isolated page back to its owner (``putback_movable_ops_page`` in 6.17)."""
+        migrate.putback_movable_page(self, pfn)
+
+    def migrate_pages(
+        self,
+        pfns: list[int],
+        mode: MigrateMode = MigrateMode.SYNC,
+        target: Target = None,
+        passes: int = NR_MIGRATE_PASSES,
+        putback: bool = True,
+        lock_timeout: float | None = None,
+    ) -> MigrateResult:
+        """Move isolated pages to new frames (kernel ``migrate_pages``).
+
+        ``target`` is the pfn range ``[lo, hi)`` destinations are taken from
+        (lowest free first; default anywhere), or a function giving that
+        range for each source pfn.  A page whose owner answers
+        -EAGAIN is retried in the next pass, up to ``passes``.  Pages that
+        could not move are put back to their owners when ``putback`` is true
+        (else they stay isolated and are listed in ``failed_pfns``).
+        """
+        return migrate.migrate_pages(self, pfns, mode, target, passes, putback, lock_timeout)
+
+    def move_pages(
+        self,
+        pfns: list[int],
+        mode: MigrateMode = MigrateMode.SYNC,
+        target: tuple[int, int] | None = None,
+        passes: int = NR_MIGRATE_PASSES,
+    ) -> MigrateResult:
+        """Isolate, migrate, and put back what could not move, in one call."""
+        return migrate.move_pages(self, pfns, mode, target, passes)
+
+    def movable_pfns(self, start: int = 0, end: int | None = None) -> list[int]:
+        """In-use, movable, not isolated frames in ``[start, end)``."""
+        return migrate.movable_pfns(self, start, end)
+
+    def evacuate(
+        self,
+        start: int,
+        end: int,
+        mode: MigrateMode = MigrateMode.SYNC,
+        keep_excluded: bool = False,
+    ) -> EvacuateResult:
+        """Move every movable page out of ``[start, end)``.
+
+        The allocator stays out of the range while this runs, and afterwards
+        too if ``keep_excluded`` (an offlined range); undo with
+        ``unexclude_range(start, end)``.
+        """
+        return compaction.evacuate(self, start, end, mode, keep_excluded)
+
+    def compact(self, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
+        """Move in-use movable frames down into free frames, then lower the high-water mark."""
+        return compaction.compact(self, mode)
+
+    def shrink_arena(self) -> int:
+        """Lower the high-water mark to just above the highest frame in use.
+
+        Free frames above it leave the hot list and the cold heap (given back
+        to the OS if they were resident), and the descriptor arrays shrink.
+        Returns how many free frames were dropped.
+        """
+        return compaction.shrink_arena(self)
 
     # ------------------------------------------------------------------
 

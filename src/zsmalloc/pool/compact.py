@@ -39,10 +39,11 @@ from zsmalloc.pool.constants import (
     ZS_INUSE_RATIO_10,
     ZS_INUSE_RATIO_99,
     ZS_INUSE_RATIO_100,
+    get_fullness_group,
 )
 
 if TYPE_CHECKING:
-    from zsmalloc.pool.zsmalloc import Pool, SizeClass
+    from zsmalloc.pool.zsmalloc import Pool, SizeClass, Zspage
 
 POLICIES = ("ratio", "legacy")
 SHRINK_STOP = -1
@@ -50,56 +51,61 @@ _LEGACY_ALMOST_EMPTY = range(ZS_INUSE_RATIO_10, 9)  # groups 1..8: up to 79% (th
 _LEGACY_ALMOST_FULL = range(9, ZS_INUSE_RATIO_100)
 
 
-def _take(pool: Pool, cls: SizeClass, groups: range | list[int], lowest_zid: bool) -> int:
+def _zid(zspage: Zspage) -> int:
+    return zspage.zid
+
+
+def _take(pool: Pool, cls: SizeClass, groups: range, lowest_zid: bool) -> Zspage | None:
+    """Take a zspage off the first non-empty list of ``groups``: its head, or (legacy) its lowest id."""
     lists = cls.fullness_list
     if lowest_zid:
-        candidates = [min(lists[fg]) for fg in groups if lists[fg]]
+        candidates = [min(lists[fg], key=_zid) for fg in groups if lists[fg]]
         if not candidates:
-            return -1
-        zid = min(candidates)
+            return None
+        zspage = min(candidates, key=_zid)
     else:
         fg = next((fg for fg in groups if lists[fg]), -1)
         if fg < 0:
-            return -1
-        zid = next(reversed(lists[fg]))
-    pool.remove_zspage(cls, zid)
-    return zid
+            return None
+        zspage = next(reversed(lists[fg]))
+    pool.remove_zspage(cls, zspage)
+    return zspage
 
 
-def isolate_src_zspage(pool: Pool, cls: SizeClass, policy: str) -> int:
+def isolate_src_zspage(pool: Pool, cls: SizeClass, policy: str) -> Zspage | None:
+    """The emptiest partial zspage, off its list: where objects move from."""
     if policy == "legacy":
-        zid = _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
-        return zid if zid >= 0 else _take(pool, cls, _LEGACY_ALMOST_FULL, True)
+        zspage = _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
+        return zspage if zspage is not None else _take(pool, cls, _LEGACY_ALMOST_FULL, True)
     return _take(pool, cls, range(ZS_INUSE_RATIO_10, ZS_INUSE_RATIO_99 + 1), False)
 
 
-def isolate_dst_zspage(pool: Pool, cls: SizeClass, policy: str) -> int:
+def isolate_dst_zspage(pool: Pool, cls: SizeClass, policy: str) -> Zspage | None:
+    """The fullest partial zspage, off its list: where objects move to."""
     if policy == "legacy":
-        zid = _take(pool, cls, _LEGACY_ALMOST_FULL, True)
-        return zid if zid >= 0 else _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
+        zspage = _take(pool, cls, _LEGACY_ALMOST_FULL, True)
+        return zspage if zspage is not None else _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
     return _take(pool, cls, range(ZS_INUSE_RATIO_99, ZS_INUSE_RATIO_10 - 1, -1), False)
 
 
-def putback_zspage(pool: Pool, cls: SizeClass, zid: int) -> int:
-    fg = cls.fg_of_inuse[pool._zs_inuse[zid]]
-    pool.insert_zspage(cls, zid, fg)
+def putback_zspage(pool: Pool, cls: SizeClass, zspage: Zspage) -> int:
+    """Put a zspage back on the list its inuse calls for; return that group."""
+    fg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+    pool.insert_zspage(cls, zspage, fg)
     return fg
 
 
-def migrate_zspage(pool: Pool, cls: SizeClass, src: int, dst: int) -> int:
+def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage) -> int:
     """Move src's objects into dst until dst is full or src empty; return how many moved."""
     moved = 0
-    n = cls.objs_per_zspage
     for page in pool.zspage_pages(src):
-        for slot, _ in pool.objs_in_page(cls, src, page):
-            handle = pool._h_val[slot]
-            old = pool._h_obj[slot]
-            new = pool.obj_malloc(cls, dst, handle)
-            pool.obj_copy(cls, new, old)
-            pool.obj_free(cls, src, old)
-            pool._h_obj[slot] = new
+        for handle, _ in pool.objs_in_page(cls, src, page):
+            used_obj = pool.handle_to_obj(handle)
+            free_obj = pool.obj_malloc(dst, handle)
+            pool.zs_object_copy(cls, free_obj, used_obj)
+            pool.obj_free(cls, used_obj)
             moved += 1
-            if pool._zs_inuse[dst] == n or pool._zs_inuse[src] == 0:
+            if dst.inuse == cls.objs_per_zspage or src.inuse == 0:
                 return moved
     return moved
 
@@ -107,15 +113,16 @@ def migrate_zspage(pool: Pool, cls: SizeClass, src: int, dst: int) -> int:
 def __zs_compact(pool: Pool, cls: SizeClass, policy: str) -> tuple[int, int]:
     """Compact one class; return (pages freed, objects moved)."""
     freed = moved = 0
-    with pool._lock, cls.lock:
-        dst = src = -1
+    with pool._lock, cls.lock:  # the pool lock's write side
+        dst: Zspage | None = None
+        src: Zspage | None = None
         while pool.zs_can_compact(cls):
-            if dst < 0:
+            if dst is None:
                 dst = isolate_dst_zspage(pool, cls, policy)
-                if dst < 0:
+                if dst is None:
                     break
             src = isolate_src_zspage(pool, cls, policy)
-            if src < 0:
+            if src is None:
                 break
             if not pool.zspage_write_trylock(src):
                 break
@@ -124,13 +131,13 @@ def __zs_compact(pool: Pool, cls: SizeClass, policy: str) -> tuple[int, int]:
             if putback_zspage(pool, cls, src) == ZS_INUSE_RATIO_0:
                 pool.free_zspage(cls, src)
                 freed += cls.pages_per_zspage
-            src = -1
-            if pool._zs_inuse[dst] == cls.objs_per_zspage:
+            src = None
+            if get_fullness_group(dst.inuse, cls.objs_per_zspage) == ZS_INUSE_RATIO_100:
                 putback_zspage(pool, cls, dst)
-                dst = -1
-        if src >= 0:
+                dst = None
+        if src is not None:
             putback_zspage(pool, cls, src)
-        if dst >= 0:
+        if dst is not None:
             putback_zspage(pool, cls, dst)
     return freed, moved
 

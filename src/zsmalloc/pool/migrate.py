@@ -1,7 +1,11 @@
 """zsmalloc's movable-page callbacks: two protocols, and the broken one the review caught.
 
 A pool registers one of these with its :class:`~zsmalloc.mm.Memory`; the VM
-calls ``isolate`` / ``migrate`` / ``putback`` (see ``zsmalloc.mm.migrate``).
+calls ``isolate`` / ``migrate`` / ``putback`` (the kernel's ``zs_page_isolate``
+/ ``zs_page_migrate`` / ``zs_page_putback``, see ``zsmalloc.mm.migrate``).
+The VM's side has the 6.17 names: ``isolate_movable_ops_page`` (was
+``isolate_movable_page``) sets ``PageMovableOpsIsolated`` (was
+``PG_isolated``, still our flag's name).
 
 ``mainline`` (default; 5.17 and later, as in 6.17)
     isolate: accept, unless the page no longer belongs to a zspage.
@@ -47,9 +51,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zsmalloc.mm import EAGAIN, MIGRATEPAGE_SUCCESS, PAGE_SHIFT, PAGE_SIZE, MigrateMode, PG_movable
+from zsmalloc.pool.constants import OBJ_INDEX_BITS, get_fullness_group
 
 if TYPE_CHECKING:
-    from zsmalloc.pool.zsmalloc import Pool, SizeClass
+    from zsmalloc.pool.zsmalloc import Pool, SizeClass, Zspage
 
 PROTOCOLS = ("mainline", "2016", "2016-v3")
 
@@ -72,56 +77,60 @@ class MainlineMovableOps:
         return bool(mem.flags[pfn] & PG_movable) and mem.movable_ops[pfn] == self.pool._ops_id
 
     def isolate(self, pfn: int, mode: MigrateMode) -> bool:
+        """``zs_page_isolate`` (6.17): accept a page that still belongs to a zspage."""
         # The page is locked, so its zspage cannot be destroyed now:
         # free_zspage needs every page lock of the zspage.
         return self.page_is_ours(pfn)
 
     def migrate(self, dst: int, src: int, mode: MigrateMode) -> int:
+        """``zs_page_migrate`` (6.17): move page ``src`` of a zspage to ``dst``."""
         pool = self.pool
         if not self.page_is_ours(src):  # destroyed while isolated: nothing to move
             return MIGRATEPAGE_SUCCESS
-        with pool._lock:
-            zid = pool.memory.private[src]
-            cls = pool.size_class[pool._zs_class[zid]]
+        with pool._lock:  # the write side
+            zspage = pool.get_zspage(src)
+            cls = pool.zspage_class(zspage)
             with cls.lock:
-                if not pool.zspage_write_trylock(zid):
+                if not pool.zspage_write_trylock(zspage):
                     return EAGAIN
                 try:
-                    self.move_page(cls, zid, dst, src)
+                    self.move_page(cls, zspage, dst, src)
                 finally:
-                    pool.zspage_write_unlock(zid)
-                self.after_migrate(cls, zid)
+                    pool.zspage_write_unlock(zspage)
+                self.after_migrate(cls, zspage)
         self.release_old_page(src)
         return MIGRATEPAGE_SUCCESS
 
     def putback(self, pfn: int) -> None:
-        pass
+        """``zs_page_putback`` (6.17): nothing to do."""
 
     # ------------------------------------------------------------------
 
     def move_page(
-        self, cls: SizeClass, zid: int, dst: int, src: int, objs: list[tuple[int, int]] | None = None
+        self, cls: SizeClass, zspage: Zspage, dst: int, src: int, objs: list[tuple[int, int]] | None = None
     ) -> None:
         """Copy ``src`` into ``dst``, re-point its objects' handles, and swap it in the chain.
 
-        ``objs`` is ``pool.objs_in_page(cls, zid, src)`` when the caller already has it.
+        The body of ``zs_page_migrate`` under its locks.  ``objs`` is
+        ``pool.objs_in_page(cls, zspage, src)`` when the caller already has it.
         """
         pool = self.pool
         mem = pool.memory
         buf = mem.buf
         d, s = dst << PAGE_SHIFT, src << PAGE_SHIFT
-        buf[d : d + PAGE_SIZE] = buf[s : s + PAGE_SIZE]
+        buf[d : d + PAGE_SIZE] = buf[s : s + PAGE_SIZE]  # copy_page
         if objs is None:
-            objs = pool.objs_in_page(cls, zid, src)
-        for slot, idx in objs:
-            pool.record_obj(slot, dst, idx)
-        pool.replace_sub_page(cls, zid, dst, src)
+            objs = pool.objs_in_page(cls, zspage, src)
+        for handle, obj_idx in objs:
+            pool.record_obj(handle, (dst << OBJ_INDEX_BITS) | obj_idx)
+        pool.replace_sub_page(cls, zspage, dst, src)
         mem.get_page(dst)  # the pool's reference on its new page
 
-    def after_migrate(self, cls: SizeClass, zid: int) -> None:
+    def after_migrate(self, cls: SizeClass, zspage: Zspage) -> None:
         """Protocol hook, under the class lock, after a page of the zspage moved."""
 
     def release_old_page(self, src: int) -> None:
+        """``reset_zpdesc`` and ``zpdesc_put`` of the page that moved away."""
         mem = self.pool.memory
         mem.reset_page(src)
         mem.put_page(src)  # the pool's reference; the VM drops its own
@@ -134,66 +143,69 @@ class Seed2016MovableOps(MainlineMovableOps):
     free_destroys_isolated = False
 
     def isolate(self, pfn: int, mode: MigrateMode) -> bool:
+        """``zs_page_isolate`` (4.8): take the zspage off its list at its first isolated page."""
         if not self.page_is_ours(pfn):
             return False
         pool = self.pool
-        zid = pool.memory.private[pfn]
-        cls = pool.size_class[pool._zs_class[zid]]
+        zspage = pool.get_zspage(pfn)
+        cls = pool.zspage_class(zspage)
         with cls.lock:
-            if pool._zs_inuse[zid] == 0:  # an empty zspage is about to be freed
+            if zspage.inuse == 0:  # an empty zspage is about to be freed
                 return False
-            if pool._zs_isolated[zid] == 0:
-                pool.remove_zspage(cls, zid)  # no allocation, no compaction may pick it now
-            pool._zs_isolated[zid] += 1
+            if zspage.isolated == 0:
+                pool.remove_zspage(cls, zspage)  # no allocation, no compaction may pick it now
+            zspage.isolated += 1
         return True
 
     def migrate(self, dst: int, src: int, mode: MigrateMode) -> int:
+        """``zs_page_migrate`` (4.8): freeze the page's objects, move it, put the zspage back."""
         pool = self.pool
         if not self.page_is_ours(src):
             return MIGRATEPAGE_SUCCESS
         with pool._lock:
-            zid = pool.memory.private[src]
-            cls = pool.size_class[pool._zs_class[zid]]
+            zspage = pool.get_zspage(src)
+            cls = pool.zspage_class(zspage)
             with cls.lock:
                 # trypin_tag on every object that starts in the page: one that a
                 # caller has mapped (pinned) keeps the page where it is.  The
                 # copy below runs under the pool lock, which stands for the pins
                 # the 2016 code held on the other objects meanwhile.
-                objs = pool.objs_in_page(cls, zid, src)
-                if any(slot in pool._pinned for slot, _ in objs):
+                objs = pool.objs_in_page(cls, zspage, src)
+                if any(pool.tag_pinned(handle) for handle, _ in objs):
                     return EAGAIN
                 # migrate_write_lock: 4.8's per-zspage migrate rwlock, which
                 # zs_map_object held for reading across the whole mapping, so
                 # that no page of the zspage moves under a mapped object (the
                 # second page of an object that spans two pages included; the
                 # pins above only cover objects that start in this page)
-                if not pool.zspage_write_trylock(zid):
+                if not pool.zspage_write_trylock(zspage):
                     return EAGAIN
                 try:
-                    self.move_page(cls, zid, dst, src, objs)
+                    self.move_page(cls, zspage, dst, src, objs)
                 finally:
-                    pool.zspage_write_unlock(zid)
-                self.after_migrate(cls, zid)
+                    pool.zspage_write_unlock(zspage)
+                self.after_migrate(cls, zspage)
         self.release_old_page(src)
         return MIGRATEPAGE_SUCCESS
 
-    def after_migrate(self, cls: SizeClass, zid: int) -> None:
-        self.dec_isolation(cls, zid)
+    def after_migrate(self, cls: SizeClass, zspage: Zspage) -> None:
+        self.dec_isolation(cls, zspage)
 
     def putback(self, pfn: int) -> None:
+        """``zs_page_putback`` (4.8): the last isolated page puts the zspage back on its list."""
         pool = self.pool
-        zid = pool.memory.private[pfn]
-        cls = pool.size_class[pool._zs_class[zid]]
+        zspage = pool.get_zspage(pfn)
+        cls = pool.zspage_class(zspage)
         with cls.lock:
-            self.dec_isolation(cls, zid)
+            self.dec_isolation(cls, zspage)
 
-    def dec_isolation(self, cls: SizeClass, zid: int) -> None:
-        """One isolated page left; the last one puts the zspage back (putback_zspage_deferred)."""
+    def dec_isolation(self, cls: SizeClass, zspage: Zspage) -> None:
+        """One isolated page left; the last one puts the zspage back (``putback_zspage_deferred``)."""
         pool = self.pool
-        pool._zs_isolated[zid] -= 1
-        if pool._zs_isolated[zid] == 0:
-            fg = cls.fg_of_inuse[pool._zs_inuse[zid]]
-            pool.insert_zspage(cls, zid, fg)
+        zspage.isolated -= 1
+        if zspage.isolated == 0:
+            fg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+            pool.insert_zspage(cls, zspage, fg)
             if fg == 0:
                 pool.kick_deferred_free()
 
@@ -207,6 +219,7 @@ class BrokenV3MovableOps(Seed2016MovableOps):
 
 
 def movable_ops_for(pool: Pool, protocol: str) -> MainlineMovableOps:
+    """The callbacks of ``protocol`` for ``pool`` (the kernel registers ``zsmalloc_mops``)."""
     try:
         cls = {
             "mainline": MainlineMovableOps,

@@ -1,17 +1,39 @@
 """The allocator: mm/zsmalloc.c, function for function, on real frames.
 
+Which kernel this models
+------------------------
+Mainline 6.15 to 6.17 unless a function says otherwise: fullness groups by
+tenths of use (6.4), the min-waste chain size (6.3), the pool lock as a
+reader/writer lock with per-zspage locks (5.17, the zspage lock of 6.15),
+object access through ``zs_obj_read_begin`` / ``zs_obj_read_end`` /
+``zs_obj_write`` (6.15; ``map`` below is the read pair, ``zs_map_object``
+before), the deferred free of empty zspages (4.8), ``lock_zspage`` with the
+2022 fix.  The movable-page callbacks and the 2016 protocol (4.8) live in
+pool/migrate.py, compaction in pool/compact.py, the class table in
+pool/size_class.py.
+
+Names: the kernel calls the page of a zspage a ``zpdesc`` (a view of its
+``struct page``); here it is a pfn with its descriptor in ``Memory``.  Since
+6.17 the VM side is ``isolate_movable_ops_page`` (was
+``isolate_movable_page``) and the isolation flag ``PageMovableOpsIsolated``
+(was ``PG_isolated``): see zsmalloc/mm/migrate.py.  ``Pool`` methods keep
+the kernel's names; where a name differs (a Python-private one, a
+``__``-prefixed kernel name), the docstring gives the kernel's.
+
 What lives where
 ----------------
 - Object bytes, in-page object headers and free-list links: in the frames of
   :class:`zsmalloc.mm.Memory`, exactly where the kernel keeps them.
 - Per-page state (which zspage, next page of the chain, first object offset,
   the handle of a huge object, movable/locked/isolated): page descriptors in
-  ``Memory``.
-- Per-zspage state: struct-of-arrays indexed by a zspage id (``zid``), the
-  kernel's ``struct zspage``: class, inuse, freeobj, first page, fullness group,
-  the zspage lock.  Its ``list`` (the fullness-list link) is its membership in
-  one of its class's fullness lists, dicts used as ordered sets.
-- Handles: a table of arrays indexed by handle slot.
+  ``Memory``: ``private`` is the zspage id, ``next`` the chain link, ``index``
+  the huge object's handle.
+- Per-zspage state: :class:`Zspage` (the kernel's ``struct zspage``), one per
+  zspage id (``zid``), kept in ``Pool._zspages``; freed ids are reused, like
+  the kernel's zspage kmem_cache.  Its ``list`` is its membership in one of
+  its class's fullness lists, dicts used as ordered sets.
+- Handles: a table of arrays indexed by handle slot (the kernel's handle
+  kmem_cache, whose objects each hold one location word).
 - Per-class state: :class:`SizeClass` (fullness lists and counters).
 
 A zspage of class size 1568 (5 pages, 13 objects) laid over its frames; the
@@ -39,13 +61,12 @@ A handle is a stable, opaque even integer::
     |0 |      table slot      |          generation           | 0 |
     +--+----------------------+-------------------------------+---+
 
-The slot is ``handle >> 32``, one shift.  The table maps the slot to the
-object's location, ``(pfn << OBJ_INDEX_BITS) | obj_idx`` with pfn the page
-the object starts in and obj_idx its index in the zspage (OBJ_INDEX_BITS is
-PAGE_SHIFT, so ``location - obj_idx`` is the page's arena address).  Moving
-an object (compaction, migration) rewrites only that table entry.  A freed
-slot's generation is bumped before reuse, so a stale handle is refused, not
-aliased to the new object.
+The table maps the slot to the object's location, ``(pfn << OBJ_INDEX_BITS)
+| obj_idx`` with pfn the page the object starts in and obj_idx its index in
+the zspage (``obj_to_location`` / ``location_to_obj``).  Moving an object
+(compaction, migration) rewrites only that table entry (``record_obj``).  A
+freed slot's generation is bumped before reuse, so a stale handle is
+refused, not aliased to the new object.
 
 Locking
 -------
@@ -56,45 +77,20 @@ Lock order: page lock -> pool lock -> class lock -> zspage lock.
   writers (migration, compaction) take it to move objects.
 - ``SizeClass.lock``: the class's zspage lists, counters, and every zspage's
   inuse/freeobj/fullness.
-- zspage lock (``_zs_lock[zid]``): held for reading while a caller maps an
+- zspage lock (``Zspage.lock``): held for reading while a caller maps an
   object; migration and compaction only try it for writing and back off.
-- ``_cache_lock``: the handle and zspage caches (kmem_cache's own lock); a leaf.
+- ``_cache_lock``: the handle and zspage caches (kmem_cache's own lock) and
+  the pool's page count; a leaf.
 
-Implementation choice: in the kernel ``pool->lock`` is a reader/writer lock
-so that zs_free on many CPUs does not serialize.  Under CPython's GIL no two
-read sections run at once anyway, and they last a handful of bytecodes, so
-here it is a plain mutex: the same exclusion against migration and compaction
-at a third of the cost of a Python-level rwlock.  Likewise ``read``/``write``
-copy the bytes inside that section instead of taking and dropping the zspage
-read lock around the copy; ``map`` keeps the kernel's zspage read lock
-because its caller holds the mapping for as long as it likes.
-
-What the hot paths cost
------------------------
-Measured in instructions (callgrind, CPython 3.11, 1e5 live objects of the
-kernel-build mix; the same at 1e4): one churn step, ``free(h); h =
-malloc(n); write(h, data)`` plus the caller's loop, is ~38,000 instructions:
-the loop and data slice ~3,300, free ~10,000, malloc + write ~19,500 (read
-alone ~7,500), and building (8.7% of the steps, ~35,000 each) and
-destroying (8%, ~26,000 each) zspages ~5,000.  Unit costs in CPython 3.11,
-which set the budget: a ``threading.Lock`` acquire + release ~830 (a
-``with`` block ~1,900: the build/destroy paths use acquire/release), a
-Python call ~400, an int operation (``>>``, ``&``, ``|``, ``+`` on a
-location or a handle) ~200-290, an array element ~360 to read and ~300-450
-to write, a list or tuple element ~75, an attribute ~50, a dict
-insert + delete ~600.  A churn step takes four locks (free: pool and class;
-malloc: class; write: pool), ~3,300 instructions, and ~22 int operations,
-~5,000: hence the tables of per-index offsets in ``SizeClass``, the handle
-slot in the high word, and the zspage fields in lists (but the first page's
-pfn, which stays in an array: see ``_zs_first``).  ``malloc`` and ``free``
-call ``obj_malloc`` and ``obj_free`` rather than repeat them inline: one
-place for the in-page header and free-list logic costs ~2,000 instructions
-(~4%) of a step.
+Two choices of the model: ``pool._lock`` is a plain mutex (under the GIL no
+two read sections run at once anyway), and ``read``/``write`` copy the bytes
+inside that section instead of taking and dropping the zspage read lock
+around the copy; ``map`` keeps the kernel's zspage read lock, because its
+caller holds the mapping for as long as it likes.
 """
 
 from __future__ import annotations
 
-import functools
 import operator
 import sys
 import threading
@@ -114,13 +110,11 @@ from zsmalloc.mm.counters import Counters
 from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.pool.compact import shrinker_count, shrinker_scan, zs_compact
 from zsmalloc.pool.constants import (
-    ALLOC_GROUPS_MASK,
     FG_NONE,
     FREE_LIST_END,
     HANDLE_FREED,
     HANDLE_GEN_MASK,
     HANDLE_GEN_SHIFT,
-    HANDLE_LOW_MASK,
     HANDLE_SLOT_MASK,
     HANDLE_SLOT_SHIFT,
     NR_FULLNESS_GROUPS,
@@ -130,6 +124,7 @@ from zsmalloc.pool.constants import (
     OBJ_TAG_BITS,
     ZS_INUSE_RATIO_0,
     ZS_INUSE_RATIO_10,
+    ZS_INUSE_RATIO_99,
     get_fullness_group,
 )
 from zsmalloc.pool.migrate import movable_ops_for
@@ -146,7 +141,6 @@ from zsmalloc.pool.size_class import (
 from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
 
 _WORD_SHIFT = 3  # bytes -> 8-byte words
-_PAGE_MASK = PAGE_SIZE - 1
 _AUTO_COMPACT_INTERVAL = 1024  # frees between two looks at the shrinker count
 _TRIM_MIN = 256  # trim() leaves tables alone unless this many entries can go
 _DICT_COPY_BYTES = 4096
@@ -154,43 +148,26 @@ _DICT_COPY_BYTES = 4096
 # C heap proper, not in Python's small-object arenas, where a small block made
 # late in a pool's life would keep a whole arena resident.
 _TABLE_MIN = 1024
-_WORDS_PER_PAGE_SHIFT = PAGE_SHIFT - _WORD_SHIFT
-# handle -> the next generation's handle of its slot, from the slot's freed table entry
-_NEXT_GENERATION = HANDLE_FREED - (1 << HANDLE_GEN_SHIFT)
-# fullness group -> its bit in SizeClass.nonempty, and that bit cleared
-_FG_BIT = tuple(1 << fg for fg in range(NR_FULLNESS_GROUPS))
-_FG_CLEAR = tuple(~(1 << fg) for fg in range(NR_FULLNESS_GROUPS))
-# SizeClass.nonempty -> the fullest group that can take an object (10 down to 0), or -1
-_ALLOC_GROUP = tuple((m & ALLOC_GROUPS_MASK).bit_length() - 1 for m in range(1 << NR_FULLNESS_GROUPS))
-# Unsigned 64-bit array items: "L" where it is 64 bits (LP64), whose items
-# CPython stores through PyLong_AsUnsignedLong, much cheaper than "Q"'s
-# PyLong_AsUnsignedLongLong.
-_U64 = "L" if array("L").itemsize == 8 else "Q"
 
 
-_INTS: dict[int, int] = {}  # one int object per value, shared by every table below
+def obj_to_location(obj: int) -> tuple[int, int]:
+    """(pfn of the page the object starts in, its index in the zspage)."""
+    return obj >> OBJ_INDEX_BITS, obj & OBJ_INDEX_MASK
 
 
-@functools.cache
-def _obj_tables(
-    size: int, hdr: int, nobjs: int
-) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """Per object index: where ``obj_idx * size`` falls, looked up instead of computed on every call.
+def location_to_obj(pfn: int, obj_idx: int) -> int:
+    """The location word of object ``obj_idx`` that starts in page ``pfn``."""
+    return (pfn << OBJ_INDEX_BITS) | obj_idx
 
-    For the object at location ``obj`` (which is its page's arena address
-    plus ``obj_idx``): the chain page it starts in (``(idx * size) >>
-    PAGE_SHIFT``), what to add to ``obj`` for the arena address of its
-    header and of its data, and the bytes from its data to the end of that
-    page.
-    """
-    offsets = [((idx * size) & _PAGE_MASK, idx) for idx in range(nobjs)]
-    intern = _INTS.setdefault
-    return (
-        tuple(intern(v, v) for v in ((idx * size) >> PAGE_SHIFT for idx in range(nobjs))),
-        tuple(intern(v, v) for v in (off - idx for off, idx in offsets)),
-        tuple(intern(v, v) for v in (off + hdr - idx for off, idx in offsets)),
-        tuple(intern(v, v) for v in (PAGE_SIZE - off - hdr for off, _ in offsets)),
-    )
+
+def offset_in_page(offset: int) -> int:
+    """Byte ``offset`` of a zspage, as an offset inside the page that holds it."""
+    return offset & (PAGE_SIZE - 1)
+
+
+def _word(pfn: int, offset: int) -> int:
+    """The index in ``Memory.words`` of the 8-byte word at byte ``offset`` of page ``pfn``."""
+    return ((pfn << PAGE_SHIFT) + offset) >> _WORD_SHIFT
 
 
 def _top_free_run(free: array, n: int) -> int:
@@ -216,22 +193,42 @@ def _drop_from(free: array, keep: int) -> None:
     free.extend(kept)
 
 
+class Zspage:
+    """``struct zspage``: a chain of pages of one class and the objects laid over it."""
+
+    __slots__ = ("class_idx", "first_page", "freeobj", "fullness", "inuse", "isolated", "lock", "zid")
+
+    def __init__(self, zid: int) -> None:
+        #: the zspage id: its index in ``Pool._zspages`` and its pages' ``private`` word
+        self.zid = zid
+        #: the class index (the kernel's ``class``); -1 while the id is free
+        self.class_idx = -1
+        #: allocated objects
+        self.inuse = 0
+        #: index of the first free object; -1 when none is free
+        self.freeobj = -1
+        #: pfn of the first page (``first_zpdesc``); -1 while the id is free
+        self.first_page = -1
+        #: the fullness group whose list holds it; FG_NONE when on no list
+        self.fullness = FG_NONE
+        #: the zspage lock: readers > 0, -1 write-locked
+        self.lock = 0
+        #: pages of it isolated by the VM (2016 protocol)
+        self.isolated = 0
+
+    def __repr__(self) -> str:
+        return f"<Zspage {self.zid}: class {self.class_idx}, inuse {self.inuse}, group {self.fullness}>"
+
+
 class SizeClass:
-    """One canonical size class: its geometry, lock, fullness lists and counters."""
+    """``struct size_class``: one canonical class, its geometry, lock, fullness lists and counters."""
 
     __slots__ = (
-        "fg_of_inuse",
         "fullness_list",
         "hdr",
         "huge",
         "index",
-        "layout",
         "lock",
-        "nonempty",
-        "obj_data",
-        "obj_hdr",
-        "obj_page",
-        "obj_room",
         "objs_allocated",
         "objs_inuse",
         "objs_per_zspage",
@@ -248,42 +245,11 @@ class SizeClass:
         #: bytes before the caller's data in a slot: the handle header, none for huge objects
         self.hdr = 0 if spec.huge else ZS_HANDLE_SIZE
         self.lock = threading.Lock()
-        #: one list per fullness group: dicts used as ordered sets of zids,
+        #: one list per fullness group: dicts used as ordered sets of zspages,
         #: the last inserted being the head of the list
-        self.fullness_list: list[dict[int, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
-        #: bit g set while fullness_list[g] is not empty
-        self.nonempty = 0
+        self.fullness_list: list[dict[Zspage, None]] = [{} for _ in range(NR_FULLNESS_GROUPS)]
         self.objs_allocated = 0
         self.objs_inuse = 0
-        n = self.objs_per_zspage
-        #: the fullness group of each inuse count (a tuple: indexing one is cheaper than bytes)
-        self.fg_of_inuse = tuple(get_fullness_group(i, n) for i in range(n + 1))
-        self.layout = self._page_layout()
-        #: per obj_idx: the chain page the object starts in; for its location
-        #: ``obj``, ``obj + obj_hdr[idx]`` and ``obj + obj_data[idx]`` are the
-        #: arena addresses of its header and its data; ``obj_room[idx]``
-        #: bytes of its data lie in that page
-        self.obj_page, self.obj_hdr, self.obj_data, self.obj_room = _obj_tables(self.size, self.hdr, n)
-
-    def _page_layout(self) -> tuple[tuple[int, int, array], ...]:
-        """Per chain page: (first_obj_offset, objects starting in it, their free links).
-
-        The free list of a new zspage is the same for every zspage of the
-        class, so its links are computed once here and stamped into each new
-        zspage's pages.
-        """
-        size, nobjs = self.size, self.objs_per_zspage
-        layout = []
-        idx = 0
-        for k in range(self.pages_per_zspage):
-            first = (-(k << PAGE_SHIFT)) % size
-            count = max(0, min(-(-(PAGE_SIZE - first) // size), nobjs - idx))
-            links = array(_U64, range((idx + 1) << OBJ_TAG_BITS, (idx + count + 1) << OBJ_TAG_BITS, 2))
-            idx += count
-            if count and idx == nobjs:
-                links[-1] = FREE_LIST_END
-            layout.append((first, count, links))
-        return tuple(layout)
 
     @property
     def nr_zspages(self) -> list[int]:
@@ -344,40 +310,27 @@ class Pool:
         self.size_class: list[SizeClass] = [by_index[canonical[i]] for i in range(ZS_SIZE_CLASSES)]
         #: canonical classes, largest first (the order compaction walks them)
         self.classes: list[SizeClass] = [by_index[i] for i in sorted(by_index, reverse=True)]
-        # user size -> class, with the handle header added (zs_malloc's lookup)
-        self._class_for_size: list[SizeClass | None] = [None] + [
-            self.size_class[get_size_class_index(s + ZS_HANDLE_SIZE)] for s in range(1, ZS_MAX_ALLOC_SIZE + 1)
-        ]
 
         self._lock = threading.Lock()  # pool->lock
         self._cache_lock = threading.Lock()
         self._deferred_worker_lock = threading.Lock()
-        self._deferred_batch: set[int] = set()
+        #: zspages the deferred free has taken off their lists and not yet freed
+        self._deferred_batch: set[Zspage] = set()
         self._work_requested: set[str] = set()
         self._worker_running = False
         self.background_work = background_work
         #: work asked for while background_work is False, in order ("free", "compact")
         self._pending: list[str] = []
 
-        # struct zspage, as lists indexed by zid: one zspage holds several
-        # objects, so lists cost little memory, and an element of a list is
-        # read and written several times faster than one of an array.  Except
-        # the first page's pfn: a list would keep one int object per zspage
-        # alive, scattered over the interpreter's small-object arenas, which
-        # then cannot be given back after the zspages go (RSS after freeing
-        # everything: 1.078 x the start with a list, 1.048 with the array)
-        self._zs_class: list[int] = []
-        self._zs_inuse: list[int] = []
-        self._zs_freeobj: list[int] = []
-        self._zs_first = array("l")
-        self._zs_fg: list[int] = []
-        self._zs_lock: list[int] = []  # zspage lock: readers > 0, -1 write-locked
-        self._zs_isolated: list[int] = []  # pages isolated by the VM (2016 protocol)
-        self._zs_free = array("l")  # free zspage ids, a stack
+        #: every zspage id ever handed out, indexed by zid, and the free ids, a stack
+        self._zspages: list[Zspage] = []
+        self._free_zspage_ids = array("l")
 
-        # handle table, indexed by slot (slot 0 unused: a handle is never 0)
-        self._h_val = array(_U64, [HANDLE_FREED])
-        self._h_obj = array(_U64, [0])
+        # handle table, indexed by slot (slot 0 unused: a handle is never 0):
+        # the handle a slot holds (HANDLE_FREED set while it holds none), the
+        # location of its object, and the size malloc was asked for
+        self._h_val = array("Q", [HANDLE_FREED])
+        self._h_obj = array("Q", [0])
         self._h_size = array("H", [0])
         self._h_free = array("L")  # free slots, a stack
         self._gen_base = 0  # generation of fresh slots: above any handle of a trimmed slot
@@ -434,15 +387,14 @@ class Pool:
         return self.size_class[get_size_class_index(size)].index
 
     # ------------------------------------------------------------------
-    # handle and zspage caches
+    # handles: the handle cache, and what a handle's slot holds
 
-    # The handle cache is a list of free slots.  ``list.pop`` and
-    # ``list.append`` are atomic in CPython (one C call under the GIL; in
-    # free-threaded builds the list locks itself), so taking and returning a
-    # slot needs no lock; only growing the table does.
+    def cache_alloc_handle(self) -> int:
+        """A free handle slot, the table grown if none is left.
 
-    def _cache_alloc_handle(self) -> int:
-        """A free handle slot (the kernel's ``cache_alloc_handle``)."""
+        ``array.pop`` and ``array.append`` are single C calls under the GIL,
+        so taking and returning a slot needs no lock; growing the table does.
+        """
         while True:
             try:
                 return self._h_free.pop()
@@ -450,11 +402,12 @@ class Pool:
                 self._grow_handle_table()
 
     def _grow_handle_table(self) -> None:
+        """Add free slots to the handle table (+25%: its slack is resident)."""
         with self._cache_lock:
             if self._h_free:  # another thread grew it meanwhile
                 return
             old = len(self._h_val)
-            new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 4))  # +25%: the slack is resident
+            new = min(HANDLE_SLOT_MASK + 1, max(1024, old + old // 4))
             if new <= old:
                 raise PoolFullError("handle table is full")
             extra = new - old
@@ -464,160 +417,259 @@ class Pool:
             self._h_size.frombytes(bytes(2 * extra))
             self._h_free.extend(range(new - 1, old - 1, -1))  # lowest slot pops first
 
-    # Building and destroying a zspage takes the cache lock, the class lock
-    # and Memory's lock a few times; there ``lock.acquire()`` and
-    # ``try/finally`` stand for ``with lock``, which costs CPython 3.11 about
-    # twice as much (it looks up __enter__ and __exit__ and calls __exit__
-    # with three arguments).
+    def cache_free_handle(self, slot: int) -> None:
+        """Give a handle slot back to the handle cache."""
+        self._h_free.append(slot)
 
-    def _cache_alloc_zspage(self) -> int:
-        cache_lock = self._cache_lock
-        cache_lock.acquire()
+    def _next_handle(self, slot: int) -> int:
+        """The handle a free slot hands out next: its last one's generation plus one, wrapping."""
+        last = self._h_val[slot] & ~HANDLE_FREED
+        generation = ((last >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK
+        return (slot << HANDLE_SLOT_SHIFT) | (generation << HANDLE_GEN_SHIFT)
+
+    def _live_slot(self, handle: int) -> int:
+        """The handle's table slot; InvalidHandleError unless the slot holds this very handle."""
+        slot = handle >> HANDLE_SLOT_SHIFT
         try:
-            if self._zs_free:
-                return self._zs_free.pop()
-            zid = len(self._zs_class)
-            self._zs_class.append(-1)
-            self._zs_inuse.append(0)
-            self._zs_freeobj.append(-1)
-            self._zs_first.append(-1)
-            self._zs_fg.append(FG_NONE)
-            self._zs_lock.append(0)
-            self._zs_isolated.append(0)
-            return zid
-        finally:
-            cache_lock.release()
+            live = self._h_val[slot] == handle
+        except IndexError:
+            live = False
+        if not live:
+            raise InvalidHandleError(self._bad_handle(handle))
+        return slot
+
+    def handle_to_obj(self, handle: int) -> int:
+        """The location the handle's slot holds."""
+        return self._h_obj[handle >> HANDLE_SLOT_SHIFT]
+
+    def record_obj(self, handle: int, obj: int) -> None:
+        """Point the handle at a new location of its object."""
+        self._h_obj[handle >> HANDLE_SLOT_SHIFT] = obj
+
+    def pin_tag(self, handle: int) -> None:
+        """Pin the handle's object where it is (4.8's ``pin_tag``, for the 2016 protocol)."""
+        slot = handle >> HANDLE_SLOT_SHIFT
+        self._pinned[slot] = self._pinned.get(slot, 0) + 1
+
+    def unpin_tag(self, handle: int) -> None:
+        """Drop one pin of the handle's object (4.8's ``unpin_tag``)."""
+        slot = handle >> HANDLE_SLOT_SHIFT
+        if self._pinned[slot] == 1:
+            del self._pinned[slot]
+        else:
+            self._pinned[slot] -= 1
+
+    def tag_pinned(self, handle: int) -> bool:
+        """Is the handle's object pinned (what 4.8's ``trypin_tag`` would fail on)?"""
+        return (handle >> HANDLE_SLOT_SHIFT) in self._pinned
+
+    # ------------------------------------------------------------------
+    # zspages and their pages
+
+    def get_zspage(self, pfn: int) -> Zspage:
+        """The zspage page ``pfn`` belongs to."""
+        return self._zspages[self.memory.private[pfn]]
+
+    def zspage_class(self, zspage: Zspage) -> SizeClass:
+        """The class of a zspage."""
+        return self.size_class[zspage.class_idx]
+
+    def get_first_obj_offset(self, pfn: int) -> int:
+        """Where in page ``pfn`` the first object that starts in it begins."""
+        return self.memory.first_obj_offset[pfn]
+
+    def set_first_obj_offset(self, pfn: int, offset: int) -> None:
+        """Record where in page ``pfn`` the first object that starts in it begins."""
+        self.memory.first_obj_offset[pfn] = offset
+
+    def zspage_pages(self, zspage: Zspage) -> list[int]:
+        """The pfns of a zspage's chain, first page first (``get_next_zpdesc`` from the first)."""
+        nxt = self.memory.next
+        pages = []
+        pfn = zspage.first_page
+        while pfn >= 0:
+            pages.append(pfn)
+            pfn = nxt[pfn]
+        return pages
+
+    def cache_alloc_zspage(self) -> Zspage:
+        """A free zspage id's Zspage, or a new one."""
+        with self._cache_lock:
+            if self._free_zspage_ids:
+                return self._zspages[self._free_zspage_ids.pop()]
+            zspage = Zspage(len(self._zspages))
+            self._zspages.append(zspage)
+            return zspage
+
+    def cache_free_zspage(self, zspage: Zspage) -> None:
+        """Give a freed zspage's id back to the cache (caller holds the cache lock)."""
+        self._free_zspage_ids.append(zspage.zid)
 
     # ------------------------------------------------------------------
     # fullness lists (caller holds the class lock)
 
-    def insert_zspage(self, cls: SizeClass, zid: int, fg: int) -> None:
+    def insert_zspage(self, cls: SizeClass, zspage: Zspage, fullness: int) -> None:
         """Put a zspage at the head of its fullness group's list."""
-        cls.fullness_list[fg][zid] = None
-        cls.nonempty |= 1 << fg
-        self._zs_fg[zid] = fg
+        cls.fullness_list[fullness][zspage] = None
+        zspage.fullness = fullness
 
-    def remove_zspage(self, cls: SizeClass, zid: int) -> None:
-        fg = self._zs_fg[zid]
-        lst = cls.fullness_list[fg]
-        del lst[zid]
-        if not lst:
-            cls.nonempty &= ~(1 << fg)
-        self._zs_fg[zid] = FG_NONE
+    def remove_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
+        """Take a zspage off its fullness group's list."""
+        lst = cls.fullness_list[zspage.fullness]
+        # The head leaves through popitem(), which also drops the holes that
+        # deletions leave at the end of a dict: so finding the head stays O(1).
+        if next(reversed(lst)) is zspage:
+            lst.popitem()
+        else:
+            del lst[zspage]
+        zspage.fullness = FG_NONE
 
-    def obj_malloc(self, cls: SizeClass, zid: int, handle: int) -> int:
-        """Pop the zspage's first free slot, tag it with ``handle``; return the location."""
-        zs_freeobj = self._zs_freeobj
-        idx = zs_freeobj[zid]
+    def fix_fullness_group(self, cls: SizeClass, zspage: Zspage) -> int:
+        """Move the zspage to the list its inuse count calls for; return that group."""
+        newfg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+        if newfg != zspage.fullness:
+            self.remove_zspage(cls, zspage)
+            self.insert_zspage(cls, zspage, newfg)
+        return newfg
+
+    def find_get_zspage(self, cls: SizeClass) -> Zspage | None:
+        """The head of the fullest group that has room (99% down to empty), or None."""
+        for fg in range(ZS_INUSE_RATIO_99, ZS_INUSE_RATIO_0 - 1, -1):
+            lst = cls.fullness_list[fg]
+            if lst:
+                return next(reversed(lst))
+        return None
+
+    # ------------------------------------------------------------------
+    # objects in a zspage (caller holds the class lock)
+
+    def obj_malloc(self, zspage: Zspage, handle: int) -> int:
+        """Pop the zspage's first free object, tag it with ``handle``, record and return its location."""
+        cls = self.zspage_class(zspage)
         mem = self.memory
-        pfn = self._zs_first[zid]
-        k = cls.obj_page[idx]
-        while k:  # walk the chain to the page the object starts in
+        obj_idx = zspage.freeobj
+        offset = obj_idx * cls.size
+        pfn = zspage.first_page
+        for _ in range(offset >> PAGE_SHIFT):  # to the page the object starts in
             pfn = mem.next[pfn]
-            k -= 1
-        obj = (pfn << OBJ_INDEX_BITS) | idx
         if cls.huge:
-            zs_freeobj[zid] = -1
+            zspage.freeobj = -1
             mem.index[pfn] = handle | OBJ_ALLOCATED_TAG
         else:
-            words = mem.words
-            word = (obj + cls.obj_hdr[idx]) >> _WORD_SHIFT
-            link = words[word]
-            zs_freeobj[zid] = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
-            words[word] = handle | OBJ_ALLOCATED_TAG
-        self._zs_inuse[zid] += 1
+            word = _word(pfn, offset_in_page(offset))
+            link = mem.words[word]
+            zspage.freeobj = -1 if link == FREE_LIST_END else link >> OBJ_TAG_BITS
+            mem.words[word] = handle | OBJ_ALLOCATED_TAG
+        zspage.inuse += 1
+        obj = location_to_obj(pfn, obj_idx)
+        self.record_obj(handle, obj)
         return obj
 
-    def obj_free(self, cls: SizeClass, zid: int, obj: int) -> None:
+    def obj_free(self, cls: SizeClass, obj: int) -> None:
         """Push the object's slot at the head of its zspage's free list."""
-        idx = obj & OBJ_INDEX_MASK
+        pfn, obj_idx = obj_to_location(obj)
+        zspage = self.get_zspage(pfn)
         mem = self.memory
         if cls.huge:
-            mem.index[obj >> OBJ_INDEX_BITS] = 0
+            mem.index[pfn] = 0
         else:
-            head = self._zs_freeobj[zid]
-            mem.words[(obj + cls.obj_hdr[idx]) >> _WORD_SHIFT] = (
-                FREE_LIST_END if head < 0 else head << OBJ_TAG_BITS
-            )
-        self._zs_freeobj[zid] = idx
-        self._zs_inuse[zid] -= 1
+            link = FREE_LIST_END if zspage.freeobj < 0 else zspage.freeobj << OBJ_TAG_BITS
+            mem.words[_word(pfn, offset_in_page(obj_idx * cls.size))] = link
+        zspage.freeobj = obj_idx
+        zspage.inuse -= 1
+
+    def obj_to_head(self, cls: SizeClass, pfn: int, offset: int) -> int:
+        """The first word of the slot at ``offset`` in page ``pfn`` (a huge one's: in its descriptor)."""
+        if cls.huge:
+            return self.memory.index[pfn]
+        return self.memory.words[_word(pfn, offset)]
+
+    def obj_allocated(self, cls: SizeClass, pfn: int, offset: int) -> int:
+        """The handle of the object at byte ``offset`` of page ``pfn`` if it is allocated, else 0."""
+        head = self.obj_to_head(cls, pfn, offset)
+        return head & ~OBJ_ALLOCATED_TAG if head & OBJ_ALLOCATED_TAG else 0
+
+    def objs_in_page(self, cls: SizeClass, zspage: Zspage, pfn: int) -> list[tuple[int, int]]:
+        """(handle, obj_idx) of every allocated object that starts in page ``pfn``.
+
+        The kernel's ``find_alloced_obj``, called until the page is done: from
+        the page's first object offset, one class size at a time, to the end
+        of the page or of the zspage's objects.
+        """
+        page_start = self.zspage_pages(zspage).index(pfn) << PAGE_SHIFT  # in the zspage's bytes
+        end = min(page_start + PAGE_SIZE, cls.objs_per_zspage * cls.size)
+        found = []
+        for offset in range(page_start + self.get_first_obj_offset(pfn), end, cls.size):
+            handle = self.obj_allocated(cls, pfn, offset - page_start)
+            if handle:
+                found.append((handle, offset // cls.size))
+        return found
 
     # ------------------------------------------------------------------
     # building and destroying zspages
 
-    def alloc_zspage(self, cls: SizeClass) -> int:
-        """Take ``pages_per_zspage`` frames and build an empty zspage on them."""
+    def alloc_zspage(self, cls: SizeClass) -> Zspage:
+        """Take ``pages_per_zspage`` frames and build an empty zspage on them.
+
+        The pool's page count is reserved first, so that ``max_pages`` (the
+        model's cap; zram checks its own limit in the kernel) is never passed.
+        """
         n = cls.pages_per_zspage
-        cache_lock = self._cache_lock
-        cache_lock.acquire()
-        try:
+        with self._cache_lock:
             if self.max_pages is not None and self.pages_allocated + n > self.max_pages:
                 raise PoolFullError(
                     f"pool {self.name!r} would pass max_pages={self.max_pages} "
                     f"({self.pages_allocated} in use, {n} more needed)"
                 )
-            self.pages_allocated += n  # reserved; given back below on failure
-        finally:
-            cache_lock.release()
+            self.pages_allocated += n
         try:
             pages = self.memory.alloc_pages(n)
         except OutOfFramesError as exc:
             with self._cache_lock:
                 self.pages_allocated -= n
             raise PoolFullError(f"no page for a new zspage of class {cls.index}: {exc}") from exc
-        zid = self._cache_alloc_zspage()
-        self._zs_class[zid] = cls.index
-        self._zs_inuse[zid] = 0
-        self._zs_freeobj[zid] = 0
-        self._zs_fg[zid] = FG_NONE
-        self._zs_lock[zid] = 0
-        self._zs_isolated[zid] = 0
-        self.create_page_chain(cls, zid, pages)
-        self.init_zspage(cls, pages)
-        return zid
+        zspage = self.cache_alloc_zspage()
+        zspage.class_idx = cls.index
+        zspage.inuse = 0
+        zspage.freeobj = 0
+        zspage.fullness = FG_NONE
+        zspage.lock = 0
+        zspage.isolated = 0
+        self.create_page_chain(zspage, pages)
+        self.init_zspage(cls, zspage)
+        return zspage
 
-    def create_page_chain(self, cls: SizeClass, zid: int, pages: list[int]) -> None:
-        """Link the frames into a chain and record each one's first object offset."""
+    def create_page_chain(self, zspage: Zspage, pages: list[int]) -> None:
+        """Link the frames into the zspage's chain, each descriptor naming the zspage."""
         mem = self.memory
-        private, nxt, first_obj_offset = mem.private, mem.next, mem.first_obj_offset
-        self._zs_first[zid] = pages[0]
-        prev = -1
-        for pfn, (first, _, _) in zip(pages, cls.layout, strict=True):
-            private[pfn] = zid
-            first_obj_offset[pfn] = first
-            if prev >= 0:
-                nxt[prev] = pfn
-            prev = pfn
-        nxt[prev] = -1
+        zspage.first_page = pages[0]
+        for pfn, nxt in zip(pages, [*pages[1:], -1], strict=True):
+            mem.private[pfn] = zspage.zid
+            mem.next[pfn] = nxt
 
-    def init_zspage(self, cls: SizeClass, pages: list[int]) -> None:
-        """Write the free list into the empty slots: 0 -> 1 -> ... -> N-1 -> end."""
+    def init_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
+        """Record each page's first object offset; link the free list 0 -> 1 -> ... -> N-1 -> end."""
+        pages = self.zspage_pages(zspage)
+        for k, pfn in enumerate(pages):
+            # the first object that starts in page k is the first whose start idx * size >= k pages
+            self.set_first_obj_offset(pfn, (-(k << PAGE_SHIFT)) % cls.size)
         words = self.memory.words
-        step = cls.size >> _WORD_SHIFT
-        for pfn, (first, count, links) in zip(pages, cls.layout, strict=True):
-            if count:
-                start = (pfn << _WORDS_PER_PAGE_SHIFT) + (first >> _WORD_SHIFT)
-                words[start : start + count * step : step] = links
+        last = cls.objs_per_zspage - 1
+        for obj_idx in range(cls.objs_per_zspage):
+            offset = obj_idx * cls.size
+            link = FREE_LIST_END if obj_idx == last else (obj_idx + 1) << OBJ_TAG_BITS
+            words[_word(pages[offset >> PAGE_SHIFT], offset_in_page(offset))] = link
+        zspage.freeobj = 0
 
-    def zspage_pages(self, zid: int) -> list[int]:
-        """The pfns of a zspage's chain, first page first."""
-        nxt = self.memory.next
-        pages = []
-        pfn = self._zs_first[zid]
-        while pfn >= 0:
-            pages.append(pfn)
-            pfn = nxt[pfn]
-        return pages
-
-    def SetZsPageMovable(self, zid: int) -> None:  # the kernel's name
+    def SetZsPageMovable(self, zspage: Zspage) -> None:  # the kernel's name
         """Mark a fully set-up zspage's pages movable: from now on the VM may take them."""
-        self.memory.set_pages_movable(self.zspage_pages(zid), self._ops_id)
+        self.memory.set_pages_movable(self.zspage_pages(zspage), self._ops_id)
 
-    def trylock_zspage(self, zid: int) -> bool:
+    def trylock_zspage(self, zspage: Zspage) -> bool:
         """Trylock every page of the zspage, all or none."""
-        return self.memory.trylock_pages(self.zspage_pages(zid))
+        return self.memory.trylock_pages(self.zspage_pages(zspage))
 
-    def lock_zspage(self, zid: int) -> None:
+    def lock_zspage(self, zspage: Zspage) -> None:
         """Take every page lock of the zspage, sleeping, safe against migration.
 
         A page not yet locked may be migrated out of the chain while we wait,
@@ -626,108 +678,84 @@ class Pool:
         released, and look again (the 2022 fix).
         """
         mem = self.memory
-        pool_lock = self._lock
-        pool_lock.acquire()
-        pfn = self._zs_first[zid]
-        while not mem.trylock_page(pfn):
-            mem.get_page(pfn)
-            pool_lock.release()
+        locked = -1  # the last page locked, in chain order
+        while True:
+            with self._lock:
+                pfn = zspage.first_page if locked < 0 else mem.next[locked]
+                while pfn >= 0 and mem.trylock_page(pfn):
+                    locked = pfn
+                    pfn = mem.next[pfn]
+                if pfn < 0:
+                    return
+                mem.get_page(pfn)
             mem.wait_on_page_locked(pfn)
             mem.put_page(pfn)
-            pool_lock.acquire()
-            pfn = self._zs_first[zid]
-        while (nxt := mem.next[pfn]) >= 0:
-            if mem.trylock_page(nxt):
-                pfn = nxt
-                continue
-            mem.get_page(nxt)
-            pool_lock.release()
-            mem.wait_on_page_locked(nxt)
-            mem.put_page(nxt)
-            pool_lock.acquire()
-        pool_lock.release()
 
-    def _free_zspage(self, cls: SizeClass, zid: int) -> None:
-        """The kernel's ``__free_zspage``: give an empty zspage's frames back.
+    def _free_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
+        """``__free_zspage``: give an empty zspage's frames back.
 
         Every page lock is held by the caller; they are dropped here.
         """
-        pages = self.zspage_pages(zid)
+        pages = self.zspage_pages(zspage)
         keep: tuple[int, ...] = ()
         if self.movable_ops.keeps_isolated_descriptor:
             keep = tuple(pfn for pfn in pages if self.memory.page_isolated(pfn))
         self.memory.unlock_and_free_pages(pages, keep)
-        self._zs_isolated[zid] = 0
-        self._zs_class[zid] = -1
-        self._zs_first[zid] = -1
+        zspage.isolated = 0
+        zspage.class_idx = -1
+        zspage.first_page = -1
         cls.objs_allocated -= cls.objs_per_zspage
-        cache_lock = self._cache_lock
-        cache_lock.acquire()
-        try:  # cache_free_zspage, and the page count
-            self._zs_free.append(zid)
+        with self._cache_lock:
+            self.cache_free_zspage(zspage)
             self.pages_allocated -= cls.pages_per_zspage
-        finally:
-            cache_lock.release()
 
-    def _free_in_isolated_zspage(self, cls: SizeClass, zid: int) -> None:
+    def _free_in_isolated_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
         """An object of an isolated zspage was freed (2016 protocol).
 
         The zspage stays off the lists; if it is now empty, the last putback
         or migrate of its pages frees it.  The broken v3 protocol destroys it
         here and now, isolated pages and all.
         """
-        if self._zs_inuse[zid] == 0 and self.movable_ops.free_destroys_isolated and self.trylock_zspage(zid):
-            self._free_zspage(cls, zid)
+        if zspage.inuse == 0 and self.movable_ops.free_destroys_isolated and self.trylock_zspage(zspage):
+            self._free_zspage(cls, zspage)
 
-    def free_zspage(self, cls: SizeClass, zid: int) -> None:
+    def free_zspage(self, cls: SizeClass, zspage: Zspage) -> None:
         """Free an empty zspage now if all its page locks can be had, else defer it."""
-        if not self.trylock_zspage(zid):
+        if not self.trylock_zspage(zspage):
             self.kick_deferred_free()
             return
-        self.remove_zspage(cls, zid)
-        self._free_zspage(cls, zid)
+        self.remove_zspage(cls, zspage)
+        self._free_zspage(cls, zspage)
 
     # ------------------------------------------------------------------
-    # what migration and compaction need (callers hold the pool and class locks)
+    # the zspage lock (what object access, migration and compaction take)
 
-    def zspage_write_trylock(self, zid: int) -> bool:
+    def zspage_read_lock(self, zspage: Zspage) -> None:
+        """Keep migration and compaction off the zspage while an object of it is mapped."""
+        zspage.lock += 1
+
+    def zspage_read_unlock(self, zspage: Zspage) -> None:
+        zspage.lock -= 1
+
+    def zspage_write_trylock(self, zspage: Zspage) -> bool:
         """Lock the zspage against readers, or fail at once if one maps an object."""
-        if self._zs_lock[zid]:
+        if zspage.lock:
             return False
-        self._zs_lock[zid] = -1
+        zspage.lock = -1
         return True
 
-    def zspage_write_unlock(self, zid: int) -> None:
-        self._zs_lock[zid] = 0
+    def zspage_write_unlock(self, zspage: Zspage) -> None:
+        zspage.lock = 0
 
-    def objs_in_page(self, cls: SizeClass, zid: int, pfn: int) -> list[tuple[int, int]]:
-        """(handle slot, object index) of every allocated object that starts in ``pfn``."""
-        mem = self.memory
-        if cls.huge:
-            tag = mem.index[pfn]
-            return [(tag >> HANDLE_SLOT_SHIFT, 0)] if tag & OBJ_ALLOCATED_TAG else []
-        k = self.zspage_pages(zid).index(pfn)
-        size = cls.size
-        first = -(-(k << PAGE_SHIFT) // size)
-        last = min(cls.objs_per_zspage, -(-((k + 1) << PAGE_SHIFT) // size))
-        words = mem.words
-        base = (pfn << PAGE_SHIFT) - (k << PAGE_SHIFT)
-        found = []
-        for idx in range(first, last):
-            header = words[(base + idx * size) >> _WORD_SHIFT]
-            if header & OBJ_ALLOCATED_TAG:
-                found.append((header >> HANDLE_SLOT_SHIFT, idx))
-        return found
+    # ------------------------------------------------------------------
+    # what migration needs (callers hold the pool and class locks)
 
-    def record_obj(self, slot: int, pfn: int, idx: int) -> None:
-        """Point a handle at its object's new location."""
-        self._h_obj[slot] = (pfn << OBJ_INDEX_BITS) | idx
-
-    def replace_sub_page(self, cls: SizeClass, zid: int, new: int, old: int) -> None:
+    def replace_sub_page(self, cls: SizeClass, zspage: Zspage, new: int, old: int) -> None:
         """Put frame ``new`` in the chain where ``old`` was, and make it movable."""
         mem = self.memory
-        pages = [new if pfn == old else pfn for pfn in self.zspage_pages(zid)]
-        self.create_page_chain(cls, zid, pages)
+        pages = [new if pfn == old else pfn for pfn in self.zspage_pages(zspage)]
+        self.create_page_chain(zspage, pages)
+        self.set_first_obj_offset(new, self.get_first_obj_offset(old))
         if cls.huge:
             mem.index[new] = mem.index[old]
         mem.set_page_movable(new, self._ops_id)
@@ -800,16 +828,16 @@ class Pool:
             taken = []
             for cls in self.classes:
                 with cls.lock:
-                    for zid in list(cls.fullness_list[ZS_INUSE_RATIO_0]):
-                        self.remove_zspage(cls, zid)
-                        batch.add(zid)
-                        taken.append(zid)
-            for zid in taken:
-                self.lock_zspage(zid)
-                cls = self.size_class[self._zs_class[zid]]
+                    for zspage in list(cls.fullness_list[ZS_INUSE_RATIO_0]):
+                        self.remove_zspage(cls, zspage)
+                        batch.add(zspage)
+                        taken.append(zspage)
+            for zspage in taken:
+                self.lock_zspage(zspage)
+                cls = self.zspage_class(zspage)
                 with cls.lock:
-                    batch.discard(zid)
-                    self._free_zspage(cls, zid)
+                    batch.discard(zspage)
+                    self._free_zspage(cls, zspage)
             self.events["deferred_frees"] += len(taken)
             return len(taken)
 
@@ -830,118 +858,61 @@ class Pool:
 
     def malloc(self, size: int) -> int:
         """``zs_malloc``: allocate ``size`` bytes (1..4096); return a handle, never 0."""
-        if size.__class__ is not int:
-            size = operator.index(size)
+        size = operator.index(size)
         if not 0 < size <= ZS_MAX_ALLOC_SIZE:
             raise InvalidSizeError(f"size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}")
-        cls = self._class_for_size[size]
-        if cls is None:
+        if self._closed:
             raise PoolClosedError(f"pool {self.name!r} is closed")
-        lock = cls.lock
-        lock.acquire()
-        try:
+        cls = self.size_class[get_size_class_index(size + ZS_HANDLE_SIZE)]
+        with cls.lock:
             # cache_alloc_handle, under the class lock only so that trim()
             # (which holds every class lock) never sees a slot half taken
-            try:
-                slot = self._h_free.pop()
-            except IndexError:
-                slot = self._cache_alloc_handle()
-            h_val = self._h_val  # the slot's freed entry, less HANDLE_FREED, one generation on
-            handle = h_val[slot] - _NEXT_GENERATION
-            if not handle & HANDLE_LOW_MASK:  # the generation wrapped (carried into the slot)
-                handle -= 1 << HANDLE_SLOT_SHIFT
+            slot = self.cache_alloc_handle()
+            handle = self._next_handle(slot)
             self._h_size[slot] = size
-            # find_get_zspage: take the head of the fullest group with room off
-            # its list.  The kernel peeks at it and lets fix_fullness_group move
-            # it after obj_malloc; popping it and re-inserting it at the head of
-            # the group its new inuse calls for leaves the lists in the same
-            # state, and popitem() is O(1) amortized where peeking at a dict's
-            # last entry after many removals is not.
-            nonempty = cls.nonempty
-            fg = _ALLOC_GROUP[nonempty]
-            if fg >= 0:
-                lists = cls.fullness_list
-                lst = lists[fg]
-                zid = lst.popitem()[0]
-                self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
-                inuse = self._zs_inuse[zid]
-                # insert_zspage at the head of its new group
-                newfg = cls.fg_of_inuse[inuse]
-                lists[newfg][zid] = None
-                if newfg != fg:
-                    self._zs_fg[zid] = newfg
-                    nonempty |= _FG_BIT[newfg]
-                    if not lst:
-                        nonempty &= _FG_CLEAR[fg]
-                    cls.nonempty = nonempty
+            zspage = self.find_get_zspage(cls)
+            if zspage is not None:
+                self.obj_malloc(zspage, handle)
+                self.fix_fullness_group(cls, zspage)
                 cls.objs_inuse += 1
-                h_val[slot] = handle
+                self._h_val[slot] = handle
                 return handle
-        finally:
-            lock.release()
-        return self._malloc_new_zspage(cls, handle, slot)
 
-    def _malloc_new_zspage(self, cls: SizeClass, handle: int, slot: int) -> int:
         try:
-            zid = self.alloc_zspage(cls)
+            zspage = self.alloc_zspage(cls)
         except PoolFullError:
-            self._h_free.append(slot)
+            self.cache_free_handle(slot)
             raise
-        lock = cls.lock
-        lock.acquire()
-        try:
-            self._h_obj[slot] = self.obj_malloc(cls, zid, handle)
-            self.insert_zspage(cls, zid, cls.fg_of_inuse[1])
+        with cls.lock:
+            self.obj_malloc(zspage, handle)
+            self.insert_zspage(cls, zspage, get_fullness_group(zspage.inuse, cls.objs_per_zspage))
             cls.objs_allocated += cls.objs_per_zspage
             cls.objs_inuse += 1
             self._h_val[slot] = handle
             # only now, fully set up, may the VM see its pages
-            self.SetZsPageMovable(zid)
-        finally:
-            lock.release()
+            self.SetZsPageMovable(zspage)
         return handle
 
     def free(self, handle: int) -> None:
         """``zs_free``: free the object; the handle becomes invalid."""
-        slot = handle >> HANDLE_SLOT_SHIFT
-        pool_lock = self._lock
-        pool_lock.acquire()
-        try:
-            if self._h_val[slot] != handle:
-                raise InvalidHandleError(self._bad_handle(handle))
+        with self._lock:
+            slot = self._live_slot(handle)
             # mark it freed at once, so a racing second free is refused
             self._h_val[slot] = handle | HANDLE_FREED
-            obj = self._h_obj[slot]
-            zid = self.memory.private[obj >> OBJ_INDEX_BITS]
-            cls = self.size_class[self._zs_class[zid]]
+            obj = self.handle_to_obj(handle)
+            zspage = self.get_zspage(obj_to_location(obj)[0])
+            cls = self.zspage_class(zspage)
+            # the class lock is taken before the pool lock is dropped, so that
+            # no migration or compaction moves the object in between
             cls.lock.acquire()
-        except IndexError:
-            raise InvalidHandleError(self._bad_handle(handle)) from None
-        finally:
-            pool_lock.release()
         try:
             cls.objs_inuse -= 1
-            self.obj_free(cls, zid, obj)
-            inuse = self._zs_inuse[zid]
-            if self._zs_isolated[zid]:  # 2016 protocol: off the lists while isolated
-                self._free_in_isolated_zspage(cls, zid)
-            else:
-                # fix_fullness_group: move the zspage to the list its inuse
-                # count calls for (remove_zspage + insert_zspage, written out)
-                newfg = cls.fg_of_inuse[inuse]
-                zs_fg = self._zs_fg
-                oldfg = zs_fg[zid]
-                if newfg != oldfg:
-                    lists = cls.fullness_list
-                    old = lists[oldfg]
-                    del old[zid]
-                    lists[newfg][zid] = None
-                    nonempty = cls.nonempty | _FG_BIT[newfg]
-                    cls.nonempty = nonempty if old else nonempty & _FG_CLEAR[oldfg]
-                    zs_fg[zid] = newfg
-                    if newfg == ZS_INUSE_RATIO_0:
-                        self.free_zspage(cls, zid)
-            self._h_free.append(slot)  # cache_free_handle (under the class lock: see trim)
+            self.obj_free(cls, obj)
+            if zspage.isolated:  # 2016 protocol: off the lists while isolated
+                self._free_in_isolated_zspage(cls, zspage)
+            elif self.fix_fullness_group(cls, zspage) == ZS_INUSE_RATIO_0:
+                self.free_zspage(cls, zspage)
+            self.cache_free_handle(slot)  # under the class lock: see trim()
         finally:
             cls.lock.release()
         if self.auto_compact_pages is not None:
@@ -953,44 +924,28 @@ class Pool:
 
     def write(self, handle: int, data: bytes | bytearray | memoryview, offset: int = 0) -> None:
         """Copy ``data`` into the object at ``offset``; it must fit in the size allocated."""
-        if data.__class__ is not bytes and data.__class__ is not bytearray:
-            data = memoryview(data).cast("B")
+        data = memoryview(data).cast("B")
         n = len(data)
-        slot = handle >> HANDLE_SLOT_SHIFT
-        pool_lock = self._lock
-        pool_lock.acquire()
-        try:
-            if self._h_val[slot] != handle:
-                raise InvalidHandleError(self._bad_handle(handle))
+        with self._lock:
+            slot = self._live_slot(handle)
             size = self._h_size[slot]
             end = offset + n
             if offset < 0 or end > size:
                 raise ValueError(self._bad_range("write", handle, offset, n, size))
-            # obj_addr, written out; the class of the object's zspage
-            # (zspage_class) is the one its size maps to
-            obj = self._h_obj[slot]
-            idx = obj & OBJ_INDEX_MASK
-            cls = self._class_for_size[size]
-            if cls is None:  # a live handle's size has a class while the pool is open
-                raise PoolClosedError(f"pool {self.name!r} is closed")
-            if end <= cls.obj_room[idx]:
-                start = obj + cls.obj_data[idx] + offset
-                self.memory.arena[start : start + n] = data
-            else:  # the bytes start in the next page, or span two pages
-                self._write_span(self.obj_addr(obj, offset), data)
-        except IndexError:
-            raise InvalidHandleError(self._bad_handle(handle)) from None
-        finally:
-            pool_lock.release()
+            self.zs_obj_write(handle, data, offset)
+
+    def zs_obj_write(self, handle: int, data: memoryview, offset: int) -> None:
+        """Copy ``data`` into the object from byte ``offset`` of its data (caller holds the pool lock)."""
+        self._write_span(self.obj_addr(self.handle_to_obj(handle), offset), data)
 
     def read(self, handle: int, length: int | None = None, offset: int = 0) -> bytes:
-        """Return ``length`` bytes of the object from ``offset`` (default: to its end)."""
-        slot = handle >> HANDLE_SLOT_SHIFT
-        pool_lock = self._lock
-        pool_lock.acquire()
-        try:
-            if self._h_val[slot] != handle:
-                raise InvalidHandleError(self._bad_handle(handle))
+        """Return ``length`` bytes of the object from ``offset`` (default: to its end).
+
+        The kernel's ``zs_obj_read_begin``, a copy and ``zs_obj_read_end``, in
+        one section under the pool lock.
+        """
+        with self._lock:
+            slot = self._live_slot(handle)
             size = self._h_size[slot]
             if offset or length is not None:
                 if length is None:
@@ -998,85 +953,38 @@ class Pool:
                 end = offset + length
                 if offset < 0 or length < 0 or end > size:
                     raise ValueError(self._bad_range("read", handle, offset, length, size))
-            else:  # the whole object, the common case
-                end = length = size
-            # obj_addr, written out, as in write()
-            obj = self._h_obj[slot]
-            idx = obj & OBJ_INDEX_MASK
-            cls = self._class_for_size[size]
-            if cls is None:  # as in write()
-                raise PoolClosedError(f"pool {self.name!r} is closed")
-            if end <= cls.obj_room[idx]:
-                start = obj + cls.obj_data[idx] + offset
-                return self.memory.arena[start : start + length]
-            return self._read_span(self.obj_addr(obj, offset), length)
-        except IndexError:
-            raise InvalidHandleError(self._bad_handle(handle)) from None
-        finally:
-            pool_lock.release()
+            else:
+                length = size
+            return self._read_span(self.obj_addr(self.handle_to_obj(handle), offset), length)
 
     def read_into(self, handle: int, buf, offset: int = 0) -> int:
         """Fill the writable buffer ``buf`` from the object at ``offset``; return its length."""
         out = memoryview(buf).cast("B")
         n = len(out)
-        slot = handle >> HANDLE_SLOT_SHIFT
-        pool_lock = self._lock
-        pool_lock.acquire()
-        try:
-            if self._h_val[slot] != handle:
-                raise InvalidHandleError(self._bad_handle(handle))
-            if offset < 0 or offset + n > self._h_size[slot]:
-                raise ValueError(self._bad_range("read", handle, offset, n, self._h_size[slot]))
-            start = self.obj_addr(self._h_obj[slot], offset)
+        with self._lock:
+            slot = self._live_slot(handle)
+            size = self._h_size[slot]
+            if offset < 0 or offset + n > size:
+                raise ValueError(self._bad_range("read", handle, offset, n, size))
+            start = self.obj_addr(self.handle_to_obj(handle), offset)
             src = self.memory.buf
-            split = min(n, ((start | _PAGE_MASK) + 1) - start)
+            split = min(n, PAGE_SIZE - offset_in_page(start))
             out[:split] = src[start : start + split]
             if split < n:
                 rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
                 out[split:] = src[rest : rest + n - split]
             return n
-        except IndexError:
-            raise InvalidHandleError(self._bad_handle(handle)) from None
-        finally:
-            pool_lock.release()
 
     @contextmanager
     def map(self, handle: int, length: int | None = None, offset: int = 0) -> Iterator[memoryview]:
         """Map the object for reading: a read-only memoryview, valid inside the ``with``.
 
         No copy is made when the bytes lie inside one page; an object that
-        spans two pages is copied (the kernel's ``zs_obj_read_begin``).  While
-        mapped, the object's zspage is read-locked: compaction and migration
-        leave it alone.
+        spans two pages is copied.  While mapped, the object's zspage is
+        read-locked: compaction and migration leave it alone.
         """
-        slot = handle >> HANDLE_SLOT_SHIFT
-        pool_lock = self._lock
-        with pool_lock:
-            try:
-                valid = self._h_val[slot] == handle
-            except IndexError:
-                valid = False
-            if not valid:
-                raise InvalidHandleError(self._bad_handle(handle))
-            size = self._h_size[slot]
-            if length is None:
-                length = size - offset
-            if offset < 0 or length < 0 or offset + length > size:
-                raise ValueError(self._bad_range("map", handle, offset, length, size))
-            zid = self.memory.private[self._h_obj[slot] >> OBJ_INDEX_BITS]
-            self._zs_lock[zid] += 1  # zspage_read_lock
-            self._pinned[slot] = self._pinned.get(slot, 0) + 1  # pin_tag (2016)
-            start = self.obj_addr(self._h_obj[slot], offset)
-            page_end = (start | _PAGE_MASK) + 1
-            rest = -1 if start + length <= page_end else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+        view, zspage = self.zs_obj_read_begin(handle, length, offset)
         try:
-            src = self.memory.buf
-            if rest < 0:
-                view = src[start : start + length].toreadonly()
-            else:
-                view = memoryview(
-                    bytes(src[start:page_end]) + bytes(src[rest : rest + start + length - page_end])
-                ).toreadonly()
             try:
                 yield view
             finally:
@@ -1085,12 +993,39 @@ class Pool:
                 except BufferError:  # the caller kept an export; it dies with the view
                     pass
         finally:
-            with pool_lock:
-                self._zs_lock[zid] -= 1  # zspage_read_unlock
-                if self._pinned[slot] == 1:  # unpin_tag
-                    del self._pinned[slot]
-                else:
-                    self._pinned[slot] -= 1
+            self.zs_obj_read_end(handle, zspage)
+
+    def zs_obj_read_begin(self, handle: int, length: int | None, offset: int) -> tuple[memoryview, Zspage]:
+        """Read-lock the object's zspage and pin it; return a view of its bytes, and the zspage.
+
+        Bytes inside one page are viewed in place; bytes across two pages are
+        copied (the kernel's ``local_copy``), under the zspage read lock only.
+        """
+        with self._lock:
+            slot = self._live_slot(handle)
+            size = self._h_size[slot]
+            if length is None:
+                length = size - offset
+            if offset < 0 or length < 0 or offset + length > size:
+                raise ValueError(self._bad_range("map", handle, offset, length, size))
+            obj = self.handle_to_obj(handle)
+            zspage = self.get_zspage(obj_to_location(obj)[0])
+            self.zspage_read_lock(zspage)
+            self.pin_tag(handle)  # 2016
+            start = self.obj_addr(obj, offset)
+            split = PAGE_SIZE - offset_in_page(start)
+            rest = -1 if length <= split else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
+        src = self.memory.buf
+        if rest < 0:
+            return src[start : start + length].toreadonly(), zspage
+        copy = bytes(src[start : start + split]) + bytes(src[rest : rest + length - split])
+        return memoryview(copy).toreadonly(), zspage
+
+    def zs_obj_read_end(self, handle: int, zspage: Zspage) -> None:
+        """Unpin the object and drop its zspage's read lock."""
+        with self._lock:
+            self.zspage_read_unlock(zspage)
+            self.unpin_tag(handle)
 
     def obj_addr(self, obj: int, offset: int) -> int:
         """Arena address of byte ``offset`` of the caller's data in the object at location ``obj``.
@@ -1099,39 +1034,37 @@ class Pool:
         beyond continues at the start of ``memory.next[addr >> PAGE_SHIFT]``.
         Caller holds the pool lock (or the class lock of the object's class).
         """
-        idx = obj & OBJ_INDEX_MASK
-        mem = self.memory
-        cls = self.size_class[self._zs_class[mem.private[obj >> OBJ_INDEX_BITS]]]
-        room = cls.obj_room[idx]
-        if offset < room:
-            return obj + cls.obj_data[idx] + offset
-        return (mem.next[obj >> OBJ_INDEX_BITS] << PAGE_SHIFT) + offset - room
+        pfn, obj_idx = obj_to_location(obj)
+        cls = self.zspage_class(self.get_zspage(pfn))
+        off = offset_in_page(obj_idx * cls.size) + cls.hdr + offset  # from the start of page pfn
+        if off < PAGE_SIZE:
+            return (pfn << PAGE_SHIFT) + off
+        return (self.memory.next[pfn] << PAGE_SHIFT) + off - PAGE_SIZE
 
     def _read_span(self, start: int, n: int) -> bytes:
         """``n`` bytes of an object from arena address ``start``, across a page boundary."""
-        page_end = (start | _PAGE_MASK) + 1
+        split = PAGE_SIZE - offset_in_page(start)
         arena = self.memory.arena
-        if start + n <= page_end:
+        if n <= split:
             return arena[start : start + n]
         rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
-        return arena[start:page_end] + arena[rest : rest + start + n - page_end]
+        return arena[start : start + split] + arena[rest : rest + n - split]
 
     def _write_span(self, start: int, data: bytes | bytearray | memoryview) -> None:
         """Store ``data`` into an object from arena address ``start``, across a page boundary."""
         n = len(data)
-        page_end = (start | _PAGE_MASK) + 1
+        split = PAGE_SIZE - offset_in_page(start)
         arena = self.memory.arena
-        if start + n <= page_end:
+        if n <= split:
             arena[start : start + n] = data
             return
-        split = page_end - start
         rest = self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
         view = memoryview(data)
-        arena[start:page_end] = view[:split]
+        arena[start : start + split] = view[:split]
         arena[rest : rest + n - split] = view[split:]
 
-    def obj_copy(self, cls: SizeClass, dst: int, src: int) -> None:
-        """Copy an object's data between two locations of its class (``zs_object_copy``)."""
+    def zs_object_copy(self, cls: SizeClass, dst: int, src: int) -> None:
+        """Copy an object's data between two locations of its class."""
         self._write_span(self.obj_addr(dst, 0), self._read_span(self.obj_addr(src, 0), cls.size - cls.hdr))
 
     def _bad_handle(self, handle: object) -> str:
@@ -1148,32 +1081,19 @@ class Pool:
 
     def handle_size(self, handle: int) -> int:
         """The size ``malloc`` was asked for."""
-        slot = handle >> HANDLE_SLOT_SHIFT
         with self._lock:
-            try:
-                if self._h_val[slot] == handle:
-                    return self._h_size[slot]
-            except IndexError:
-                pass
-        raise InvalidHandleError(self._bad_handle(handle))
+            return self._h_size[self._live_slot(handle)]
 
     def locate(self, handle: int) -> tuple[int, int]:
         """(pfn of the page the object starts in, its index in the zspage)."""
-        slot = handle >> HANDLE_SLOT_SHIFT
         with self._lock:
-            try:
-                if self._h_val[slot] == handle:
-                    obj = self._h_obj[slot]
-                    return obj >> OBJ_INDEX_BITS, obj & OBJ_INDEX_MASK
-            except IndexError:
-                pass
-        raise InvalidHandleError(self._bad_handle(handle))
+            return obj_to_location(self._h_obj[self._live_slot(handle)])
 
     def zspage_pfns(self, handle: int) -> list[int]:
         """The pfns of the object's zspage, head page first."""
         pfn, _ = self.locate(handle)
         with self._lock:
-            return self.zspage_pages(self.memory.private[pfn])
+            return self.zspage_pages(self.get_zspage(pfn))
 
     def __len__(self) -> int:
         """The number of live objects."""
@@ -1304,21 +1224,12 @@ class Pool:
         return old - keep
 
     def _trim_zspages(self) -> int:
-        free = self._zs_free
-        old = len(self._zs_class)
+        free = self._free_zspage_ids
+        old = len(self._zspages)
         keep = _top_free_run(free, old)
         if old - keep < _TRIM_MIN:
             return 0
-        for arr in (
-            self._zs_class,
-            self._zs_inuse,
-            self._zs_freeobj,
-            self._zs_first,
-            self._zs_fg,
-            self._zs_lock,
-            self._zs_isolated,
-        ):
-            del arr[keep:]
+        del self._zspages[keep:]
         _drop_from(free, keep)
         return old - keep
 
@@ -1340,14 +1251,13 @@ class Pool:
         self.flush_deferred()
         with self._lock:
             self._closed = True
-            self._class_for_size = [None] * len(self._class_for_size)
             for cls in self.classes:
                 with cls.lock:
                     for fg in range(NR_FULLNESS_GROUPS):
-                        for zid in list(cls.fullness_list[fg]):
-                            self.remove_zspage(cls, zid)
-                            self.lock_zspage_nowait(zid)
-                            self._free_zspage(cls, zid)
+                        for zspage in list(cls.fullness_list[fg]):
+                            self.remove_zspage(cls, zspage)
+                            self.lock_zspage_nowait(zspage)
+                            self._free_zspage(cls, zspage)
                     cls.objs_inuse = 0
             for slot in range(1, len(self._h_val)):
                 self._h_val[slot] |= HANDLE_FREED
@@ -1355,10 +1265,10 @@ class Pool:
         if self._own_memory:
             self.memory.close()
 
-    def lock_zspage_nowait(self, zid: int) -> None:
+    def lock_zspage_nowait(self, zspage: Zspage) -> None:
         """Take every page lock of a zspage nobody else may touch any more."""
-        if not self.trylock_zspage(zid):
-            raise AssertionError(f"zspage {zid} has a page locked while its pool closes")
+        if not self.trylock_zspage(zspage):
+            raise AssertionError(f"zspage {zspage.zid} has a page locked while its pool closes")
 
     def __enter__(self) -> Pool:
         return self
@@ -1379,5 +1289,8 @@ __all__ = [
     "OBJ_INDEX_BITS",
     "Pool",
     "SizeClass",
+    "Zspage",
     "get_fullness_group",
+    "location_to_obj",
+    "obj_to_location",
 ]
