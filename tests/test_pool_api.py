@@ -295,6 +295,7 @@ def test_spanning_partial_writes_with_offset():
 # map
 
 
+@pytest.mark.engine_only(reason="the model maps a copy (see zsmalloc.model.Pool.map)")
 def test_map_inside_one_page_is_zero_copy():
     with Pool() as pool:
         h = pool.malloc(200)
@@ -323,9 +324,6 @@ def test_map_of_a_spanning_object_is_a_copy():
             pool.write(h, b"y" * SPAN_REQUEST)
             assert bytes(view) == b"x" * SPAN_REQUEST  # a snapshot, not the live bytes
         assert pool.read(h) == b"y" * SPAN_REQUEST
-        with pool.map(hs[0]) as view:  # object 0 of the same zspage lies in one page: no copy
-            pool.write(hs[0], b"z" * SPAN_REQUEST)
-            assert bytes(view) == b"z" * SPAN_REQUEST
 
 
 def test_map_partial_ranges():

@@ -81,6 +81,7 @@ def test_builtin_scenarios_cover_the_brief():
         "malloc-reuses-empty": ["malloc", "free", "lock"],
         "vm-compaction": ["mm_compact", "evacuate", "migrate"],
         "map-vs-migration": ["map_begin", "map_end", "migrate"],
+        "map-spanning-vs-migration": ["map_begin", "map_end", "isolate", "migrate"],
     }
     for name, ops in themes.items():
         have = {step.op for actor in pc.SCENARIOS[name].actors for step in actor.steps}
@@ -279,6 +280,26 @@ def test_map_check_catches_migration_that_ignores_readers(monkeypatch):
     steps = [step for _, step in report.minimal.executed]
     assert steps.index("map_begin(a)") < steps.index("migrate(head)")
     assert "moved" in report.minimal.failure.message or "write-locked" in report.minimal.failure.message
+
+
+def test_map_spanning_check_catches_the_2016_code_that_honoured_only_starting_pins(monkeypatch):
+    """Issue 10, item 1: the 2016 migrate as it was before it took the zspage's migrate lock.
+
+    It refused a page only when a pinned object *started* in it, so the second
+    page of a mapped object that spans two pages moved under the mapping.
+    The mutant (the model's Python: the engine's callbacks cannot be swapped
+    from Python) is the fixed code with that lock taken away; the scenario
+    must find it, with the mapping begun before the migration.
+    """
+    monkeypatch.setattr(model.Pool, "zspage_write_trylock", lambda self, zspage: True)
+    report = pc.explore_exhaustive(pc.SCENARIOS["map-spanning-vs-migration"], "2016", backend="model")
+    assert report.failing > 0
+    run = report.minimal
+    assert run is not None and run.failure is not None
+    assert "moved while it was mapped" in run.failure.message
+    steps = [step for _, step in run.executed]
+    assert steps.index("map_begin(b, offset=1100, length=1000)") < steps.index("migrate(mid)")
+    assert steps.index("migrate(mid)") < steps.index("map_end(b)")
 
 
 # ----------------------------------------------------------------------

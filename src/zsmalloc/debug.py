@@ -129,6 +129,8 @@ def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
     if _takes_own_snapshot(pool):
         return pool._snapshot(data)
     with frozen(pool):
+        # mappings whose last view is gone end here, as the engine's end at the release
+        pool.reap_mappings()
         mem = pool.memory
         hwm = mem.hwm
         arena_open = not mem._closed

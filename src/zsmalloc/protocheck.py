@@ -189,11 +189,14 @@ class Step:
 
     op: str
     target: str = ""
-    size: int = 0
+    size: int = 0  # malloc: bytes; evacuate: pages; map_begin: bytes mapped (0: to the end)
+    offset: int = 0  # map_begin: the first byte mapped
 
     def __str__(self) -> str:
         if self.op == "malloc":
             return f"malloc({self.target}, {self.size})"
+        if self.op == "map_begin" and (self.offset or self.size):
+            return f"map_begin({self.target}, offset={self.offset}, length={self.size})"
         if self.op == "evacuate" and self.size != 1:
             return f"evacuate({self.target}, {self.size})"
         return f"{self.op}({self.target})"
@@ -231,8 +234,9 @@ def free(obj: str) -> Step:
     return Step("free", obj)
 
 
-def map_begin(obj: str) -> Step:
-    return Step("map_begin", obj)
+def map_begin(obj: str, offset: int = 0, length: int = 0) -> Step:
+    """Map ``length`` bytes of the object from ``offset`` (0: the whole object)."""
+    return Step("map_begin", obj, length, offset)
 
 
 def map_end(obj: str) -> Step:
@@ -298,6 +302,7 @@ class _Mapping:
     shown: bytes  # the bytes the view showed at map_begin
     where: tuple[int, int]  # (pfn, idx) at map_begin
     in_place: bool  # a view of the object's page, not a copy
+    pfns: tuple[int, ...]  # the object's zspage at map_begin: none of its pages may move meanwhile
 
 
 class World:
@@ -500,21 +505,25 @@ class World:
         if name not in self.handles or name in self.maps:
             return f"{NOOP}{name} is {'mapped' if name in self.maps else 'not live'}", False
         h = self.handles[name]
-        cm = self.pool.map(h)
+        length = step.size or self.pool.handle_size(h) - step.offset
+        cm = self.pool.map(h, length, step.offset)
         view = cm.__enter__()
-        in_place = self._in_one_page(h)  # mapped in place; else a copy: the object spans two pages
-        self.maps[name] = _Mapping(actor, cm, view, bytes(view), self.pool.locate(h), in_place)
+        # mapped in place when the bytes lie in one page, else a copy
+        in_place = self._in_one_page(h, step.offset, length)
+        pfns = tuple(self.pool.zspage_pfns(h))
+        self.maps[name] = _Mapping(actor, cm, view, bytes(view), self.pool.locate(h), in_place, pfns)
         how = "in place" if in_place else "copied: it spans two pages"
-        return f"mapped {name} ({len(view)} bytes, {how})", True
+        start = f" from {step.offset}" if step.offset else ""
+        return f"mapped {name} ({len(view)} bytes{start}, {how})", True
 
-    def _in_one_page(self, h: int) -> bool:
-        """Does the object lie inside one page (so that map() gives a view of the page itself)?"""
+    def _in_one_page(self, h: int, offset: int, length: int) -> bool:
+        """Do bytes [offset, offset + length) of the object lie in one page (a view of the page itself)?"""
         snap = snapshot(self.pool)
         pfn, idx = self.pool.locate(h)
         index = snap["zspages"][snap["pages"][pfn]["private"]]["class"]
         cls = next(c for c in snap["classes"] if c["index"] == index)
-        start = (idx * cls["size"]) % PAGE_SIZE + (0 if cls["huge"] else ZS_HANDLE_SIZE)
-        return start + self.pool.handle_size(h) <= PAGE_SIZE
+        start = (idx * cls["size"]) % PAGE_SIZE + (0 if cls["huge"] else ZS_HANDLE_SIZE) + offset
+        return start // PAGE_SIZE == (start + max(length, 1) - 1) // PAGE_SIZE
 
     def _do_map_end(self, step: Step, actor: str = "") -> tuple[str, bool]:
         name = step.target
@@ -523,8 +532,16 @@ class World:
             return f"{NOOP}{actor} has not mapped {name}", False
         del self.maps[name]
         now = bytes(m.view)
-        where = self.pool.locate(self.handles[name]) if name in self.handles else None
+        h = self.handles.get(name)
+        where = self.pool.locate(h) if h is not None else None
+        pfns = tuple(self.pool.zspage_pfns(h)) if h is not None else m.pfns
         m.cm.__exit__(None, None, None)
+        if pfns != m.pfns:
+            moved = sorted(set(m.pfns) - set(pfns))
+            raise AssertionError(
+                f"page(s) {moved} of {name}'s zspage moved while it was mapped (zspage {m.pfns} -> "
+                f"{pfns}): a reader's view can point at a frame the object left"
+            )
         if m.in_place and where != m.where:
             raise AssertionError(
                 f"{name} moved from (pfn, idx) {m.where} to {where} while mapped in place: "
@@ -1217,6 +1234,16 @@ _add(
     Actor("vm", [isolate("head"), migrate("head"), putback("head")]),
     Actor("reader", [map_begin("a"), map_end("a")]),
     Actor("user", [write("b")]),
+)
+_add(
+    "map-spanning-vs-migration",
+    "a reader maps, in place, the part of object b that lies in the middle page (b starts in the "
+    "head page and spans the two) while the middle page is isolated and migrated: no page of b's "
+    "zspage may move while it is mapped (issue 10, item 1: the 2016 code honoured only the pins "
+    "of the objects that start in the page it moves)",
+    _one_zspage_abc,
+    Actor("vm", [isolate("mid"), migrate("mid"), putback("mid")]),
+    Actor("reader", [map_begin("b", offset=1100, length=1000), map_end("b")]),
 )
 _add(
     "vm-compaction",

@@ -101,6 +101,7 @@ from contextlib import ExitStack, contextmanager
 from zsmalloc.errors import (
     InvalidHandleError,
     InvalidSizeError,
+    ObjectMappedError,
     OutOfFramesError,
     PoolClosedError,
     PoolFullError,
@@ -220,6 +221,24 @@ class Zspage:
         return f"<Zspage {self.zid}: class {self.class_idx}, inuse {self.inuse}, group {self.fullness}>"
 
 
+class _Mapping:
+    """One ``map()`` of an object: what its end undoes, and the copy its views read."""
+
+    __slots__ = ("copy", "handle", "zspage")
+
+    def __init__(self, handle: int, zspage: Zspage, copy: bytearray) -> None:
+        self.handle, self.zspage, self.copy = handle, zspage, copy
+
+    def viewed(self) -> bool:
+        """Does a view of the copy live?  (A bytearray with views cannot be resized.)"""
+        try:
+            self.copy.append(0)
+        except BufferError:
+            return True
+        del self.copy[-1]
+        return False
+
+
 class SizeClass:
     """``struct size_class``: one canonical class, its geometry, lock, fullness lists and counters."""
 
@@ -337,6 +356,8 @@ class Pool:
         #: handle slots pinned by a caller's map() (count per slot); the 2016
         #: protocol's migrate refuses to move them
         self._pinned: dict[int, int] = {}
+        # mappings whose with has ended while a view of them lives on
+        self._lingering: list[_Mapping] = []
 
         self.pages_allocated = 0
         #: compaction and deferred-free events
@@ -435,7 +456,8 @@ class Pool:
         except IndexError:
             live = False
         if not live:
-            raise InvalidHandleError(self._bad_handle(handle))
+            self._check_open()
+            raise InvalidHandleError(f"invalid handle {handle!r}: unknown, freed or stale")
         return slot
 
     def handle_to_obj(self, handle: int) -> int:
@@ -739,6 +761,8 @@ class Pool:
 
     def zspage_write_trylock(self, zspage: Zspage) -> bool:
         """Lock the zspage against readers, or fail at once if one maps an object."""
+        if zspage.lock > 0 and self._lingering:
+            self.reap_mappings()
         if zspage.lock:
             return False
         zspage.lock = -1
@@ -865,6 +889,9 @@ class Pool:
             raise PoolClosedError(f"pool {self.name!r} is closed")
         cls = self.size_class[get_size_class_index(size + ZS_HANDLE_SIZE)]
         with cls.lock:
+            # a close that began since the check above has emptied this
+            # class or will: under the class lock, no object is made after it
+            self._check_open()
             # cache_alloc_handle, under the class lock only so that trim()
             # (which holds every class lock) never sees a slot half taken
             slot = self.cache_alloc_handle()
@@ -882,8 +909,15 @@ class Pool:
             zspage = self.alloc_zspage(cls)
         except PoolFullError:
             self.cache_free_handle(slot)
+            self._check_open()
             raise
         with cls.lock:
+            if self._closed:  # it closed while the frames were taken: they go back
+                cls.objs_allocated += cls.objs_per_zspage
+                self.lock_zspage_nowait(zspage)
+                self._free_zspage(cls, zspage)
+                self.cache_free_handle(slot)
+                self._check_open()
             self.obj_malloc(zspage, handle)
             self.insert_zspage(cls, zspage, get_fullness_group(zspage.inuse, cls.objs_per_zspage))
             cls.objs_allocated += cls.objs_per_zspage
@@ -897,6 +931,12 @@ class Pool:
         """``zs_free``: free the object; the handle becomes invalid."""
         with self._lock:
             slot = self._live_slot(handle)
+            if self._lingering:
+                self.reap_mappings()
+            if self.tag_pinned(handle):
+                raise ObjectMappedError(
+                    f"handle {handle} is mapped: free it once the mapping and every view of it are released"
+                )
             # mark it freed at once, so a racing second free is refused
             self._h_val[slot] = handle | HANDLE_FREED
             obj = self.handle_to_obj(handle)
@@ -977,30 +1017,33 @@ class Pool:
 
     @contextmanager
     def map(self, handle: int, length: int | None = None, offset: int = 0) -> Iterator[memoryview]:
-        """Map the object for reading: a read-only memoryview, valid inside the ``with``.
+        """Map the object for reading: a read-only memoryview of its bytes.
 
-        No copy is made when the bytes lie inside one page; an object that
-        spans two pages is copied.  While mapped, the object's zspage is
-        read-locked: compaction and migration leave it alone.
+        While mapped, the object is pinned and its zspage read-locked:
+        ``free`` refuses it, compaction and migration leave it alone.  The
+        mapping ends with the ``with`` and the last view derived from it
+        (``view[:]``, ``memoryview(view)``, ``numpy.frombuffer(view)``).
+
+        The model's view is of a copy of the bytes: CPython 3.11 lets Python
+        code lend a buffer but not learn when its last view is released (PEP
+        688 arrives in 3.12), so the copy is what a view that outlives the
+        ``with`` keeps, and the pin is dropped once the copy has no view left,
+        which :meth:`reap_mappings` sees at its next look.  The kernel maps
+        in place when the object lies in one page, and so does the engine.
         """
-        view, zspage = self.zs_obj_read_begin(handle, length, offset)
+        view, mapping = self.zs_obj_read_begin(handle, length, offset)
         try:
-            try:
-                yield view
-            finally:
-                try:
-                    view.release()
-                except BufferError:  # the caller kept an export; it dies with the view
-                    pass
+            yield view
         finally:
-            self.zs_obj_read_end(handle, zspage)
+            try:
+                view.release()
+            except BufferError:  # the caller holds a buffer of it (numpy): it keeps the mapping
+                pass
+            del view
+            self.zs_obj_read_end(mapping)
 
-    def zs_obj_read_begin(self, handle: int, length: int | None, offset: int) -> tuple[memoryview, Zspage]:
-        """Read-lock the object's zspage and pin it; return a view of its bytes, and the zspage.
-
-        Bytes inside one page are viewed in place; bytes across two pages are
-        copied (the kernel's ``local_copy``), under the zspage read lock only.
-        """
+    def zs_obj_read_begin(self, handle: int, length: int | None, offset: int) -> tuple[memoryview, _Mapping]:
+        """Read-lock the object's zspage and pin it; return a view of (a copy of) its bytes."""
         with self._lock:
             slot = self._live_slot(handle)
             size = self._h_size[slot]
@@ -1012,20 +1055,31 @@ class Pool:
             zspage = self.get_zspage(obj_to_location(obj)[0])
             self.zspage_read_lock(zspage)
             self.pin_tag(handle)  # 2016
-            start = self.obj_addr(obj, offset)
-            split = PAGE_SIZE - offset_in_page(start)
-            rest = -1 if length <= split else self.memory.next[start >> PAGE_SHIFT] << PAGE_SHIFT
-        src = self.memory.buf
-        if rest < 0:
-            return src[start : start + length].toreadonly(), zspage
-        copy = bytes(src[start : start + split]) + bytes(src[rest : rest + length - split])
-        return memoryview(copy).toreadonly(), zspage
+            copy = bytearray(self._read_span(self.obj_addr(obj, offset), length))
+        return memoryview(copy).toreadonly(), _Mapping(handle, zspage, copy)
 
-    def zs_obj_read_end(self, handle: int, zspage: Zspage) -> None:
-        """Unpin the object and drop its zspage's read lock."""
+    def zs_obj_read_end(self, mapping: _Mapping) -> None:
+        """End the mapping now, or once the last view of it is released."""
         with self._lock:
-            self.zspage_read_unlock(zspage)
-            self.unpin_tag(handle)
+            if mapping.viewed():
+                self._lingering.append(mapping)
+            else:
+                self._unmap(mapping)
+
+    def _unmap(self, mapping: _Mapping) -> None:
+        """Unpin the object and drop its zspage's read lock (caller holds the pool lock)."""
+        self.zspage_read_unlock(mapping.zspage)
+        self.unpin_tag(mapping.handle)
+
+    def reap_mappings(self) -> None:
+        """End the mappings whose last view is gone since their ``with`` ended (pool lock held)."""
+        still = []
+        for mapping in self._lingering:
+            if mapping.viewed():
+                still.append(mapping)
+            else:
+                self._unmap(mapping)
+        self._lingering = still
 
     def obj_addr(self, obj: int, offset: int) -> int:
         """Arena address of byte ``offset`` of the caller's data in the object at location ``obj``.
@@ -1066,11 +1120,6 @@ class Pool:
     def zs_object_copy(self, cls: SizeClass, dst: int, src: int) -> None:
         """Copy an object's data between two locations of its class."""
         self._write_span(self.obj_addr(dst, 0), self._read_span(self.obj_addr(src, 0), cls.size - cls.hdr))
-
-    def _bad_handle(self, handle: object) -> str:
-        if self._closed:
-            return f"pool {self.name!r} is closed"
-        return f"invalid handle {handle!r}: unknown, freed or stale"
 
     @staticmethod
     def _bad_range(op: str, handle: int, offset: int, length: int, size: int) -> str:
