@@ -22,7 +22,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
 use zsmalloc_core::mm::memory::{ALLOC_EVENTS, PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::migrate::{EAGAIN, NR_MIGRATE_PASSES, VMSTAT_EVENTS};
@@ -167,12 +167,38 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
     if let Some(s) = exact_i64(obj).filter(|&s| s >= 0) {
         return Ok(s as usize);
     }
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("size must be an int, not bool"));
+    }
     if let Ok(s) = obj.extract::<usize>() {
         return Ok(s);
     }
     let index = obj.py().import("operator")?.getattr("index")?;
     let as_int = index.call1((obj,))?;
     Err(zs_error(obj.py(), 0, format!("size must be within 1..4096, not {}", as_int.repr()?)))
+}
+
+/// A page cap: None, or an int >= 0 (not a bool, not a float).
+fn page_cap_arg(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let Some(obj) = obj.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err("max_pages must be an int or None, not bool"));
+    }
+    let m: i64 = obj.extract()?;
+    if m < 0 {
+        return Err(PyValueError::new_err(format!("max_pages must be >= 0, not {m}")));
+    }
+    Ok(Some(m as usize))
+}
+
+/// PoolClosedError for a call on a closed Memory.
+fn memory_open(py: Python<'_>, mem: &Memory) -> PyResult<()> {
+    if mem.is_closed() {
+        return Err(zs_error(py, 3, "the memory is closed: its frames are gone".into()));
+    }
+    Ok(())
 }
 
 /// An int that may be negative or huge: clamped into i64 (a range check follows).
@@ -456,6 +482,7 @@ impl PyMemory {
     #[pyo3(signature = (pfn, mode = 2))]
     fn isolate_movable_page(&self, py: Python<'_>, pfn: i64, mode: i64) -> PyResult<bool> {
         guard(py, &[&self.poisoned], "isolate_movable_page", || {
+            memory_open(py, &self.inner)?;
             let (pfn, mode) = (pfn_arg(&self.inner, pfn)?, mode_arg(mode)?);
             let mem = &self.inner;
             Ok(py.detach(|| mem.isolate_movable_page(pfn, mode)))
@@ -464,6 +491,7 @@ impl PyMemory {
 
     fn putback_movable_page(&self, py: Python<'_>, pfn: i64) -> PyResult<()> {
         guard(py, &[&self.poisoned], "putback_movable_page", || {
+            memory_open(py, &self.inner)?;
             let pfn = pfn_arg(&self.inner, pfn)?;
             let mem = &self.inner;
             py.detach(|| mem.putback_movable_page(pfn)).map_err(|e| mm_err(py, e))
@@ -483,6 +511,7 @@ impl PyMemory {
         lock_timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         guard(py, &[&self.poisoned], "migrate_pages", || {
+            memory_open(py, &self.inner)?;
             let (pfns, mode, target) = (pfns_arg(&self.inner, pfns)?, mode_arg(mode)?, target_arg(target)?);
             let timeout = timeout_arg(lock_timeout);
             let mem = &self.inner;
@@ -502,6 +531,7 @@ impl PyMemory {
         passes: usize,
     ) -> PyResult<Bound<'py, PyAny>> {
         guard(py, &[&self.poisoned], "move_pages", || {
+            memory_open(py, &self.inner)?;
             let (mode, target) = (mode_arg(mode)?, target_arg(target)?);
             let mem = &self.inner;
             // a pfn outside the arena is simply not movable: refused, as the model does
@@ -528,6 +558,7 @@ impl PyMemory {
         keep_excluded: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         guard(py, &[&self.poisoned], "evacuate", || {
+            memory_open(py, &self.inner)?;
             if start < 0 || end <= start {
                 return Err(PyValueError::new_err(format!("bad pfn range [{start}, {end})")));
             }
@@ -546,6 +577,7 @@ impl PyMemory {
     #[pyo3(signature = (mode = 2))]
     fn compact<'py>(&self, py: Python<'py>, mode: i64) -> PyResult<Bound<'py, PyAny>> {
         guard(py, &[&self.poisoned], "compact", || {
+            memory_open(py, &self.inner)?;
             let mode = mode_arg(mode)?;
             let mem = &self.inner;
             let r = py.detach(|| mem.compact(mode)).map_err(|e| mm_err(py, e))?;
@@ -741,14 +773,16 @@ impl PyMemory {
         self.inner.used_pfns()
     }
 
-    fn drain_pages(&self, py: Python<'_>) -> usize {
+    fn drain_pages(&self, py: Python<'_>) -> PyResult<usize> {
+        memory_open(py, &self.inner)?;
         let mem = &self.inner;
-        py.detach(|| mem.drain_pages())
+        Ok(py.detach(|| mem.drain_pages()))
     }
 
-    fn shrink_arena(&self, py: Python<'_>) -> usize {
+    fn shrink_arena(&self, py: Python<'_>) -> PyResult<usize> {
+        memory_open(py, &self.inner)?;
         let mem = &self.inner;
-        py.detach(|| mem.shrink_arena())
+        Ok(py.detach(|| mem.shrink_arena()))
     }
 
     /// A read-write view of one frame's 4096 bytes (for tools and tests).
@@ -839,7 +873,7 @@ impl PyPool {
         name: String,
         chain_size: i64,
         memory: Option<Py<PyMemory>>,
-        max_pages: Option<i64>,
+        max_pages: Option<&Bound<'_, PyAny>>,
         class_rule: String,
         migration: String,
         auto_compact_pages: Option<i64>,
@@ -853,11 +887,7 @@ impl PyPool {
         if !(4..=16).contains(&chain_size) {
             return Err(PyValueError::new_err(format!("chain_size must be within 4..16, not {chain_size}")));
         }
-        if let Some(m) = max_pages {
-            if m < 0 {
-                return Err(PyValueError::new_err(format!("max_pages must be >= 0, not {m}")));
-            }
-        }
+        let max_pages = page_cap_arg(max_pages)?;
         let Some(protocol) = Protocol::from_name(&migration) else {
             return Err(PyValueError::new_err(format!(
                 "migration protocol must be one of ('mainline', '2016', '2016-v3'), not '{migration}'"
@@ -867,7 +897,7 @@ impl PyPool {
             name,
             chain_size: chain_size as usize,
             class_rule: rule,
-            max_pages: max_pages.map(|m| m as usize),
+            max_pages,
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
             background_work,
@@ -899,13 +929,8 @@ impl PyPool {
         self.inner.max_pages()
     }
     #[setter]
-    fn set_max_pages(&self, max_pages: Option<i64>) -> PyResult<()> {
-        if let Some(m) = max_pages {
-            if m < 0 {
-                return Err(PyValueError::new_err(format!("max_pages must be >= 0, not {m}")));
-            }
-        }
-        self.inner.set_max_pages(max_pages.map(|m| m as usize));
+    fn set_max_pages(&self, max_pages: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.inner.set_max_pages(page_cap_arg(max_pages)?);
         Ok(())
     }
     #[getter]

@@ -68,7 +68,7 @@ import random
 import threading
 from array import array
 
-from zsmalloc.errors import OutOfFramesError, PageStateError, WouldSleepError
+from zsmalloc.errors import OutOfFramesError, PageStateError, PoolClosedError, WouldSleepError
 from zsmalloc.mm import compaction, migrate
 from zsmalloc.mm.compaction import CompactResult, EvacuateResult
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
@@ -372,6 +372,7 @@ class Memory:
         arena (``shrink_arena``), so their descriptors go too.  Returns the
         number of frames drained.
         """
+        self._check_open()
         with self._lock:
             n = len(self._pcp)
             if n:
@@ -631,10 +632,12 @@ class Memory:
         reference on it; it must be passed to ``migrate_pages`` or
         ``putback_movable_page``.
         """
+        self._check_open()
         return migrate.isolate_movable_ops_page(self, pfn, mode)
 
     def putback_movable_page(self, pfn: int) -> None:
         """Give an isolated page back to its owner (``putback_movable_ops_page`` in 6.17)."""
+        self._check_open()
         migrate.putback_movable_page(self, pfn)
 
     def migrate_pages(
@@ -655,6 +658,7 @@ class Memory:
         could not move are put back to their owners when ``putback`` is true
         (else they stay isolated and are listed in ``failed_pfns``).
         """
+        self._check_open()
         return migrate.migrate_pages(self, pfns, mode, target, passes, putback, lock_timeout)
 
     def move_pages(
@@ -665,6 +669,7 @@ class Memory:
         passes: int = NR_MIGRATE_PASSES,
     ) -> MigrateResult:
         """Isolate, migrate, and put back what could not move, in one call."""
+        self._check_open()
         return migrate.move_pages(self, pfns, mode, target, passes)
 
     def movable_pfns(self, start: int = 0, end: int | None = None) -> list[int]:
@@ -684,10 +689,12 @@ class Memory:
         too if ``keep_excluded`` (an offlined range); undo with
         ``unexclude_range(start, end)``.
         """
+        self._check_open()
         return compaction.evacuate(self, start, end, mode, keep_excluded)
 
     def compact(self, mode: MigrateMode = MigrateMode.SYNC) -> CompactResult:
         """Move in-use movable frames down into free frames, then lower the high-water mark."""
+        self._check_open()
         return compaction.compact(self, mode)
 
     def shrink_arena(self) -> int:
@@ -697,6 +704,7 @@ class Memory:
         to the OS if they were resident), and the descriptor arrays shrink.
         Returns how many free frames were dropped.
         """
+        self._check_open()
         return compaction.shrink_arena(self)
 
     # ------------------------------------------------------------------
@@ -720,6 +728,10 @@ class Memory:
             "nr_drained": self.nr_drained,
             **self.vmstat.to_dict(),
         }
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError("the memory is closed: its frames are gone")
 
     def close(self) -> None:
         """Give the whole arena back to the OS.  Frames must not be used afterwards."""

@@ -311,12 +311,10 @@ class Pool:
         background_work: bool = True,
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
-        if max_pages is not None and max_pages < 0:
-            raise ValueError(f"max_pages must be >= 0, not {max_pages}")
+        self.max_pages = max_pages
         self.name = name
         self.chain_size = chain_size
         self.class_rule = class_rule
-        self.max_pages = max_pages
         #: run compaction in the background once this many pages are freeable
         self.auto_compact_pages = auto_compact_pages
         self._auto_countdown = _AUTO_COMPACT_INTERVAL
@@ -880,8 +878,25 @@ class Pool:
     # ------------------------------------------------------------------
     # the public API
 
+    @property
+    def max_pages(self) -> int | None:
+        """The pool's page cap, or None; writable (zram's mem_limit changes it)."""
+        return self._max_pages
+
+    @max_pages.setter
+    def max_pages(self, value: int | None) -> None:
+        if value is not None:
+            if isinstance(value, bool):
+                raise TypeError("max_pages must be an int or None, not bool")
+            value = operator.index(value)
+            if value < 0:
+                raise ValueError(f"max_pages must be >= 0, not {value}")
+        self._max_pages = value
+
     def malloc(self, size: int) -> int:
         """``zs_malloc``: allocate ``size`` bytes (1..4096); return a handle, never 0."""
+        if isinstance(size, bool):
+            raise TypeError("size must be an int, not bool")
         size = operator.index(size)
         if not 0 < size <= ZS_MAX_ALLOC_SIZE:
             raise InvalidSizeError(f"size must be within 1..{ZS_MAX_ALLOC_SIZE}, not {size}")
@@ -929,6 +944,7 @@ class Pool:
 
     def free(self, handle: int) -> None:
         """``zs_free``: free the object; the handle becomes invalid."""
+        handle = operator.index(handle)  # numpy integers too
         with self._lock:
             slot = self._live_slot(handle)
             if self._lingering:
