@@ -34,6 +34,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from zsmalloc import RULE_MIN_WASTE, RULE_USED_PERCENTAGE, ZsmallocError, engine, model
 from zsmalloc.debug import snapshot
 
+TAG = 7  # both pools' handle tag (pool/handles.py): by default every pool has its own
+
 SIZES = st.one_of(
     st.integers(1, 4096),
     st.sampled_from([1, 24, 25, 3000, 3264, 3625, 3626, 4095, 4096]),
@@ -95,6 +97,7 @@ class Differential(RuleBasedStateMachine):
                 # deferred work waits for run_pending_work / flush_deferred: a
                 # worker thread of each would run it whenever it is scheduled
                 background_work=False,
+                handle_tag=TAG,  # one tag for both: the same handles
             )
             for impl in (model, engine)
         )
@@ -279,7 +282,8 @@ def test_long_churn_agrees(policy: str) -> None:
 
     rng = random.Random(7)
     pools = [
-        impl.Pool(name="long", memory=impl.Memory(1 << 14), migration="2016") for impl in (model, engine)
+        impl.Pool(name="long", memory=impl.Memory(1 << 14), migration="2016", handle_tag=TAG)
+        for impl in (model, engine)
     ]
     live: list[int] = []
     for step in range(6000):

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from typing_extensions import Buffer
 
@@ -118,8 +118,8 @@ class Mapping:
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 class Pool:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str = "zsmalloc",
         chain_size: int = 8,
         memory: Memory | None = None,
@@ -129,9 +129,12 @@ class Pool:
         migration: str = "mainline",
         auto_compact_pages: int | None = None,
         background_work: bool = True,
-    ) -> None: ...
+        handle_tag: int = 0,
+    ) -> Self: ...
     @property
     def name(self) -> str: ...
+    @property
+    def handle_tag(self) -> int: ...
     @property
     def chain_size(self) -> int: ...
     @property

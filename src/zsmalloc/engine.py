@@ -19,8 +19,11 @@ or 2016-v3 callbacks in Rust.  The result types are the model's dataclasses
 
 from __future__ import annotations
 
+from typing import Any
+
 from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool.handles import handle_tag_arg, hold_handle_tag, release_handle_tag, reserve_handle_tag
 from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
 
 Memory = _engine.Memory
@@ -32,8 +35,22 @@ class Pool(_engine.Pool):
     """A zsmalloc pool on the engine: the same API as ``zsmalloc.model.Pool``.
 
     ``Pool(name="zsmalloc", chain_size=8, memory=None, max_pages=None, *,
-    class_rule="min-waste", migration="mainline", auto_compact_pages=None)``.
+    class_rule="min-waste", migration="mainline", auto_compact_pages=None,
+    background_work=True, handle_tag=None)``.
     """
+
+    def __new__(cls, *args: Any, handle_tag: int | None = None, **kwargs: Any) -> Pool:
+        # the tag comes from the registry both implementations share (pool/handles.py)
+        if handle_tag is not None:
+            return super().__new__(cls, *args, handle_tag=handle_tag_arg(handle_tag), **kwargs)
+        tag = reserve_handle_tag()
+        try:
+            pool = super().__new__(cls, *args, handle_tag=tag, **kwargs)
+        except BaseException:
+            release_handle_tag(tag)
+            raise
+        hold_handle_tag(tag, pool)
+        return pool
 
     def class_stats(self) -> list[ClassStats]:
         """One row per canonical class: the columns of debugfs ``classes``."""

@@ -213,6 +213,7 @@ fn fixture_on(protocol: Protocol, frames: usize, owns_memory: bool) -> Fixture {
         auto_compact_pages: None,
         migration: protocol,
         background_work: false,
+        handle_tag: 0,
     };
     let pool = Pool::new(config, mem.clone(), owns_memory).unwrap();
     Fixture { mem, pool, log: Log::default() }

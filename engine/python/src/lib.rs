@@ -866,7 +866,7 @@ impl PyPool {
     #[new]
     #[pyo3(signature = (name = "zsmalloc".to_string(), chain_size = 8, memory = None, max_pages = None, *,
                         class_rule = "min-waste".to_string(), migration = "mainline".to_string(),
-                        auto_compact_pages = None, background_work = true))]
+                        auto_compact_pages = None, background_work = true, handle_tag = 0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -878,6 +878,7 @@ impl PyPool {
         migration: String,
         auto_compact_pages: Option<i64>,
         background_work: bool,
+        handle_tag: i64,
     ) -> PyResult<Self> {
         let Some(rule) = ClassRule::from_name(&class_rule) else {
             return Err(PyValueError::new_err(format!(
@@ -901,6 +902,7 @@ impl PyPool {
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
             background_work,
+            handle_tag: u16::try_from(handle_tag).unwrap_or(u16::MAX),
         };
         let own = memory.is_none();
         let memory = match memory {
@@ -914,6 +916,11 @@ impl PyPool {
     #[getter]
     fn name(&self) -> &str {
         &self.inner.config.name
+    }
+    /// The tag in every handle of this pool (zsmalloc/pool/handles.py).
+    #[getter]
+    fn handle_tag(&self) -> u16 {
+        self.inner.config.handle_tag
     }
     #[getter]
     fn chain_size(&self) -> usize {

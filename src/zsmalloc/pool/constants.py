@@ -5,12 +5,14 @@ Object location (what a handle's table entry holds)::
     (pfn << OBJ_INDEX_BITS) | obj_idx      pfn: the page the object starts in
                                            obj_idx: its index in the zspage
 
-Handle (see pool/zsmalloc.py for the table)::
+Handle (see pool/zsmalloc.py for the table, pool/handles.py for the tag)::
 
-    (slot << HANDLE_SLOT_SHIFT) | (generation << 1)      bit 0 always clear
+    (slot << HANDLE_SLOT_SHIFT) | (tag << HANDLE_TAG_SHIFT) | (generation << 1)
+                                                         bit 0 always clear
 """
 
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE
+from zsmalloc.pool.handles import HANDLE_TAG_SHIFT
 from zsmalloc.pool.size_class import ZS_MAX_CHAIN_SIZE, ZS_MIN_ALLOC_SIZE
 
 OBJ_ALLOCATED_TAG = 1
@@ -27,8 +29,8 @@ HANDLE_SLOT_SHIFT = 32  # slot = handle >> HANDLE_SLOT_SHIFT: one shift, no mask
 HANDLE_SLOT_BITS = 31
 HANDLE_SLOT_MASK = (1 << HANDLE_SLOT_BITS) - 1  # the highest slot
 HANDLE_GEN_SHIFT = 1
-HANDLE_GEN_MASK = (1 << (HANDLE_SLOT_SHIFT - HANDLE_GEN_SHIFT)) - 1
-HANDLE_LOW_MASK = (1 << HANDLE_SLOT_SHIFT) - 1  # generation and bit 0
+HANDLE_GEN_MASK = (1 << (HANDLE_TAG_SHIFT - HANDLE_GEN_SHIFT)) - 1  # 19 bits, below the pool tag
+HANDLE_LOW_MASK = (1 << HANDLE_SLOT_SHIFT) - 1  # tag, generation and bit 0
 # Bit 63 set in the table: the slot holds no live handle.  No handle has it
 # (a slot is below 2**31), so a table entry of a freed slot never equals a
 # handle passed in, whatever its low bits: one comparison validates a handle.

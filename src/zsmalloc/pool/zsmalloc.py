@@ -56,17 +56,19 @@ no header: the handle lives in the page descriptor's ``index`` word.
 
 A handle is a stable, opaque even integer::
 
-     63 62                  32 31                            1  0
-    +--+----------------------+-------------------------------+---+
-    |0 |      table slot      |          generation           | 0 |
-    +--+----------------------+-------------------------------+---+
+     63 62                  32 31          20 19             1  0
+    +--+----------------------+--------------+----------------+---+
+    |0 |      table slot      |   pool tag   |   generation   | 0 |
+    +--+----------------------+--------------+----------------+---+
 
 The table maps the slot to the object's location, ``(pfn << OBJ_INDEX_BITS)
 | obj_idx`` with pfn the page the object starts in and obj_idx its index in
 the zspage (``obj_to_location`` / ``location_to_obj``).  Moving an object
 (compaction, migration) rewrites only that table entry (``record_obj``).  A
 freed slot's generation is bumped before reuse, so a stale handle is
-refused, not aliased to the new object.
+refused, not aliased to the new object; the pool's tag
+(``zsmalloc.pool.handles``) makes every other pool refuse it.  (The kernel's
+handle is the address of a slab object: it has neither.)
 
 Locking
 -------
@@ -128,6 +130,7 @@ from zsmalloc.pool.constants import (
     ZS_INUSE_RATIO_99,
     get_fullness_group,
 )
+from zsmalloc.pool.handles import HANDLE_TAG_SHIFT, handle_tag_arg, hold_handle_tag, reserve_handle_tag
 from zsmalloc.pool.migrate import movable_ops_for
 from zsmalloc.pool.size_class import (
     RULE_MIN_WASTE,
@@ -295,7 +298,9 @@ class Pool:
     starts no worker thread: the deferred free and the background compaction
     the pool asks for are recorded in ``pending_work`` and run when the
     caller says (``run_pending_work``, ``flush_deferred``), which is what a
-    deterministic checker needs.
+    deterministic checker needs.  ``handle_tag`` (0..4095) is the tag in the
+    pool's handles, by which it refuses other pools' handles: by default one
+    that no live pool holds (pool/handles.py).
     """
 
     def __init__(
@@ -309,6 +314,7 @@ class Pool:
         migration: str = "mainline",
         auto_compact_pages: int | None = None,
         background_work: bool = True,
+        handle_tag: int | None = None,
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
         self.max_pages = max_pages
@@ -351,6 +357,13 @@ class Pool:
         self._h_size = array("H", [0])
         self._h_free = array("L")  # free slots, a stack
         self._gen_base = 0  # generation of fresh slots: above any handle of a trimmed slot
+        #: the pool's tag, in every handle it hands out (pool/handles.py)
+        if handle_tag is None:
+            self.handle_tag = reserve_handle_tag()
+            hold_handle_tag(self.handle_tag, self)
+        else:
+            self.handle_tag = handle_tag_arg(handle_tag)
+        self._tag_bits = self.handle_tag << HANDLE_TAG_SHIFT
         #: handle slots pinned by a caller's map() (count per slot); the 2016
         #: protocol's migrate refuses to move them
         self._pinned: dict[int, int] = {}
@@ -430,7 +443,7 @@ class Pool:
             if new <= old:
                 raise PoolFullError("handle table is full")
             extra = new - old
-            fresh = (self._gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED
+            fresh = self._tag_bits | (self._gen_base << HANDLE_GEN_SHIFT) | HANDLE_FREED
             self._h_val.extend((slot << HANDLE_SLOT_SHIFT) | fresh for slot in range(old, new))
             self._h_obj.frombytes(bytes(8 * extra))
             self._h_size.frombytes(bytes(2 * extra))
@@ -444,7 +457,7 @@ class Pool:
         """The handle a free slot hands out next: its last one's generation plus one, wrapping."""
         last = self._h_val[slot] & ~HANDLE_FREED
         generation = ((last >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK
-        return (slot << HANDLE_SLOT_SHIFT) | (generation << HANDLE_GEN_SHIFT)
+        return (slot << HANDLE_SLOT_SHIFT) | self._tag_bits | (generation << HANDLE_GEN_SHIFT)
 
     def _live_slot(self, handle: int) -> int:
         """The handle's table slot; InvalidHandleError unless the slot holds this very handle."""

@@ -31,14 +31,15 @@
 //! (FREE_LIST_END ends the list).  Huge zspages keep their handle in the page
 //! descriptor's `index` word instead.
 //!
-//! A handle is `slot << 32 | generation << 1`.  Its table entry, one
-//! 16-byte [`HandleEntry`], holds:
+//! A handle is `slot << 32 | tag << 20 | generation << 1`: the pool's tag
+//! makes every other pool refuse it.  Its table entry, one 16-byte
+//! [`HandleEntry`], holds:
 //!
 //! ```text
-//!      63               32 31                 1   0
-//!     +-------------------+--------------------+----+
-//! val |  zspage id        |  generation        |free|   the handle's low word, and
-//!     +-------------------+--------------------+----+   the zspage of its object
+//!      63               32 31      20 19        1   0
+//!     +-------------------+----------+----------+----+
+//! val |  zspage id        | pool tag |generation|free|   the handle's low word, and
+//!     +-------------------+----------+----------+----+   the zspage of its object
 //!      63        48 47                    12 11     0
 //!     +------------+------------------------+-------+
 //! obj | size asked |  pfn                   |obj_idx|   obj_to_location's word
@@ -95,6 +96,11 @@ pub const FREE_LIST_END: u64 = !OBJ_ALLOCATED_TAG;
 pub const HANDLE_SLOT_SHIFT: u32 = 32;
 pub const HANDLE_SLOT_MASK: u64 = (1 << 31) - 1;
 pub const HANDLE_GEN_SHIFT: u32 = 1;
+/// The pool's tag, in every handle (zsmalloc/pool/handles.py hands them out).
+pub const HANDLE_TAG_SHIFT: u32 = 20;
+pub const NR_HANDLE_TAGS: u16 = 1 << 12;
+/// The generation: 19 bits, below the tag.
+pub const HANDLE_GEN_MASK: u64 = (1 << (HANDLE_TAG_SHIFT - HANDLE_GEN_SHIFT)) - 1;
 pub const HANDLE_LOW_MASK: u64 = (1 << HANDLE_SLOT_SHIFT) - 1;
 /// A handle entry's `val`: the slot is free (bit 0, always clear in a handle).
 const VAL_FREED: u64 = 1;
@@ -356,6 +362,8 @@ pub struct PoolConfig {
     pub max_pages: Option<usize>,
     pub auto_compact_pages: Option<usize>,
     pub migration: Protocol,
+    /// the tag in every handle (below NR_HANDLE_TAGS)
+    pub handle_tag: u16,
     /// false: no worker thread; requests wait in `pending_work` until the
     /// caller runs them (`run_pending_work`, `flush_deferred`)
     pub background_work: bool,
@@ -482,6 +490,13 @@ fn zs_can_compact(spec: &ClassSpec, st: &ClassState) -> u64 {
 impl Pool {
     /// `zs_create_pool`, on `memory`; `own_memory`: the pool closes it.
     pub fn new(config: PoolConfig, mem: Arc<Memory>, own_memory: bool) -> Result<Arc<Pool>, PoolError> {
+        if config.handle_tag >= NR_HANDLE_TAGS {
+            return Err(PoolError::Value(format!(
+                "handle_tag must be within 0..{}, not {}",
+                NR_HANDLE_TAGS - 1,
+                config.handle_tag
+            )));
+        }
         let table = build_class_table(config.chain_size, config.class_rule).map_err(PoolError::Value)?;
         let classes: Vec<SizeClass> = table.specs.iter().map(|&s| SizeClass::new(s)).collect();
         let mut class_pos = [0u8; ZS_SIZE_CLASSES];
@@ -644,6 +659,11 @@ impl Pool {
     }
 
     #[inline]
+    fn tag_bits(&self) -> u64 {
+        (self.config.handle_tag as u64) << HANDLE_TAG_SHIFT
+    }
+
+    #[inline]
     fn h_len(&self) -> usize {
         self.h_len.load(Acquire)
     }
@@ -662,7 +682,7 @@ impl Pool {
         if new <= old {
             return Err(PoolError::PoolFull("handle table is full".into()));
         }
-        let fresh = (c.gen_base << HANDLE_GEN_SHIFT) | VAL_FREED;
+        let fresh = self.tag_bits() | (c.gen_base << HANDLE_GEN_SHIFT) | VAL_FREED;
         for slot in old..new {
             let e = self.entry(slot);
             e.val.store(fresh, Relaxed);
@@ -1175,9 +1195,10 @@ impl Pool {
             self.check_open()?;
             let slot = self.cache_alloc_handle()?;
             let e = self.entry(slot as usize);
-            // one generation on (wrapping within the low word)
-            let generation = (e.val.load(Relaxed) & !VAL_FREED).wrapping_add(1 << HANDLE_GEN_SHIFT);
-            let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (generation & HANDLE_LOW_MASK);
+            // one generation on, wrapping below the tag
+            let generation = ((e.val.load(Relaxed) >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK;
+            let handle =
+                ((slot as u64) << HANDLE_SLOT_SHIFT) | self.tag_bits() | (generation << HANDLE_GEN_SHIFT);
             if let Some(zid) = self.find_get_zspage(&st) {
                 let obj = self.obj_malloc(cls, zid, handle);
                 self.fix_fullness_group(cls, &mut st, zid);
@@ -1642,7 +1663,7 @@ impl Pool {
             return 0;
         }
         let top = (keep..old)
-            .map(|s| (self.entry(s).val.load(Relaxed) & HANDLE_LOW_MASK) >> HANDLE_GEN_SHIFT)
+            .map(|s| (self.entry(s).val.load(Relaxed) >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK)
             .max()
             .unwrap_or(0);
         c.gen_base = c.gen_base.max(top);
@@ -1895,6 +1916,7 @@ mod tests {
             auto_compact_pages: None,
             migration: Protocol::Mainline,
             background_work: true,
+            handle_tag: 0,
         };
         let mem = Arc::new(
             Memory::new(1 << 16, crate::mm::memory::PCP_HIGH, crate::mm::memory::PCP_BATCH).unwrap(),
