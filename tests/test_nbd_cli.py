@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import click
 import pytest
@@ -138,3 +140,26 @@ def test_byte_sizes(text: str, value: int) -> None:
 def test_byte_size_rejects_nonsense() -> None:
     with pytest.raises(click.BadParameter):
         ByteSize().convert("1X", None, None)
+
+
+def test_sigusr1_during_the_shutdown_does_not_kill_the_server(sockdir: str) -> None:
+    """Issue 10, item 9: SIGUSR1 from the stop to the exit, the check and summary included."""
+    path = os.path.join(sockdir, "s")
+    proc = start("--size", "64M", "--socket", path, "--json")
+    try:
+        assert json.loads(next_line(proc))["event"] == "listening"
+        with NbdClient.open(path) as c:
+            c.write(0, os.urandom(8 << 20))  # something for the final check to walk
+        proc.send_signal(signal.SIGTERM)
+        for _ in range(10_000):  # every millisecond until it has exited (10 s at most)
+            if proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.001)
+        assert proc.wait(15) == 0, f"serve ended by signal {-proc.returncode}" if proc.returncode else ""
+        events = [json.loads(line)["event"] for line in iter(proc.lines.get, None)]  # type: ignore[attr-defined]
+        assert "summary" in events
+    finally:
+        proc.kill()
+        proc.wait(10)

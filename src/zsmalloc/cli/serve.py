@@ -209,6 +209,9 @@ async def _serve(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+        # until the process exits (the device check, the summary and the interpreter's
+        # own exit are still to come), SIGUSR1 must not take its default action, which kills
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
 
 @main.command()

@@ -58,7 +58,8 @@ replies stalls only itself.
 Bad input
 ---------
 Every request is checked before the device sees it: command, flags, offset
-and length against the export size and ``max_request``.  A bad request is
+and length against the export size and ``max_request`` (TRIM and
+WRITE_ZEROES carry no payload and may cover any length within the export).  A bad request is
 answered with the protocol's error (NBD_EINVAL, NBD_ENOSPC for writes past
 the end) and the connection goes on.  What cannot be answered in step is a
 hard disconnect of that connection only: a wrong magic number, an unknown
@@ -77,9 +78,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
+import stat
 import struct
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -241,7 +246,7 @@ class NbdServer:
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io") if workers else None
         )
         self._servers: list[asyncio.Server] = []
-        self._unix_paths: list[str] = []
+        self._unix_paths: list[tuple[str, int, int]] = []  # (path, st_dev, st_ino) of our sockets
         self._connections: dict[asyncio.Task, _Connection] = {}
         self._closing = False
 
@@ -249,12 +254,34 @@ class NbdServer:
     # listening
 
     async def listen_unix(self, path: str | os.PathLike[str]) -> str:
-        """Listen on a Unix socket (mode 0600: only this user may connect); return its NBD URI."""
+        """Listen on a Unix socket that no other user can connect to at any moment; return its URI.
+
+        The socket is bound in a private directory (mode 0700) beside ``path``,
+        set to mode 0600 there, and only then renamed onto ``path``: it is
+        never reachable with the umask's mode.  A path where another server
+        answers is refused (FileExistsError), and so is a path that is not a
+        socket; a stale socket (nobody answers) is replaced.  ``close()``
+        removes the socket only while ``path`` is still this one.
+        """
         path = os.fspath(path)
-        server = await asyncio.start_unix_server(self._accept, path)
-        os.chmod(path, 0o600)
+        _refuse_live_socket(path)
+        private = tempfile.mkdtemp(prefix=".zsmalloc-nbd-", dir=os.path.dirname(os.path.abspath(path)))
+        bound = os.path.join(private, "socket")
+        try:
+            server = await asyncio.start_unix_server(self._accept, bound)
+            try:
+                os.chmod(bound, 0o600)
+                os.rename(bound, path)
+            except OSError:
+                server.close()
+                raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(bound)
+            os.rmdir(private)
+        st = os.lstat(path)
         self._servers.append(server)
-        self._unix_paths.append(path)
+        self._unix_paths.append((path, st.st_dev, st.st_ino))
         uri = f"nbd+unix:///?socket={path}"
         self.addresses.append(uri)
         log.info("listening on %s", uri)
@@ -278,9 +305,11 @@ class NbdServer:
             server.close()
         for server in self._servers:
             await server.wait_closed()
-        for path in self._unix_paths:
+        for path, dev, ino in self._unix_paths:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                st = os.lstat(path)
+                if (st.st_dev, st.st_ino) == (dev, ino):  # still ours, not a later server's
+                    os.unlink(path)
         tasks = list(self._connections)
         for conn in self._connections.values():
             conn.stop()
@@ -578,7 +607,8 @@ class _Connection:
             if offset or length:
                 raise _RequestError(p.NBD_EINVAL, "NBD_CMD_FLUSH with a nonzero offset or length")
             return
-        if cmd != p.NBD_CMD_TRIM and length > self.limits.max_request:
+        # TRIM and WRITE_ZEROES carry no payload and cost nothing per byte: any length in the export
+        if cmd not in (p.NBD_CMD_TRIM, p.NBD_CMD_WRITE_ZEROES) and length > self.limits.max_request:
             raise _RequestError(p.NBD_EINVAL, f"{name} of {length} bytes (maximum {self.limits.max_request})")
         if offset + length > self.server.size:
             error = p.NBD_ENOSPC if cmd in (p.NBD_CMD_WRITE, p.NBD_CMD_WRITE_ZEROES) else p.NBD_EINVAL
@@ -666,6 +696,22 @@ class _Connection:
                     view[start:end],
                 ]
         return parts
+
+
+def _refuse_live_socket(path: str) -> None:
+    """FileExistsError if ``path`` is a socket another server answers on, or no socket at all."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError(errno.EEXIST, "exists and is not a socket", path)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            return  # stale: nobody listens there any more
+    raise FileExistsError(errno.EEXIST, "another server listens on this socket", path)
 
 
 def _zero_runs(data: bytes, offset: int) -> list[tuple[int, int, bool]]:
