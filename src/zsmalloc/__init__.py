@@ -11,6 +11,7 @@ Layers, each a package, data flowing down (nothing below imports above)::
 
     zsmalloc.cli    command line (demo, serve, stats, bench, replay, pool-demo, classes,
                     stress, protocheck)
+    zsmalloc.store  Store: a compressed mapping of bytes on a pool
     zsmalloc.nbd    the NBD server exporting a ZramDevice
     zsmalloc.zram   ZramDevice: a compressed RAM block store on the pool
     zsmalloc.pool   the allocator: size classes, zspages, handles, stats,
@@ -72,6 +73,8 @@ elif backend == "model":
 else:
     raise ImportError(f"ZSMALLOC_BACKEND must be one of {BACKENDS}, not {backend!r}")
 
+from zsmalloc.store import Store  # noqa: E402  (it builds on Pool, chosen above)
+
 try:
     __version__ = _version("zsmalloc")
 except _NotFound:  # pragma: no cover - running from a source tree that was never installed
@@ -94,6 +97,7 @@ __all__ = [
     "PoolClosedError",
     "PoolFullError",
     "PoolStats",
+    "Store",
     "WouldSleepError",
     "ZsmallocError",
     "__version__",

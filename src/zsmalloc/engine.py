@@ -23,6 +23,7 @@ from typing import Any
 
 from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool.common import PoolProtocols
 from zsmalloc.pool.handles import handle_tag_arg, hold_handle_tag, release_handle_tag, reserve_handle_tag
 from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
 
@@ -31,7 +32,7 @@ Memory = _engine.Memory
 __all__ = ["Memory", "Pool"]
 
 
-class Pool(_engine.Pool):
+class Pool(_engine.Pool, PoolProtocols):
     """A zsmalloc pool on the engine: the same API as ``zsmalloc.model.Pool``.
 
     ``Pool(name="zsmalloc", chain_size=8, memory=None, max_pages=None, *,

@@ -111,6 +111,7 @@ from zsmalloc.errors import (
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
 from zsmalloc.mm.counters import Counters
 from zsmalloc.mm.heap import trim_process_heap
+from zsmalloc.pool.common import PoolProtocols
 from zsmalloc.pool.compact import shrinker_count, shrinker_scan, zs_compact
 from zsmalloc.pool.constants import (
     FG_NONE,
@@ -285,7 +286,7 @@ class SizeClass:
         )
 
 
-class Pool:
+class Pool(PoolProtocols):
     """A zsmalloc pool: allocate variable-size objects (1..4096 bytes) behind stable handles.
 
     ``memory`` is the :class:`~zsmalloc.mm.Memory` to take frames from (a new

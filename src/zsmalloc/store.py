@@ -1,0 +1,296 @@
+"""``zsmalloc.Store``: a compressed mapping of bytes, on a pool.
+
+What it owns
+------------
+An index (a dict: key -> entry) and the pool objects that hold the values.
+A value is compressed (lz4 by default, zstd, or none), then split into
+chunks of at most 4096 bytes, one pool object each::
+
+    value (any bytes-like) --compress--> payload --split--> [4096][4096] ... [tail]
+                                                              h0    h1         hn
+
+Full 4096-byte chunks land in the pool's huge class, a page each and no
+waste; the tail lands in the class that fits it.  As zram does with pages:
+a value whose bytes are all equal (``same``) takes no pool object, and one
+that does not compress (its payload would be no smaller) is kept as it is
+(``raw``), so reading it decompresses nothing.
+
+Locking: one lock guards the index.  A ``set`` compresses and writes the new
+chunks before it takes the lock, swaps the entry under it, and frees the old
+chunks after it; a ``get`` reads its chunks under the lock, so no ``set`` or
+``del`` frees them meanwhile.  The pool is thread-safe by itself.
+
+    >>> from zsmalloc import Store
+    >>> with Store() as s:
+    ...     s["page"] = b"zsmalloc " * 1000
+    ...     s["zeros"] = bytes(100_000)
+    ...     (len(s), s["page"][:8], s.nbytes, s.compressed_nbytes < 1000)
+    (2, b'zsmalloc', 109000, True)
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, NamedTuple, TypeVar
+
+import lz4.block
+import zstandard
+
+import zsmalloc
+from zsmalloc.errors import PoolClosedError
+
+K = TypeVar("K", bound=Hashable)
+
+CHUNK = 4096  # the largest pool object
+COMPRESSIONS = ("lz4", "zstd", "none")
+ZSTD_LEVEL = 3
+
+
+class _Entry(NamedTuple):
+    kind: str  # "same", "raw", or the codec of the payload
+    nbytes: int  # the value's length
+    stored: int  # the payload's length (0 for "same")
+    handles: tuple[int, ...]
+    fill: int  # the byte of a "same" value
+
+
+class _Codecs(threading.local):
+    """Per-thread zstd contexts (a context serves one thread at a time)."""
+
+    def __init__(self) -> None:
+        self.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self.zd = zstandard.ZstdDecompressor()
+
+
+def _same_byte(mv: memoryview) -> int | None:
+    """The byte every position of ``mv`` holds, or None."""
+    n = len(mv)
+    if not n or mv[0] != mv[n - 1] or mv[0] != mv[n // 2]:
+        return None
+    return mv[0] if mv == bytes((mv[0],)) * n else None
+
+
+class Store(MutableMapping[K, bytes]):
+    """A ``MutableMapping`` of hashable keys to bytes, compressed, in a zsmalloc pool.
+
+    ``compression`` is "lz4" (the default), "zstd" or "none".  ``pool`` is the
+    pool to keep the values in (by default a new one, closed with the store).
+    Values may be any bytes-like object of any size; ``get`` returns
+    ``bytes``.  The store is thread-safe, picklable (the pickle carries the
+    contents, decompressed) and a context manager.
+    """
+
+    def __init__(self, compression: str = "lz4", pool: zsmalloc.Pool | None = None) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+        self.compression = compression
+        self._own_pool = pool is None
+        self.pool = zsmalloc.Pool(name="store") if pool is None else pool
+        self._index: dict[K, _Entry] = {}
+        self._lock = threading.Lock()
+        self._codecs = _Codecs()
+        self._closed = False
+        self._nbytes = 0
+        self._stored = 0
+
+    # ------------------------------------------------------------------
+    # values in and out of the pool
+
+    def _encode(self, value: object) -> tuple[str, memoryview, int, int]:
+        """(kind, payload, fill byte, length) of a bytes-like ``value``; TypeError for anything else."""
+        mv = memoryview(value).cast("B")  # type: ignore[arg-type]
+        fill = _same_byte(mv)
+        if fill is not None:
+            return "same", mv[:0], fill, len(mv)
+        if self.compression == "lz4":
+            packed = lz4.block.compress(mv, store_size=False)
+        elif self.compression == "zstd":
+            packed = self._codecs.zc.compress(mv)
+        else:
+            return "raw", mv, 0, len(mv)
+        if len(packed) >= len(mv):
+            return "raw", mv, 0, len(mv)
+        return self.compression, memoryview(packed), 0, len(mv)
+
+    def _put(self, value: object) -> _Entry:
+        """The entry of ``value`` with its chunks written; nothing left behind if it fails."""
+        kind, payload, fill, nbytes = self._encode(value)
+        handles: list[int] = []
+        try:
+            for at in range(0, len(payload), CHUNK):
+                chunk = payload[at : at + CHUNK]
+                h = self.pool.malloc(len(chunk))
+                handles.append(h)
+                self.pool.write(h, chunk)
+        except BaseException:
+            self._free(handles)
+            raise
+        return _Entry(kind, nbytes, len(payload), tuple(handles), fill)
+
+    def _free(self, handles: Iterable[int]) -> None:
+        for h in handles:
+            self.pool.free(h)
+
+    def _payload(self, e: _Entry) -> bytes:
+        """The entry's chunks, joined (caller holds the lock)."""
+        if len(e.handles) == 1:
+            return self.pool.read(e.handles[0])
+        return b"".join(self.pool.read(h) for h in e.handles)
+
+    def _decode(self, e: _Entry) -> bytes:
+        """The value of ``e`` (caller holds the lock)."""
+        if e.kind == "same":
+            return bytes((e.fill,)) * e.nbytes
+        payload = self._payload(e)
+        if e.kind == "raw":
+            return payload
+        if e.kind == "lz4":
+            return lz4.block.decompress(payload, uncompressed_size=e.nbytes)
+        return self._codecs.zd.decompress(payload, max_output_size=e.nbytes)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError("the store is closed")
+
+    # ------------------------------------------------------------------
+    # the mapping protocol
+
+    def __setitem__(self, key: K, value: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        hash(key)  # an unhashable key fails before any work
+        entry = self._put(value)
+        with self._lock:
+            old = self._index.get(key)
+            self._index[key] = entry
+            self._account(entry, +1)
+            if old is not None:
+                self._account(old, -1)
+        if old is not None:
+            self._free(old.handles)
+
+    def _account(self, e: _Entry, sign: int) -> None:
+        self._nbytes += sign * e.nbytes
+        self._stored += sign * e.stored
+
+    def __getitem__(self, key: K) -> bytes:
+        self._check_open()
+        with self._lock:
+            return self._decode(self._index[key])
+
+    def __delitem__(self, key: K) -> None:
+        self._check_open()
+        with self._lock:
+            entry = self._index.pop(key)
+            self._account(entry, -1)
+        self._free(entry.handles)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return key in self._index
+        except TypeError:  # unhashable: not a key of ours
+            return False
+
+    def __iter__(self) -> Iterator[K]:
+        with self._lock:
+            keys = list(self._index)
+        return iter(keys)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self)} values, {self._nbytes:,} bytes"
+        return f"<Store {self.compression}: {state}>"
+
+    def clear(self) -> None:
+        self._check_open()
+        with self._lock:
+            entries = list(self._index.values())
+            self._index.clear()
+            self._nbytes = self._stored = 0
+        for e in entries:
+            self._free(e.handles)
+
+    # ------------------------------------------------------------------
+    # beyond the mapping
+
+    def get_into(self, key: K, buf: Any) -> int:
+        """Write the value of ``key`` into the writable buffer ``buf``; return its length.
+
+        ``buf`` must hold at least the value.  A value kept raw goes straight
+        from the pool into ``buf``; a compressed one is decompressed first.
+        """
+        self._check_open()
+        out = memoryview(buf).cast("B")
+        with self._lock:
+            e = self._index[key]
+            if len(out) < e.nbytes:
+                raise ValueError(f"a buffer of {len(out)} bytes cannot hold the {e.nbytes} bytes of {key!r}")
+            if e.kind == "same":
+                out[: e.nbytes] = bytes((e.fill,)) * e.nbytes
+            elif e.kind == "raw":
+                at = 0
+                for h in e.handles:
+                    at += self.pool.read_into(h, out[at : at + self.pool.handle_size(h)])
+            else:
+                out[: e.nbytes] = self._decode(e)
+            return e.nbytes
+
+    def set_many(self, items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> None:
+        """Store every (key, value) of ``items``, as ``update`` does."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for key, value in pairs:
+            self[key] = value
+
+    def get_many(self, keys: Iterable[K]) -> list[bytes]:
+        """The values of ``keys``, in order (KeyError for a missing one)."""
+        return [self[key] for key in keys]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values stored, as given."""
+        return self._nbytes
+
+    @property
+    def compressed_nbytes(self) -> int:
+        """Bytes of their payloads in the pool (a same-filled value has none)."""
+        return self._stored
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes of the pool's pages."""
+        return self.pool.total_pages * 4096
+
+    def compact(self) -> int:
+        """Compact the pool (objects move; the handles stay): the pages freed."""
+        self._check_open()
+        return self.pool.compact()
+
+    def close(self) -> None:
+        """Free every value; a store made with its own pool closes it."""
+        if self._closed:
+            return
+        if not self._own_pool:  # a shared pool keeps going: give its objects back
+            self.clear()
+        self._closed = True
+        if self._own_pool:
+            self.pool.close()
+        self._index.clear()
+
+    def __enter__(self) -> Store[K]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        with self._lock:
+            items = [(k, self._decode(e)) for k, e in self._index.items()]
+        return (_rebuild, (self.compression, items))
+
+
+def _rebuild(compression: str, items: list[tuple[Hashable, bytes]]) -> Store[Hashable]:
+    store: Store[Hashable] = Store(compression)
+    store.set_many(items)
+    return store

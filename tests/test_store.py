@@ -1,0 +1,196 @@
+"""zsmalloc.Store: the mapping protocol (zict's own conformance helpers), values of every kind and
+size, compression, lifetime and pickling, on both implementations of the pool (issue 12, part 1)."""
+
+from __future__ import annotations
+
+import doctest
+import os
+import pickle
+from types import ModuleType
+
+import numpy
+import pytest
+import zict
+from zict.tests import utils_test
+
+import zsmalloc.store
+from zsmalloc import PoolClosedError, PoolFullError, Store
+from zsmalloc.store import COMPRESSIONS
+
+
+@pytest.fixture(params=COMPRESSIONS)
+def store(request: pytest.FixtureRequest, impl: ModuleType):
+    with Store(request.param, pool=impl.Pool(name="store-test")) as s:
+        yield s
+        s.pool.check()
+
+
+def test_zict_mapping_conformance(store: Store) -> None:
+    utils_test.check_mapping(store)
+    utils_test.check_bad_value_types(store)
+
+
+def test_zict_thread_safety(store: Store) -> None:
+    utils_test.check_different_keys_threadsafe(store)
+    utils_test.check_same_key_threadsafe(store)
+    assert len(store) == 0 and len(store.pool) == 0  # every replaced value given back
+
+
+def test_zict_closing(impl: ModuleType) -> None:
+    store: Store = Store(pool=impl.Pool())
+    store["a"] = b"1"
+    utils_test.check_closing(store)
+    with pytest.raises(PoolClosedError):
+        store["a"]
+    with pytest.raises(PoolClosedError):
+        store["b"] = b"2"
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 1 << 20])
+def test_values_of_any_size_and_kind(store: Store, size: int) -> None:
+    rng = numpy.random.default_rng(size)
+    random = rng.integers(0, 256, size, dtype=numpy.uint8)
+    text = (b"zsmalloc stores compressed pages " * (size // 33 + 1))[:size]
+    values = {
+        "bytes": bytes(random),
+        "bytearray": bytearray(text),
+        "memoryview": memoryview(bytes(random))[: size // 2],
+        "numpy": random.reshape(-1) if size else random,
+        "zeros": bytes(size),
+        "same": b"\xab" * size,
+    }
+    for key, value in values.items():
+        store[(key, size)] = value
+    for key, value in values.items():
+        got = store[(key, size)]
+        assert type(got) is bytes and got == bytes(memoryview(value).cast("B")), key
+        buf = bytearray(size + 3)
+        assert store.get_into((key, size), buf) == len(got)
+        assert bytes(buf[: len(got)]) == got
+    assert store.nbytes == sum(len(memoryview(v).cast("B")) for v in values.values())
+
+
+def test_same_filled_values_take_no_pool_object(store: Store) -> None:
+    store["z"] = bytes(1 << 20)
+    store["f"] = b"\xff" * 5000
+    assert store.pool.total_pages == 0 and len(store.pool) == 0
+    assert store.compressed_nbytes == 0 and store.nbytes == (1 << 20) + 5000
+
+
+def test_incompressible_values_are_kept_as_they_are(store: Store) -> None:
+    data = os.urandom(10_000)
+    store["r"] = data
+    assert store.compressed_nbytes == 10_000  # a payload no smaller than the value is not kept
+    assert store["r"] == data
+
+
+def test_compressible_values_shrink(store: Store) -> None:
+    store["t"] = b"abcdefgh" * 10_000
+    if store.compression == "none":
+        assert store.compressed_nbytes == 80_000
+    else:
+        assert store.compressed_nbytes < 2_000
+        assert store.memory_used < 80_000
+
+
+def test_replacing_and_deleting_give_the_objects_back(store: Store) -> None:
+    for i in range(50):
+        store["k"] = os.urandom(5000 + i)
+    assert len(store.pool) == 2  # one value: a 4096-byte chunk and its tail
+    store.update({i: os.urandom(3000) for i in range(20)})
+    assert store.pop(3) is not None and 3 not in store
+    key, _ = store.popitem()
+    assert key not in store
+    assert store.setdefault("new", b"v") == b"v" and store.setdefault("new", b"w") == b"v"
+    store.clear()
+    assert len(store) == 0 and len(store.pool) == 0 and store.nbytes == store.compressed_nbytes == 0
+
+
+def test_a_set_that_fails_keeps_the_old_value_and_leaks_nothing(impl: ModuleType) -> None:
+    with Store("none", pool=impl.Pool(max_pages=8)) as store:
+        store["k"] = b"old" * 1000
+        objects = len(store.pool)
+        with pytest.raises(PoolFullError):
+            store["k"] = os.urandom(100_000)
+        assert store["k"] == b"old" * 1000
+        assert len(store.pool) == objects
+        with pytest.raises(TypeError):
+            store["k"] = 42  # type: ignore[assignment]
+        with pytest.raises(TypeError):
+            store[[1]] = b"unhashable key"  # type: ignore[index]
+        assert store["k"] == b"old" * 1000 and len(store) == 1
+        store.pool.check()
+
+
+def test_pickling_carries_the_contents(store: Store) -> None:
+    store.update({"a": b"1" * 10_000, ("t", 2): os.urandom(7000), 3: b""})
+    again = pickle.loads(pickle.dumps(store))
+    try:
+        assert again == store == dict(store.items())
+        assert again.compression == store.compression
+    finally:
+        again.close()
+
+
+def test_a_shared_pool_outlives_the_store(impl: ModuleType) -> None:
+    with impl.Pool() as pool:
+        other = pool.malloc(100)
+        store: Store = Store(pool=pool)
+        store["a"] = os.urandom(9000)
+        store.close()
+        assert len(pool) == 1 and pool.handle_size(other) == 100
+        pool.check()
+
+
+def test_get_into_a_buffer_too_small_is_refused(store: Store) -> None:
+    store["a"] = b"x" * 100
+    with pytest.raises(ValueError):
+        store.get_into("a", bytearray(99))
+
+
+def test_batch_calls(store: Store) -> None:
+    store.set_many({i: bytes([i]) * (i + 1) * 100 for i in range(1, 30)})
+    assert store.get_many([3, 1]) == [b"\x03" * 400, b"\x01" * 200]
+    with pytest.raises(KeyError):
+        store.get_many([1, 99])
+
+
+def test_compact_keeps_every_value(store: Store) -> None:
+    values = {i: os.urandom(1500) + bytes(1500) for i in range(400)}
+    store.update(values)
+    for i in range(0, 400, 2):
+        del store[i]
+    store.compact()
+    assert all(store[i] == values[i] for i in range(1, 400, 2))
+
+
+def test_as_a_zict_layer(impl: ModuleType) -> None:
+    with Store(pool=impl.Pool()) as slow:
+        buffer = zict.Buffer(fast={}, slow=slow, n=10_000, weight=lambda k, v: len(v))
+        for i in range(50):
+            buffer[i] = bytes([i]) * 1000
+        assert len(slow) >= 40 and all(buffer[i] == bytes([i]) * 1000 for i in range(50))
+        lru = zict.LRU(5, slow)
+        lru["x"] = b"y" * 10
+        assert lru["x"] == b"y" * 10
+
+
+def test_an_unknown_compression_is_refused() -> None:
+    with pytest.raises(ValueError, match="compression must be one of"):
+        Store("brotli")
+
+
+def test_the_docstring_examples() -> None:
+    assert doctest.testmod(zsmalloc.store).failed == 0
+
+
+def test_the_pool_is_true_knows_its_handles_and_refuses_pickling(impl: ModuleType) -> None:
+    with impl.Pool() as pool:
+        assert pool and len(pool) == 0
+        h = pool.malloc(10)
+        assert h in pool and numpy.int64(h) in pool
+        assert h + 2 not in pool and "h" not in pool and None not in pool
+        with pytest.raises(TypeError, match="cannot be pickled"):
+            pickle.dumps(pool)
+        pool.free(h)
+        assert h not in pool
