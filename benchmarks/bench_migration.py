@@ -125,10 +125,6 @@ def _timed_move(mem, pfns: list[int]) -> tuple[object, float, float]:
     return res, perf_counter() - t0, process_time() - c0
 
 
-def _summary(values: list[float]) -> dict:
-    return {"median": common.median(values), "min": min(values), "max": max(values)}
-
-
 def worker_throughput(protocol: str, n: int, rounds: int, big_rounds: int) -> dict:
     sizes = get_mix(MIX).sizes(n, SEED)
     src = random.Random(SEED).randbytes(SRC_LEN)
@@ -162,9 +158,9 @@ def worker_throughput(protocol: str, n: int, rounds: int, big_rounds: int) -> di
     by_batch = {
         str(b): {
             "rounds": len(v["us"]),
-            "us_per_page": _summary(v["us"]),
-            "cpu_us_per_page": _summary(v["cpu_us"]),
-            "pages_per_s": _summary(v["pages_per_s"]),
+            "us_per_page": common.summary(v["us"]),
+            "cpu_us_per_page": common.summary(v["cpu_us"]),
+            "pages_per_s": common.summary(v["pages_per_s"]),
         }
         for b, v in per.items()
         if v["us"]
@@ -231,9 +227,9 @@ def worker_per_page(protocol: str, request: int, pages: int, passes: int) -> dic
         "objects": n,
         "pool_pages": pool.total_pages,
         "passes": passes,
-        "us_per_page": _summary(mig_us),
-        "cpu_us_per_page": _summary(mig_cpu),
-        "copy_us_per_page": _summary(copy_us),
+        "us_per_page": common.summary(mig_us),
+        "cpu_us_per_page": common.summary(mig_cpu),
+        "copy_us_per_page": common.summary(copy_us),
         **totals,
         "intact": intact,
         "intact_detail": why,

@@ -202,10 +202,6 @@ def worker(workload: str, threads: int, seconds: float, rounds: int, objects: in
     return result
 
 
-def _summary(xs: list[float]) -> dict:
-    return {"median": common.median(xs), "min": min(xs), "max": max(xs)}
-
-
 def run(quick: bool = False) -> dict:
     cfg = QUICK if quick else FULL
     started = time.perf_counter()
@@ -218,7 +214,7 @@ def run(quick: bool = False) -> dict:
             r = common.run_worker(
                 script, [w, str(threads), str(cfg["seconds"]), str(cfg["rounds"]), str(cfg["objects"])]
             )
-            rows[f"{w}/{threads}"] = _summary(r["rates"])
+            rows[f"{w}/{threads}"] = common.summary(r["rates"])
             one_call.update(r.get("one_call_ns", {}))
     scaling = {w: rows[f"{w}/2"]["median"] / rows[f"{w}/1"]["median"] for w in WORKLOADS}
     long = BATCH["migrate-long"]

@@ -158,6 +158,11 @@ def median(xs: Iterable[float]) -> float:
     return statistics.median(list(xs))
 
 
+def summary(xs: list[float]) -> dict:
+    """Median, min and max of repeated measurements."""
+    return {"median": median(xs), "min": min(xs), "max": max(xs)}
+
+
 def verdict(ok: bool | None) -> str:
     """PASS / FAIL, or n/a when the target does not apply to this run."""
     if ok is None:

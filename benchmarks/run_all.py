@@ -15,7 +15,9 @@ half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
 (``zsmalloc serve`` against ``nbdkit memory allocator=zstd`` through
 nbdcopy, qemu-img and libnbd: throughput and server RSS) and
 ``bench_threads.py`` (what a second thread gets from one-object calls, which
-keep the GIL, and from batch calls, which release it).  Each writes
+keep the GIL, and from batch calls, which release it) and ``bench_store.py``
+(``zsmalloc.Store`` against ``zict.Func(lz4)`` of a dict: set/get MB/s and
+RSS).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -52,6 +54,7 @@ import bench_density
 import bench_migration
 import bench_nbd
 import bench_speed
+import bench_store
 import bench_threads
 import bench_zram
 import common
@@ -66,6 +69,7 @@ BENCHMARKS = (
     bench_zram,
     bench_nbd,
     bench_threads,
+    bench_store,
 )
 
 

@@ -2,7 +2,7 @@
 
 The quick run shrinks every size (20k objects for density, 1e3..1e5 live
 objects for speed, 10k objects for migration and churn, 5k for the compaction
-sweep, 2k pages for zram, 2k objects a thread for threads) so that it takes
+sweep, 2k pages for zram, 2k objects a thread for threads, 8 MiB for store) so that it takes
 well under a minute; it writes into a temporary directory (``--out``), never
 over ``benchmarks/RESULTS.md``.  Its figures are not checked, only that the
 run finishes and writes every section.
@@ -52,6 +52,7 @@ def test_run_all_quick(tmp_path: Path) -> None:
         "## Compaction work (`bench_compaction_work.py`)",
         "## zram (`bench_zram.py`)",
         "## Threads and the GIL (`bench_threads.py`)",
+        "## Store (`bench_store.py`)",
         "CPU model",
         "gc.disable()",
         "--quick",
@@ -60,7 +61,7 @@ def test_run_all_quick(tmp_path: Path) -> None:
     assert "PASS" in text or "FAIL" in text
     assert "CRASHED" not in text
 
-    for name in ("density", "speed", "migration", "churn", "compaction_work", "zram", "threads"):
+    for name in ("density", "speed", "migration", "churn", "compaction_work", "zram", "threads", "store"):
         doc = json.loads((tmp_path / "results" / f"{name}.json").read_text(encoding="utf-8"))
         assert doc["name"] == name and doc["quick"] is True
         assert doc["targets"], f"{name}.json has no targets"

@@ -56,11 +56,19 @@ class _Entry(NamedTuple):
 
 
 class _Codecs(threading.local):
-    """Per-thread zstd contexts (a context serves one thread at a time)."""
+    """Per thread: the zstd contexts (a context serves one thread at a time), and the
+    buffer a payload of several chunks is gathered in before it is decompressed."""
 
     def __init__(self) -> None:
         self.zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self.zd = zstandard.ZstdDecompressor()
+        self.gather = bytearray()
+
+    def gather_buffer(self, n: int) -> memoryview:
+        """``n`` bytes of this thread's gathering buffer (grown, never shrunk below its peak)."""
+        if len(self.gather) < n:
+            self.gather = bytearray(n)
+        return memoryview(self.gather)[:n]
 
 
 def _same_byte(mv: memoryview) -> int | None:
@@ -132,11 +140,18 @@ class Store(MutableMapping[K, bytes]):
         for h in handles:
             self.pool.free(h)
 
-    def _payload(self, e: _Entry) -> bytes:
-        """The entry's chunks, joined (caller holds the lock)."""
+    def _payload(self, e: _Entry) -> bytes | memoryview:
+        """The entry's chunks, joined (caller holds the lock; a view valid until the next call)."""
         if len(e.handles) == 1:
             return self.pool.read(e.handles[0])
-        return b"".join(self.pool.read(h) for h in e.handles)
+        out = self._codecs.gather_buffer(e.stored)
+        self._read_chunks(e, out)
+        return out
+
+    def _read_chunks(self, e: _Entry, out: memoryview) -> None:
+        """Copy the entry's chunks, in order, into ``out`` (caller holds the lock)."""
+        for at, h in zip(range(0, e.stored, CHUNK), e.handles, strict=True):
+            self.pool.read_into(h, out[at : at + min(CHUNK, e.stored - at)])
 
     def _decode(self, e: _Entry) -> bytes:
         """The value of ``e`` (caller holds the lock)."""
@@ -144,7 +159,7 @@ class Store(MutableMapping[K, bytes]):
             return bytes((e.fill,)) * e.nbytes
         payload = self._payload(e)
         if e.kind == "raw":
-            return payload
+            return bytes(payload)
         if e.kind == "lz4":
             return lz4.block.decompress(payload, uncompressed_size=e.nbytes)
         return self._codecs.zd.decompress(payload, max_output_size=e.nbytes)
@@ -230,9 +245,7 @@ class Store(MutableMapping[K, bytes]):
             if e.kind == "same":
                 out[: e.nbytes] = bytes((e.fill,)) * e.nbytes
             elif e.kind == "raw":
-                at = 0
-                for h in e.handles:
-                    at += self.pool.read_into(h, out[at : at + self.pool.handle_size(h)])
+                self._read_chunks(e, out)
             else:
                 out[: e.nbytes] = self._decode(e)
             return e.nbytes
