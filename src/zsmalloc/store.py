@@ -290,6 +290,7 @@ class Store(MutableMapping[K, bytes]):
         if self._own_pool:
             self.pool.close()
         self._index.clear()
+        self._nbytes = self._stored = 0
 
     def __enter__(self) -> Store[K]:
         return self

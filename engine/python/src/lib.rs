@@ -30,6 +30,7 @@ use zsmalloc_core::mm::{
     Memory, MigrateMode, MigrateResult, MmError, MovableOps, Target, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED,
     PG_LOCKED, PG_MOVABLE,
 };
+use zsmalloc_core::pool::zsmalloc::NR_HANDLE_TAGS;
 use zsmalloc_core::pool::{ClassRule, CompactPolicy, Mapped, Pool, PoolConfig, PoolError, Protocol};
 
 // ----------------------------------------------------------------------
@@ -902,7 +903,12 @@ impl PyPool {
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
             background_work,
-            handle_tag: u16::try_from(handle_tag).unwrap_or(u16::MAX),
+            handle_tag: u16::try_from(handle_tag).ok().filter(|&t| t < NR_HANDLE_TAGS).ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "handle_tag must be within 0..{}, not {handle_tag}",
+                    NR_HANDLE_TAGS - 1
+                ))
+            })?,
         };
         let own = memory.is_none();
         let memory = match memory {

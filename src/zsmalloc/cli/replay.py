@@ -12,7 +12,8 @@ The trace format, and how to record one on a kernel with bpftrace, are in
 from __future__ import annotations
 
 import json
-from typing import BinaryIO, TextIO
+from collections.abc import Callable
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import click
 from rich.table import Table
@@ -21,6 +22,8 @@ from zsmalloc.cli.app import console, main, print_rule
 from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE
 from zsmalloc.replay import TraceError, parse_trace, replay, synthetic_trace
 from zsmalloc.workloads import MIXES
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _text_lines(trace: BinaryIO) -> list[str]:
@@ -36,23 +39,16 @@ def _text_lines(trace: BinaryIO) -> list[str]:
     return lines
 
 
+def _synthetic_count(name: str, help: str) -> Callable[[F], F]:
+    """A count of the synthetic trace: an int >= 0, 100,000 by default."""
+    return click.option(name, default=100_000, show_default=True, type=click.IntRange(0), help=help)
+
+
 @main.command("replay")
 @click.argument("trace", type=click.File("rb"), required=False)
 @click.option("--mix", type=click.Choice(sorted(MIXES)), help="no TRACE: make a synthetic one from this mix")
-@click.option(
-    "--live",
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(0),
-    help="synthetic: objects allocated first",
-)
-@click.option(
-    "--ops",
-    default=100_000,
-    show_default=True,
-    type=click.IntRange(0),
-    help="synthetic: then this many free+malloc steps",
-)
+@_synthetic_count("--live", "synthetic: objects allocated first")
+@_synthetic_count("--ops", "synthetic: then this many free+malloc steps")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--save", type=click.File("w"), help="synthetic: write the trace to this file too")
 @click.option(

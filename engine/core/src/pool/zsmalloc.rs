@@ -1266,7 +1266,8 @@ impl Pool {
         if !val_is(val, handle) || e.val.compare_exchange(val, val | VAL_FREED, SeqCst, Relaxed).is_err() {
             return Err(self.bad_handle(handle));
         }
-        if self.is_mapped(slot, (val >> VAL_ZID_SHIFT) as u32) {
+        let zid = (val >> VAL_ZID_SHIFT) as u32;
+        if self.is_mapped(slot, zid) {
             e.val.store(val, Release); // still allocated: the mapping reads it
             return Err(PoolError::Mapped(format!(
                 "handle {handle} is mapped: free it once the mapping and every view of it are released"
@@ -1279,7 +1280,6 @@ impl Pool {
         // in while the zspage is looked up
         let by_size = &self.classes[self.class_for_size[(packed >> SIZE_SHIFT) as usize] as usize];
         self.mem.prefetch_write(Self::header_addr(by_size, pfn, idx), 8);
-        let zid = (val >> VAL_ZID_SHIFT) as u32;
         let cls = self.class_of_zspage(zid);
         let mut st = cls.state.lock();
         drop(guard);
