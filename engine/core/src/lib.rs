@@ -2,15 +2,18 @@
 //! in, on real memory, with no Python in it.
 //!
 //! ```text
+//!   zram   the block device (drivers/block/zram): slots, codecs, writeback,
+//!     |    recompression, the stats
 //!   pool   the allocator (mm/zsmalloc.c): classes, zspages, handles,
 //!     |    fullness groups, object access, compaction, deferred free
 //!   mm     the VM: frames in one arena, page descriptors, page locks,
 //!          the page allocator
 //! ```
 //!
-//! `mm` never knows that `pool` exists.  Both take their locks and atomics
-//! from `sync`: parking_lot and std normally, loom under `--cfg loom`.
+//! Nothing below knows what is above it: `mm` never sees `pool`, `pool`
+//! never sees `zram`.  All take their locks and atomics from `sync`: parking_lot and std normally, loom under `--cfg loom`.
 
 pub mod mm;
 pub mod pool;
 pub mod sync;
+pub mod zram;

@@ -922,6 +922,19 @@ impl Memory {
         unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), dst.len()) }
     }
 
+    /// `len` arena bytes at `addr`, borrowed.
+    ///
+    /// # Safety
+    /// Nothing may write those bytes while the slice lives (for an object:
+    /// its owner makes no write, and the pool lock keeps migration and
+    /// compaction away).
+    #[inline]
+    pub unsafe fn bytes(&self, addr: usize, len: usize) -> &[u8] {
+        // SAFETY: in bounds (span) and alive as long as `self`; no writer,
+        // by the caller's contract
+        unsafe { std::slice::from_raw_parts(self.span(addr, len), len) }
+    }
+
     /// Copy one whole frame onto another.
     pub fn copy_page(&self, dst: u32, src: u32) {
         let d = self.span((dst as usize) << PAGE_SHIFT, PAGE_SIZE);

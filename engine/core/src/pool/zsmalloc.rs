@@ -412,6 +412,9 @@ pub struct Pool {
     cache: Mutex<Cache>,
     /// the page cap, usize::MAX for none (config.max_pages at first)
     max_pages: AtomicUsize,
+    /// `Cache::pages_allocated`, stored under the cache lock whenever it
+    /// changes: read without the lock (zram's mem_used_max, on every write)
+    pages_total: AtomicUsize,
     handles: Table<HandleEntry>,
     /// the handle table's length: grows under the cache lock, shrinks under
     /// the pool lock held for writing (trim)
@@ -540,6 +543,7 @@ impl Pool {
                 handles,
                 h_len: AtomicUsize::new(1),
                 max_pages: AtomicUsize::new(max_pages),
+                pages_total: AtomicUsize::new(0),
                 zspages,
                 pinned: Mutex::new(HashMap::new()),
                 deferred_worker: Mutex::new(()),
@@ -597,7 +601,7 @@ impl Pool {
     }
     /// `zs_get_total_pages`.
     pub fn total_pages(&self) -> usize {
-        self.cache.lock().pages_allocated
+        self.pages_total.load(Relaxed)
     }
     pub fn events(&self) -> PoolEvents {
         self.cache.lock().events
@@ -894,10 +898,14 @@ impl Pool {
                 }
             }
             c.pages_allocated += n;
+            self.pages_total.store(c.pages_allocated, Relaxed);
         }
         let mut pages = [0u32; ZS_MAX_CHAIN_SIZE];
         if let Err(e) = self.mem.alloc_pages(&mut pages[..n]) {
-            self.cache.lock().pages_allocated -= n;
+            let mut c = self.cache.lock();
+            c.pages_allocated -= n;
+            self.pages_total.store(c.pages_allocated, Relaxed);
+            drop(c);
             let msg = format!("no page for a new zspage of class {}: {e}", cls.spec.index);
             return Err(PoolError::NoFrame(msg, e));
         }
@@ -1024,6 +1032,7 @@ impl Pool {
         let mut c = self.cache.lock();
         c.zs_free.push(zid);
         c.pages_allocated -= cls.spec.pages_per_zspage;
+        self.pages_total.store(c.pages_allocated, Relaxed);
         Ok(())
     }
 
@@ -1344,6 +1353,34 @@ impl Pool {
         let cls = &self.classes[self.class_for_size[size] as usize];
         let start = self.obj_addr(cls, packed & LOC_MASK, offset as usize);
         Ok(self.span_at(start, length as usize))
+    }
+
+    /// `zs_obj_read_begin` .. `zs_obj_read_end` as zram uses them: `f`
+    /// gets the whole object's bytes, in place when they lie in one page,
+    /// else copied into a local buffer (the kernel's per-CPU copy), with the
+    /// pool lock held for reading throughout.
+    ///
+    /// # Safety
+    /// No write to this object may run while `f` does: the caller owns the
+    /// handle's writes (zram holds the slot lock).
+    pub unsafe fn zs_obj_read_with<R>(
+        &self,
+        handle: u64,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, PoolError> {
+        let _guard = self.lock.read();
+        let packed = self.lookup(handle, self.h_len())?.packed;
+        let span = self.object_span(handle, packed, 0, None, "read")?;
+        Ok(match span.contiguous() {
+            // SAFETY: the object's bytes, which nobody writes while f runs
+            // (the caller's contract) and nobody moves (the pool lock)
+            Some(addr) => f(unsafe { self.mem.bytes(addr, span.len()) }),
+            None => {
+                let mut buf = [0u8; PAGE_SIZE];
+                self.copy_span_out(&span, &mut buf[..span.len()]);
+                f(&buf[..span.len()])
+            }
+        })
     }
 
     /// `zs_obj_write`: copy `data` into the object at `offset`.
