@@ -21,11 +21,11 @@ from zram_pages import (
     PAGE,
     any_page,
     is_same_filled,
-    lz4_size,
     nibble_page,
     random_page,
     same_page,
     sparse_page,
+    stored_size,
     text_page,
 )
 from zsmalloc import CorruptionError, Memory, Pool, PoolClosedError, PoolFullError, ZsmallocError
@@ -39,10 +39,9 @@ from zsmalloc.zram import (
     ZramIOError,
 )
 
-#: the test hands the device a Pool or a Memory of its own: run it on the model and on the engine
-#: (conftest.py).  A device that builds its own pool builds the model's (zsmalloc.pool.Pool,
-#: whatever ZSMALLOC_BACKEND says), so the other tests would only run the model twice.
-both = pytest.mark.usefixtures("each_backend")
+#: every test runs on the model's device and on the engine's (conftest.py binds ZramDevice, Pool
+#: and Memory); a test that reads one device's internals says so (model_only)
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 
 @pytest.fixture
@@ -52,14 +51,14 @@ def dev():
     d.close()
 
 
-def expected_mm(pages: dict[int, bytes], huge_size: int) -> dict[str, int]:
+def expected_mm(dev: ZramDevice, pages: dict[int, bytes], huge_size: int) -> dict[str, int]:
     """mm_stat's page-content fields from their definitions, for the pages stored now."""
     compr = same = huge = 0
     for page in pages.values():
         if is_same_filled(page):
             same += 1
             continue
-        n = lz4_size(page)
+        n = stored_size(dev, page)
         if n >= huge_size:
             huge += 1
             n = PAGE
@@ -74,7 +73,7 @@ def expected_mm(pages: dict[int, bytes], huge_size: int) -> dict[str, int]:
 
 def assert_mm(dev: ZramDevice, pages: dict[int, bytes]) -> MmStat:
     mm = dev.mm_stat()
-    exp = expected_mm(pages, dev.pool.huge_class_size)
+    exp = expected_mm(dev, pages, dev.pool.huge_class_size)
     got = {k: getattr(mm, k) for k in exp}
     assert got == exp
     assert mm.mem_used_total == dev.pool.total_pages * PAGE
@@ -220,7 +219,7 @@ def test_huge_threshold_is_the_pools_huge_class_size():
         # pages with a random head and a zero tail: the compressed size walks through the threshold
         for k in range(3100, 3400):
             page = rng.randbytes(k) + bytes(PAGE - k)
-            n = lz4_size(page)
+            n = stored_size(dev, page)
             if n in (limit - 1, limit):
                 found[n] = page
             if len(found) == 2:
@@ -571,7 +570,6 @@ def test_mem_limit_is_page_aligned_and_can_change():
             dev.mem_limit = -1
 
 
-@both
 def test_out_of_frames_is_a_full_device():
     with ZramDevice(64 * PAGE, memory=Memory(capacity=4)) as dev:
         rng = random.Random(14)
@@ -614,7 +612,6 @@ def test_close_and_context_manager():
     dev.close()  # idempotent
 
 
-@both
 def test_two_devices_share_a_pool():
     rng = random.Random(16)
     with Pool(name="shared") as pool:
@@ -635,6 +632,7 @@ def test_two_devices_share_a_pool():
         assert len(pool) == 0
 
 
+@pytest.mark.model_only  # reads the model's arrays; the engine's check has its own (engine/core, zram_drv.rs)
 def test_check_catches_damage(dev):
     rng = random.Random(17)
     for i in range(20):
@@ -667,8 +665,6 @@ def test_errors_are_zsmalloc_errors():
     assert issubclass(ZramFullError, PoolFullError) and issubclass(ZramFullError, OSError)
     with pytest.raises(ValueError):
         ZramDevice(0)
-    with pytest.raises(ValueError):
-        ZramDevice(PAGE, slot_lock_stripes=3)
     with pytest.raises(ValueError, match="unknown compression"):
         ZramDevice(PAGE, algorithm="nope")
     with ZramDevice(PAGE + 1) as dev:  # disksize is rounded up to whole pages
@@ -691,6 +687,25 @@ def test_backing_blocks_without_a_backing_file_are_refused():
         ZramDevice(8 * PAGE, backing_blocks=4)
 
 
+@pytest.mark.model_only
+def test_model_slot_lock_stripes_are_a_power_of_two():
+    with pytest.raises(ValueError):
+        ZramDevice(PAGE, slot_lock_stripes=3)
+
+
+@pytest.mark.engine_only
+def test_the_engine_refuses_python_codecs_and_model_pools():
+    from zsmalloc.zram.codecs import get_codec
+
+    with pytest.raises(TypeError, match="model's device"):
+        ZramDevice(PAGE, algorithm=get_codec("zstd"))
+    with pytest.raises(TypeError, match="model's device"):
+        ZramDevice(PAGE, pool=zsmalloc.model.Pool())
+    with pytest.raises(ValueError, match="unknown compression"):
+        ZramDevice(PAGE, recompress_algorithm="lzo")
+
+
+@pytest.mark.model_only  # the model's device makes its pool through _pool_class
 def test_a_backing_file_that_cannot_open_leaves_no_pool_open(tmp_path, impl, monkeypatch):
     made: list = []
 

@@ -9,9 +9,12 @@ import zlib
 import lz4.block
 import pytest
 
-from zram_pages import PAGE, nibble_page, random_page, same_page, sparse_page, text_page
+from zram_pages import PAGE, nibble_page, random_page, same_page, sparse_page, stored_size, text_page
 from zsmalloc.zram import ZramDevice, ZramError, available_codecs, get_codec, register_codec
 from zsmalloc.zram.codecs import Codec
+
+#: every test runs on the model's device and on the engine's (conftest.py binds ZramDevice)
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 CODECS = available_codecs()
 
@@ -104,6 +107,7 @@ def test_zstd_objects_are_per_thread():
     assert not errors
 
 
+@pytest.mark.model_only  # a codec written in Python runs on the model's device
 def test_register_a_codec():
     calls = []
 
@@ -150,7 +154,7 @@ def test_device_round_trip_with_every_codec(name):
             info = dev.slot_info(i)
             if not info.huge:
                 assert info.algorithm == name
-                assert info.size == len(get_codec(name).compress(page))
+                assert info.size == stored_size(dev, page, name)
         dev.check()
 
 
@@ -181,7 +185,7 @@ def test_recompress_keeps_only_smaller_classes():
             if i == 30:
                 continue
             old = dev.slot_info(i).size
-            new = len(get_codec("zstd").compress(page))
+            new = stored_size(dev, page, "zstd")
             if new < pool.huge_class_size and pool.class_index(new) < pool.class_index(old):
                 expect_kept[i] = (old, new)
         assert set(range(20)) <= set(expect_kept)
@@ -235,11 +239,11 @@ def test_recompress_huge_pages_only():
         assert all(dev.read_page(i) == page for i, page in pages.items())
         # only zstd (priority 2) when named: the text pages, and the nibble pages where
         # zstd lands in a smaller class than deflate did
-        pool, zstd = dev.pool, get_codec("zstd")
+        pool = dev.pool
         better = {
             i
             for i in range(8)
-            if pool.class_index(len(zstd.compress(pages[i]))) < pool.class_index(dev.slot_info(i).size)
+            if pool.class_index(stored_size(dev, pages[i], "zstd")) < pool.class_index(dev.slot_info(i).size)
         }
         assert dev.recompress(algorithm="zstd") == 4 + len(better)
         assert all(dev.slot_info(i).algorithm == "zstd" for i in [*range(12, 16), *better])
@@ -312,6 +316,7 @@ def test_zstd_levels_it_takes():
         get_codec("zstd", level=23)
 
 
+@pytest.mark.model_only  # a codec object is the model's; the engine refuses one (test_zram.py)
 def test_algorithm_params_with_a_codec_object_are_refused():
     with pytest.raises(ValueError, match="configure a named algorithm"):
         ZramDevice(16 * PAGE, algorithm=get_codec("zstd"), algorithm_params={"level": 5})

@@ -21,7 +21,11 @@ import pytest
 
 from zram_pages import PAGE, any_page, text_page
 from zsmalloc.zram import ZramDevice, register_codec
+from zsmalloc.zram import device as zram_model
 from zsmalloc.zram.codecs import _REGISTRY, Codec
+
+#: every test runs on the model's device and on the engine's (conftest.py binds ZramDevice)
+pytestmark = pytest.mark.usefixtures("each_backend")
 
 JOIN_TIMEOUT = 60.0
 
@@ -65,6 +69,7 @@ def _run(name: str, fn, errors: list) -> threading.Thread:
     return t
 
 
+@pytest.mark.model_only  # a gate codec written in Python (the engine's: engine/core, zram_drv.rs)
 def test_partial_writes_to_one_page_do_not_lose_each_other(gate):
     """A read-modify-write holds the slot lock from its read to its store."""
     errors: list[str] = []
@@ -89,6 +94,7 @@ def test_partial_writes_to_one_page_do_not_lose_each_other(gate):
         dev.check()
 
 
+@pytest.mark.model_only  # a gate codec written in Python (the engine's: engine/core, zram_drv.rs)
 def test_readers_do_not_wait_for_a_writers_compression(gate):
     """write_page compresses before taking the slot lock: readers meanwhile see the old page."""
     errors: list[str] = []
@@ -108,6 +114,7 @@ def test_readers_do_not_wait_for_a_writers_compression(gate):
         dev.check()
 
 
+@pytest.mark.model_only  # a gate codec written in Python (the engine's: engine/core, zram_drv.rs)
 def test_the_lost_update_check_catches_a_racy_read_modify_write(gate, monkeypatch):
     """The same scenario with the slot lock dropped between read and store loses B's bytes."""
     errors: list[str] = []
@@ -146,11 +153,10 @@ DURATION = 1.5
 def test_io_with_migration_compaction_writeback_and_recompression(tmp_path):
     errors: list[str] = []
     stop = threading.Event()
+    # the model's slot locks are striped: few stripes, so that workers share them
+    stripes = {"slot_lock_stripes": 16} if ZramDevice is zram_model.ZramDevice else {}
     dev = ZramDevice(
-        NPAGES * PAGE,
-        recompress_algorithm="zstd",
-        backing_file=tmp_path / "backing.img",
-        slot_lock_stripes=16,  # few stripes: workers share them
+        NPAGES * PAGE, recompress_algorithm="zstd", backing_file=tmp_path / "backing.img", **stripes
     )
     mem = dev.pool.memory
     models: list[dict[int, bytes]] = [{} for _ in range(WORKERS)]

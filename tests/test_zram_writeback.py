@@ -11,6 +11,9 @@ from zram_pages import PAGE, nibble_page, random_page, same_page, sparse_page, t
 from zsmalloc import CorruptionError
 from zsmalloc.zram import BackingFile, BdStat, NoBackingDeviceError, ZramDevice, ZramIOError
 
+#: every test runs on the model's device and on the engine's (conftest.py binds ZramDevice)
+pytestmark = pytest.mark.usefixtures("each_backend")
+
 
 def _fill(dev: ZramDevice, rng: random.Random, n: int) -> dict[int, bytes]:
     makers = [text_page, sparse_page, random_page, nibble_page, lambda r: same_page(r.getrandbits(64))]
@@ -195,6 +198,7 @@ def test_reset_clears_the_backing_file(tmp_path):
         dev.check()
 
 
+@pytest.mark.model_only  # the model's bitmap; the engine's check has its own (engine/core, zram_drv.rs)
 def test_check_catches_a_lost_backing_block(tmp_path):
     rng = random.Random(7)
     with ZramDevice(16 * PAGE, backing_file=tmp_path / "b.img") as dev:

@@ -66,9 +66,17 @@ def any_page(rng: random.Random) -> bytes:
     return sparse_page(rng)
 
 
-def lz4_size(page: bytes) -> int:
-    """What the device's default codec makes of a page (an independent call of the library)."""
-    return len(lz4.block.compress(page, store_size=False))
+def stored_size(dev: object, page: bytes, algorithm: str = "lz4", level: int | None = None) -> int:
+    """What ``dev``'s codec makes of a page, by a call of its own: the engine's
+    codec for the engine's device, the library (python-lz4, ...) for the model's."""
+    from zsmalloc.zram import engine
+    from zsmalloc.zram.codecs import get_codec
+
+    if isinstance(dev, engine.ZramDevice):
+        return len(engine.compress(page, algorithm, level))
+    if algorithm == "lz4" and level is None:
+        return len(lz4.block.compress(page, store_size=False))
+    return len(get_codec(algorithm, level).compress(page))
 
 
 def is_same_filled(page: bytes) -> bool:

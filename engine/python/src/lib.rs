@@ -11,7 +11,10 @@
 //! thread blocked on an engine lock with the GIL held only waits for a
 //! detached thread to finish its work; it cannot deadlock.
 //!
-//! Errors are the classes of `zsmalloc.errors`, looked up once.
+//! Errors are the classes of `zsmalloc.errors`, looked up once.  The zram
+//! device's binding is the submodule `zram`.
+
+mod zram;
 
 use std::ffi::{c_int, c_void};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,9 +53,20 @@ const ERROR_NAMES: [&str; 9] = [
 ];
 
 fn zs_error(py: Python<'_>, which: usize, msg: String) -> PyErr {
-    match ERRORS[which].get_or_try_init(py, || -> PyResult<Py<PyAny>> {
-        Ok(py.import("zsmalloc.errors")?.getattr(ERROR_NAMES[which])?.unbind())
-    }) {
+    python_error(py, &ERRORS[which], "zsmalloc.errors", ERROR_NAMES[which], msg)
+}
+
+/// An instance of the exception class `module.name` (looked up once, kept in `cell`) with `msg`.
+fn python_error(
+    py: Python<'_>,
+    cell: &PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+    msg: String,
+) -> PyErr {
+    match cell
+        .get_or_try_init(py, || -> PyResult<Py<PyAny>> { Ok(py.import(module)?.getattr(name)?.unbind()) })
+    {
         Ok(cls) => PyErr::from_value(match cls.bind(py).call1((msg,)) {
             Ok(exc) => exc,
             Err(e) => return e,
@@ -1525,6 +1539,8 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyPool>()?;
     m.add_class::<Mapping>()?;
     m.add_class::<Frame>()?;
+    m.add_class::<zram::PyZram>()?;
+    m.add_function(wrap_pyfunction!(zram::compress, m)?)?;
     m.add("PAGE_SIZE", PAGE_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -103,12 +103,29 @@ import os
 import threading
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import zsmalloc
 from zsmalloc.errors import CorruptionError, OutOfFramesError, PoolClosedError, PoolFullError
 from zsmalloc.zram.backing import BackingFile
 from zsmalloc.zram.codecs import Codec, get_codec
+from zsmalloc.zram.common import (
+    ALGORITHM_PARAMS,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    ZRAM_COMP_PRIORITY_MASK,
+    ZRAM_COMP_PRIORITY_SHIFT,
+    ZRAM_HUGE,
+    ZRAM_IDLE,
+    ZRAM_INCOMPRESSIBLE,
+    ZRAM_SAME,
+    ZRAM_WB,
+    DeviceText,
+    SlotInfo,
+    algorithm_params,
+    check_device_args,
+    secondary_algorithms,
+    slot_info,
+)
 from zsmalloc.zram.errors import (
     InvalidIOError,
     NoBackingDeviceError,
@@ -118,23 +135,9 @@ from zsmalloc.zram.errors import (
 )
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 _PAGE_MASK = PAGE_SIZE - 1
-
-# slot flags (enum zram_pageflags)
-ZRAM_SAME = 1 << 0  # same-filled: the handle word holds the fill word
-ZRAM_WB = 1 << 1  # written back: the handle word holds the backing block
-ZRAM_HUGE = 1 << 2  # stored uncompressed, 4096 bytes
-ZRAM_IDLE = 1 << 3  # not accessed since the last mark_idle()
-ZRAM_INCOMPRESSIBLE = 1 << 4  # no secondary algorithm could shrink it
-ZRAM_COMP_PRIORITY_SHIFT = 5  # bits 5-6: which algorithm compressed it
-ZRAM_COMP_PRIORITY_MASK = 3 << ZRAM_COMP_PRIORITY_SHIFT
-ZRAM_MAX_COMPS = 4  # the primary algorithm and up to three for recompression
 #: bytes of slot table per page of disksize: the handle word, the object size, the flags
 SLOT_BYTES = 8 + 2 + 1
-#: the keys ``algorithm_params`` takes
-ALGORITHM_PARAMS = frozenset({"level", "dictionary"})
 
 _ZERO_PAGE = bytes(PAGE_SIZE)
 _WRITEBACK_MODES = {
@@ -146,38 +149,13 @@ _WRITEBACK_MODES = {
 }
 
 
-@dataclass(frozen=True)
-class SlotInfo:
-    """One slot's state, decoded (for tests, tools and debugging)."""
-
-    index: int
-    allocated: bool
-    same: bool
-    written_back: bool
-    huge: bool
-    idle: bool
-    incompressible: bool
-    priority: int
-    algorithm: str | None
-    #: stored object size: compressed length, 4096 if huge, 0 if same-filled, written back or empty
-    size: int
-    #: pool handle, fill word (same-filled) or backing block (written back)
-    handle: int
-
-
 def _resolve_codec(spec: str | Codec, params: dict | None = None) -> Codec:
     if isinstance(spec, Codec):
         if params:
             raise ValueError(f"algorithm_params configure a named algorithm, not the codec {spec!r}")
         return spec
-    params = params or {}
-    unknown = sorted(map(repr, set(params) - ALGORITHM_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown algorithm_params {', '.join(unknown)}; known: {sorted(ALGORITHM_PARAMS)}")
-    level = params.get("level")
-    if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
-        raise TypeError(f"algorithm_params level must be an int, not {level!r}")
-    return get_codec(spec, level, params.get("dictionary"))
+    level, dictionary = algorithm_params(params)
+    return get_codec(spec, level, dictionary)
 
 
 def _pool_class(memory: object) -> type[zsmalloc.Pool]:
@@ -191,7 +169,7 @@ def _pool_class(memory: object) -> type[zsmalloc.Pool]:
     return model.Pool
 
 
-class ZramDevice:
+class ZramDevice(DeviceText):
     """A zram device: ``disksize`` bytes in 4 KiB pages, stored compressed in a zsmalloc pool.
 
     ``algorithm`` is the primary compressor (a registered name or a
@@ -221,31 +199,16 @@ class ZramDevice:
         name: str = "zram0",
         slot_lock_stripes: int = 256,
     ) -> None:
-        if disksize <= 0:
-            raise ValueError(f"disksize must be positive, not {disksize}")
+        check_device_args(disksize, mem_limit, backing_file, backing_blocks)
         if slot_lock_stripes < 1 or slot_lock_stripes & (slot_lock_stripes - 1):
             raise ValueError(f"slot_lock_stripes must be a power of two, not {slot_lock_stripes}")
-        if mem_limit < 0:
-            raise ValueError(f"mem_limit must be >= 0, not {mem_limit}")
-        if backing_blocks is not None:
-            if backing_file is None:
-                raise ValueError("backing_blocks sizes a backing_file: give one")
-            if not isinstance(backing_blocks, int) or isinstance(backing_blocks, bool) or backing_blocks < 1:
-                raise ValueError(f"backing_blocks must be a positive int, not {backing_blocks!r}")
         self.name = name
         #: bytes, rounded up to whole pages (disksize_store's PAGE_ALIGN)
         self.disksize = (disksize + _PAGE_MASK) & ~_PAGE_MASK
         self.nr_pages = self.disksize >> PAGE_SHIFT
 
         # algorithms by priority: 0 is the primary one (zram->comps[])
-        if recompress_algorithm is None:
-            secondary: list[str | Codec] = []
-        elif isinstance(recompress_algorithm, str | Codec):
-            secondary = [recompress_algorithm]
-        else:
-            secondary = list(recompress_algorithm)
-        if len(secondary) >= ZRAM_MAX_COMPS:
-            raise ValueError(f"at most {ZRAM_MAX_COMPS - 1} recompression algorithms")
+        secondary = secondary_algorithms(recompress_algorithm)
         self._codecs: list[Codec] = [_resolve_codec(algorithm, algorithm_params)]
         self._codecs += [_resolve_codec(spec) for spec in secondary]
         self._compress = self._codecs[0].compress
@@ -302,11 +265,6 @@ class ZramDevice:
 
     # ------------------------------------------------------------------
     # configuration
-
-    @property
-    def algorithm(self) -> str:
-        """The primary compression algorithm (``comp_algorithm``)."""
-        return self._codecs[0].name
 
     @property
     def algorithms(self) -> tuple[str, ...]:
@@ -911,19 +869,6 @@ class ZramDevice:
         with self._pp_lock:
             return RecompStat(**self._recomp)
 
-    def format_mm_stat(self) -> str:
-        """``cat /sys/block/zram0/mm_stat``."""
-        return self.mm_stat().format()
-
-    def format_io_stat(self) -> str:
-        return self.io_stat().format()
-
-    def format_bd_stat(self) -> str:
-        return self.bd_stat().format()
-
-    def format_recomp_stat(self) -> str:
-        return self.recomp_stat().format()
-
     def reset_mem_used_max(self) -> None:
         """``echo 0 > mem_used_max``: restart the high-water mark from the pool's current size."""
         self._require_open()
@@ -936,22 +881,7 @@ class ZramDevice:
             self._bad_index(index)
         with self._locks[index & self._mask]:
             flags, handle, size = self._flags[index], self._handle[index], self._size[index]
-        prio = (flags & ZRAM_COMP_PRIORITY_MASK) >> ZRAM_COMP_PRIORITY_SHIFT
-        allocated = bool(handle or flags)
-        compressed = allocated and not flags & (ZRAM_SAME | ZRAM_WB)
-        return SlotInfo(
-            index=index,
-            allocated=allocated,
-            same=bool(flags & ZRAM_SAME),
-            written_back=bool(flags & ZRAM_WB),
-            huge=bool(flags & ZRAM_HUGE),
-            idle=bool(flags & ZRAM_IDLE),
-            incompressible=bool(flags & ZRAM_INCOMPRESSIBLE),
-            priority=prio,
-            algorithm=self._codecs[prio].name if compressed and not flags & ZRAM_HUGE else None,
-            size=size,
-            handle=handle,
-        )
+        return slot_info(index, flags, handle, size, self.algorithms)
 
     # ------------------------------------------------------------------
     # maintenance
@@ -1061,20 +991,6 @@ class ZramDevice:
         self._closed = True
         self.nr_pages = 0
         self.disksize = 0
-
-    def __enter__(self) -> ZramDevice:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        if self._closed:
-            return f"<ZramDevice {self.name!r}: closed>"
-        return (
-            f"<ZramDevice {self.name!r}: {self.nr_pages} pages, {self.algorithm}, "
-            f"{self.pages_stored} stored, pool {self.pool.total_pages} pages>"
-        )
 
 
 __all__ = [

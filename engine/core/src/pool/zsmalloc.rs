@@ -369,6 +369,23 @@ pub struct PoolConfig {
     pub background_work: bool,
 }
 
+impl PoolConfig {
+    /// A pool named `name` with the defaults: chain size 8, the min-waste
+    /// rule, no page cap, the mainline protocol, tag 1, background work on.
+    pub fn new(name: &str) -> PoolConfig {
+        PoolConfig {
+            name: name.into(),
+            chain_size: 8,
+            class_rule: ClassRule::MinWaste,
+            max_pages: None,
+            auto_compact_pages: None,
+            migration: Protocol::Mainline,
+            handle_tag: 1,
+            background_work: true,
+        }
+    }
+}
+
 struct Cache {
     h_free: Vec<u32>,
     gen_base: u64,

@@ -113,9 +113,12 @@ impl BackingFile {
     }
 
     pub fn read_block(&self, block: u64, page: &mut [u8]) -> Result<(), String> {
-        self.file
-            .read_exact_at(page, block * PAGE_SIZE as u64)
-            .map_err(|e| format!("backing file {:?}: read of block {block} failed: {e}", self.path))
+        self.file.read_exact_at(page, block * PAGE_SIZE as u64).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => {
+                format!("backing file {:?}: short read of block {block}", self.path)
+            }
+            _ => format!("backing file {:?}: read of block {block} failed: {e}", self.path),
+        })
     }
 }
 

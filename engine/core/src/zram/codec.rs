@@ -11,7 +11,11 @@
 //!
 //! These are the C libraries that python-lz4, python-zstandard and CPython's
 //! zlib wrap, configured as the model's codecs (`zsmalloc/zram/codecs.py`)
-//! configure them, so the engine stores the bytes the model stores.
+//! configure them.  One difference: LZ4 here is the one-shot
+//! `LZ4_compress_fast` that the kernel's lz4 backend calls, where python-lz4
+//! compresses through the streaming API (`LZ4_compress_fast_continue`);
+//! the two can choose different matches, so a page may come out a few bytes
+//! apart.
 //!
 //! Working memory (the LZ4 and LZ4HC states, zstd's contexts, zlib's
 //! streams) lives in a [`Contexts`] stack per codec: a call pops one, or makes
@@ -19,8 +23,11 @@
 //! The stack's lock is held for the pop and the push only.
 //!
 //! A compression that does not fit below `limit` bytes returns `None`: zram
-//! then stores the page whole (a huge page), and a codec that stops early
-//! saves the rest of its work.
+//! then stores the page whole (a huge page).  LZ4 is told the limit and
+//! stops as soon as it passes it (its output is exactly what it would be
+//! with room to spare); zstd and zlib may need room beyond their final
+//! size while they work, so they get the whole buffer and the limit is
+//! applied to what they made.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::str::FromStr;
@@ -31,6 +38,9 @@ use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat, Strategy};
 use crate::sync::Mutex;
 
 pub const PAGE_SIZE: usize = 4096;
+/// Room for any codec's output of a page (the largest bound, zstd's, is
+/// below PAGE_SIZE + 128): the buffer [`Codec::compress`] writes into.
+pub const COMPRESS_BOUND: usize = PAGE_SIZE + 512;
 
 /// The compression algorithms, by their `comp_algorithm` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +93,9 @@ impl CodecSpec {
 // liblz4 functions that lz4-sys links but does not declare (lz4.h, lz4hc.h)
 extern "C" {
     fn LZ4_sizeofState() -> c_int;
-    fn LZ4_compress_fast_extState_fastReset(
+    /// `LZ4_compress_fast` on a caller's state: the kernel's call (with its
+    /// per-CPU work memory), which clears the table for every page
+    fn LZ4_compress_fast_extState(
         state: *mut c_void,
         src: *const c_char,
         dst: *mut c_char,
@@ -106,7 +118,7 @@ extern "C" {
 struct Lz4State(Vec<u64>);
 
 impl Lz4State {
-    /// Zeroed, as the first use of a fastReset state needs.
+    /// Zeroed memory; the compressor initialises it on every call.
     fn new(bytes: c_int) -> Lz4State {
         Lz4State(vec![0u64; (bytes as usize).div_ceil(8)])
     }
@@ -250,20 +262,19 @@ impl Codec {
         r
     }
 
-    /// Compress the page into `out`: its length, or None if it does not fit
-    /// in fewer than `limit` bytes (`out` is at least `limit` long).
-    pub fn compress(&self, page: &[u8], out: &mut [u8], limit: usize) -> Option<usize> {
-        debug_assert!(out.len() >= limit && page.len() == PAGE_SIZE);
+    /// Compress the page into `out` (COMPRESS_BOUND bytes): its length, or
+    /// None if it does not come out shorter than `limit` bytes.
+    pub fn compress(&self, page: &[u8], out: &mut [u8; COMPRESS_BOUND], limit: usize) -> Option<usize> {
+        debug_assert!(page.len() == PAGE_SIZE && limit <= COMPRESS_BOUND);
         let cap = limit.saturating_sub(1);
-        let out = &mut out[..cap];
         let n = self.with_context(|ctx| match ctx {
             Context::Lz4(state) => {
                 let accel = self.level.unwrap_or(1);
-                // SAFETY: the state is LZ4_sizeofState() bytes, 8-aligned, and was
-                // zeroed before its first use; src and dst are valid for the
+                // SAFETY: the state is LZ4_sizeofState() bytes and 8-aligned
+                // (the call initialises it); src and dst are valid for the
                 // lengths given; liblz4 writes at most `cap` bytes into dst
                 unsafe {
-                    LZ4_compress_fast_extState_fastReset(
+                    LZ4_compress_fast_extState(
                         state.ptr(),
                         page.as_ptr().cast(),
                         out.as_mut_ptr().cast(),
@@ -287,17 +298,17 @@ impl Codec {
                     ) as usize
                 }
             }
-            Context::Zstd(z) => z.0.compress2(out, page).unwrap_or(0),
+            Context::Zstd(z) => z.0.compress2(&mut out[..], page).unwrap_or(0),
             Context::Deflate(z) => {
                 let c = &mut z.0;
                 c.reset();
-                match c.compress(page, out, FlushCompress::Finish) {
+                match c.compress(page, &mut out[..], FlushCompress::Finish) {
                     Ok(Status::StreamEnd) => c.total_out() as usize,
                     _ => 0,
                 }
             }
         });
-        (n > 0).then_some(n)
+        (n > 0 && n <= cap).then_some(n)
     }
 
     /// Decompress `src` into the 4096-byte `page`; an error unless it comes back whole.
@@ -352,7 +363,7 @@ mod tests {
         for a in Algorithm::ALL {
             let codec = Codec::new(&CodecSpec::new(a)).unwrap();
             let page = text_page(3);
-            let mut out = [0u8; PAGE_SIZE];
+            let mut out = [0u8; COMPRESS_BOUND];
             let n = codec.compress(&page, &mut out, PAGE_SIZE).unwrap_or_else(|| panic!("{}", a.name()));
             assert!(n < 600, "{} gave {n} bytes", a.name());
             let mut back = [0u8; PAGE_SIZE];
@@ -376,7 +387,7 @@ mod tests {
             .collect();
         for a in Algorithm::ALL {
             let codec = Codec::new(&CodecSpec::new(a)).unwrap();
-            let mut out = [0u8; PAGE_SIZE];
+            let mut out = [0u8; COMPRESS_BOUND];
             assert_eq!(codec.compress(&page, &mut out, 3264), None, "{}", a.name());
         }
     }
@@ -391,7 +402,7 @@ mod tests {
         assert!(Codec::new(&CodecSpec { algorithm: Algorithm::Lz4, level: None, dictionary: dict.clone() })
             .is_err());
         let z = Codec::new(&CodecSpec { algorithm: Algorithm::Zstd, level: None, dictionary: dict }).unwrap();
-        let mut out = [0u8; PAGE_SIZE];
+        let mut out = [0u8; COMPRESS_BOUND];
         let n = z.compress(&text_page(1), &mut out, PAGE_SIZE).unwrap();
         let mut back = [0u8; PAGE_SIZE];
         z.decompress(&out[..n], &mut back).unwrap();

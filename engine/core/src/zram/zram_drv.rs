@@ -7,10 +7,10 @@
 use std::path::PathBuf;
 
 use super::backing::BackingFile;
-use super::codec::{Codec, CodecSpec, PAGE_SIZE};
+use super::codec::{Codec, CodecSpec, COMPRESS_BOUND, PAGE_SIZE};
 use crate::mm::table::{Table, Zeroable};
 use crate::pool::{Pool, PoolError};
-use crate::sync::{thread, Arc, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering::*};
+use crate::sync::{thread, Arc, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Mutex, Ordering::*};
 
 const PAGE_SHIFT: u32 = 12;
 
@@ -56,8 +56,14 @@ pub enum ZramError {
     NoBackingDevice(String),
     /// a bad argument
     Value(String),
+    /// a call the device is not set up for (recompress without a second algorithm)
+    Unsupported(String),
     /// the pool is closed
     Closed(String),
+    /// the slot table, the counters and the pool disagree (`check`)
+    Corrupt(String),
+    /// the backing file could not be opened: its errno
+    Os(i32, String),
     Pool(PoolError),
 }
 
@@ -67,8 +73,10 @@ impl ZramError {
         match self {
             ZramError::Invalid(_) | ZramError::Value(_) => libc::EINVAL,
             ZramError::Full(_) => libc::ENOSPC,
-            ZramError::Io(_) | ZramError::Pool(_) => libc::EIO,
+            ZramError::Io(_) | ZramError::Pool(_) | ZramError::Corrupt(_) => libc::EIO,
             ZramError::NoBackingDevice(_) => libc::ENODEV,
+            ZramError::Os(errno, _) => *errno,
+            ZramError::Unsupported(_) => libc::EOPNOTSUPP,
             ZramError::Closed(_) => libc::ESHUTDOWN,
         }
     }
@@ -82,6 +90,9 @@ impl std::fmt::Display for ZramError {
             | ZramError::Io(m)
             | ZramError::NoBackingDevice(m)
             | ZramError::Value(m)
+            | ZramError::Unsupported(m)
+            | ZramError::Corrupt(m)
+            | ZramError::Os(_, m)
             | ZramError::Closed(m) => f.write_str(m),
             ZramError::Pool(e) => e.fmt(f),
         }
@@ -342,6 +353,7 @@ pub struct Zram {
     /// post-processing (writeback, recompress, reset) one at a time, and
     /// recompression's counters (`pp_in_progress`)
     pp: Mutex<RecompStat>,
+    closed: AtomicBool,
 }
 
 impl Zram {
@@ -389,6 +401,7 @@ impl Zram {
             backing,
             stats: Stats::default(),
             pp: Mutex::new(RecompStat::default()),
+            closed: AtomicBool::new(false),
         };
         if config.mem_limit > 0 {
             zram.set_mem_limit(config.mem_limit);
@@ -488,12 +501,25 @@ impl Zram {
     // argument checks and the rare counters
 
     fn check_open(&self) -> Result<(), ZramError> {
+        if self.closed.load(Acquire) {
+            return Err(ZramError::Closed(format!("zram device {:?} is closed", self.name)));
+        }
         if self.pool.is_closed() {
             return Err(ZramError::Closed(format!("zram device {:?}: its pool is closed", self.name)));
         }
         Ok(())
     }
 
+    /// An invalid request of a caller's own making (a negative index, say):
+    /// PoolClosed once closed, else `msg`, counted in `invalid_io`.
+    pub fn refuse(&self, msg: String) -> ZramError {
+        match self.check_open() {
+            Err(e) => e,
+            Ok(()) => self.invalid(msg),
+        }
+    }
+
+    /// An invalid request, counted in `invalid_io`.
     fn invalid(&self, msg: String) -> ZramError {
         self.stats.invalid_io.fetch_add(1, Relaxed);
         ZramError::Invalid(msg)
@@ -519,7 +545,13 @@ impl Zram {
                 self.invalid(format!("{op} takes whole pages of {PAGE_SIZE} bytes, not {buf_len} bytes"))
             );
         }
-        let count = buf_len / PAGE_SIZE;
+        self.check_page_range(index, buf_len / PAGE_SIZE)?;
+        Ok(buf_len / PAGE_SIZE)
+    }
+
+    /// Pages `index .. index + count` lie in the device (else counted in invalid_io).
+    pub fn check_page_range(&self, index: usize, count: usize) -> Result<(), ZramError> {
+        self.check_open()?;
         if index > self.nr_pages || count > self.nr_pages - index {
             return Err(self.invalid(format!(
                 "pages [{index}, {}) are outside {} (0..{})",
@@ -528,10 +560,11 @@ impl Zram {
                 self.nr_pages
             )));
         }
-        Ok(count)
+        Ok(())
     }
 
-    fn check_range(&self, offset: u64, len: u64) -> Result<(), ZramError> {
+    /// Bytes `offset .. offset + len` lie in the device (else counted in invalid_io).
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<(), ZramError> {
         self.check_open()?;
         if offset > self.disksize || len > self.disksize - offset {
             return Err(self.invalid(format!(
@@ -633,7 +666,7 @@ impl Zram {
         if let Some(word) = page_same_filled(page) {
             return Ok(Prepared::Same(word));
         }
-        let mut buf = [0u8; PAGE_SIZE];
+        let mut buf = [0u8; COMPRESS_BOUND];
         let (src, size, flags) = match self.comps[0].compress(page, &mut buf, self.huge_class_size) {
             Some(n) => (&buf[..n], n, 0),
             None => (page, PAGE_SIZE, ZRAM_HUGE),
@@ -983,7 +1016,7 @@ impl Zram {
         self.check_open()?;
         let nr_comps = self.comps.len();
         if nr_comps < 2 {
-            return Err(ZramError::Value(format!("{} has no recompression algorithm", self.name)));
+            return Err(ZramError::Unsupported(format!("{} has no recompression algorithm", self.name)));
         }
         let (mut prio, mut prio_max) = (1, nr_comps);
         if let Some(name) = algorithm {
@@ -1057,7 +1090,7 @@ impl Zram {
             return Ok(None);
         }
         st.attempted += 1;
-        let mut buf = [0u8; PAGE_SIZE];
+        let mut buf = [0u8; COMPRESS_BOUND];
         let mut chosen = None;
         for p in prio..prio_max {
             let Some(n) = self.comps[p].compress(&page, &mut buf, self.huge_class_size) else {
@@ -1142,8 +1175,10 @@ impl Zram {
     }
 
     /// `echo 0 > mem_used_max`: restart the high-water mark from the pool's size.
-    pub fn reset_mem_used_max(&self) {
+    pub fn reset_mem_used_max(&self) -> Result<(), ZramError> {
+        self.check_open()?;
         self.stats.max_used_pages.store(self.pool.total_pages(), Relaxed);
+        Ok(())
     }
 
     // ------------------------------------------------------------------
@@ -1160,9 +1195,7 @@ impl Zram {
     pub fn reset(&self) -> Result<(), ZramError> {
         self.check_open()?;
         let mut st = self.pp.lock();
-        self.counted(|d| {
-            (0..self.nr_pages).try_for_each(|i| self.zram_free_page(i, &self.zram_slot_lock(i), d))
-        })?;
+        self.free_all()?;
         let s = &self.stats;
         for c in [
             &s.pages_stored,
@@ -1188,9 +1221,34 @@ impl Zram {
         Ok(())
     }
 
+    /// Free every page and refuse every later call; the statistics stay
+    /// readable.  A second close does nothing.
+    pub fn close(&self) -> Result<(), ZramError> {
+        if self.closed.load(Acquire) || self.pool.is_closed() {
+            self.closed.store(true, Release);
+            return Ok(());
+        }
+        let _pp = self.pp.lock();
+        let freed = self.free_all();
+        self.closed.store(true, Release);
+        freed
+    }
+
+    /// `zram_free_page` of every slot (the caller holds `pp`).
+    fn free_all(&self) -> Result<(), ZramError> {
+        self.counted(|d| {
+            (0..self.nr_pages).try_for_each(|i| self.zram_free_page(i, &self.zram_slot_lock(i), d))
+        })
+    }
+
     /// Recompute every counter from the slot table and compare, and look up
     /// every stored handle in the pool.  Run it with no I/O in flight.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ZramError> {
+        self.check_open()?;
+        self.check_slots().map_err(ZramError::Corrupt)
+    }
+
+    fn check_slots(&self) -> Result<(), String> {
         let (mut stored, mut compr, mut same, mut huge, mut wb) = (0u64, 0u64, 0u64, 0u64, 0u64);
         let mut blocks = std::collections::HashSet::new();
         for i in 0..self.nr_pages {
@@ -1261,21 +1319,15 @@ mod tests {
     use super::*;
     use crate::mm::memory::{PCP_BATCH, PCP_HIGH};
     use crate::mm::Memory;
-    use crate::pool::{ClassRule, PoolConfig, Protocol};
+    use crate::pool::PoolConfig;
+
+    fn test_pool_config() -> PoolConfig {
+        PoolConfig { background_work: false, ..PoolConfig::new("zram-test") }
+    }
 
     fn device(pages: u64, frames: usize) -> Zram {
         let mem = Arc::new(Memory::new(frames, PCP_HIGH, PCP_BATCH).unwrap());
-        let config = PoolConfig {
-            name: "zram-test".into(),
-            chain_size: 8,
-            class_rule: ClassRule::MinWaste,
-            max_pages: None,
-            auto_compact_pages: None,
-            migration: Protocol::Mainline,
-            handle_tag: 1,
-            background_work: false,
-        };
-        let pool = Pool::new(config, mem, true).unwrap();
+        let pool = Pool::new(test_pool_config(), mem, true).unwrap();
         Zram::new(pool, ZramConfig::new(pages * PAGE_SIZE as u64)).unwrap()
     }
 
@@ -1324,6 +1376,47 @@ mod tests {
     }
 
     #[test]
+    fn check_catches_damage() {
+        let z = device(32, 128);
+        for i in 0..20 {
+            z.write_page(i, &page(i as u32)).unwrap();
+        }
+        z.check().unwrap();
+        z.stats.compr_data_size.fetch_add(1, Relaxed);
+        assert!(matches!(z.check(), Err(ZramError::Corrupt(m)) if m.contains("compr_data_size")));
+        z.stats.compr_data_size.fetch_sub(1, Relaxed);
+        z.check().unwrap();
+        let slot = z.slot(3);
+        let (flags, handle) = (slot.flags.load(Relaxed), slot.handle.load(Relaxed));
+        slot.flags.store(flags + (1 << SIZE_SHIFT), Relaxed);
+        assert!(matches!(z.check(), Err(ZramError::Corrupt(m)) if m.contains("slot 3")));
+        slot.flags.store(flags, Relaxed);
+        slot.handle.store(handle + 2, Relaxed); // a handle that is not live
+        assert!(matches!(z.check(), Err(ZramError::Corrupt(m)) if m.contains("not live")));
+        slot.handle.store(handle, Relaxed);
+        z.check().unwrap();
+    }
+
+    #[test]
+    fn check_catches_a_lost_backing_block() {
+        let path = std::env::temp_dir().join(format!("zs-zram-check-{}", std::process::id()));
+        let mem = Arc::new(Memory::new(64, PCP_HIGH, PCP_BATCH).unwrap());
+        let pool = Pool::new(test_pool_config(), mem, true).unwrap();
+        let mut config = ZramConfig::new(8 * PAGE_SIZE as u64);
+        config.backing_file = Some(path.clone());
+        let z = Zram::new(pool, config).unwrap();
+        for i in 0..4 {
+            z.write_page(i, &page(i as u32)).unwrap();
+        }
+        assert_eq!(z.writeback("all", None, None).unwrap(), 4);
+        z.check().unwrap();
+        let block = z.slot(1).handle.load(Relaxed);
+        z.backing.as_ref().unwrap().free_block(block).unwrap(); // the bitmap forgets a block in use
+        assert!(matches!(z.check(), Err(ZramError::Corrupt(m)) if m.contains("backing block")));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
     fn byte_io_at_any_alignment() {
         let z = device(8, 64);
         let data: Vec<u8> = (0..3 * PAGE_SIZE + 100).map(|i| (i * 31 % 251) as u8).collect();
@@ -1358,6 +1451,38 @@ mod tests {
         let mut out = vec![0u8; PAGE_SIZE];
         z.read_page(0, &mut out).unwrap();
         assert_eq!(out, page(1));
+        z.check().unwrap();
+    }
+
+    #[test]
+    fn partial_writes_to_one_page_do_not_lose_each_other() {
+        let z = Arc::new(device(4, 64));
+        z.write_page(1, &page(9)).unwrap();
+        let workers: Vec<_> = (0..2u8)
+            .map(|t| {
+                let z = Arc::clone(&z);
+                std::thread::spawn(move || {
+                    // thread t owns the bytes at 16 * k + 8 * t of page 1
+                    for round in 0..200u32 {
+                        for k in (0..PAGE_SIZE / 16).step_by(37) {
+                            let at = PAGE_SIZE + 16 * k + 8 * t as usize;
+                            z.pwrite(at as u64, &[t + 1 + (round % 7) as u8; 8]).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        let mut out = vec![0u8; PAGE_SIZE];
+        z.read_page(1, &mut out).unwrap();
+        for k in (0..PAGE_SIZE / 16).step_by(37) {
+            for t in 0..2u8 {
+                let at = 16 * k + 8 * t as usize;
+                assert_eq!(out[at..at + 8], [t + 1 + (199 % 7) as u8; 8], "a lost update at {at}");
+            }
+        }
         z.check().unwrap();
     }
 
