@@ -194,3 +194,16 @@ def test_the_pool_is_true_knows_its_handles_and_refuses_pickling(impl: ModuleTyp
             pickle.dumps(pool)
         pool.free(h)
         assert h not in pool
+
+
+def test_set_many_stores_all_or_nothing(impl):
+    with Store(pool=impl.Pool()) as s:
+        s.set_many([("a", b"first " * 100)])
+        with pytest.raises(TypeError):
+            s.set_many([("a", b"second " * 100), ("b", bytes(range(256)) * 40), ("c", 5)])
+        assert dict(s) == {"a": b"first " * 100}
+        s.set_many({"a": b"third", "b": bytes(10_000), "c": bytes(range(256)) * 4000})
+        assert s.get_many(["c", "a", "b"]) == [bytes(range(256)) * 4000, b"third", bytes(10_000)]
+        s.pool.check()
+        s.clear()
+        assert len(s.pool) == 0  # nothing of the failed batch was left behind

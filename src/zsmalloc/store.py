@@ -15,6 +15,12 @@ a value whose bytes are all equal (``same``) takes no pool object, and one
 that does not compress (its payload would be no smaller) is kept as it is
 (``raw``), so reading it decompresses nothing.
 
+On an engine pool the per-value work (the same-byte test, the compression,
+the chunks' malloc and copy, and back) is one call into the engine
+(``zsmalloc_core::store``), and ``set_many``/``get_many`` cross once for a
+whole batch with the GIL released; on a model pool it runs here, in Python.
+The payloads are the same formats either way.
+
 Locking: one lock guards the index.  A ``set`` compresses and writes the new
 chunks before it takes the lock, swaps the entry under it, and frees the old
 chunks after it; a ``get`` reads its chunks under the lock, so no ``set`` or
@@ -38,6 +44,7 @@ import lz4.block
 import zstandard
 
 import zsmalloc
+from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
 
 K = TypeVar("K", bound=Hashable)
@@ -95,6 +102,8 @@ class Store(MutableMapping[K, bytes]):
         self.compression = compression
         self._own_pool = pool is None
         self.pool = zsmalloc.Pool(name="store") if pool is None else pool
+        #: the pool, when it is the engine's: the engine does each value's work (else this module does)
+        self._epool: _engine.Pool | None = self.pool if isinstance(self.pool, _engine.Pool) else None
         self._index: dict[K, _Entry] = {}
         self._lock = threading.Lock()
         self._codecs = _Codecs()
@@ -123,6 +132,8 @@ class Store(MutableMapping[K, bytes]):
 
     def _put(self, value: object) -> _Entry:
         """The entry of ``value`` with its chunks written; nothing left behind if it fails."""
+        if self._epool is not None:
+            return _Entry(*_engine.store_put(self._epool, value, self.compression))
         kind, payload, fill, nbytes = self._encode(value)
         handles: list[int] = []
         try:
@@ -136,7 +147,24 @@ class Store(MutableMapping[K, bytes]):
             raise
         return _Entry(kind, nbytes, len(payload), tuple(handles), fill)
 
+    def _put_many(self, values: list[object]) -> list[_Entry]:
+        """The entries of ``values``, every chunk written; nothing left behind if one fails."""
+        if self._epool is not None:
+            return [_Entry(*e) for e in _engine.store_put_many(self._epool, values, self.compression)]
+        done: list[_Entry] = []
+        try:
+            for value in values:
+                done.append(self._put(value))
+        except BaseException:
+            for e in done:
+                self._free(e.handles)
+            raise
+        return done
+
     def _free(self, handles: Iterable[int]) -> None:
+        if self._epool is not None:
+            _engine.store_free(self._epool, list(handles))
+            return
         for h in handles:
             self.pool.free(h)
 
@@ -155,6 +183,8 @@ class Store(MutableMapping[K, bytes]):
 
     def _decode(self, e: _Entry) -> bytes:
         """The value of ``e`` (caller holds the lock)."""
+        if self._epool is not None:
+            return _engine.store_get(self._epool, e)
         if e.kind == "same":
             return bytes((e.fill,)) * e.nbytes
         payload = self._payload(e)
@@ -242,6 +272,8 @@ class Store(MutableMapping[K, bytes]):
             e = self._index[key]
             if len(out) < e.nbytes:
                 raise ValueError(f"a buffer of {len(out)} bytes cannot hold the {e.nbytes} bytes of {key!r}")
+            if self._epool is not None:
+                return _engine.store_get_into(self._epool, e, out)
             if e.kind == "same":
                 out[: e.nbytes] = bytes((e.fill,)) * e.nbytes
             elif e.kind == "raw":
@@ -251,14 +283,41 @@ class Store(MutableMapping[K, bytes]):
             return e.nbytes
 
     def set_many(self, items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> None:
-        """Store every (key, value) of ``items``, as ``update`` does."""
-        pairs = items.items() if isinstance(items, Mapping) else items
-        for key, value in pairs:
-            self[key] = value
+        """Store every (key, value) of ``items``, as ``update`` does.
+
+        Every value is stored before any key changes: if one fails, none is.
+        On an engine pool the values cross into the engine in one call, with
+        the GIL released for all of them.
+        """
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        self._check_open()
+        for key, _ in pairs:
+            hash(key)  # an unhashable key fails before any work
+        entries = self._put_many([v for _, v in pairs])
+        olds = []
+        with self._lock:
+            for (key, _), entry in zip(pairs, entries, strict=True):
+                old = self._index.get(key)
+                self._index[key] = entry
+                self._account(entry, +1)
+                if old is not None:
+                    self._account(old, -1)
+                    olds.append(old)
+        for old in olds:
+            self._free(old.handles)
 
     def get_many(self, keys: Iterable[K]) -> list[bytes]:
-        """The values of ``keys``, in order (KeyError for a missing one)."""
-        return [self[key] for key in keys]
+        """The values of ``keys``, in order (KeyError for a missing one).
+
+        On an engine pool they come out of the engine in one call, the GIL
+        released for all of them.
+        """
+        if self._epool is None:
+            return [self[key] for key in keys]
+        self._check_open()
+        with self._lock:
+            entries = [self._index[key] for key in keys]
+            return _engine.store_get_many(self._epool, entries)
 
     @property
     def nbytes(self) -> int:

@@ -12,8 +12,9 @@
 //! detached thread to finish its work; it cannot deadlock.
 //!
 //! Errors are the classes of `zsmalloc.errors`, looked up once.  The zram
-//! device's binding is the submodule `zram`.
+//! device's binding is the submodule `zram`, the Store's value codec `store`.
 
+mod store;
 mod zram;
 
 use std::ffi::{c_int, c_void};
@@ -1541,6 +1542,12 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Frame>()?;
     m.add_class::<zram::PyZram>()?;
     m.add_function(wrap_pyfunction!(zram::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_put, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_put_many, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_get, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_get_into, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_get_many, m)?)?;
+    m.add_function(wrap_pyfunction!(store::store_free, m)?)?;
     m.add("PAGE_SIZE", PAGE_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -29,12 +29,15 @@
 //! size while they work, so they get the whole buffer and the limit is
 //! applied to what they made.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_int, c_void};
 use std::str::FromStr;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat, Strategy};
 
+use crate::lz4::{
+    LZ4_compress_HC_extStateHC, LZ4_compress_fast_extState, LZ4_sizeofState, LZ4_sizeofStateHC,
+};
 use crate::sync::Mutex;
 
 pub const PAGE_SIZE: usize = 4096;
@@ -88,30 +91,6 @@ impl CodecSpec {
     pub fn new(algorithm: Algorithm) -> CodecSpec {
         CodecSpec { algorithm, level: None, dictionary: None }
     }
-}
-
-// liblz4 functions that lz4-sys links but does not declare (lz4.h, lz4hc.h)
-extern "C" {
-    fn LZ4_sizeofState() -> c_int;
-    /// `LZ4_compress_fast` on a caller's state: the kernel's call (with its
-    /// per-CPU work memory), which clears the table for every page
-    fn LZ4_compress_fast_extState(
-        state: *mut c_void,
-        src: *const c_char,
-        dst: *mut c_char,
-        src_size: c_int,
-        dst_capacity: c_int,
-        acceleration: c_int,
-    ) -> c_int;
-    fn LZ4_sizeofStateHC() -> c_int;
-    fn LZ4_compress_HC_extStateHC(
-        state: *mut c_void,
-        src: *const c_char,
-        dst: *mut c_char,
-        src_size: c_int,
-        dst_capacity: c_int,
-        level: c_int,
-    ) -> c_int;
 }
 
 /// An LZ4 or LZ4HC state: 8-byte aligned memory of the size liblz4 asks.

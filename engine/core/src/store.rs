@@ -1,0 +1,277 @@
+//! The value codec of `zsmalloc.Store`: a value of any size in and out of
+//! pool objects, in one call.  The Python `Store` keeps the index (key ->
+//! entry); this module does, per value, what it would otherwise do in many
+//! calls: the same-filled test, the compression, the split into chunks of
+//! at most 4096 bytes, and the malloc and copy of each chunk; and back.
+//!
+//! ```text
+//!   value --compress--> payload --split--> [4096][4096] ... [tail]
+//!                                             h0    h1         hn
+//!   kind: same (no object: every byte equal), raw (the payload is the
+//!   value: it did not compress), lz4 (a block, no size prefix), zstd (a
+//!   standard frame, level 3)
+//! ```
+//!
+//! The formats are those of `src/zsmalloc/store.py` (python-lz4's block
+//! without its size prefix, python-zstandard's frame), so either side reads
+//! the other's payloads.  Per thread: the LZ4 state, the zstd contexts and a
+//! scratch buffer, kept across calls (no allocation per value once warm).
+
+use std::cell::RefCell;
+use std::ffi::c_int;
+
+use zstd_safe::{CCtx, CParameter, DCtx};
+
+use crate::lz4::{LZ4_compress_fast_extState, LZ4_sizeofState};
+use crate::pool::{Pool, PoolError};
+
+/// The largest pool object: a chunk.
+pub const CHUNK: usize = 4096;
+const ZSTD_LEVEL: i32 = 3;
+
+/// How a value is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Same,
+    Raw,
+    Lz4,
+    Zstd,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Same => "same",
+            Kind::Raw => "raw",
+            Kind::Lz4 => "lz4",
+            Kind::Zstd => "zstd",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        [Kind::Same, Kind::Raw, Kind::Lz4, Kind::Zstd].into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// A stored value: what the index keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub kind: Kind,
+    /// the value's length
+    pub nbytes: usize,
+    /// the payload's length (0 for Same)
+    pub stored: usize,
+    pub fill: u8,
+    pub handles: Vec<u64>,
+}
+
+/// One thread's working memory.
+struct Scratch {
+    lz4: Vec<u64>,
+    zc: CCtx<'static>,
+    zd: DCtx<'static>,
+    buf: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let s = slot.get_or_insert_with(|| {
+            let mut zc = CCtx::create();
+            // python-zstandard's ZstdCompressor(level=3): a standard frame with its content size
+            zc.set_parameter(CParameter::CompressionLevel(ZSTD_LEVEL)).expect("a valid zstd level");
+            Scratch {
+                // SAFETY: a plain size query of liblz4
+                lz4: vec![0u64; (unsafe { LZ4_sizeofState() } as usize).div_ceil(8)],
+                zc,
+                zd: DCtx::create(),
+                buf: Vec::new(),
+            }
+        });
+        f(s)
+    })
+}
+
+/// The byte every position of `v` holds, if `v` is not empty and it does.
+fn same_byte(v: &[u8]) -> Option<u8> {
+    let first = *v.first()?;
+    (v[v.len() - 1] == first && v.iter().all(|&b| b == first)).then_some(first)
+}
+
+/// Compress `value` into `s.buf`: the payload's length if smaller than the value.
+fn compress(s: &mut Scratch, kind: Kind, value: &[u8]) -> Option<usize> {
+    match kind {
+        Kind::Lz4 => {
+            let n = c_int::try_from(value.len()).ok()?;
+            // SAFETY: a pure function of its argument
+            let bound = unsafe { lz4_sys::LZ4_compressBound(n) } as usize;
+            s.buf.resize(bound.max(s.buf.len()), 0);
+            // SAFETY: the state is LZ4_sizeofState() bytes, 8-aligned (the call
+            // initialises it); src and dst are valid for the lengths given
+            let out = unsafe {
+                LZ4_compress_fast_extState(
+                    s.lz4.as_mut_ptr().cast(),
+                    value.as_ptr().cast(),
+                    s.buf.as_mut_ptr().cast(),
+                    n,
+                    bound as c_int,
+                    1,
+                )
+            };
+            usize::try_from(out).ok().filter(|&m| m > 0 && m < value.len())
+        }
+        Kind::Zstd => {
+            let bound = zstd_safe::compress_bound(value.len());
+            s.buf.resize(bound.max(s.buf.len()), 0);
+            s.zc.compress2(&mut s.buf[..], value).ok().filter(|&m| m < value.len())
+        }
+        Kind::Same | Kind::Raw => None,
+    }
+}
+
+/// Store `value`, compressed with `compression` (Lz4, Zstd or Raw for none).
+/// On an error every chunk already made is freed again.
+pub fn put(pool: &Pool, compression: Kind, value: &[u8]) -> Result<Stored, PoolError> {
+    if let Some(fill) = same_byte(value) {
+        return Ok(Stored { kind: Kind::Same, nbytes: value.len(), stored: 0, fill, handles: Vec::new() });
+    }
+    with_scratch(|s| {
+        let (kind, stored) = match compress(s, compression, value) {
+            Some(m) => (compression, m),
+            None => (Kind::Raw, value.len()),
+        };
+        let payload = if kind == Kind::Raw { value } else { &s.buf[..stored] };
+        let mut handles = Vec::with_capacity(stored.div_ceil(CHUNK));
+        for chunk in payload.chunks(CHUNK) {
+            let h = pool.zs_malloc(chunk.len()).and_then(|h| {
+                handles.push(h);
+                pool.zs_obj_write(h, chunk, 0).map(|()| h)
+            });
+            if let Err(e) = h {
+                let _ = free(pool, &handles);
+                return Err(e);
+            }
+        }
+        Ok(Stored { kind, nbytes: value.len(), stored, fill: 0, handles })
+    })
+}
+
+/// Free a value's chunks (those still live; an error for the first that is not).
+pub fn free(pool: &Pool, handles: &[u64]) -> Result<(), PoolError> {
+    let mut first = Ok(());
+    for &h in handles {
+        if let Err(e) = pool.zs_free(h) {
+            if first.is_ok() {
+                first = Err(e);
+            }
+        }
+    }
+    first
+}
+
+/// The value of `e` into `out` (exactly `e.nbytes` long).
+pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
+    let corrupt = |why: String| PoolError::Value(format!("a stored {} value {why}", e.kind.name()));
+    if out.len() != e.nbytes {
+        return Err(PoolError::Value(format!("a buffer of {} bytes for a value of {}", out.len(), e.nbytes)));
+    }
+    let read_chunks = |into: &mut [u8]| -> Result<(), PoolError> {
+        let mut at = 0;
+        for &h in &e.handles {
+            let obj = pool.zs_obj_read_begin(h, 0, None, "read")?;
+            let n = obj.len();
+            if at + n > into.len() {
+                return Err(corrupt(format!("has more than its {} bytes of payload", e.stored)));
+            }
+            obj.copy_to(&mut into[at..at + n]);
+            at += n;
+        }
+        if at != into.len() {
+            return Err(corrupt(format!("has {at} of its {} bytes of payload", e.stored)));
+        }
+        Ok(())
+    };
+    match e.kind {
+        Kind::Same => {
+            out.fill(e.fill);
+            Ok(())
+        }
+        Kind::Raw => read_chunks(out),
+        Kind::Lz4 | Kind::Zstd => with_scratch(|s| {
+            s.buf.resize(e.stored.max(s.buf.len()), 0);
+            read_chunks(&mut s.buf[..e.stored])?;
+            let src = &s.buf[..e.stored];
+            let n = if e.kind == Kind::Lz4 {
+                // SAFETY: src and out are valid for the lengths given;
+                // LZ4_decompress_safe never reads or writes past them
+                let n = unsafe {
+                    lz4_sys::LZ4_decompress_safe(
+                        src.as_ptr().cast(),
+                        out.as_mut_ptr().cast(),
+                        src.len() as c_int,
+                        out.len() as c_int,
+                    )
+                };
+                usize::try_from(n).map_err(|_| corrupt("does not decompress".into()))?
+            } else {
+                s.zd.decompress(out, src)
+                    .map_err(|c| corrupt(format!("does not decompress: {}", zstd_safe::get_error_name(c))))?
+            };
+            if n != e.nbytes {
+                return Err(corrupt(format!("decompressed to {n} bytes, not {}", e.nbytes)));
+            }
+            Ok(())
+        }),
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::mm::memory::{PCP_BATCH, PCP_HIGH};
+    use crate::mm::Memory;
+    use crate::pool::PoolConfig;
+    use crate::sync::Arc;
+
+    #[test]
+    fn values_of_every_kind_come_back() {
+        let mem = Arc::new(Memory::new(2048, PCP_HIGH, PCP_BATCH).unwrap());
+        let pool =
+            Pool::new(PoolConfig { background_work: false, ..PoolConfig::new("store") }, mem, true).unwrap();
+        let text: Vec<u8> = (0..300_000).map(|i| b"values in a store "[i % 18]).collect();
+        let mut x = 7u32;
+        let noise: Vec<u8> = (0..10_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        for (value, comp, kind) in [
+            (text.clone(), Kind::Lz4, Kind::Lz4),
+            (text.clone(), Kind::Zstd, Kind::Zstd),
+            (text.clone(), Kind::Raw, Kind::Raw),
+            (noise.clone(), Kind::Lz4, Kind::Raw),
+            (vec![9u8; 50_000], Kind::Lz4, Kind::Same),
+            (vec![1u8], Kind::Zstd, Kind::Same),
+        ] {
+            let e = put(&pool, comp, &value).unwrap();
+            assert_eq!(e.kind, kind);
+            assert_eq!(e.handles.len(), e.stored.div_ceil(CHUNK));
+            let mut out = vec![0u8; value.len()];
+            get(&pool, &e, &mut out).unwrap();
+            assert_eq!(out, value);
+            free(&pool, &e.handles).unwrap();
+        }
+        assert_eq!(pool.len(), 0);
+        let e = put(&pool, Kind::Lz4, &text).unwrap();
+        pool.zs_obj_write(e.handles[0], &[0xff; 64], 0).unwrap(); // damage: an error, not a panic
+        let mut out = vec![0u8; text.len()];
+        assert!(get(&pool, &e, &mut out).is_err());
+    }
+}
