@@ -142,7 +142,7 @@ def _batches(pages: Pages) -> list[tuple[int, bytes]]:
 
 
 def _time_batched(pages: Pages) -> tuple[float, float, bool]:
-    from zsmalloc.zram import ZramDevice
+    from zsmalloc.zram.engine import ZramDevice  # the batch calls are the engine device's
 
     dev = ZramDevice(pages.n * PAGE, algorithm="lz4")
     batches = _batches(pages)
@@ -243,7 +243,7 @@ def _in_threads(nthreads: int, fn) -> float:
 
 def worker_threads(n: int) -> dict:
     """Batched calls on one device from one thread, then from two (each its own pages); the dict alike."""
-    from zsmalloc.zram import ZramDevice
+    from zsmalloc.zram.engine import ZramDevice  # the batch calls are the engine device's
 
     pages = Pages(n)
     batches = _batches(pages)
