@@ -207,3 +207,16 @@ def test_set_many_stores_all_or_nothing(impl):
         s.pool.check()
         s.clear()
         assert len(s.pool) == 0  # nothing of the failed batch was left behind
+
+
+@pytest.mark.engine_only
+def test_the_engine_refuses_an_entry_whose_sizes_do_not_match_its_chunks(impl):
+    from zsmalloc import _engine
+
+    with Store(pool=impl.Pool()) as s:
+        s["k"] = b"a value that compresses, a value that compresses " * 100
+        kind, nbytes, stored, handles, fill = s._index["k"]
+        for bogus in [(kind, nbytes, 1 << 60, handles, fill), (kind, nbytes, stored, handles[:0], fill)]:
+            with pytest.raises(ValueError):
+                _engine.store_get(s.pool, bogus)  # refused, not a crash or a huge allocation
+        assert s["k"] == b"a value that compresses, a value that compresses " * 100

@@ -195,6 +195,12 @@ pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
         }
         Ok(())
     };
+    // an entry's sizes come from the caller: checked before any buffer is sized by them
+    if e.kind != Kind::Same
+        && (e.stored > e.handles.len() * CHUNK || e.stored.div_ceil(CHUNK) != e.handles.len())
+    {
+        return Err(corrupt(format!("of {} bytes of payload has {} chunks", e.stored, e.handles.len())));
+    }
     match e.kind {
         Kind::Same => {
             out.fill(e.fill);
@@ -273,5 +279,8 @@ mod tests {
         pool.zs_obj_write(e.handles[0], &[0xff; 64], 0).unwrap(); // damage: an error, not a panic
         let mut out = vec![0u8; text.len()];
         assert!(get(&pool, &e, &mut out).is_err());
+        // sizes that do not match the chunks are refused before anything is sized by them
+        let bogus = Stored { stored: 1 << 60, ..e.clone() };
+        assert!(matches!(get(&pool, &bogus, &mut out), Err(PoolError::Value(_))));
     }
 }

@@ -212,7 +212,6 @@ impl PyZram {
     fn read_page<'py>(&self, py: Python<'py>, index: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
         self.call(py, "read_page", |z| {
             let index = page_index(py, z, index)?;
-            z.check_page_range(index, 1).map_err(|e| zram_err(py, e))?;
             let mut result = Ok(());
             let page = new_bytes(py, PAGE_SIZE, |out| result = z.read_page(index, out))?;
             result.map_err(|e| zram_err(py, e))?;

@@ -42,8 +42,7 @@ from zsmalloc.cli.app import console, main
 from zsmalloc.errors import CorruptionError
 from zsmalloc.mm.heap import fix_mmap_threshold
 from zsmalloc.nbd import Limits, NbdServer
-from zsmalloc.zram import ZramDevice, available_codecs
-from zsmalloc.zram.device import SLOT_BYTES
+from zsmalloc.zram import SLOT_BYTES, ZramDevice, available_codecs
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)

@@ -45,11 +45,12 @@ from zsmalloc.zram.errors import (
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 if TYPE_CHECKING or _backend == "model":  # one static type (the model's) names both devices
-    from zsmalloc.zram.device import ZramDevice
+    from zsmalloc.zram.device import SLOT_BYTES, ZramDevice
 else:
-    from zsmalloc.zram.engine import ZramDevice
+    from zsmalloc.zram.engine import SLOT_BYTES, ZramDevice
 
 __all__ = [
+    "SLOT_BYTES",
     "ZRAM_HUGE",
     "ZRAM_IDLE",
     "ZRAM_INCOMPRESSIBLE",

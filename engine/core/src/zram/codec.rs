@@ -173,6 +173,7 @@ impl Codec {
         Ok(match self.algorithm {
             // SAFETY: plain size queries of liblz4
             Algorithm::Lz4 => Context::Lz4(Lz4State::new(unsafe { LZ4_sizeofState() })),
+            // SAFETY: as above
             Algorithm::Lz4hc => Context::Lz4hc(Lz4State::new(unsafe { LZ4_sizeofStateHC() })),
             Algorithm::Zstd => Context::Zstd(Box::new(self.zstd_contexts()?)),
             Algorithm::Deflate => {

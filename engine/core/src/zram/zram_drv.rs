@@ -598,7 +598,12 @@ impl Zram {
     /// `update_used_max`.
     #[inline]
     fn update_used_max(&self) {
-        self.stats.max_used_pages.fetch_max(self.pool.total_pages(), Relaxed);
+        // a plain load first: the read-modify-write (a cache line taken from
+        // the other cores) only when the mark moves
+        let total = self.pool.total_pages();
+        if total > self.stats.max_used_pages.load(Relaxed) {
+            self.stats.max_used_pages.fetch_max(total, Relaxed);
+        }
     }
 
     fn apply(&self, d: &Delta) {
@@ -952,16 +957,12 @@ impl Zram {
             .ok_or_else(|| ZramError::NoBackingDevice(format!("{} has no backing file", self.name)))?;
         let need = writeback_mode(mode)?;
         let _pp = self.pp.lock();
-        let all: Vec<usize>;
-        let candidates = match indices {
-            Some(list) => list,
-            None => {
-                all = (0..self.nr_pages).collect();
-                &all
-            }
+        let candidates: Box<dyn Iterator<Item = usize> + '_> = match indices {
+            Some(list) => Box::new(list.iter().copied()),
+            None => Box::new(0..self.nr_pages),
         };
         let mut written = 0u64;
-        for &index in candidates {
+        for index in candidates {
             if max_pages.is_some_and(|m| written >= m) {
                 break;
             }
