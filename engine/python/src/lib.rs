@@ -918,6 +918,7 @@ impl PyPool {
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
             background_work,
+            movable: true,
             handle_tag: u16::try_from(handle_tag).ok().filter(|&t| t < NR_HANDLE_TAGS).ok_or_else(|| {
                 PyValueError::new_err(format!(
                     "handle_tag must be within 0..{}, not {handle_tag}",

@@ -23,6 +23,13 @@
 //! above the high-water mark lie frames never touched.  When the hot list
 //! passes `pcp_high` frames its oldest `pcp_batch` are drained to the heap.
 //!
+//! A zoned Memory (`Memory::new_zoned`, for the fragmentation simulation)
+//! hands frames out of a buddy allocator instead ([`super::zone::Zone`]):
+//! order-0 frames and blocks of any order, each of a migratetype; there
+//! is no hot list, and every pfn counts as handed out (the high-water mark
+//! is the capacity).  Frames the zone compaction's free scanner took are
+//! held in `captured` until a migration uses them or they go back.
+//!
 //! Locking: `alloc` (the model's `Memory._lock`) guards the allocator, the
 //! refcounts and the page-lock transitions that must be all-or-none; it is a
 //! leaf.  The page lock is the PG_locked bit: `trylock_page` never waits,
@@ -42,6 +49,7 @@ use crate::sync::{
 };
 
 use super::migrate::{MovableOps, VmStat};
+use super::zone::{MigrateType, Zone};
 
 use super::table::{map_anonymous, Table, Zeroable};
 
@@ -159,6 +167,10 @@ pub(super) struct Alloc {
     populated: usize,
     /// false once the kernel refused MADV_POPULATE_WRITE (before 5.14)
     can_populate: bool,
+    /// the buddy allocator of a zoned Memory
+    pub(super) zone: Option<Zone>,
+    /// free frames the zone compaction isolated as migration targets
+    pub(super) captured: Vec<u32>,
 }
 
 /// A point-in-time copy of the allocator's counters.
@@ -201,6 +213,22 @@ unsafe impl Sync for Memory {}
 impl Memory {
     /// An arena of `capacity` frames; only frames handed out cost memory.
     pub fn new(capacity: usize, pcp_high: usize, pcp_batch: usize) -> Result<Memory, MmError> {
+        Memory::build(capacity, pcp_high, pcp_batch, None)
+    }
+
+    /// A Memory whose frames come from one zone's buddy allocator, all of
+    /// them free at first, every pageblock movable.
+    pub fn new_zoned(capacity: usize) -> Result<Memory, MmError> {
+        let zone = Zone::new(capacity).map_err(|e| MmError::Invalid(e.0))?;
+        Memory::build(capacity, 0, 1, Some(zone))
+    }
+
+    fn build(
+        capacity: usize,
+        pcp_high: usize,
+        pcp_batch: usize,
+        zone: Option<Zone>,
+    ) -> Result<Memory, MmError> {
         if capacity < 1 {
             return Err(MmError::Invalid(format!("capacity must be at least one frame, not {capacity}")));
         }
@@ -215,6 +243,8 @@ impl Memory {
             capacity.checked_mul(PAGE_SIZE).ok_or_else(|| MmError::Invalid("capacity too large".into()))?;
         let arena = map_anonymous(bytes).map_err(os_err)?;
         let descs = Table::new(capacity).map_err(os_err)?;
+        // a zone owns every frame from the start: nothing to fault in ahead
+        let hwm = if zone.is_some() { capacity } else { 0 };
         Ok(Memory {
             arena,
             capacity,
@@ -222,9 +252,9 @@ impl Memory {
             alloc: Mutex::new(Alloc {
                 pcp: Vec::with_capacity(pcp_high + 1),
                 free: BinaryHeap::new(),
-                hwm: 0,
-                populated: 0,
-                can_populate: true,
+                hwm,
+                populated: hwm,
+                can_populate: zone.is_none(),
                 excluded: Vec::new(),
                 nr_used: 0,
                 ev: [0; 5],
@@ -233,6 +263,8 @@ impl Memory {
                 rng: 0,
                 scratch: Vec::with_capacity(pcp_batch),
                 sources: Vec::with_capacity(16),
+                zone,
+                captured: Vec::new(),
             }),
             page_wait: Mutex::new(()),
             page_cond: Condvar::new(),
@@ -297,27 +329,34 @@ impl Memory {
     /// One frame with refcount 1.
     pub fn alloc_page(&self) -> Result<u32, MmError> {
         let mut a = self.alloc.lock();
-        self.alloc_frame(&mut a, 0, None).map(|(pfn, _)| pfn)
+        self.alloc_frame(&mut a, 0, None, MigrateType::Movable).map(|(pfn, _)| pfn)
     }
 
     /// A frame whose pfn lies in `[lo, hi)`, lowest free first.
     pub fn alloc_page_in(&self, lo: usize, hi: Option<usize>) -> Result<u32, MmError> {
         let hi = hi.map_or(self.capacity, |h| h.min(self.capacity));
         let mut a = self.alloc.lock();
-        self.alloc_frame(&mut a, lo, Some(hi)).map(|(pfn, _)| pfn)
+        self.alloc_frame(&mut a, lo, Some(hi), MigrateType::Movable).map(|(pfn, _)| pfn)
     }
 
     /// Fill `out` with frames (not contiguous), all or none, under one hold
     /// of the allocator lock.  On failure every frame goes back where it came
     /// from and only `nr_alloc_fail` has changed.
     pub fn alloc_pages(&self, out: &mut [u32]) -> Result<(), MmError> {
+        self.alloc_pages_mt(out, MigrateType::Movable)
+    }
+
+    /// `alloc_pages` of a migratetype (the gfp flags' __GFP_MOVABLE or
+    /// not): it places the frames in a zoned Memory, and means nothing to
+    /// the lowest-frame-first allocator.
+    pub fn alloc_pages_mt(&self, out: &mut [u32], mt: MigrateType) -> Result<(), MmError> {
         let mut a = self.alloc.lock();
         let (hwm, used_max) = (a.hwm, a.ev[NR_USED_MAX]);
         let mut sources = std::mem::take(&mut a.sources); // kept for its capacity: no allocation
         sources.clear();
         let mut result = Ok(());
         for i in 0..out.len() {
-            match self.alloc_frame(&mut a, 0, None) {
+            match self.alloc_frame(&mut a, 0, None, mt) {
                 Ok((pfn, src)) => {
                     out[i] = pfn;
                     sources.push(src);
@@ -338,6 +377,11 @@ impl Memory {
         let mut fresh = Vec::new();
         for (&pfn, &src) in pfns.iter().zip(sources).rev() {
             self.desc(pfn).refcount.store(0, Relaxed);
+            if let Some(zone) = a.zone.as_mut() {
+                let freed = zone.free_pages(pfn, 0);
+                debug_assert!(freed.is_ok(), "a frame just taken from the zone");
+                continue;
+            }
             match src {
                 Source::Hot => a.pcp.push(pfn),
                 Source::Cold => a.free.push(Reverse(pfn)),
@@ -357,12 +401,15 @@ impl Memory {
     }
 
     /// One frame from `[lo, hi)` (lowest free first), or from anywhere when
-    /// `hi` is None; the caller holds the allocator lock.
+    /// `hi` is None (in a zoned Memory: from the zone, of migratetype `mt`,
+    /// above the min watermark; a zone serves no ranges); the caller holds
+    /// the allocator lock.
     pub(super) fn alloc_frame(
         &self,
         a: &mut Alloc,
         lo: usize,
         hi: Option<usize>,
+        mt: MigrateType,
     ) -> Result<(u32, Source), MmError> {
         if a.fail_next > 0 || a.fail_probability > 0.0 {
             if a.fail_next > 0 {
@@ -375,7 +422,13 @@ impl Memory {
                 return Err(MmError::OutOfFrames("page allocation failed (injected)".into()));
             }
         }
-        let found = if hi.is_none() && a.excluded.is_empty() {
+        let found = if let Some(zone) = a.zone.as_mut() {
+            if lo > 0 || hi.is_some() {
+                return Err(MmError::Invalid("a zoned Memory hands out no frame by pfn range".into()));
+            }
+            let mark = zone.watermarks().min;
+            zone.alloc_pages(0, mt, mark).ok().map(|pfn| (pfn, Source::Cold))
+        } else if hi.is_none() && a.excluded.is_empty() {
             if let Some(pfn) = a.pcp.pop() {
                 Some((pfn, Source::Hot))
             } else if let Some(Reverse(pfn)) = a.free.pop() {
@@ -405,6 +458,60 @@ impl Memory {
             a.ev[NR_USED_MAX] = a.nr_used as u64;
         }
         Ok((pfn, src))
+    }
+
+    /// A block of `2^order` frames of migratetype `mt` from a zoned
+    /// Memory, if the zone stays above `mark` free pages: its head frame
+    /// has refcount 1 and stands for the block (`put_page` of the head
+    /// frees it all).
+    pub fn alloc_block(&self, order: usize, mt: MigrateType, mark: usize) -> Result<u32, MmError> {
+        let mut a = self.alloc.lock();
+        let zone =
+            a.zone.as_mut().ok_or_else(|| MmError::Invalid("only a zoned Memory hands out blocks".into()))?;
+        let pfn = match zone.alloc_pages(order, mt, mark) {
+            Ok(pfn) => pfn,
+            Err(e) => {
+                a.ev[NR_ALLOC_FAIL] += 1;
+                return Err(MmError::OutOfFrames(e.0));
+            }
+        };
+        self.desc(pfn).refcount.store(1, Relaxed);
+        a.ev[NR_ALLOC] += 1;
+        a.nr_used += 1 << order;
+        if a.nr_used as u64 > a.ev[NR_USED_MAX] {
+            a.ev[NR_USED_MAX] = a.nr_used as u64;
+        }
+        Ok(pfn)
+    }
+
+    /// A frame the zone compaction captured, now a migration's
+    /// destination (`compaction_alloc`).
+    pub(super) fn take_captured(&self, a: &mut Alloc) -> Option<u32> {
+        let pfn = a.captured.pop()?;
+        self.desc(pfn).refcount.store(1, Relaxed);
+        a.ev[NR_ALLOC] += 1;
+        a.nr_used += 1;
+        if a.nr_used as u64 > a.ev[NR_USED_MAX] {
+            a.ev[NR_USED_MAX] = a.nr_used as u64;
+        }
+        Some(pfn)
+    }
+
+    /// Whether this Memory hands out its frames from a zone.
+    pub fn is_zoned(&self) -> bool {
+        self.alloc.lock().zone.is_some()
+    }
+
+    /// `f` on the zone of a zoned Memory, under the allocator lock (for
+    /// its statistics and indices).
+    pub fn with_zone<R>(&self, f: impl FnOnce(&Zone) -> R) -> Option<R> {
+        self.alloc.lock().zone.as_ref().map(f)
+    }
+
+    /// `f` on the zone of a zoned Memory, under the allocator lock, to
+    /// change its settings (watermarks, the compaction deferral).
+    pub fn with_zone_mut<R>(&self, f: impl FnOnce(&mut Zone) -> R) -> Option<R> {
+        self.alloc.lock().zone.as_mut().map(f)
     }
 
     /// Keep the allocator out of `[start, end)` (MIGRATE_ISOLATE pageblocks).
@@ -473,8 +580,16 @@ impl Memory {
         let d = self.desc(pfn);
         d.flags.store(0, Relaxed);
         d.reset_owner_words();
-        a.nr_used -= 1;
         a.ev[NR_FREE] += 1;
+        if let Some(zone) = a.zone.as_mut() {
+            // the head of a block gives back the whole block
+            let order = zone.allocated_block(pfn).map_or(0, |(o, _)| o);
+            let freed = zone.free_pages(pfn, order);
+            debug_assert!(freed.is_ok(), "frame {pfn} was allocated from the zone");
+            a.nr_used -= 1 << order;
+            return;
+        }
+        a.nr_used -= 1;
         a.pcp.push(pfn);
         if a.pcp.len() > self.pcp_high {
             let batch = self.pcp_batch.min(a.pcp.len());
@@ -550,6 +665,9 @@ impl Memory {
     }
 
     fn shrink_arena_locked(&self, a: &mut Alloc) -> usize {
+        if a.zone.is_some() {
+            return 0; // a zone keeps its frames
+        }
         let mut new_hwm = a.hwm;
         while new_hwm > 0 && self.desc(new_hwm as u32 - 1).refcount.load(Relaxed) <= 0 {
             new_hwm -= 1;

@@ -41,6 +41,7 @@ use crate::sync::AtomicU64;
 use crate::sync::Ordering::Relaxed;
 
 use super::memory::{Memory, MmError, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
+use super::zone::MigrateType;
 
 pub const MIGRATEPAGE_SUCCESS: i32 = 0;
 pub const EAGAIN: i32 = -11;
@@ -72,6 +73,9 @@ pub enum Target {
     Range(usize, usize),
     /// the lowest free frame below the source (compaction)
     Below,
+    /// the free frames the zone compaction's free scanner captured
+    /// (`compaction_alloc`); none left is -ENOMEM
+    Captured,
 }
 
 /// What one `migrate_pages` / `move_pages` / `evacuate` / `compact` did.
@@ -284,17 +288,21 @@ impl Memory {
             return Ok((MIGRATEPAGE_SUCCESS, None));
         }
         let (lo, hi) = match target {
-            Target::Anywhere => (0, None),
+            Target::Anywhere | Target::Captured => (0, None),
             Target::Range(lo, hi) => (lo, Some(hi)),
             Target::Below => (0, Some(src as usize)),
         };
         let dst = {
             let mut a = self.alloc.lock();
-            self.alloc_frame(&mut a, lo, hi)
+            if target == Target::Captured {
+                self.take_captured(&mut a)
+            } else {
+                self.alloc_frame(&mut a, lo, hi, MigrateType::Movable).map(|(pfn, _)| pfn).ok()
+            }
         };
         let dst = match dst {
-            Ok((dst, _)) => dst,
-            Err(_) => {
+            Some(dst) => dst,
+            None => {
                 self.unlock_page(src)?;
                 self.vmstat.add(Event::PgmigrateNomem, 1);
                 return Ok((ENOMEM, None));

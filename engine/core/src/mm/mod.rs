@@ -8,6 +8,7 @@ pub mod compaction;
 pub mod memory;
 pub mod migrate;
 pub mod table;
+pub mod zone;
 
 pub use memory::{
     trim_process_heap, Memory, MemoryStats, MmError, PageDesc, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED,

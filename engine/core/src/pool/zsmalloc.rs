@@ -73,6 +73,7 @@ use std::time::Duration;
 
 use crate::mm::migrate::MovableOps;
 use crate::mm::table::{Table, Zeroable};
+use crate::mm::zone::MigrateType;
 use crate::mm::{trim_process_heap, Memory, MmError, NO_PAGE, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED};
 use crate::sync::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{
@@ -367,6 +368,10 @@ pub struct PoolConfig {
     /// false: no worker thread; requests wait in `pending_work` until the
     /// caller runs them (`run_pending_work`, `flush_deferred`)
     pub background_work: bool,
+    /// true: the pool's pages are __GFP_MOVABLE and marked movable (since
+    /// 4.8); false: unmovable pages the VM can never migrate, the world
+    /// before page migration (the fragmentation simulation's third mode)
+    pub movable: bool,
 }
 
 impl PoolConfig {
@@ -382,6 +387,7 @@ impl PoolConfig {
             migration: Protocol::Mainline,
             handle_tag: 1,
             background_work: true,
+            movable: true,
         }
     }
 }
@@ -918,7 +924,8 @@ impl Pool {
             self.pages_total.store(c.pages_allocated, Relaxed);
         }
         let mut pages = [0u32; ZS_MAX_CHAIN_SIZE];
-        if let Err(e) = self.mem.alloc_pages(&mut pages[..n]) {
+        let mt = if self.config.movable { MigrateType::Movable } else { MigrateType::Unmovable };
+        if let Err(e) = self.mem.alloc_pages_mt(&mut pages[..n], mt) {
             let mut c = self.cache.lock();
             c.pages_allocated -= n;
             self.pages_total.store(c.pages_allocated, Relaxed);
@@ -977,8 +984,12 @@ impl Pool {
         chain
     }
 
-    /// `SetZsPageMovable`: from now on the VM may take the zspage's pages.
+    /// `SetZsPageMovable`: from now on the VM may take the zspage's pages
+    /// (unless the pool's pages are unmovable).
     fn set_zspage_movable(&self, zid: u32) -> Result<(), PoolError> {
+        if !self.config.movable {
+            return Ok(());
+        }
         Ok(self.mem.set_pages_movable(self.zspage_pages(zid).as_slice(), self.ops_id)?)
     }
 
@@ -1960,6 +1971,7 @@ fn top_free_run(free: &[u32], n: usize) -> usize {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::mm::compaction::CompactStatus;
 
     fn pool() -> Arc<Pool> {
         let config = PoolConfig {
@@ -1971,6 +1983,7 @@ mod tests {
             migration: Protocol::Mainline,
             background_work: true,
             handle_tag: 0,
+            movable: true,
         };
         let mem = Arc::new(
             Memory::new(1 << 16, crate::mm::memory::PCP_HIGH, crate::mm::memory::PCP_BATCH).unwrap(),
@@ -1983,6 +1996,54 @@ mod tests {
         let mut out = vec![0; r.len()];
         r.copy_to(&mut out);
         out
+    }
+
+    #[test]
+    fn on_a_zone_only_a_movable_pool_moves() {
+        use crate::mm::migrate::MigrateMode;
+        use crate::mm::zone::{PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
+        for movable in [true, false] {
+            let mem = Arc::new(Memory::new_zoned(8 * PAGEBLOCK_NR_PAGES).unwrap());
+            let config = PoolConfig { background_work: false, movable, ..PoolConfig::new("zoned") };
+            let p = Pool::new(config, mem.clone(), true).unwrap();
+            // the pool's pages interleaved with other movable pages that
+            // fill the zone, then those pages freed
+            let (mut live, mut others) = (Vec::new(), Vec::new());
+            'fill: loop {
+                for _ in 0..6 {
+                    let Ok(h) = p.zs_malloc(700) else { break 'fill };
+                    let tag = (live.len() % 251) as u8;
+                    p.zs_obj_write(h, &[tag; 700], 0).unwrap();
+                    live.push((h, tag));
+                }
+                match mem.alloc_block(0, MigrateType::Movable, mem.with_zone(|z| z.watermarks().low).unwrap())
+                {
+                    Ok(pfn) => others.push(pfn),
+                    Err(_) => break,
+                }
+            }
+            for pfn in others {
+                mem.put_page(pfn).unwrap();
+            }
+            let (blocks, free_9) =
+                mem.with_zone(|z| (z.pageblock_counts(), z.contig_page_info(PAGEBLOCK_ORDER))).unwrap();
+            let r = mem.compact_zone(PAGEBLOCK_ORDER, MigrateType::Movable, MigrateMode::Sync).unwrap();
+            mem.with_zone(|z| z.check().unwrap());
+            if movable {
+                // spread over every pageblock: compaction moves them out of one
+                assert_eq!(blocks[0], 0);
+                assert_eq!(free_9.free_blocks_suitable, 0);
+                assert_eq!(r.status, CompactStatus::Success, "{r:?}");
+                assert!(r.migrate.succeeded > 0);
+            } else {
+                // unmovable pages claim pageblocks of their own and never move
+                assert!(blocks[0] > 0);
+                assert_eq!(r.migrate.succeeded, 0);
+            }
+            for (h, tag) in &live {
+                assert_eq!(read(&p, *h), vec![*tag; 700]);
+            }
+        }
     }
 
     #[test]
