@@ -17,7 +17,9 @@ nbdcopy, qemu-img and libnbd: throughput and server RSS) and
 ``bench_threads.py`` (what a second thread gets from one-object calls, which
 keep the GIL, and from batch calls, which release it) and ``bench_store.py``
 (``zsmalloc.Store`` against ``zict.Func(lz4)`` of a dict: set/get MB/s and
-RSS).  Each writes
+RSS) and ``bench_fragsim.py`` (``zsmalloc fragsim``'s standard scenario: the
+high-order requests served with zsmalloc's pages migrated, placed or
+unmovable).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -51,6 +53,7 @@ from pathlib import Path
 import bench_churn
 import bench_compaction_work
 import bench_density
+import bench_fragsim
 import bench_migration
 import bench_nbd
 import bench_speed
@@ -70,6 +73,7 @@ BENCHMARKS = (
     bench_nbd,
     bench_threads,
     bench_store,
+    bench_fragsim,
 )
 
 

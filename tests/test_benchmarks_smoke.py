@@ -53,6 +53,7 @@ def test_run_all_quick(tmp_path: Path) -> None:
         "## zram (`bench_zram.py`)",
         "## Threads and the GIL (`bench_threads.py`)",
         "## Store (`bench_store.py`)",
+        "## Fragmentation simulation (`bench_fragsim.py`)",
         "CPU model",
         "gc.disable()",
         "--quick",
@@ -61,7 +62,8 @@ def test_run_all_quick(tmp_path: Path) -> None:
     assert "PASS" in text or "FAIL" in text
     assert "CRASHED" not in text
 
-    for name in ("density", "speed", "migration", "churn", "compaction_work", "zram", "threads", "store"):
+    names = ("density", "speed", "migration", "churn", "compaction_work")
+    for name in (*names, "zram", "threads", "store", "fragsim"):
         doc = json.loads((tmp_path / "results" / f"{name}.json").read_text(encoding="utf-8"))
         assert doc["name"] == name and doc["quick"] is True
         assert doc["targets"], f"{name}.json has no targets"

@@ -1,6 +1,6 @@
 """Type stubs for zsmalloc._engine, the Rust engine (engine/python/src/lib.rs)."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -264,3 +264,23 @@ def store_get(pool: Pool, entry: _StoreEntry) -> bytes: ...
 def store_get_into(pool: Pool, entry: _StoreEntry, buf: Buffer) -> int: ...
 def store_get_many(pool: Pool, entries: Sequence[_StoreEntry]) -> list[bytes]: ...
 def store_free(pool: Pool, handles: Sequence[int]) -> None: ...
+def fragsim_run(
+    mode: str,
+    sizes: Sequence[int],
+    *,
+    zone_pages: int,
+    seed: int,
+    zram: tuple[float, float],
+    anon: tuple[float, float],
+    kernel: tuple[float, float],
+    reclaimable: tuple[float, float],
+    requests: Sequence[tuple[int, str, float, int, bool]],
+    page_cache: bool,
+    fill_ticks: int,
+    churn_ticks: int,
+    pool_compact_every: int,
+    report_every: int,
+    maps_at: Sequence[int],
+    chain_size: int,
+    progress: Callable[[int], object] | None = None,
+) -> dict[str, Any]: ...

@@ -14,6 +14,7 @@
 //! Nothing below knows what is above it: `mm` never sees `pool`, `pool`
 //! never sees `zram` or `store`.  All take their locks and atomics from `sync`: parking_lot and std normally, loom under `--cfg loom`.
 
+pub mod fragsim;
 mod lz4;
 pub mod mm;
 pub mod pool;

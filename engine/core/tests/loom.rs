@@ -214,6 +214,8 @@ fn fixture_on(protocol: Protocol, frames: usize, owns_memory: bool) -> Fixture {
         migration: protocol,
         background_work: false,
         handle_tag: 0,
+        movable: true,
+        migratable: true,
     };
     let pool = Pool::new(config, mem.clone(), owns_memory).unwrap();
     Fixture { mem, pool, log: Log::default() }

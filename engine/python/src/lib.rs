@@ -14,6 +14,7 @@
 //! Errors are the classes of `zsmalloc.errors`, looked up once.  The zram
 //! device's binding is the submodule `zram`, the Store's value codec `store`.
 
+mod fragsim;
 mod store;
 mod zram;
 
@@ -919,6 +920,7 @@ impl PyPool {
             migration: protocol,
             background_work,
             movable: true,
+            migratable: true,
             handle_tag: u16::try_from(handle_tag).ok().filter(|&t| t < NR_HANDLE_TAGS).ok_or_else(|| {
                 PyValueError::new_err(format!(
                     "handle_tag must be within 0..{}, not {handle_tag}",
@@ -1543,6 +1545,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Frame>()?;
     m.add_class::<zram::PyZram>()?;
     m.add_function(wrap_pyfunction!(zram::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(fragsim::fragsim_run, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_put, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_put_many, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_get, m)?)?;

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import psutil
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
 
 #: The console of every command.  The program's own text is never read as
@@ -36,6 +37,19 @@ def rss() -> int:
 def print_rule(title: str) -> None:
     """A titled horizontal rule, the terminal's width (80 columns in a pipe)."""
     console.print(Rule(title), width=None if console.is_terminal else PIPE_RULE_WIDTH)
+
+
+def progress_bars(disable: bool) -> Progress:
+    """The commands' progress bars: gone when done, and none at all in a pipe."""
+    return Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=disable or not console.is_terminal,  # (no bars, nor their blank lines, in a pipe)
+    )
 
 
 class FiniteFloat(click.FloatRange):

@@ -41,11 +41,10 @@ from pathlib import Path
 
 import click
 import lz4.block
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from zsmalloc.cli.app import SHARE, console, main, print_rule, rss
+from zsmalloc.cli.app import SHARE, console, main, print_rule, progress_bars, rss
 from zsmalloc.cli.bench import time_lz4_dict
 from zsmalloc.cli.stats import mm_stat_table
 from zsmalloc.mm import BackgroundMigration
@@ -57,18 +56,6 @@ from zsmalloc.zram.codecs import available_codecs
 PAGE = 4096
 MB = 1e6
 _ZERO = bytes(PAGE)
-
-
-def _progress(disable: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=disable or not console.is_terminal,  # (no bars, nor their blank lines, in a pipe)
-    )
 
 
 def _pool_snapshot(dev: ZramDevice) -> dict:
@@ -121,7 +108,7 @@ def _run_device(
     rss0 = rss()
     dev = ZramDevice(n * PAGE, algorithm=algorithm, chain_size=chain_size, name="zram0")
     write, read = dev.write_page, dev.read_page
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         task = progress.add_task(f"fill ({algorithm})", total=n)
         t0 = time.perf_counter()
         for i, page in enumerate(pages):
@@ -143,7 +130,7 @@ def _run_device(
     random.Random(seed + 1).shuffle(ops)
     vm.start()
     try:
-        with _progress(quiet) as progress:
+        with progress_bars(quiet) as progress:
             task = progress.add_task("churn (VM migrating)", total=len(ops))
             t0 = time.perf_counter()
             for k, (i, new_page) in enumerate(ops):
@@ -235,7 +222,7 @@ def _run_peer(pages: list[bytes], new_pages: list[bytes], rewrites: list[int], d
 
 def _generate(source: Callable, n: int, seed: int, label: str, quiet: bool) -> list[bytes]:
     out: list[bytes] = []
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         task = progress.add_task(label, total=n)
         for page in source(n, seed):
             out.append(page)

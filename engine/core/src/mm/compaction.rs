@@ -240,7 +240,7 @@ impl Memory {
             {
                 break CompactStatus::Success;
             }
-            let candidates = self.isolate_migratepages(&mut migrate_pfn, free_pfn, mt, mode, &mut r);
+            let candidates = self.isolate_migratepages(&mut migrate_pfn, free_pfn, order, mt, mode, &mut r);
             let isolated: Vec<u32> =
                 candidates.into_iter().filter(|&p| self.isolate_movable_page(p, mode)).collect();
             if isolated.is_empty() {
@@ -266,10 +266,14 @@ impl Memory {
     /// `isolate_migratepages`: from `migrate_pfn`, the next pageblock that
     /// is a suitable source: its in-use movable order-0 pages, at most
     /// COMPACT_BATCH of them, leaving `migrate_pfn` where the scan stopped.
+    /// Async (direct) compaction skips the rest of an `order`-aligned block
+    /// at the first page that cannot move, and drops what it took from it
+    /// (`skip_on_failure`): that block can never become free.
     fn isolate_migratepages(
         &self,
         migrate_pfn: &mut usize,
         free_pfn: usize,
+        order: usize,
         mt: MigrateType,
         mode: MigrateMode,
         r: &mut ZoneCompactResult,
@@ -277,6 +281,8 @@ impl Memory {
         let mut found = Vec::with_capacity(COMPACT_BATCH);
         let a = self.alloc.lock();
         let z = a.zone.as_ref().expect("a zoned Memory");
+        let skip_on_failure = mode == MigrateMode::Async && order > 0;
+        let chunk_mask = (1usize << order) - 1;
         while *migrate_pfn < free_pfn {
             let block_end = (*migrate_pfn | (PAGEBLOCK_NR_PAGES - 1)) + 1;
             // suitable_migration_source: async compaction keeps to blocks of the request's type
@@ -285,27 +291,36 @@ impl Memory {
                 *migrate_pfn = block_end;
                 continue;
             }
+            let end = block_end.min(z.nr_pages());
             let mut p = *migrate_pfn;
-            while p < block_end.min(z.nr_pages()) && found.len() < COMPACT_BATCH {
+            let (mut chunk_start, mut next_skip) = (found.len(), (p | chunk_mask) + 1);
+            while p < end && found.len() < COMPACT_BATCH {
                 r.migrate_scanned += 1;
+                if p >= next_skip {
+                    (chunk_start, next_skip) = (found.len(), (p | chunk_mask) + 1);
+                }
                 if let Some(o) = z.buddy_order(p as u32) {
                     p += 1 << o;
                     continue;
                 }
-                if let Some((o, _)) = z.allocated_block(p as u32) {
-                    if o == 0 {
-                        let d = self.desc(p as u32);
-                        let flags = d.flags.load(Relaxed);
-                        if flags & (PG_MOVABLE | PG_ISOLATED) == PG_MOVABLE && d.refcount.load(Relaxed) > 0 {
-                            found.push(p as u32);
-                        }
+                let Some((o, _)) = z.allocated_block(p as u32) else {
+                    p += 1;
+                    continue;
+                };
+                let d = self.desc(p as u32);
+                let flags = d.flags.load(Relaxed);
+                if o == 0 && flags & PG_MOVABLE != 0 && d.refcount.load(Relaxed) > 0 {
+                    if flags & PG_ISOLATED == 0 {
+                        found.push(p as u32);
                     }
-                    p += 1 << o;
+                } else if skip_on_failure {
+                    found.truncate(chunk_start);
+                    p = next_skip;
                     continue;
                 }
-                p += 1;
+                p += 1 << o;
             }
-            *migrate_pfn = if p >= block_end.min(z.nr_pages()) { block_end } else { p };
+            *migrate_pfn = if p >= end { p.max(block_end) } else { p };
             break;
         }
         found
@@ -467,6 +482,28 @@ mod tests {
         mem.with_zone(|z| z.check().unwrap());
         // the captured targets all went back
         assert_eq!(mem.with_zone(|z| z.nr_free_pages()).unwrap(), 8 * PAGEBLOCK_NR_PAGES / 2);
+    }
+
+    #[test]
+    fn async_compaction_skips_a_block_that_cannot_become_free() {
+        let (mem, owner) = fragmented(16);
+        // one page in every pageblock can no longer move
+        let pinned: Vec<u32> =
+            owner.pages.lock().iter().copied().filter(|p| p % PAGEBLOCK_NR_PAGES as u32 == 0).collect();
+        for &p in &pinned {
+            mem.reset_page(p);
+        }
+        let r = mem.compact_zone(PAGEBLOCK_ORDER, MigrateType::Movable, MigrateMode::Async).unwrap();
+        assert_eq!(r.status, CompactStatus::Complete);
+        assert_eq!(r.migrate.succeeded, 0, "nothing moved out of blocks that stay busy");
+        // sync compaction does not skip: it moves pages, and still makes no order-9 block
+        let r = mem.compact_zone(PAGEBLOCK_ORDER, MigrateType::Movable, MigrateMode::Sync).unwrap();
+        assert_eq!(r.status, CompactStatus::Complete);
+        assert!(r.migrate.succeeded > 0);
+        // order 3 blocks can still be made around the pinned pages
+        let r = mem.compact_zone(3, MigrateType::Movable, MigrateMode::Async).unwrap();
+        assert_eq!(r.status, CompactStatus::Success);
+        mem.with_zone(|z| z.check().unwrap());
     }
 
     #[test]

@@ -73,7 +73,8 @@ impl Protocol {
 
 impl Pool {
     /// Does the page still belong to a zspage of this pool?
-    fn page_is_ours(&self, mem: &Memory, pfn: u32) -> bool {
+    /// Whether `pfn` is one of this pool's pages, marked movable.
+    pub fn page_is_ours(&self, mem: &Memory, pfn: u32) -> bool {
         let d = mem.desc(pfn);
         d.flags.load(Relaxed) & PG_MOVABLE != 0 && d.movable_ops.load(Relaxed) == self.ops_id
     }

@@ -368,10 +368,12 @@ pub struct PoolConfig {
     /// false: no worker thread; requests wait in `pending_work` until the
     /// caller runs them (`run_pending_work`, `flush_deferred`)
     pub background_work: bool,
-    /// true: the pool's pages are __GFP_MOVABLE and marked movable (since
-    /// 4.8); false: unmovable pages the VM can never migrate, the world
-    /// before page migration (the fragmentation simulation's third mode)
+    /// true: the pool's pages are __GFP_MOVABLE (placed in movable
+    /// pageblocks of a zone); false: unmovable, as before 4.8
     pub movable: bool,
+    /// true: the pool marks its pages movable for the VM to migrate
+    /// (SetZsPageMovable, since 4.8); false: the VM can never move them
+    pub migratable: bool,
 }
 
 impl PoolConfig {
@@ -388,6 +390,7 @@ impl PoolConfig {
             handle_tag: 1,
             background_work: true,
             movable: true,
+            migratable: true,
         }
     }
 }
@@ -985,9 +988,9 @@ impl Pool {
     }
 
     /// `SetZsPageMovable`: from now on the VM may take the zspage's pages
-    /// (unless the pool's pages are unmovable).
+    /// (unless the pool's pages are not to be migrated).
     fn set_zspage_movable(&self, zid: u32) -> Result<(), PoolError> {
-        if !self.config.movable {
+        if !self.config.migratable {
             return Ok(());
         }
         Ok(self.mem.set_pages_movable(self.zspage_pages(zid).as_slice(), self.ops_id)?)
@@ -1984,6 +1987,7 @@ mod tests {
             background_work: true,
             handle_tag: 0,
             movable: true,
+            migratable: true,
         };
         let mem = Arc::new(
             Memory::new(1 << 16, crate::mm::memory::PCP_HIGH, crate::mm::memory::PCP_BATCH).unwrap(),
@@ -2004,7 +2008,12 @@ mod tests {
         use crate::mm::zone::{PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER};
         for movable in [true, false] {
             let mem = Arc::new(Memory::new_zoned(8 * PAGEBLOCK_NR_PAGES).unwrap());
-            let config = PoolConfig { background_work: false, movable, ..PoolConfig::new("zoned") };
+            let config = PoolConfig {
+                background_work: false,
+                movable,
+                migratable: movable,
+                ..PoolConfig::new("zoned")
+            };
             let p = Pool::new(config, mem.clone(), true).unwrap();
             // the pool's pages interleaved with other movable pages that
             // fill the zone, then those pages freed
