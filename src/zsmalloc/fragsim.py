@@ -135,6 +135,20 @@ def _standard() -> Scenario:
 #: the named scenarios (``zsmalloc fragsim --scenario NAME``)
 SCENARIOS: dict[str, Scenario] = {
     "standard": _standard(),
+    "atomic": replace(
+        _standard(),
+        name="atomic",
+        description=(
+            "the standard scenario with a burst of order-3 requests that may neither reclaim nor "
+            "compact (60 a tick, held 2 ticks: network receive buffers)"
+        ),
+        requests=(
+            Request(2, "unmovable", 4.0, 2),
+            Request(3, "unmovable", 60.0, 2, direct_compaction=False),
+            Request(4, "unmovable", 1.0, 5),
+            Request(9, "movable", 0.5, 40),
+        ),
+    ),
     "small": replace(
         _standard(),
         name="small",
