@@ -194,7 +194,10 @@ class Pool:
     def _class_rows(self) -> list[tuple[int, int, list[int], int, int, int, int, int]]: ...
     def _snapshot(self, data: bool = False) -> dict[str, Any]: ...
 
-def compress(page: Buffer, algorithm: str = "lz4", level: int | None = None) -> bytes: ...
+def codec_versions() -> tuple[str, str]: ...
+def compress(
+    page: Buffer, algorithm: str = "lz4", level: int | None = None, frame: str | None = None
+) -> bytes: ...
 
 class Zram:
     def __init__(
@@ -204,6 +207,7 @@ class Zram:
         algorithm: str = "lz4",
         level: int | None = None,
         dictionary: bytes | None = None,
+        frame: str | None = None,
         recompress: Sequence[tuple[str, int | None]] = (),
         mem_limit: int = 0,
         backing_file: str | None = None,

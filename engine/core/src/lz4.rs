@@ -4,6 +4,8 @@
 use std::ffi::{c_char, c_int, c_void};
 
 extern "C" {
+    /// major * 10000 + minor * 100 + release
+    pub(crate) fn LZ4_versionNumber() -> c_int;
     pub(crate) fn LZ4_sizeofState() -> c_int;
     /// `LZ4_compress_fast` on a caller's state: the kernel's call (with its
     /// per-CPU work memory), which clears the table for every page

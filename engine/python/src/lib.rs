@@ -1545,6 +1545,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Frame>()?;
     m.add_class::<zram::PyZram>()?;
     m.add_function(wrap_pyfunction!(zram::compress, m)?)?;
+    m.add_function(wrap_pyfunction!(zram::codec_versions, m)?)?;
     m.add_function(wrap_pyfunction!(fragsim::fragsim_run, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_put, m)?)?;
     m.add_function(wrap_pyfunction!(store::store_put_many, m)?)?;

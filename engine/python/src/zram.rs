@@ -17,7 +17,8 @@ use pyo3::sync::PyOnceLock;
 
 use pyo3::types::PyBytes;
 use zsmalloc_core::zram::{
-    Algorithm, Codec, CodecSpec, Zram, ZramConfig, ZramError, COMPRESS_BOUND, PAGE_SIZE,
+    library_versions, Algorithm, Codec, CodecSpec, Zram, ZramConfig, ZramError, ZstdFrame, COMPRESS_BOUND,
+    PAGE_SIZE,
 };
 
 use super::{exact_i64, guard, int_arg, new_bytes, pool_err, python_error, zs_error, BorrowedBuffer, PyPool};
@@ -46,22 +47,42 @@ fn zram_err(py: Python<'_>, e: ZramError) -> PyErr {
     }
 }
 
-fn codec_spec(name: &str, level: Option<i32>, dictionary: Option<Vec<u8>>) -> PyResult<CodecSpec> {
+fn codec_spec(
+    name: &str,
+    level: Option<i32>,
+    dictionary: Option<Vec<u8>>,
+    frame: Option<&str>,
+) -> PyResult<CodecSpec> {
     let algorithm: Algorithm = name.parse().map_err(PyValueError::new_err)?;
-    Ok(CodecSpec { algorithm, level, dictionary })
+    let frame = match frame {
+        None => ZstdFrame::Magicless,
+        Some(f) => ZstdFrame::from_name(f).ok_or_else(|| {
+            PyValueError::new_err(format!("zstd frame must be one of {:?}, not {f:?}", ZstdFrame::NAMES))
+        })?,
+    };
+    Ok(CodecSpec { algorithm, level, dictionary, frame })
 }
 
-/// ``compress(page, algorithm="lz4", level=None)``: the 4096-byte page as
-/// the engine's zram would store it, whatever its size (for tools and tests).
+/// ``codec_versions()``: the versions of the C libraries the engine's codecs
+/// are: ``(liblz4, libzstd)``, as ``("1.9.4", "1.5.7")``.
 #[pyfunction]
-#[pyo3(signature = (page, algorithm = "lz4", level = None))]
+pub fn codec_versions() -> (String, String) {
+    library_versions()
+}
+
+/// ``compress(page, algorithm="lz4", level=None, frame=None)``: the
+/// 4096-byte page as the engine's zram would store it, whatever its size
+/// (for tools and tests).
+#[pyfunction]
+#[pyo3(signature = (page, algorithm = "lz4", level = None, frame = None))]
 pub fn compress<'py>(
     py: Python<'py>,
     page: &Bound<'py, PyAny>,
     algorithm: &str,
     level: Option<i32>,
+    frame: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec = Codec::new(&codec_spec(algorithm, level, None)?).map_err(PyValueError::new_err)?;
+    let codec = Codec::new(&codec_spec(algorithm, level, None, frame)?).map_err(PyValueError::new_err)?;
     let buf = BorrowedBuffer::get(page, false)?;
     if buf.as_slice().len() != PAGE_SIZE {
         return Err(PyValueError::new_err(format!(
@@ -136,7 +157,7 @@ impl PyZram {
     /// ``Zram(pool, disksize, algorithm, level, dictionary, recompress, mem_limit, backing_file, backing_blocks, name)``;
     /// ``recompress`` is a list of ``(algorithm, level)``.
     #[new]
-    #[pyo3(signature = (pool, disksize, algorithm = "lz4", level = None, dictionary = None, recompress = Vec::new(),
+    #[pyo3(signature = (pool, disksize, algorithm = "lz4", level = None, dictionary = None, frame = None, recompress = Vec::new(),
                         mem_limit = 0, backing_file = None, backing_blocks = None, name = "zram0".to_string()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -146,6 +167,7 @@ impl PyZram {
         algorithm: &str,
         level: Option<i32>,
         dictionary: Option<Vec<u8>>,
+        frame: Option<&str>,
         recompress: Vec<(String, Option<i32>)>,
         mem_limit: u64,
         backing_file: Option<PathBuf>,
@@ -154,9 +176,11 @@ impl PyZram {
     ) -> PyResult<PyZram> {
         let mut config = ZramConfig::new(disksize);
         config.name = name;
-        config.algorithm = codec_spec(algorithm, level, dictionary)?;
-        config.recompress =
-            recompress.into_iter().map(|(n, l)| codec_spec(&n, l, None)).collect::<PyResult<Vec<_>>>()?;
+        config.algorithm = codec_spec(algorithm, level, dictionary, frame)?;
+        config.recompress = recompress
+            .into_iter()
+            .map(|(n, l)| codec_spec(&n, l, None, None))
+            .collect::<PyResult<Vec<_>>>()?;
         config.mem_limit = mem_limit;
         config.backing_file = backing_file;
         config.backing_blocks = backing_blocks;

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from zsmalloc.cli.app import SHARE, console, main
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
-from zsmalloc.zram import ZramDevice
+from zsmalloc.zram import KERNELS, ZramDevice, library_versions
 from zsmalloc.zram.codecs import available_codecs
 
 PAGE = 4096
@@ -75,7 +75,14 @@ def _comp_algorithm_line(selected: str) -> str:
 )
 @click.option("--pages", "n_pages", default=16384, show_default=True, type=click.IntRange(1))
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
-@click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
+@click.option(
+    "--chain-size", type=click.IntRange(4, 16), help="zspage chain size (default: 8, or the kernel's)"
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(list(KERNELS)),
+    help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
+)
 @click.option("--discard", default=0.0, show_default=True, type=SHARE, help="share discarded")
 @click.option("--compact", is_flag=True, help="run zram's compact after the discards")
 @click.option("--seed", default=1, show_default=True)
@@ -85,7 +92,8 @@ def stats(
     image: Path | None,
     n_pages: int,
     algorithm: str,
-    chain_size: int,
+    chain_size: int | None,
+    kernel: str | None,
     discard: float,
     compact: bool,
     seed: int,
@@ -99,7 +107,12 @@ def stats(
     else:
         pages = iter(get_page_source(workload)(n_pages, seed))
         label = workload
-    with ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, name="zram0") as dev:
+    try:
+        dev = ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, kernel=kernel)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    libraries = library_versions()
+    with dev:
         for i, page in enumerate(pages):
             dev.write_page(i, page)
         for i in random.Random(seed).sample(range(n_pages), int(n_pages * discard)):
@@ -111,7 +124,9 @@ def stats(
                 "source": label,
                 "disksize": dev.disksize,
                 "comp_algorithm": algorithm,
-                "chain_size": chain_size,
+                "kernel": kernel,
+                "chain_size": dev.pool.chain_size,
+                "libraries": libraries,
                 "discarded_share": discard,
                 "compact_pages_freed": pages_compacted,
                 "mm_stat": dev.mm_stat().to_dict(),
@@ -133,9 +148,13 @@ def stats(
             console.print(f"{sysfs}/{name}", style="bold", highlight=False)
             console.print(text, end="", highlight=False)
         console.print(mm_stat_table(dev.mm_stat().to_dict()))
+        preset = f"kernel {kernel} preset" if kernel else "no kernel preset"
+        made = ", ".join(f"lib{name} {version}" for name, version in libraries.items())
+        console.print(f"({preset}; compressed by {made})", highlight=False)
         console.print(
             Text.assemble(
-                ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"), f"  ({label}, chain {chain_size})"
+                ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"),
+                f"  ({label}, chain {dev.pool.chain_size})",
             )
         )
         console.print(dev.pool.format_classes(), highlight=False)

@@ -42,14 +42,17 @@ from zsmalloc.zram.errors import (
     ZramFullError,
     ZramIOError,
 )
+from zsmalloc.zram.kernels import KERNELS, KernelPreset
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 if TYPE_CHECKING or _backend == "model":  # one static type (the model's) names both devices
+    from zsmalloc.zram.codecs import library_versions
     from zsmalloc.zram.device import SLOT_BYTES, ZramDevice
 else:
-    from zsmalloc.zram.engine import SLOT_BYTES, ZramDevice
+    from zsmalloc.zram.engine import SLOT_BYTES, ZramDevice, library_versions
 
 __all__ = [
+    "KERNELS",
     "SLOT_BYTES",
     "ZRAM_HUGE",
     "ZRAM_IDLE",
@@ -61,6 +64,7 @@ __all__ = [
     "Codec",
     "InvalidIOError",
     "IoStat",
+    "KernelPreset",
     "MmStat",
     "NoBackingDeviceError",
     "RecompStat",
@@ -71,5 +75,6 @@ __all__ = [
     "ZramIOError",
     "available_codecs",
     "get_codec",
+    "library_versions",
     "register_codec",
 ]

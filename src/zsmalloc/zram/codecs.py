@@ -16,9 +16,15 @@ Registered names (the kernel's ``comp_algorithm`` names):
 ``zstd``
     Zstandard at a fixed level (1..22, default 3, the kernel's default), with one
     compressor and one decompressor object per thread (they are not
-    thread-safe), frames without the magic number, content size, checksum or
-    dictionary id: the page size is known.  Optional dictionary
-    (``dictionary=bytes``), as the kernel's ``algorithm_params dict=``.
+    thread-safe).  Optional dictionary (``dictionary=bytes``), as the kernel's
+    ``algorithm_params dict=``.  Three framings (``frame=``, :data:`ZSTD_FRAMES`):
+    ``magicless`` (the default, this project's own: no magic number, content
+    size, checksum or dictionary id, since the page size is known; parameters
+    for a source of unknown size), ``page`` (zram's zstd backend since 6.12: a
+    standard frame with the content size and the dictionary's id, parameters
+    tuned for a 4 KiB source) and ``crypto`` (zram through the crypto API
+    before 6.12: a standard frame, parameters for a source of unknown size, at
+    level 3 only).
 ``deflate``
     Raw deflate (zlib with ``wbits=-15``, no header or trailer), default level 6.
 ``lzo``, ``lzo-rle``
@@ -75,13 +81,24 @@ def available_codecs() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_codec(name: str, level: int | None = None, dictionary: bytes | None = None) -> Codec:
-    """A configured codec: ``level`` (None: the algorithm's default) and, for zstd, a dictionary."""
+def get_codec(
+    name: str, level: int | None = None, dictionary: bytes | None = None, frame: str | None = None
+) -> Codec:
+    """A configured codec: ``level`` (None: the default) and, for zstd, a dictionary and a frame."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown compression algorithm {name!r}; available: {available_codecs()}") from None
+    if frame is not None:
+        if name != "zstd":
+            raise ValueError(f"{name} has no frame to choose (only zstd has)")
+        return _zstd(level, dictionary, frame)
     return factory(level, dictionary)
+
+
+def library_versions() -> dict[str, str]:
+    """The C libraries behind these codecs: their versions decide a page's compressed bytes."""
+    return {"lz4": lz4.library_version_string(), "zstd": ".".join(map(str, zstandard.ZSTD_VERSION))}
 
 
 def _no_dictionary(name: str, dictionary: bytes | None) -> None:
@@ -126,16 +143,27 @@ def _lz4hc(level: int | None, dictionary: bytes | None) -> Codec:
 # zstd
 
 
-def _zstd(level: int | None, dictionary: bytes | None) -> Codec:
+#: zstd's framings (see the module's docstring)
+ZSTD_FRAMES = ("magicless", "page", "crypto")
+
+
+def _zstd(level: int | None, dictionary: bytes | None, frame: str = "magicless") -> Codec:
+    if frame not in ZSTD_FRAMES:
+        raise ValueError(f"zstd frame must be one of {ZSTD_FRAMES}, not {frame!r}")
+    if frame == "crypto" and level not in (None, 3):
+        raise ValueError("the crypto API's zstd runs at level 3 only")
     level = 3 if level is None else level
     if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
         raise ValueError(f"zstd level must be within 1..{zstandard.MAX_COMPRESSION_LEVEL}, not {level}")
+    standard = frame != "magicless"
+    fmt = zstandard.FORMAT_ZSTD1 if standard else zstandard.FORMAT_ZSTD1_MAGICLESS
     params = zstandard.ZstdCompressionParameters.from_level(
         level,
-        format=zstandard.FORMAT_ZSTD1_MAGICLESS,
-        write_content_size=False,
+        source_size=PAGE_SIZE if frame == "page" else 0,
+        format=fmt,
+        write_content_size=standard,
         write_checksum=False,
-        write_dict_id=False,
+        write_dict_id=standard,
     )
     zdict = None if dictionary is None else zstandard.ZstdCompressionDict(bytes(dictionary))
     local = threading.local()
@@ -151,9 +179,7 @@ def _zstd(level: int | None, dictionary: bytes | None) -> Codec:
         try:
             dctx = _local.dctx
         except AttributeError:
-            dctx = _local.dctx = zstandard.ZstdDecompressor(
-                dict_data=zdict, format=zstandard.FORMAT_ZSTD1_MAGICLESS
-            )
+            dctx = _local.dctx = zstandard.ZstdDecompressor(dict_data=zdict, format=fmt)
         return dctx.decompress(data, max_output_size=PAGE_SIZE)
 
     return Codec("zstd", compress, decompress, level, (zstandard.ZstdError, ValueError))

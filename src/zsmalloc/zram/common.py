@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from zsmalloc.zram.codecs import ZSTD_FRAMES
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 PAGE_SHIFT = 12
@@ -28,8 +29,8 @@ ZRAM_INCOMPRESSIBLE = 1 << 4  # no secondary algorithm could shrink it
 ZRAM_COMP_PRIORITY_SHIFT = 5  # bits 5-6: which algorithm compressed it
 ZRAM_COMP_PRIORITY_MASK = 3 << ZRAM_COMP_PRIORITY_SHIFT
 ZRAM_MAX_COMPS = 4  # the primary algorithm and up to three for recompression
-#: the keys ``algorithm_params`` takes
-ALGORITHM_PARAMS = frozenset({"level", "dictionary"})
+#: the keys ``algorithm_params`` takes (``frame``, zstd's framing, is this project's own)
+ALGORITHM_PARAMS = frozenset({"level", "dictionary", "frame"})
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,8 @@ def secondary_algorithms(recompress_algorithm: Any) -> list[Any]:
     return secondary
 
 
-def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None]:
-    """``algorithm_params``, checked: (level, dictionary)."""
+def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None, str | None]:
+    """``algorithm_params``, checked: (level, dictionary, zstd frame)."""
     params = params or {}
     unknown = sorted(map(repr, set(params) - ALGORITHM_PARAMS))
     if unknown:
@@ -112,7 +113,10 @@ def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None]:
     if level is not None and (not isinstance(level, int) or isinstance(level, bool)):
         raise TypeError(f"algorithm_params level must be an int, not {level!r}")
     dictionary = params.get("dictionary")
-    return level, None if dictionary is None else bytes(dictionary)
+    frame = params.get("frame")
+    if frame is not None and frame not in ZSTD_FRAMES:
+        raise ValueError(f"algorithm_params frame must be one of {ZSTD_FRAMES}, not {frame!r}")
+    return level, None if dictionary is None else bytes(dictionary), frame
 
 
 class DeviceText:

@@ -133,6 +133,7 @@ from zsmalloc.zram.errors import (
     ZramFullError,
     ZramIOError,
 )
+from zsmalloc.zram.kernels import apply_kernel
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -154,8 +155,8 @@ def _resolve_codec(spec: str | Codec, params: dict | None = None) -> Codec:
         if params:
             raise ValueError(f"algorithm_params configure a named algorithm, not the codec {spec!r}")
         return spec
-    level, dictionary = algorithm_params(params)
-    return get_codec(spec, level, dictionary)
+    level, dictionary, frame = algorithm_params(params)
+    return get_codec(spec, level, dictionary, frame)
 
 
 def _pool_class(memory: object) -> type[zsmalloc.Pool]:
@@ -177,8 +178,10 @@ class ZramDevice(DeviceText):
     ``level`` and, for zstd, ``dictionary``); ``recompress_algorithm`` one or
     up to three secondary ones for :meth:`recompress`, in priority order.
     ``mem_limit`` caps the pool's memory in bytes (0: none); ``chain_size``
-    and ``memory`` shape the pool the device creates, unless ``pool`` is
-    given.  ``backing_file`` is a path for :meth:`writeback`, sized
+    (default 8) and ``memory`` shape the pool the device creates, unless
+    ``pool`` is given.  ``kernel`` ("6.6", "6.12", "6.17") configures the
+    device as that kernel's zram: :mod:`zsmalloc.zram.kernels`.
+    ``backing_file`` is a path for :meth:`writeback`, sized
     ``backing_blocks`` 4 KiB blocks (default: as many as the device has
     pages).  ``slot_lock_stripes`` (a power of two) is the number of slot locks.
     """
@@ -188,7 +191,7 @@ class ZramDevice(DeviceText):
         disksize: int,
         algorithm: str | Codec = "lz4",
         mem_limit: int = 0,
-        chain_size: int = 8,
+        chain_size: int | None = None,
         recompress_algorithm: str | Codec | Sequence[str | Codec] | None = None,
         backing_file: str | os.PathLike[str] | None = None,
         *,
@@ -198,6 +201,7 @@ class ZramDevice(DeviceText):
         algorithm_params: dict | None = None,
         name: str = "zram0",
         slot_lock_stripes: int = 256,
+        kernel: str | None = None,
     ) -> None:
         check_device_args(disksize, mem_limit, backing_file, backing_blocks)
         if slot_lock_stripes < 1 or slot_lock_stripes & (slot_lock_stripes - 1):
@@ -209,13 +213,16 @@ class ZramDevice(DeviceText):
 
         # algorithms by priority: 0 is the primary one (zram->comps[])
         secondary = secondary_algorithms(recompress_algorithm)
-        self._codecs: list[Codec] = [_resolve_codec(algorithm, algorithm_params)]
+        setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
+        self._codecs: list[Codec] = [_resolve_codec(algorithm, setup.params)]
         self._codecs += [_resolve_codec(spec) for spec in secondary]
         self._compress = self._codecs[0].compress
 
         self._own_pool = pool is None
         if pool is None:
-            pool = _pool_class(memory)(name=name, chain_size=chain_size, memory=memory)
+            pool = _pool_class(memory)(
+                name=name, chain_size=setup.chain_size, class_rule=setup.class_rule, memory=memory
+            )
         self.pool = pool
         self._huge_size = self.pool.huge_class_size
         self._limit_pages = 0

@@ -40,6 +40,7 @@ from zsmalloc.zram.common import (
     slot_info,
 )
 from zsmalloc.zram.common import algorithm_params as check_algorithm_params
+from zsmalloc.zram.kernels import apply_kernel
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 #: bytes of slot table per page of disksize (struct zram_table_entry: a handle word, a flags word)
@@ -59,6 +60,12 @@ def _algorithm_name(spec: Any, what: str) -> str:
     return spec
 
 
+def library_versions() -> dict[str, str]:
+    """The C libraries behind the engine's codecs: their versions decide a page's compressed bytes."""
+    lz4, zstd = _engine.codec_versions()
+    return {"lz4": lz4, "zstd": zstd}
+
+
 def compress(page: Any, algorithm: str = "lz4", level: int | None = None) -> bytes:
     """The 4096-byte ``page`` as the engine's device stores it with ``algorithm`` (any size)."""
     return _engine.compress(page, _algorithm_name(algorithm, "its algorithm"), level)
@@ -72,8 +79,8 @@ class ZramDevice(DeviceText):
     ``dictionary``); ``recompress_algorithm``, one or up to three names;
     ``mem_limit`` in bytes (0: none); ``chain_size`` and ``memory`` shape the
     engine pool the device makes, unless ``pool`` (an engine pool, which it
-    then shares) is given; ``backing_file`` and ``backing_blocks`` for
-    :meth:`writeback`.
+    then shares) is given; ``kernel`` (a :mod:`zsmalloc.zram.kernels` preset);
+    ``backing_file`` and ``backing_blocks`` for :meth:`writeback`.
     """
 
     _label = " (engine)"
@@ -83,7 +90,7 @@ class ZramDevice(DeviceText):
         disksize: int,
         algorithm: str = "lz4",
         mem_limit: int = 0,
-        chain_size: int = 8,
+        chain_size: int | None = None,
         recompress_algorithm: str | Sequence[str] | None = None,
         backing_file: str | os.PathLike[str] | None = None,
         *,
@@ -92,10 +99,12 @@ class ZramDevice(DeviceText):
         memory: Memory | None = None,
         algorithm_params: dict | None = None,
         name: str = "zram0",
+        kernel: str | None = None,
     ) -> None:
         check_device_args(disksize, mem_limit, backing_file, backing_blocks)
         primary = _algorithm_name(algorithm, "its algorithm")
-        level, dictionary = check_algorithm_params(algorithm_params)
+        setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
+        level, dictionary, frame = check_algorithm_params(setup.params)
         secondary = [
             (_algorithm_name(a, "recompression algorithms"), None)
             for a in secondary_algorithms(recompress_algorithm)
@@ -109,7 +118,11 @@ class ZramDevice(DeviceText):
             raise TypeError(f"the engine's zram device runs in an engine Memory, not {memory!r}")
         self.name = name
         self._own_pool = pool is None
-        self.pool: Pool = Pool(name=name, chain_size=chain_size, memory=memory) if pool is None else pool
+        self.pool: Pool = (
+            Pool(name=name, chain_size=setup.chain_size, class_rule=setup.class_rule, memory=memory)
+            if pool is None
+            else pool
+        )
         try:
             self._dev = _engine.Zram(
                 self.pool,
@@ -117,6 +130,7 @@ class ZramDevice(DeviceText):
                 primary,
                 level,
                 dictionary,
+                frame,
                 secondary,
                 mem_limit,
                 None if backing_file is None else os.fspath(backing_file),

@@ -6,7 +6,7 @@
 //! |-----------|---------------------------------|------------------------------------------------|
 //! | `lz4`     | liblz4 (`lz4-sys`)              | an LZ4 block, no size prefix; level > 1 is the acceleration |
 //! | `lz4hc`   | liblz4's HC mode (`lz4-sys`)    | the same block format, levels 1..12 (9)        |
-//! | `zstd`    | libzstd (`zstd-safe`)           | a frame without magic, content size, checksum or dictionary id; levels 1..22 (3); an optional dictionary |
+//! | `zstd`    | libzstd (`zstd-safe`)           | a frame as [`ZstdFrame`] says; levels 1..22 (3); an optional dictionary |
 //! | `deflate` | zlib (`flate2` over `libz-sys`) | raw deflate, levels 0..9 (6)                   |
 //!
 //! These are the C libraries that python-lz4, python-zstandard and CPython's
@@ -37,6 +37,7 @@ use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat, Strategy};
 
 use crate::lz4::{
     LZ4_compress_HC_extStateHC, LZ4_compress_fast_extState, LZ4_sizeofState, LZ4_sizeofStateHC,
+    LZ4_versionNumber,
 };
 use crate::sync::Mutex;
 
@@ -77,6 +78,44 @@ impl FromStr for Algorithm {
     }
 }
 
+/// The versions of the C libraries the codecs are, as "major.minor.release":
+/// (liblz4, libzstd).  A page's compressed bytes depend on them.
+pub fn library_versions() -> (String, String) {
+    // SAFETY: a constant of liblz4
+    let v = unsafe { LZ4_versionNumber() };
+    (format!("{}.{}.{}", v / 10000, v / 100 % 100, v % 100), zstd_safe::version_string().to_string())
+}
+
+/// How a zstd page is framed and tuned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZstdFrame {
+    /// this project's own: no magic number, content size, checksum or
+    /// dictionary id (the page size is known), parameters for a source of
+    /// unknown size: 5 bytes a page less than the kernel's
+    #[default]
+    Magicless,
+    /// zram's zstd backend since 6.12: a standard frame with the content
+    /// size (and the dictionary's id), parameters tuned for a 4 KiB source
+    /// (`zstd_get_params(level, PAGE_SIZE)`)
+    Page,
+    /// zram through the crypto API before 6.12 (crypto/zstd.c): a standard
+    /// frame with the content size, parameters for a source of unknown
+    /// size (`zstd_get_params(3, 0)`)
+    Crypto,
+}
+
+impl ZstdFrame {
+    pub const NAMES: [&'static str; 3] = ["magicless", "page", "crypto"];
+
+    pub fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    pub fn from_name(name: &str) -> Option<ZstdFrame> {
+        [ZstdFrame::Magicless, ZstdFrame::Page, ZstdFrame::Crypto].into_iter().find(|f| f.name() == name)
+    }
+}
+
 /// An algorithm and its parameters (zram's `algorithm_params`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodecSpec {
@@ -85,11 +124,13 @@ pub struct CodecSpec {
     pub level: Option<i32>,
     /// zstd only
     pub dictionary: Option<Vec<u8>>,
+    /// zstd only
+    pub frame: ZstdFrame,
 }
 
 impl CodecSpec {
     pub fn new(algorithm: Algorithm) -> CodecSpec {
-        CodecSpec { algorithm, level: None, dictionary: None }
+        CodecSpec { algorithm, level: None, dictionary: None, frame: ZstdFrame::Magicless }
     }
 }
 
@@ -128,6 +169,7 @@ pub struct Codec {
     /// the level in use (None for lz4 at its default acceleration)
     pub level: Option<i32>,
     dictionary: Option<Vec<u8>>,
+    frame: ZstdFrame,
     contexts: Contexts,
 }
 
@@ -143,6 +185,12 @@ impl Codec {
         let name = spec.algorithm.name();
         if spec.dictionary.is_some() && spec.algorithm != Algorithm::Zstd {
             return Err(format!("{name} does not take a dictionary here (only zstd does)"));
+        }
+        if spec.frame != ZstdFrame::Magicless && spec.algorithm != Algorithm::Zstd {
+            return Err(format!("{name} has no frame to choose (only zstd has)"));
+        }
+        if spec.frame == ZstdFrame::Crypto && spec.level.is_some_and(|l| l != 3) {
+            return Err("the crypto API's zstd runs at level 3 only".into());
         }
         let in_range = |default: i32, lo: i32, hi: i32| -> Result<Option<i32>, String> {
             let level = spec.level.unwrap_or(default);
@@ -161,6 +209,7 @@ impl Codec {
             algorithm: spec.algorithm,
             level,
             dictionary: spec.dictionary.clone(),
+            frame: spec.frame,
             contexts: Contexts(Mutex::new(Vec::new())),
         };
         // a first context now: a bad dictionary is refused here, not on a write
@@ -186,14 +235,18 @@ impl Codec {
         })
     }
 
-    /// zstd's contexts, configured as the model's `ZstdCompressionParameters.from_level`.
+    /// zstd's contexts, configured as the model's `ZstdCompressionParameters.from_level`
+    /// for the frame chosen.
     fn zstd_contexts(&self) -> Result<(CCtx<'static>, DCtx<'static>), String> {
         let level = self.level.unwrap_or(3);
         let err = |e: usize| format!("zstd: {}", zstd_safe::get_error_name(e));
         let mut c = CCtx::try_create().ok_or("zstd: no memory for a context")?;
         let mut d = DCtx::try_create().ok_or("zstd: no memory for a context")?;
+        let source_size = if self.frame == ZstdFrame::Page { PAGE_SIZE as u64 } else { 0 };
         // SAFETY: a pure function of its arguments in libzstd
-        let p = unsafe { zstd_sys::ZSTD_getCParams(level, 0, 0) };
+        let p = unsafe { zstd_sys::ZSTD_getCParams(level, source_size, 0) };
+        let standard = self.frame != ZstdFrame::Magicless;
+        let format = if standard { FrameFormat::One } else { FrameFormat::Magicless };
         let strategy = match p.strategy as u32 {
             1 => Strategy::ZSTD_fast,
             2 => Strategy::ZSTD_dfast,
@@ -206,10 +259,10 @@ impl Codec {
             _ => Strategy::ZSTD_btultra2,
         };
         for param in [
-            CParameter::Format(FrameFormat::Magicless),
-            CParameter::ContentSizeFlag(false),
+            CParameter::Format(format),
+            CParameter::ContentSizeFlag(standard),
             CParameter::ChecksumFlag(false),
-            CParameter::DictIdFlag(false),
+            CParameter::DictIdFlag(standard),
             CParameter::WindowLog(p.windowLog),
             CParameter::ChainLog(p.chainLog),
             CParameter::HashLog(p.hashLog),
@@ -220,7 +273,7 @@ impl Codec {
         ] {
             c.set_parameter(param).map_err(err)?;
         }
-        d.set_parameter(DParameter::Format(FrameFormat::Magicless)).map_err(err)?;
+        d.set_parameter(DParameter::Format(format)).map_err(err)?;
         if let Some(dict) = &self.dictionary {
             c.load_dictionary(dict).map_err(err)?;
             d.load_dictionary(dict).map_err(err)?;
@@ -374,14 +427,15 @@ mod tests {
 
     #[test]
     fn levels_and_dictionaries_are_checked() {
-        let bad = |a, level| Codec::new(&CodecSpec { algorithm: a, level: Some(level), dictionary: None });
+        let bad = |a, level| Codec::new(&CodecSpec { level: Some(level), ..CodecSpec::new(a) });
         assert!(bad(Algorithm::Lz4hc, 13).is_err());
         assert!(bad(Algorithm::Zstd, 0).is_err());
         assert!(bad(Algorithm::Deflate, 10).is_err());
         let dict = Some(b"some dictionary content".to_vec());
-        assert!(Codec::new(&CodecSpec { algorithm: Algorithm::Lz4, level: None, dictionary: dict.clone() })
-            .is_err());
-        let z = Codec::new(&CodecSpec { algorithm: Algorithm::Zstd, level: None, dictionary: dict }).unwrap();
+        assert!(
+            Codec::new(&CodecSpec { dictionary: dict.clone(), ..CodecSpec::new(Algorithm::Lz4) }).is_err()
+        );
+        let z = Codec::new(&CodecSpec { dictionary: dict, ..CodecSpec::new(Algorithm::Zstd) }).unwrap();
         let mut out = [0u8; COMPRESS_BOUND];
         let n = z.compress(&text_page(1), &mut out, PAGE_SIZE).unwrap();
         let mut back = [0u8; PAGE_SIZE];
@@ -389,5 +443,44 @@ mod tests {
         assert_eq!(&back[..], &text_page(1)[..]);
         assert_eq!("zstd".parse::<Algorithm>(), Ok(Algorithm::Zstd));
         assert!("lzo".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn zstd_frames_as_the_kernel_stores_them() {
+        let page = text_page(2);
+        let mut sizes = Vec::new();
+        for frame in [ZstdFrame::Magicless, ZstdFrame::Page, ZstdFrame::Crypto] {
+            let z = Codec::new(&CodecSpec { frame, ..CodecSpec::new(Algorithm::Zstd) }).unwrap();
+            let mut out = [0u8; COMPRESS_BOUND];
+            let n = z.compress(&page, &mut out, PAGE_SIZE).unwrap();
+            let mut back = [0u8; PAGE_SIZE];
+            z.decompress(&out[..n], &mut back).unwrap();
+            assert_eq!(&back[..], &page[..]);
+            // a standard frame starts with the magic number and names its content size
+            let standard = out[..4] == [0x28, 0xb5, 0x2f, 0xfd];
+            assert_eq!(standard, frame != ZstdFrame::Magicless, "{}", frame.name());
+            if standard {
+                // SAFETY: a pure function of the bytes given
+                let size = unsafe { zstd_sys::ZSTD_getFrameContentSize(out.as_ptr().cast(), n) };
+                assert_eq!(size, PAGE_SIZE as u64);
+            }
+            sizes.push(n);
+        }
+        // the magic (4 bytes) and the content size cost bytes a page
+        assert!(sizes[1] > sizes[0] && sizes[2] > sizes[0], "{sizes:?}");
+        // only zstd has frames; the crypto API's is level 3 only
+        assert!(Codec::new(&CodecSpec { frame: ZstdFrame::Page, ..CodecSpec::new(Algorithm::Lz4) }).is_err());
+        let crypto = |level| {
+            Codec::new(&CodecSpec {
+                frame: ZstdFrame::Crypto,
+                level: Some(level),
+                ..CodecSpec::new(Algorithm::Zstd)
+            })
+        };
+        assert!(crypto(5).is_err());
+        assert!(crypto(3).is_ok());
+        assert_eq!(ZstdFrame::from_name("page"), Some(ZstdFrame::Page));
+        assert_eq!(library_versions(), ("1.9.4".to_string(), "1.5.7".to_string()));
+        assert_eq!(ZstdFrame::from_name("kernel"), None);
     }
 }

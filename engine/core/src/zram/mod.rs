@@ -46,7 +46,7 @@ pub mod backing;
 pub mod codec;
 pub mod zram_drv;
 
-pub use codec::{Algorithm, Codec, CodecSpec, COMPRESS_BOUND, PAGE_SIZE};
+pub use codec::{library_versions, Algorithm, Codec, CodecSpec, ZstdFrame, COMPRESS_BOUND, PAGE_SIZE};
 pub use zram_drv::{
     BdStat, IoStat, MmStat, PageState, RecompStat, SlotView, Zram, ZramConfig, ZramError,
     ZRAM_COMP_PRIORITY_MASK, ZRAM_COMP_PRIORITY_SHIFT, ZRAM_HUGE, ZRAM_IDLE, ZRAM_INCOMPRESSIBLE,
