@@ -1300,6 +1300,32 @@ mod tests {
     }
 
     #[test]
+    fn populate_ahead_faults_frames_in_and_shrink_gives_them_back() {
+        let m = mem(4 * POPULATE_AHEAD);
+        let resident = |m: &Memory| -> usize {
+            let mut vec = vec![0u8; m.capacity()];
+            // SAFETY: the arena is mapped for capacity frames; mincore writes
+            // one byte per page into a vector of that many
+            let rc = unsafe {
+                libc::mincore(m.arena.as_ptr().cast(), m.capacity() << PAGE_SHIFT, vec.as_mut_ptr().cast())
+            };
+            assert_eq!(rc, 0);
+            vec.iter().filter(|&&b| b & 1 != 0).count()
+        };
+        assert_eq!(resident(&m), 0);
+        let p = m.alloc_page().unwrap();
+        if !m.alloc.lock().can_populate {
+            return; // a kernel before 5.14: no MADV_POPULATE_WRITE, nothing ahead
+        }
+        // one frame handed out, the next ones faulted in with it
+        assert_eq!(resident(&m), POPULATE_AHEAD);
+        m.put_page(p).unwrap();
+        m.drain_pages();
+        assert_eq!(m.hwm(), 0);
+        assert_eq!(resident(&m), 0, "the frames faulted in ahead went back with the arena's top");
+    }
+
+    #[test]
     fn shrink_arena_lowers_hwm() {
         let m = mem(64);
         let pfns: Vec<u32> = (0..10).map(|_| m.alloc_page().unwrap()).collect();
