@@ -40,6 +40,11 @@
 //! - `close_vs_malloc_*`: `close` against a malloc into a class with room
 //!   and into one that must build a zspage: the malloc completes (and the
 //!   close frees its object) or is refused, and nothing outlives the close;
+//! - `zram_slot_*`: zram's slot lock (the ZRAM_LOCK bit): a write of a
+//!   slot against another write of it, a discard of it, or a read of it; the
+//!   slot ends holding a page that some order of the two calls leaves, the
+//!   reader sees a whole page (the old or the new), and the device's
+//!   counters and its pool agree;
 //! - `mm_*`: the page lock alone, the two engine bugs these models found,
 //!   minimised: `trylock_pages` against `trylock_page` (both could own the
 //!   lock), and a sleeper on a page lock against the unlock (a lost wake-up).
@@ -70,6 +75,7 @@ use zsmalloc_core::mm::memory::{PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::{Memory, MigrateMode, Target, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
 use zsmalloc_core::pool::zsmalloc::get_fullness_group;
 use zsmalloc_core::pool::{ClassRule, CompactPolicy, Pool, PoolConfig, PoolError, Protocol};
+use zsmalloc_core::zram::{Zram, ZramConfig};
 
 /// The preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
 const DEFAULT_PREEMPTIONS: usize = 2;
@@ -784,8 +790,84 @@ fn page_lock_wakes_sleeper(take: bool) {
     mem.put_page(p).unwrap();
 }
 
+/// What the other thread does to slot 0 while the main thread writes page `b` there.
+#[derive(Clone, Copy, PartialEq)]
+enum SlotRival {
+    Write,
+    Discard,
+    Read,
+}
+
+/// zram's slot lock: slot 0 holds page `a`; the main thread writes `b`
+/// into it while another thread writes `c`, discards it, or reads it.
+fn zram_slot(rival: SlotRival) {
+    let fx = fixture(Protocol::Mainline, 16);
+    let z = Arc::new(Zram::new(fx.pool.clone(), ZramConfig::new(PAGE_SIZE as u64)).unwrap());
+    let (a, b, c) = (pattern(PAGE_SIZE, 0x11), pattern(PAGE_SIZE, 0x22), pattern(PAGE_SIZE, 0x33));
+    z.write_page(0, &a).unwrap();
+    let other = {
+        let (z, c, log) = (z.clone(), c.clone(), fx.log.clone());
+        thread::spawn(move || {
+            let mut seen = vec![0u8; PAGE_SIZE];
+            match rival {
+                SlotRival::Write => z.write_page(0, &c).unwrap(),
+                SlotRival::Discard => z.discard(0, 1).unwrap(),
+                SlotRival::Read => z.read_page(0, &mut seen).unwrap(),
+            }
+            log.push("other", "done".to_string());
+            seen
+        })
+    };
+    z.write_page(0, &b).unwrap();
+    fx.log.push("main", "write_page(0, b)".to_string());
+    let seen = other.join().unwrap();
+    if rival == SlotRival::Read {
+        ensure!(fx, seen == a || seen == b, "the reader saw a torn or foreign page");
+    }
+    let mut now = vec![0u8; PAGE_SIZE];
+    z.read_page(0, &mut now).unwrap();
+    let zero = vec![0u8; PAGE_SIZE];
+    let last = if now == b {
+        "b"
+    } else if now == c {
+        "c"
+    } else if now == zero {
+        "nothing"
+    } else {
+        "?"
+    };
+    let allowed = match rival {
+        SlotRival::Write => now == b || now == c,
+        SlotRival::Discard => now == b || now == zero,
+        SlotRival::Read => now == b,
+    };
+    ensure!(fx, allowed, "slot 0 holds {last}, which no order of the two calls leaves");
+    let stored = z.pages_stored();
+    ensure!(fx, stored == u64::from(now != zero), "pages_stored {stored} for a slot holding {last}");
+    let check = z.check();
+    ensure!(fx, check.is_ok(), "zram check: {check:?}");
+    z.reset().unwrap();
+    ensure!(fx, fx.pool.total_pages() == 0, "the reset device left {} pages", fx.pool.total_pages());
+    OUTCOMES.with(|o| *o.borrow_mut().entry(format!("slot ends with {last}")).or_default() += 1);
+}
+
 // ----------------------------------------------------------------------
 // the tests
+
+#[test]
+fn zram_slot_write_vs_write() {
+    explore("zram_slot_write_vs_write", || zram_slot(SlotRival::Write));
+}
+
+#[test]
+fn zram_slot_write_vs_discard() {
+    explore("zram_slot_write_vs_discard", || zram_slot(SlotRival::Discard));
+}
+
+#[test]
+fn zram_slot_write_vs_read() {
+    explore("zram_slot_write_vs_read", || zram_slot(SlotRival::Read));
+}
 
 #[test]
 fn mm_trylock_pages_vs_trylock_page() {

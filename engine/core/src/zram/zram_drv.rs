@@ -24,6 +24,12 @@ pub const ZRAM_COMP_PRIORITY_SHIFT: u32 = 5;
 pub const ZRAM_COMP_PRIORITY_MASK: u32 = 3 << ZRAM_COMP_PRIORITY_SHIFT;
 /// the slot lock (ZRAM_LOCK)
 const ZRAM_LOCK: u32 = 1 << 7;
+/// spins on a held slot lock before its waiter yields (under loom, none:
+/// the model must see every wait as a yield)
+#[cfg(not(loom))]
+const SLOT_LOCK_SPINS: u32 = 64;
+#[cfg(loom)]
+const SLOT_LOCK_SPINS: u32 = 0;
 /// the stored object's size, above the flags (the kernel keeps it below them)
 const SIZE_SHIFT: u32 = 16;
 const FLAG_MASK: u32 = (1 << SIZE_SHIFT) - 1 - ZRAM_LOCK;
@@ -465,7 +471,7 @@ impl Zram {
                 return SlotGuard { slot };
             }
             spins += 1;
-            if spins < 64 {
+            if spins < SLOT_LOCK_SPINS {
                 std::hint::spin_loop();
             } else {
                 thread::yield_now();
