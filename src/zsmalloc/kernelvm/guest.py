@@ -12,6 +12,9 @@ numbers.  Every line meant for the host starts with ``@@ZSVM``::
     @@ZSVM stat <name> fill bd_stat <3 numbers>
     @@ZSVM stat <name> discard ...                   after blkdiscard of each range
     @@ZSVM stat <name> compact ...                   after echo 1 > compact
+    @@ZSVM trace <name> fill m <handle> <size>       with kprobes: zs_malloc after the fill,
+    @@ZSVM trace <name> discard f <handle>           zs_free after the discards
+    @@ZSVM overrun <name> <stage> overrun: <n>       events the trace buffer lost (0)
     @@ZSVM error <what failed>                       (any step; the run goes on)
     @@ZSVM end                                       then poweroff -f
 
@@ -61,8 +64,29 @@ class Run:
                 raise ValueError(f"discard of pages [{first}, {first + count}) is outside the device")
 
 
-def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0") -> str:
-    """The guest's /init (busybox sh): load ``modules`` from /lib/modules/NAME.ko in order, do ``runs``."""
+#: kprobe events (tracefs kprobe_events syntax, x86-64 registers): zs_malloc(pool, size) and its
+#: return value, the handle; zs_free(pool, handle)
+KPROBES = (
+    "p:zsm zs_malloc size=%si:u64",
+    "r:zsmr zs_malloc ret=$retval:x64",
+    "p:zsf zs_free handle=%si:x64",
+)
+TRACEFS = "/sys/kernel/tracing"
+# the trace buffer's zsm/zsmr/zsf events as replay lines ("m HANDLE SIZE", "f HANDLE"), one CPU
+_TRACE_AWK = (
+    "/ zsm: / { for (i = 1; i <= NF; i++) if ($i ~ /^size=/) s = substr($i, 6) } "
+    '/ zsmr: / { for (i = 1; i <= NF; i++) if ($i ~ /^ret=0x/) print p, "m", substr($i, 7), s } '
+    '/ zsf: / { for (i = 1; i <= NF; i++) if ($i ~ /^handle=0x/) print p, "f", substr($i, 10) }'
+)
+
+
+def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0", trace: bool = False) -> str:
+    """The guest's /init (busybox sh): load ``modules`` from /lib/modules/NAME.ko in order, do ``runs``.
+
+    With ``trace``, kprobes on zs_malloc and zs_free record the pool's own
+    allocations during the fill and the discards, printed as ``@@ZSVM trace
+    RUN STAGE m HANDLE SIZE`` / ``... f HANDLE`` lines after each stage.
+    """
     sys = f"/sys/block/{dev}"
     lines = [
         "#!/bin/busybox sh",
@@ -85,21 +109,47 @@ def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0") -> s
         ),
         "}",
     ]
+    if trace:
+        t = TRACEFS
+        lines += [
+            f"mount -t tracefs tracefs {t} || fail tracefs",
+            f"echo 16384 > {t}/buffer_size_kb",
+            *(f"echo '{k}' >> {t}/kprobe_events || fail kprobe {k.split()[0]}" for k in KPROBES),
+            "dump_trace() {",
+            f"  echo 0 > {t}/tracing_on",
+            f'  echo "{MARK} overrun $1 $2 $(grep ^overrun: {t}/per_cpu/cpu0/stats)"',
+            f"  awk -v p=\"{MARK} trace $1 $2\" '{_TRACE_AWK}' {t}/trace",
+            f"  echo > {t}/trace",
+            "}",
+        ]
     for run in runs:
         image = shlex.quote(run.image)
         lines += [
             f'echo "{MARK} run {run.name}"',
             f"echo {run.algorithm} > {sys}/comp_algorithm || fail {run.name} comp_algorithm",
             f"echo {run.disksize} > {sys}/disksize || fail {run.name} disksize",
-            f"dd if={image} of=/dev/{dev} bs=1M conv=fsync 2>/dev/null || fail {run.name} dd",
+        ]
+        if trace:
+            lines += [
+                f"echo > {TRACEFS}/trace",
+                f"echo 1 > {TRACEFS}/events/kprobes/enable || fail {run.name} kprobes",
+                f"echo 1 > {TRACEFS}/tracing_on",
+            ]
+        lines += [
+            # O_DIRECT, one page a write: zram sees the pages in index order (the trace's order)
+            f"dd if={image} of=/dev/{dev} bs={PAGE} oflag=direct 2>/dev/null || fail {run.name} dd",
             f"stat_all {run.name} fill",
         ]
+        if trace:
+            lines += [f"dump_trace {run.name} fill", f"echo 1 > {TRACEFS}/tracing_on"]
         lines += [
             f"blkdiscard -o {first * PAGE} -l {count * PAGE} /dev/{dev} || fail {run.name} blkdiscard {first}"
             for first, count in run.discards
         ]
+        lines += [f"stat_all {run.name} discard"]
+        if trace:
+            lines += [f"dump_trace {run.name} discard", f"echo 0 > {TRACEFS}/events/kprobes/enable"]
         lines += [
-            f"stat_all {run.name} discard",
             f"echo 1 > {sys}/compact || fail {run.name} compact",
             f"stat_all {run.name} compact",
             f"echo 1 > {sys}/reset || fail {run.name} reset",
@@ -116,6 +166,8 @@ class ConsoleReport:
     ended: bool = False
     runs: dict[str, dict[str, dict[str, dict[str, int]]]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    #: run -> stage -> the pool's operations in that stage, as replay trace lines ("m ID SIZE", "f ID")
+    traces: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def missing(self, runs: list[str]) -> list[str]:
         """Every (run, stage, file) of ``runs`` whose fields were not all read: empty when complete."""
@@ -147,6 +199,10 @@ def parse_console(text: str) -> ConsoleReport:
             report.runs.setdefault(rest[0], {})
         elif kind == "error":
             report.errors.append(" ".join(rest))
+        elif kind == "trace" and len(rest) >= 4 and rest[1] in STAGES:
+            report.traces.setdefault(rest[0], {}).setdefault(rest[1], []).append(" ".join(rest[2:]))
+        elif kind == "overrun" and len(rest) >= 4 and rest[-1] != "0":
+            report.errors.append(f"{rest[0]}/{rest[1]}: the trace buffer lost {rest[-1]} events")
         elif kind == "stat" and len(rest) >= 3:
             name, stage, stat_file, values = rest[0], rest[1], rest[2], rest[3:]
             fields = STAT_FIELDS.get(stat_file)

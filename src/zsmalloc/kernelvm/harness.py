@@ -163,6 +163,47 @@ def our_stats(
     return {f: out[f] for f in STAT_FIELDS}
 
 
+#: the figures compared when our pool is fed the kernel's own object sizes (the replay rows)
+REPLAY_FIELDS = ("objects", "mem_used_total", "mem_used_max", "pages_compacted")
+
+
+def replay_preset(release: str) -> tuple[str, str]:
+    """The class rule and compaction policy of a kernel release, for ``zsmalloc replay``.
+
+    The chain-size rule came with 6.3 (before it: the highest used
+    percentage over 1-4 pages), the fullness-ratio compaction with 6.4.
+    """
+    major, minor = (int(x) for x in release.split(".")[:2])
+    rule = "min-waste" if (major, minor) >= (6, 3) else "used-percentage"
+    policy = "ratio" if (major, minor) >= (6, 4) else "legacy"
+    return rule, policy
+
+
+def stage_traces(stages: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each stage's whole trace from the device's setup: the fill, + the discards' frees, + ``c``."""
+    fill = stages.get("fill", [])
+    discard = fill + stages.get("discard", [])
+    return {"fill": fill, "discard": discard, "compact": [*discard, "c"]}
+
+
+def replay_stats(trace: Path, chain_size: int, rule: str, policy: str) -> dict[str, int]:
+    """``zsmalloc replay TRACE --json`` on one configuration: the figures of :data:`REPLAY_FIELDS`."""
+    cmd = [
+        sys.executable, "-c", "from zsmalloc.cli import main; main(prog_name='zsmalloc')",
+        "replay", str(trace), "--chain-size", str(chain_size), "--rule", rule, "--policy", policy, "--json",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"zsmalloc replay failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    run = json.loads(done.stdout)["runs"][0]
+    return {
+        "objects": run["final"]["objects"],
+        "mem_used_total": run["final"]["pages"] * PAGE,
+        "mem_used_max": run["pages_peak"] * PAGE,
+        "pages_compacted": run["pages_compacted"],
+    }
+
+
 @dataclass(frozen=True)
 class Row:
     """One field of one stat file at one stage of one run: the kernel's value and ours."""
@@ -197,6 +238,9 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     boot_seconds: float = 0.0
     ours_seconds: float = 0.0
+    #: the class rule and compaction policy the replay rows ran with ("" without a trace)
+    replay_rule: str = ""
+    replay_policy: str = ""
 
     def unequal(self, fields: Iterable[tuple[str, str]] | None = None) -> list[Row]:
         """The rows whose values differ, among ``fields`` (file, field) if given."""
@@ -232,11 +276,22 @@ def run_comparison(
     pages: int = 4096,
     seed: int = 1,
     timeout: float = 900,
+    trace: bool = True,
     workdir: Path | None = None,
+    images: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> Comparison:
-    """Boot Debian's ``series`` kernel on the images and compare its zram figures with ours."""
-    kinds, algorithms = list(kinds), list(algorithms)
+    """Boot Debian's ``series`` kernel on the images and compare its zram figures with ours.
+
+    With ``trace``, kprobes record the kernel's zs_malloc sizes and zs_free
+    calls, and ``zsmalloc replay`` runs them on our pool with the kernel's
+    chain size, class rule and compaction policy: rows of file ``replay``,
+    independent of the codec.  ``images`` (kind -> file) are used as they are instead of being made, so
+    that several kernels see the same bytes (the ``files`` kind reads this
+    machine's libraries, which change when packages are installed).
+    """
+    kinds = list(images) if images is not None else list(kinds)
+    algorithms = list(algorithms)
     kernel = debian.fetch_kernel(series)
     busybox = debian.fetch_busybox()
     wanted = ["zram", *(a for a in algorithms if a in kernel.modules)]  # crypto/ALG.ko before 6.12
@@ -244,11 +299,14 @@ def run_comparison(
     with tempfile.TemporaryDirectory(prefix="zsmalloc-kvm-") as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        images: dict[str, Path] = {}
-        n_pages: dict[str, int] = {}
-        for kind in kinds:
-            images[kind] = work / f"{kind}.img"
-            n_pages[kind] = make_image(kind, pages, seed, images[kind])
+        if images is None:
+            images = {kind: work / f"{kind}.img" for kind in kinds}
+            n_pages = {kind: make_image(kind, pages, seed, path) for kind, path in images.items()}
+        else:
+            n_pages = {kind: -(-path.stat().st_size // PAGE) for kind, path in images.items()}
+            for kind, path in images.items():
+                if path.stat().st_size != n_pages[kind] * PAGE:
+                    raise ValueError(f"{path} is not a whole number of 4 KiB pages")
         runs = {
             f"{kind}-{alg}": Run(
                 f"{kind}-{alg}",
@@ -265,7 +323,7 @@ def run_comparison(
             initrd,
             busybox,
             {m: debian.module_bytes(kernel.modules[m]) for m in order},
-            init_script(order, list(runs.values())),
+            init_script(order, list(runs.values()), trace=trace),
             {f"images/{kind}.img": path for kind, path in images.items()},
         )
         log(
@@ -293,15 +351,37 @@ def run_comparison(
             }
             for name, run in runs.items()
         }
+        rows = compare(report, ours, runs)
+        rule, policy = replay_preset(report.release or kernel.release) if trace else ("", "")
+        if trace:
+            for name, run in runs.items():
+                for stage, lines in stage_traces(report.traces.get(name, {})).items():
+                    path = work / f"{name}-{stage}.trace"
+                    path.write_text("".join(line + "\n" for line in lines))
+                    mine = replay_stats(path, kernel.chain_size(), rule, policy)
+                    mm = report.runs[name][stage]["mm_stat"]
+                    theirs = {
+                        "objects": mm["orig_data_size"] // PAGE - mm["same_pages"],
+                        "mem_used_total": mm["mem_used_total"],
+                        "mem_used_max": mm["mem_used_max"],
+                        "pages_compacted": mm["pages_compacted"],
+                    }
+                    kind = name.rsplit("-", 1)[0]
+                    rows += [
+                        Row(kind, run.algorithm, stage, "replay", f, theirs[f], mine[f])
+                        for f in REPLAY_FIELDS
+                    ]
         comparison = Comparison(
             kernel.package,
             report.release or kernel.release,
             kernel.chain_size(),
             n_pages,
             {kind: sum(c for _, c in discard_ranges(n, seed)) for kind, n in n_pages.items()},
-            compare(report, ours, runs),
+            rows,
             boot_seconds,
             time.monotonic() - start,
+            rule,
+            policy,
         )
         if os.environ.get("ZSMALLOC_KERNEL_VM_KEEP") and workdir is None:
             shutil.copytree(work, debian.cache_dir() / "last-run", dirs_exist_ok=True)
