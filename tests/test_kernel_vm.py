@@ -4,7 +4,10 @@ One boot (TCG, about half a minute): a small image of real files, written to
 the guest's zram with lz4 and with zstd, discarded in part and compacted.
 Every field of every stat file at every stage must be read from the guest,
 ``zsmalloc stats`` must run on the same image and operations, and the fields
-that do not depend on the codec's output must be equal to the kernel's.
+that do not depend on the codec's output must be equal to the kernel's.  Our
+pool fed the kernel's own object sizes (kprobes on zs_malloc and zs_free in
+the guest, ``zsmalloc replay``) must end each stage with the kernel's
+mem_used_total, mem_used_max and pages_compacted.
 
 Skipped when qemu-system-x86_64 or the kernel package cannot be had; under
 ``ZSMALLOC_REQUIRE_KERNEL_VM=1`` (CI) it fails instead.  It runs on the
@@ -20,6 +23,7 @@ import pytest
 
 from zsmalloc.kernelvm import CODEC_FREE_FIELDS, STAGES, STAT_FIELDS, BootError, run_comparison
 from zsmalloc.kernelvm.debian import PackageError
+from zsmalloc.kernelvm.harness import REPLAY_FIELDS
 
 pytestmark = pytest.mark.kernel_vm
 
@@ -52,7 +56,7 @@ def test_the_guest_reports_every_field_of_every_stage(comparison):
     assert comparison.release.startswith("6.12.")
     assert comparison.chain_size == 8  # Debian's CONFIG_ZSMALLOC_CHAIN_SIZE
     n_fields = sum(len(f) for f in STAT_FIELDS.values())
-    assert len(comparison.rows) == 2 * len(STAGES) * n_fields
+    assert len(comparison.rows) == 2 * len(STAGES) * (n_fields + len(REPLAY_FIELDS))
     got = {(r.algorithm, r.stage, r.file, r.field) for r in comparison.rows}
     assert len(got) == len(comparison.rows)
     by_stage = {(r.algorithm, r.stage, r.field): r.kernel for r in comparison.rows if r.file == "mm_stat"}
@@ -74,3 +78,16 @@ def test_the_fields_that_do_not_depend_on_the_codec_are_the_kernels(comparison):
     # and the codec-dependent ones were compared too, whatever they show today
     compr = [r for r in comparison.rows if r.field == "compr_data_size"]
     assert len(compr) == 2 * len(STAGES) and all(r.kernel > 0 and r.ours > 0 for r in compr)
+
+
+@pytest.mark.timeout(900)
+def test_our_pool_fed_the_kernels_object_sizes_ends_each_stage_as_the_kernel(comparison):
+    assert (comparison.replay_rule, comparison.replay_policy) == ("min-waste", "ratio")
+    replay = [r for r in comparison.rows if r.file == "replay"]
+    assert len(replay) == 2 * len(STAGES) * len(REPLAY_FIELDS)
+    # the trace holds one zs_malloc per page stored compressed or huge
+    assert all(r.kernel > 0 for r in replay if r.field == "objects")
+    unequal = [r for r in replay if r.diff]
+    assert not unequal, "\n".join(
+        f"{r.algorithm}/{r.stage}/{r.field}: kernel {r.kernel}, replayed {r.ours}" for r in unequal
+    )

@@ -6,16 +6,28 @@ No VM here (tests/test_kernel_vm.py boots one): these run everywhere.
 from __future__ import annotations
 
 import io
+import json
 import lzma
 import stat
 import struct
 
 import pytest
+from click.testing import CliRunner
 
-from zsmalloc.kernelvm import debian
+from zsmalloc.cli import kernelvm as cli_kernelvm
+from zsmalloc.cli import main
+from zsmalloc.kernelvm import BootError, Comparison, debian
 from zsmalloc.kernelvm.cpio import CpioWriter, read_newc
 from zsmalloc.kernelvm.guest import MARK, STAGES, STAT_FIELDS, Run, init_script, parse_console
-from zsmalloc.kernelvm.harness import IMAGE_KINDS, Row, discard_ranges, make_image
+from zsmalloc.kernelvm.harness import (
+    IMAGE_KINDS,
+    Row,
+    discard_ranges,
+    make_image,
+    replay_preset,
+    replay_stats,
+    stage_traces,
+)
 
 
 def test_cpio_round_trips_every_kind_of_member(tmp_path):
@@ -231,3 +243,106 @@ def test_images_of_each_kind_are_whole_seeded_pages(tmp_path):
 def test_row_difference_and_its_share():
     assert Row("files", "lz4", "fill", "mm_stat", "compr_data_size", 200, 198).relative == -0.01
     assert Row("files", "lz4", "fill", "mm_stat", "same_pages", 0, 0).relative is None
+
+
+def test_init_script_with_trace_records_the_fill_and_the_discards_only():
+    run = Run("r", "/images/r.img", "zstd", 8 * 4096, ((2, 3),))
+    assert "kprobe_events" not in init_script(["zram"], [run])
+    script = init_script(["zram"], [run], trace=True)
+    lines = script.splitlines()
+    assert (
+        "echo 'p:zsm zs_malloc size=%si:u64' >> /sys/kernel/tracing/kprobe_events || fail kprobe p:zsm"
+        in lines
+    )
+    enable = lines.index("echo 1 > /sys/kernel/tracing/events/kprobes/enable || fail r kprobes")
+    dd = next(i for i, line in enumerate(lines) if line.startswith("dd if=/images/r.img"))
+    assert enable < dd < lines.index("dump_trace r fill") < lines.index("dump_trace r discard")
+    disable = lines.index("echo 0 > /sys/kernel/tracing/events/kprobes/enable")
+    assert (
+        lines.index("dump_trace r discard")
+        < disable
+        < lines.index("echo 1 > /sys/block/zram0/compact || fail r compact")
+    )
+
+
+def test_parse_console_collects_traces_and_lost_events():
+    text = "\n".join(
+        [
+            f"{MARK} trace r fill m ffff888004a3c000 1234",
+            f"{MARK} trace r fill m ffff888004a3c010 4096",
+            f"{MARK} overrun r fill overrun: 0",
+            f"{MARK} trace r discard f ffff888004a3c000",
+            f"{MARK} overrun r discard overrun: 17",
+        ]
+    )
+    report = parse_console(text)
+    assert report.traces == {
+        "r": {
+            "fill": ["m ffff888004a3c000 1234", "m ffff888004a3c010 4096"],
+            "discard": ["f ffff888004a3c000"],
+        }
+    }
+    assert report.errors == ["r/discard: the trace buffer lost 17 events"]
+    stages = stage_traces(report.traces["r"])
+    assert stages["fill"] == report.traces["r"]["fill"]
+    assert stages["discard"] == [*stages["fill"], "f ffff888004a3c000"]
+    assert stages["compact"] == [*stages["discard"], "c"]
+
+
+def test_replay_preset_follows_the_kernel_versions():
+    assert replay_preset("6.12.118+deb12-amd64") == ("min-waste", "ratio")
+    assert replay_preset("6.3.0") == ("min-waste", "legacy")
+    assert replay_preset("6.1.0-57-amd64") == ("used-percentage", "legacy")
+
+
+def test_replay_stats_runs_zsmalloc_replay_on_a_trace(tmp_path):
+    trace = tmp_path / "t.trace"
+    # 40 objects of 3000 bytes, every other one freed (no zspage empties), then compaction
+    lines = [f"m {i:x} 3000" for i in range(40)] + [f"f {i:x}" for i in range(0, 40, 2)]
+    trace.write_text("\n".join(lines) + "\nc\n")
+    got = replay_stats(trace, 8, "min-waste", "ratio")
+    assert got["objects"] == 20
+    assert got["mem_used_max"] >= got["mem_used_total"] > 0
+    assert got["pages_compacted"] * 4096 == got["mem_used_max"] - got["mem_used_total"]
+
+
+def _fake_comparison() -> Comparison:
+    rows = [
+        Row("files", alg, stage, f, fld, 1000, 1000 + (7 if fld == "compr_data_size" else 0))
+        for alg in ("lz4", "zstd")
+        for stage in STAGES
+        for f, fields in STAT_FIELDS.items()
+        for fld in fields
+    ]
+    return Comparison("linux-image-x", "6.12.1", 8, {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
+
+
+def test_the_kernel_vm_command_prints_every_mm_stat_field_with_its_difference(monkeypatch):
+    seen = {}
+
+    def fake_run(series, kinds, algorithms, **kw):
+        seen.update(series=series, kinds=list(kinds), algorithms=list(algorithms), **kw)
+        return _fake_comparison()
+
+    monkeypatch.setattr(cli_kernelvm, "run_comparison", fake_run)
+    result = CliRunner().invoke(main, ["kernel-vm", "--image-kind", "files", "--pages", "64"])
+    assert result.exit_code == 0, result.output
+    assert seen["series"] == "6.12" and seen["kinds"] == ["files"] and seen["algorithms"] == ["lz4", "zstd"]
+    assert seen["pages"] == 64
+    for fld in STAT_FIELDS["mm_stat"]:
+        assert fld in result.output
+    assert "+7 (+0.70%)" in result.output
+    assert "io_stat: all 24 values equal" in result.output
+    out = CliRunner().invoke(main, ["kernel-vm", "--json"])
+    doc = json.loads(out.output)
+    assert doc["release"] == "6.12.1" and len(doc["rows"]) == len(_fake_comparison().rows)
+    assert {r["diff"] for r in doc["rows"]} == {0, 7}
+
+
+def test_the_kernel_vm_command_reports_a_failed_boot(monkeypatch):
+    def fail(*args, **kw):
+        raise BootError("the guest did not power off within 5 s", "console text")
+
+    monkeypatch.setattr(cli_kernelvm, "run_comparison", fail)
+    result = CliRunner().invoke(main, ["kernel-vm"])
+    assert result.exit_code == 1 and "did not power off" in result.output
