@@ -21,6 +21,9 @@ compared are exactly those the command prints.  Image kinds:
 ``files``         pages of this machine's shared libraries (real files, seeded order)
 ``kernel-build``  the kernel-build page source of :mod:`zsmalloc.workloads`
 ``same-filled``   the same mix with 60% same-filled pages (zeros and repeated words)
+
+With ``ZSMALLOC_KERNEL_VM_KEEP=1`` the work directory (images, initramfs,
+console log, traces) is copied to ``<cache>/last-run`` for a look afterwards.
 """
 
 from __future__ import annotations
