@@ -19,7 +19,9 @@ keep the GIL, and from batch calls, which release it) and ``bench_store.py``
 (``zsmalloc.Store`` against ``zict.Func(lz4)`` of a dict: set/get MB/s and
 RSS) and ``bench_fragsim.py`` (``zsmalloc fragsim``'s standard scenario: the
 high-order requests served with zsmalloc's pages migrated, placed or
-unmovable).  Each writes
+unmovable) and ``bench_kernel_vm.py`` (Debian's 6.12 and 6.1 kernels under
+QEMU against ``zsmalloc stats``, field by field; not part of ``--quick``: it
+boots virtual machines).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -54,6 +56,7 @@ import bench_churn
 import bench_compaction_work
 import bench_density
 import bench_fragsim
+import bench_kernel_vm
 import bench_migration
 import bench_nbd
 import bench_speed
@@ -74,6 +77,7 @@ BENCHMARKS = (
     bench_threads,
     bench_store,
     bench_fragsim,
+    bench_kernel_vm,
 )
 
 
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     for bench in BENCHMARKS:
         if args.only and bench.NAME not in args.only:
             continue
+        if args.quick and not getattr(bench, "QUICK", True) and not args.only:
+            continue  # a benchmark that says QUICK = False (it boots VMs) is left out of --quick
         t0 = time.perf_counter()
         common.log(f"== {bench.NAME}")
         try:

@@ -58,6 +58,44 @@ def test_stats_of_an_image_match_a_device_fed_by_hand(tmp_path):
     assert out["mm_stat"]["same_pages"] >= 2  # the zero pages in the middle
 
 
+def test_stats_discard_ranges_free_those_pages_as_blkdiscard_would(tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"".join(bytes([i % 251 + 1]) * 2048 + bytes(range(256)) * 8 for i in range(40)))
+    out = json.loads(
+        run("stats", "--image", str(image), "--discard-ranges", "3:5,20:1", "--compact", "--json")
+    )
+    assert out["discard_ranges"] == [[3, 5], [20, 1]]
+    with ZramDevice(40 * 4096) as dev:
+        data = image.read_bytes()
+        for i in range(40):
+            dev.write_page(i, data[i * 4096 : (i + 1) * 4096])
+        dev.discard(3, 5)
+        dev.discard(20, 1)
+        dev.compact()
+        assert out["mm_stat"] == dev.mm_stat().to_dict()
+    assert out["mm_stat"]["orig_data_size"] == (40 - 6) * 4096
+    assert out["io_stat"]["notify_free"] == 6
+
+
+@pytest.mark.parametrize(
+    ("ranges", "message"),
+    [("3-5", "is not FIRST:COUNT"), ("3:x", "is not FIRST:COUNT"), ("38:3", "outside the device")],
+)
+def test_stats_discard_ranges_refuse_bad_ranges(tmp_path, ranges, message):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(40 * 4096))
+    result = CliRunner().invoke(main, ["stats", "--image", str(image), "--discard-ranges", ranges])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_stats_discard_ranges_and_a_share_exclude_each_other(tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(8 * 4096))
+    args = ["stats", "--image", str(image), "--discard-ranges", "0:1", "--discard", "0.5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "exclude each other" in result.output
+
+
 def test_stats_text_has_the_sysfs_files():
     out = run("stats", "--pages", "300", "--discard", "0.5", "--compact", "--algorithm", "zstd")
     for name in ("disksize", "comp_algorithm", "mm_stat", "io_stat", "bd_stat"):

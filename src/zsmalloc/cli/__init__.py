@@ -12,6 +12,7 @@ family, each registering on the group in :mod:`zsmalloc.cli.app`:
 ``checks``     ``zsmalloc stress`` and ``zsmalloc protocheck``
 ``fragsim``    ``zsmalloc fragsim``: what page migration buys the VM (``fragsim_plot`` draws its PNG)
 ``serve``      ``zsmalloc serve``: a zram device exported over NBD
+``kernelvm``   ``zsmalloc kernel-vm``: zram on Debian's kernel under QEMU against ``zsmalloc stats``
 """
 
 try:
@@ -21,7 +22,19 @@ except ImportError as exc:  # the library is installed without its command line
     need = "pip install 'zsmalloc[cli]'"
     raise ImportError(f"the zsmalloc command line needs its extra: {need} ({exc})") from exc
 
-from zsmalloc.cli import bench, checks, classes, demo, fragsim, pool_demo, replay, serve, stats
+from zsmalloc.cli import bench, checks, classes, demo, fragsim, kernelvm, pool_demo, replay, serve, stats
 from zsmalloc.cli.app import main
 
-__all__ = ["bench", "checks", "classes", "demo", "fragsim", "main", "pool_demo", "replay", "serve", "stats"]
+__all__ = [
+    "bench",
+    "checks",
+    "classes",
+    "demo",
+    "fragsim",
+    "kernelvm",
+    "main",
+    "pool_demo",
+    "replay",
+    "serve",
+    "stats",
+]

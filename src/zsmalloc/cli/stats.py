@@ -1,6 +1,7 @@
 """``zsmalloc stats``: what zram would report for a workload or a disk image, in the kernel's formats.
 
-Loads the pages into a fresh ``ZramDevice`` (optionally discards a share and
+Loads the pages into a fresh ``ZramDevice`` (optionally discards a share, or
+the runs of pages ``--discard-ranges`` names as ``blkdiscard`` would, and
 compacts), then prints the files a zram user reads, under their sysfs and
 debugfs names: ``disksize``, ``comp_algorithm``, ``mm_stat``, ``io_stat``,
 ``bd_stat`` and zsmalloc's ``classes``.  With ``--json``, the same as numbers.
@@ -15,6 +16,7 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -59,6 +61,25 @@ def _image_pages(path: Path) -> Iterator[bytes]:
             yield page.ljust(PAGE, b"\0")
 
 
+class PageRanges(click.ParamType):
+    """``FIRST:COUNT[,FIRST:COUNT...]``: runs of pages, as ``blkdiscard -o FIRST*4096 -l COUNT*4096``."""
+
+    name = "page ranges"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[tuple[int, int]]:
+        if isinstance(value, list):
+            return value
+        ranges = []
+        for part in str(value).split(","):
+            first, sep, count = part.strip().partition(":")
+            if not sep or not first.isdigit() or not count.isdigit():
+                self.fail(f"{part!r} is not FIRST:COUNT (two whole numbers of pages)", param, ctx)
+            ranges.append((int(first), int(count)))
+        return ranges
+
+
 def _comp_algorithm_line(selected: str) -> str:
     """``comp_algorithm``'s text: every algorithm, the selected one in brackets."""
     return " ".join(f"[{a}]" if a == selected else a for a in available_codecs())
@@ -84,6 +105,12 @@ def _comp_algorithm_line(selected: str) -> str:
     help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
 )
 @click.option("--discard", default=0.0, show_default=True, type=SHARE, help="share discarded")
+@click.option(
+    "--discard-ranges",
+    type=PageRanges(),
+    default=None,
+    help="discard these pages instead of a random share: FIRST:COUNT[,FIRST:COUNT...] (in 4 KiB pages)",
+)
 @click.option("--compact", is_flag=True, help="run zram's compact after the discards")
 @click.option("--seed", default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the figures as JSON")
@@ -95,6 +122,7 @@ def stats(
     chain_size: int | None,
     kernel: str | None,
     discard: float,
+    discard_ranges: list[tuple[int, int]] | None,
     compact: bool,
     seed: int,
     as_json: bool,
@@ -107,6 +135,15 @@ def stats(
     else:
         pages = iter(get_page_source(workload)(n_pages, seed))
         label = workload
+    if discard_ranges is not None:
+        if discard:
+            raise click.UsageError("--discard and --discard-ranges exclude each other")
+        for first, count in discard_ranges:
+            if first + count > n_pages:
+                raise click.BadParameter(
+                    f"pages [{first}, {first + count}) are outside the device's {n_pages} pages",
+                    param_hint="--discard-ranges",
+                )
     try:
         dev = ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, kernel=kernel)
     except ValueError as exc:
@@ -115,8 +152,12 @@ def stats(
     with dev:
         for i, page in enumerate(pages):
             dev.write_page(i, page)
-        for i in random.Random(seed).sample(range(n_pages), int(n_pages * discard)):
-            dev.discard(i)
+        if discard_ranges is not None:
+            for first, count in discard_ranges:
+                dev.discard(first, count)
+        else:
+            for i in random.Random(seed).sample(range(n_pages), int(n_pages * discard)):
+                dev.discard(i)
         pages_compacted = dev.compact() if compact else 0
         dev.check()
         if as_json:
@@ -128,6 +169,7 @@ def stats(
                 "chain_size": dev.pool.chain_size,
                 "libraries": libraries,
                 "discarded_share": discard,
+                "discard_ranges": discard_ranges,
                 "compact_pages_freed": pages_compacted,
                 "mm_stat": dev.mm_stat().to_dict(),
                 "io_stat": dev.io_stat().to_dict(),

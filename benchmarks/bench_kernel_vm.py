@@ -1,0 +1,252 @@
+"""Real kernels: Debian's 6.12 and 6.1 zram under QEMU against ``zsmalloc stats``, field by field.
+
+What it measures
+----------------
+Three images of 4096 pages (16 MiB) are made once -- ``files`` (this
+machine's shared libraries), ``kernel-build`` (the page source of
+``zsmalloc.workloads``) and ``same-filled`` (the same mix, 60% same-filled)
+-- and each kernel boots once under ``qemu-system-x86_64 -accel tcg`` with an
+initramfs of the harness's own (``zsmalloc.kernelvm``).  In the guest, for
+each image and for lz4 and zstd: set up /dev/zram0, ``dd`` the image, read
+mm_stat/io_stat/bd_stat; ``blkdiscard`` a seeded set of page runs (about 37%
+of the pages), read them again; ``echo 1 > compact``, read them again.  The
+same image and operations go through ``zsmalloc stats --image ... --chain-size
+<the kernel's CONFIG_ZSMALLOC_CHAIN_SIZE> [--discard-ranges ...] [--compact]
+--json``, once per stage.  Kprobes on zs_malloc and zs_free in the guest
+record the kernel's own object sizes and frees; ``zsmalloc replay`` runs them
+on our pool with the kernel's chain size, class rule and compaction policy:
+``mem_used_total``, ``mem_used_max`` and ``pages_compacted`` compared
+independently of the codec.
+
+Targets (issue 14): the fields that do not depend on the codec (orig_data_size,
+same_pages, mem_limit, io_stat, bd_stat) equal on every run and stage; the
+replayed pool's figures equal; ``zsmalloc stats``' codec-dependent figures
+within 0.1% of the kernel's (not met today: see the residues and their causes
+in the section).
+
+Not part of ``--quick`` (it boots VMs; ``tests/test_kernel_vm.py`` is its
+short form).  Needs qemu-system-x86 and apt (the packages are downloaded into
+``~/.cache/zsmalloc-kernel-vm``).
+
+Run: ``.venv/bin/python benchmarks/bench_kernel_vm.py [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import common
+from common import md_table
+
+NAME = "kernel_vm"
+QUICK = False  # run_all.py --quick leaves it out: it boots virtual machines
+KERNELS = ("6.12", "6.1")
+PAGES = 4096
+SEED = 1
+LIMIT = 0.001  # the issue's residue bound for the codec-dependent fields
+SHOWN = (
+    "orig_data_size",
+    "compr_data_size",
+    "mem_used_total",
+    "mem_used_max",
+    "same_pages",
+    "pages_compacted",
+    "huge_pages",
+    "huge_pages_since",
+)
+REPLAY_SHOWN = ("objects", "mem_used_total", "mem_used_max", "pages_compacted")
+
+
+def run(quick: bool = False) -> dict:
+    from zsmalloc.kernelvm import CODEC_FREE_FIELDS, IMAGE_KINDS, run_comparison
+    from zsmalloc.kernelvm.harness import make_image
+
+    kernels = []
+    with tempfile.TemporaryDirectory(prefix="bench-kernel-vm-") as tmp:
+        images = {kind: Path(tmp) / f"{kind}.img" for kind in IMAGE_KINDS}
+        for kind, path in images.items():
+            make_image(kind, PAGES, SEED, path)
+        for series in KERNELS:
+            common.log(f"kernel_vm: booting Debian's {series}")
+            c = run_comparison(series, images=images, seed=SEED, log=common.log)
+            doc = c.to_dict()
+            doc["codec_free_unequal"] = len(c.unequal(CODEC_FREE_FIELDS))
+            kernels.append(doc)
+    targets = []
+    for k in kernels:
+        targets.append(
+            {
+                "name": "codec-free fields equal (orig_data_size, same_pages, mem_limit, io_stat, bd_stat)",
+                "config": k["release"],
+                "value": f"{k['codec_free_unequal']} unequal",
+                "limit": "0 unequal",
+                "ok": k["codec_free_unequal"] == 0,
+            }
+        )
+        replay = [r for r in k["rows"] if r["file"] == "replay"]
+        targets.append(
+            {
+                "name": "fed the kernel's object sizes: objects, mem_used_total/max, pages_compacted equal",
+                "config": k["release"],
+                "value": f"{sum(1 for r in replay if r['diff'])} of {len(replay)} unequal",
+                "limit": "0 unequal",
+                "ok": bool(replay) and not any(r["diff"] for r in replay),
+            }
+        )
+        for fld in ("compr_data_size", "mem_used_total"):
+            worst = max(
+                (
+                    abs(r["diff"]) / r["kernel"]
+                    for r in k["rows"]
+                    if r["file"] == "mm_stat" and r["field"] == fld and r["kernel"]
+                ),
+                default=0.0,
+            )
+            targets.append(
+                {
+                    "name": f"zsmalloc stats' {fld}: largest residue, every image, algorithm and stage",
+                    "config": k["release"],
+                    "value": f"{100 * worst:.2f}%",
+                    "limit": f"<= {100 * LIMIT:.1f}%",
+                    "ok": worst <= LIMIT,
+                }
+            )
+    doc = {"name": NAME, "quick": quick, "pages": PAGES, "seed": SEED, "kernels": kernels}
+    return {**doc, "targets": targets}
+
+
+def _cell(r: dict) -> str:
+    if not r["diff"]:
+        return f"{r['kernel']:,}"
+    rel = f", {100 * r['diff'] / r['kernel']:+.2f}%" if r["kernel"] else ""
+    return f"{r['kernel']:,} / {r['ours']:,} ({r['diff']:+,}{rel})"
+
+
+def _kernel_table(k: dict) -> str:
+    cells: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for r in k["rows"]:
+        if r["file"] == "mm_stat":
+            cells.setdefault((r["kind"], r["algorithm"], r["stage"]), {})[r["field"]] = r
+    rows = [[kind, alg, stage, *(_cell(f[x]) for x in SHOWN)] for (kind, alg, stage), f in cells.items()]
+    return md_table(["image", "alg", "stage", *SHOWN], rows, align="lll" + "r" * len(SHOWN))
+
+
+def _replay_table(k: dict) -> str:
+    cells: dict[tuple[str, str, str], dict[str, dict]] = {}
+    for r in k["rows"]:
+        if r["file"] == "replay":
+            cells.setdefault((r["kind"], r["algorithm"], r["stage"]), {})[r["field"]] = r
+    fields = REPLAY_SHOWN
+    rows = [[kind, alg, stage, *(_cell(f[x]) for x in fields)] for (kind, alg, stage), f in cells.items()]
+    return md_table(["image", "alg", "stage", *fields], rows, align="lll" + "r" * len(fields))
+
+
+def _others(k: dict) -> str:
+    parts = []
+    for stat_file in ("io_stat", "bd_stat"):
+        rows = [r for r in k["rows"] if r["file"] == stat_file]
+        bad = [r for r in rows if r["diff"]]
+        parts.append(
+            f"{stat_file}: all {len(rows)} values equal"
+            if not bad
+            else f"{stat_file}: {len(bad)} of {len(rows)} values differ"
+        )
+    limit = sum(1 for r in k["rows"] if r["field"] == "mem_limit" and r["diff"])
+    parts.append("mem_limit: 0 on both sides" if not limit else f"mem_limit: {limit} differ")
+    return "; ".join(parts)
+
+
+def _replay_verdict(k: dict) -> str:
+    rows = [r for r in k["rows"] if r["file"] == "replay"]
+    bad = sum(1 for r in rows if r["diff"])
+    return f"all {len(rows)} values equal." if not bad else f"{bad} of {len(rows)} values differ."
+
+
+def _discarded(k: dict) -> str:
+    return ", ".join(f"{kind} {n} of {k['pages'][kind]}" for kind, n in k["discards"].items())
+
+
+def _equal_share(k: dict, fld: str) -> str:
+    rows = [r for r in k["rows"] if r["field"] == fld]
+    return f"{sum(1 for r in rows if not r['diff'])}/{len(rows)}"
+
+
+def markdown(doc: dict) -> str:
+    out = [
+        "## Real kernels (`bench_kernel_vm.py`)",
+        "",
+        "Method: Debian's kernel packages booted under `qemu-system-x86_64 -accel tcg` with an initramfs "
+        "of `zsmalloc.kernelvm`'s own (busybox-static, zram and its modules, an init script); each image "
+        f"({doc['pages']} pages) written to /dev/zram0 with `dd`, then a seeded set of page runs "
+        "discarded with `blkdiscard`, then `echo 1 > compact`; mm_stat, io_stat and bd_stat read after "
+        "each stage. Our side: `zsmalloc stats --image IMG --algorithm ALG --chain-size N "
+        "[--discard-ranges ...] [--compact] --json` on the same image, one run per stage, N the kernel's "
+        "`CONFIG_ZSMALLOC_CHAIN_SIZE` (4 on 6.1, which has no such option). A cell is the value where "
+        "both agree, else `kernel / ours (ours - kernel, share)`.",
+    ]
+    for k in doc["kernels"]:
+        out += [
+            "",
+            f"### {k['release']} (`{k['package']}`, chain {k['chain_size']})",
+            "",
+            f"Discarded pages per image: {_discarded(k)}. "
+            f"Guest {k['boot_seconds']:.0f} s, our side {k['ours_seconds']:.0f} s. {_others(k)}. "
+            f"Equal: compr_data_size {_equal_share(k, 'compr_data_size')}, mem_used_total "
+            f"{_equal_share(k, 'mem_used_total')}, pages_compacted {_equal_share(k, 'pages_compacted')}, "
+            f"huge_pages {_equal_share(k, 'huge_pages')} (run x stage). {_codec_residues(k)}",
+            "",
+            _kernel_table(k),
+            "",
+            f"The same runs with our pool fed the kernel's own object sizes (kprobes on zs_malloc and "
+            f"zs_free in the guest, replayed by `zsmalloc replay --chain-size {k['chain_size']} --rule "
+            f"{k['replay_rule']} --policy {k['replay_policy']}`; objects = pages stored - same_pages on "
+            f"the kernel's side): {_replay_verdict(k)}",
+            "",
+            _replay_table(k),
+        ]
+    out += ["", RESIDUES]
+    return "\n".join(out)
+
+
+RESIDUES = (
+    "Causes. `orig_data_size`, `same_pages`, `mem_limit`, io_stat (notify_free counts every discarded "
+    "page) and bd_stat do not depend on the codec. `compr_data_size` differs by the codecs alone: the "
+    "engine's lz4 (liblz4 1.9.4) and the kernel's lib/lz4 disagree on some pages by a few bytes; our "
+    "zstd leaves out the frame's magic and content size and is tuned for an unknown input size, while "
+    "6.12's zram keeps the standard frame with parameters for a 4 KiB input (on the files image they "
+    "compress better than ours, header included) and 6.1's goes through the crypto API, whose output "
+    "is ours plus about the frame header per page. `mem_used_total`, `mem_used_max` and "
+    "`pages_compacted` then follow from the object sizes: the replay tables, where our pool is fed "
+    "the kernel's own sizes, agree field for field, so every residue there comes from the codec, a "
+    "few bytes moving an object across a class boundary and so changing the zspages and what "
+    "compaction can free. `zsmalloc stats` has no class-rule or compaction-policy option, so on 6.1 it "
+    "runs the 6.3+ rule and the 6.4+ compaction at chain 4; the replay runs 6.1's used-percentage "
+    "rule and the legacy compaction."
+)
+
+
+def _codec_residues(k: dict) -> str:
+    """Per algorithm: the range of compr_data_size residues, and in bytes per compressed page."""
+    parts = []
+    for alg in sorted({r["algorithm"] for r in k["rows"]}):
+        rows = [r for r in k["rows"] if r["algorithm"] == alg and r["field"] == "compr_data_size"]
+        objects = {
+            (r["kind"], r["stage"]): r["kernel"]
+            for r in k["rows"]
+            if r["algorithm"] == alg and r["file"] == "replay" and r["field"] == "objects"
+        }
+        shares = [r["diff"] / r["kernel"] for r in rows if r["kernel"]]
+        per_page = [
+            r["diff"] / objects[r["kind"], r["stage"]] for r in rows if objects.get((r["kind"], r["stage"]))
+        ]
+        text = f"{alg} {100 * min(shares):+.2f}% to {100 * max(shares):+.2f}%"
+        if per_page:
+            text += f" ({min(per_page):+.1f} to {max(per_page):+.1f} bytes per object)"
+        parts.append(text)
+    return "compr_data_size, ours against the kernel's: " + "; ".join(parts) + "."
+
+
+if __name__ == "__main__":
+    sys.exit(common.bench_main(__doc__, None, NAME, run, markdown, lambda _args: {}))

@@ -1,0 +1,49 @@
+"""zram on real kernels: boot Debian's kernel under QEMU and compare its figures with ``zsmalloc stats``.
+
+A harness, not part of the allocator: nothing in the library imports it::
+
+    host: images ─┐   Debian .debs (vmlinuz, zram.ko + deps, busybox-static)
+                  ▼              ▼
+           initramfs (newc cpio: /init, busybox, *.ko, /images/*.img)      cpio.py, debian.py
+                  ▼
+    guest (qemu-system-x86_64 -accel tcg): per run, comp_algorithm,        guest.py
+           disksize, dd, mm_stat/io_stat/bd_stat; blkdiscard; again;
+           compact; again; reset; "@@ZSVM ..." lines on the serial console
+                  ▼
+    host: parse_console ──► kernel figures ──┐
+          zsmalloc stats --image --json ─────┴─► compare(): a Row per field   harness.py
+
+``cpio``     the newc archive writer the initramfs is made with
+``debian``   finding, downloading and unpacking the packages; the modules zram needs
+``guest``    the init script and the parser of what it prints
+``harness``  images, initramfs, boot, our side, the comparison and its tables
+
+``zsmalloc kernel-vm`` (``zsmalloc.cli.kernelvm``) runs it from the command line.
+"""
+
+from __future__ import annotations
+
+from zsmalloc.kernelvm.guest import STAGES, STAT_FIELDS, ConsoleReport, Run, init_script, parse_console
+from zsmalloc.kernelvm.harness import (
+    CODEC_FREE_FIELDS,
+    IMAGE_KINDS,
+    BootError,
+    Comparison,
+    Row,
+    run_comparison,
+)
+
+__all__ = [
+    "CODEC_FREE_FIELDS",
+    "IMAGE_KINDS",
+    "STAGES",
+    "STAT_FIELDS",
+    "BootError",
+    "Comparison",
+    "ConsoleReport",
+    "Row",
+    "Run",
+    "init_script",
+    "parse_console",
+    "run_comparison",
+]

@@ -1,0 +1,93 @@
+"""Debian's 6.12 kernel under QEMU against ``zsmalloc stats``: the short form of the harness.
+
+One boot (TCG, about half a minute): a small image of real files, written to
+the guest's zram with lz4 and with zstd, discarded in part and compacted.
+Every field of every stat file at every stage must be read from the guest,
+``zsmalloc stats`` must run on the same image and operations, and the fields
+that do not depend on the codec's output must be equal to the kernel's.  Our
+pool fed the kernel's own object sizes (kprobes on zs_malloc and zs_free in
+the guest, ``zsmalloc replay``) must end each stage with the kernel's
+mem_used_total, mem_used_max and pages_compacted.
+
+Skipped when qemu-system-x86_64 or the kernel package cannot be had; under
+``ZSMALLOC_REQUIRE_KERNEL_VM=1`` (CI) it fails instead.  It runs on the
+default backend only: ``zsmalloc stats`` is the same command on both.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from zsmalloc.kernelvm import CODEC_FREE_FIELDS, STAGES, STAT_FIELDS, BootError, run_comparison
+from zsmalloc.kernelvm.debian import PackageError
+from zsmalloc.kernelvm.harness import REPLAY_FIELDS
+
+pytestmark = pytest.mark.kernel_vm
+
+REQUIRED = os.environ.get("ZSMALLOC_REQUIRE_KERNEL_VM") == "1"
+
+if os.environ.get("ZSMALLOC_BACKEND") == "model":
+    pytest.skip("the kernel VM comparison runs once, on the default backend", allow_module_level=True)
+
+
+def _unavailable(reason: str) -> None:
+    if REQUIRED:
+        pytest.fail(f"ZSMALLOC_REQUIRE_KERNEL_VM=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    if shutil.which("qemu-system-x86_64") is None:
+        _unavailable("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
+    try:
+        return run_comparison("6.12", ["files"], ["lz4", "zstd"], pages=1024, seed=3, timeout=600)
+    except PackageError as exc:
+        _unavailable(f"Debian's 6.12 kernel or busybox-static cannot be had: {exc}")
+    except BootError as exc:
+        pytest.fail(f"{exc}\n--- the guest's console ---\n{exc.console[-4000:]}")
+
+
+@pytest.mark.timeout(900)
+def test_the_guest_reports_every_field_of_every_stage(comparison):
+    assert comparison.release.startswith("6.12.")
+    assert comparison.chain_size == 8  # Debian's CONFIG_ZSMALLOC_CHAIN_SIZE
+    n_fields = sum(len(f) for f in STAT_FIELDS.values())
+    assert len(comparison.rows) == 2 * len(STAGES) * (n_fields + len(REPLAY_FIELDS))
+    got = {(r.algorithm, r.stage, r.file, r.field) for r in comparison.rows}
+    assert len(got) == len(comparison.rows)
+    by_stage = {(r.algorithm, r.stage, r.field): r.kernel for r in comparison.rows if r.file == "mm_stat"}
+    for alg in ("lz4", "zstd"):
+        # the kernel stored the pages, the discards freed some, and compaction freed pool pages
+        assert by_stage[alg, "fill", "orig_data_size"] == comparison.pages["files"] * 4096
+        discarded = comparison.discards["files"] * 4096
+        assert by_stage[alg, "discard", "orig_data_size"] == comparison.pages["files"] * 4096 - discarded
+        assert by_stage[alg, "compact", "mem_used_total"] <= by_stage[alg, "discard", "mem_used_total"]
+        assert by_stage[alg, "compact", "pages_compacted"] > 0
+
+
+@pytest.mark.timeout(900)
+def test_the_fields_that_do_not_depend_on_the_codec_are_the_kernels(comparison):
+    unequal = comparison.unequal(CODEC_FREE_FIELDS)
+    assert not unequal, "\n".join(
+        f"{r.algorithm}/{r.stage}/{r.file}.{r.field}: kernel {r.kernel}, ours {r.ours}" for r in unequal
+    )
+    # and the codec-dependent ones were compared too, whatever they show today
+    compr = [r for r in comparison.rows if r.field == "compr_data_size"]
+    assert len(compr) == 2 * len(STAGES) and all(r.kernel > 0 and r.ours > 0 for r in compr)
+
+
+@pytest.mark.timeout(900)
+def test_our_pool_fed_the_kernels_object_sizes_ends_each_stage_as_the_kernel(comparison):
+    assert (comparison.replay_rule, comparison.replay_policy) == ("min-waste", "ratio")
+    replay = [r for r in comparison.rows if r.file == "replay"]
+    assert len(replay) == 2 * len(STAGES) * len(REPLAY_FIELDS)
+    # the trace holds one zs_malloc per page stored compressed or huge
+    assert all(r.kernel > 0 for r in replay if r.field == "objects")
+    unequal = [r for r in replay if r.diff]
+    assert not unequal, "\n".join(
+        f"{r.algorithm}/{r.stage}/{r.field}: kernel {r.kernel}, replayed {r.ours}" for r in unequal
+    )

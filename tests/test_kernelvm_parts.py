@@ -1,0 +1,348 @@
+"""The kernel VM harness's pure parts: the cpio writer, module resolution, the init script, the parser.
+
+No VM here (tests/test_kernel_vm.py boots one): these run everywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import lzma
+import stat
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from zsmalloc.cli import kernelvm as cli_kernelvm
+from zsmalloc.cli import main
+from zsmalloc.kernelvm import BootError, Comparison, debian
+from zsmalloc.kernelvm.cpio import CpioWriter, read_newc
+from zsmalloc.kernelvm.guest import MARK, STAGES, STAT_FIELDS, Run, init_script, parse_console
+from zsmalloc.kernelvm.harness import (
+    IMAGE_KINDS,
+    Row,
+    discard_ranges,
+    make_image,
+    replay_preset,
+    replay_stats,
+    stage_traces,
+)
+
+
+def test_cpio_round_trips_every_kind_of_member(tmp_path):
+    big = tmp_path / "big.img"
+    big.write_bytes(bytes(range(256)) * 5000 + b"odd")  # not a multiple of 4: padding
+    buf = io.BytesIO()
+    cpio = CpioWriter(buf)
+    cpio.directory("bin")
+    cpio.file("bin/busybox", b"\x7fELF-ish", perm=0o755)
+    cpio.symlink("bin/sh", "busybox")
+    cpio.char_device("dev/console", 5, 1)
+    cpio.file("images/big.img", big)
+    cpio.close()
+    data = buf.getvalue()
+    assert len(data) % 4 == 0 and data.startswith(b"070701")
+    members = {name: (mode, body) for name, mode, body in read_newc(data)}
+    assert list(members) == ["bin", "bin/busybox", "bin/sh", "dev/console", "images/big.img"]
+    assert stat.S_ISDIR(members["bin"][0])
+    assert members["bin/busybox"] == (stat.S_IFREG | 0o755, b"\x7fELF-ish")
+    assert stat.S_ISLNK(members["bin/sh"][0]) and members["bin/sh"][1] == b"busybox"
+    assert stat.S_ISCHR(members["dev/console"][0])
+    assert members["images/big.img"][1] == big.read_bytes()
+    # the device numbers of /dev/console: rdevmajor and rdevminor, the 10th and 11th fields
+    at = data.index(b"dev/console") - 110
+    assert int(data[at + 6 + 8 * 9 : at + 6 + 8 * 10], 16) == 5
+    assert int(data[at + 6 + 8 * 10 : at + 6 + 8 * 11], 16) == 1
+
+
+def test_cpio_refuses_a_name_twice():
+    cpio = CpioWriter(io.BytesIO())
+    cpio.file("init", b"x")
+    with pytest.raises(ValueError, match="already"):
+        cpio.file("/init", b"y")
+
+
+def _elf_with_modinfo(modinfo: bytes) -> bytes:
+    """A minimal ELF64 file with a section string table and a .modinfo section."""
+    shstr = b"\0.shstrtab\0.modinfo\0"
+    body_off = 64
+    shstr_off, mod_off = body_off, body_off + len(shstr)
+    shoff = mod_off + len(modinfo)
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x28, shoff)
+    struct.pack_into("<HHH", header, 0x3A, 64, 3, 1)
+    sections = bytes(64)  # the null section
+    sections += struct.pack("<IIQQQQ", 1, 3, 0, 0, shstr_off, len(shstr)).ljust(64, b"\0")
+    sections += struct.pack("<IIQQQQ", 11, 1, 0, 0, mod_off, len(modinfo)).ljust(64, b"\0")
+    return bytes(header) + shstr + modinfo + sections
+
+
+def test_modinfo_depends_are_read_from_the_modinfo_section():
+    elf = _elf_with_modinfo(b"license=GPL\0depends=lz4hc_compress,lz4_compress\0vermagic=6.12 SMP\0")
+    assert debian.modinfo(elf)["license"] == "GPL"
+    assert debian.module_depends(elf) == ["lz4hc_compress", "lz4_compress"]
+    assert debian.module_depends(_elf_with_modinfo(b"depends=\0")) == []
+    with pytest.raises(ValueError, match="ELF64"):
+        debian.modinfo(b"not an elf file at all, not at all")
+
+
+def test_kernel_module_order_reads_compressed_modules_and_skips_builtins(tmp_path):
+    moddir = tmp_path / "lib" / "modules" / "6.12.9+deb12-amd64"
+    (moddir / "kernel").mkdir(parents=True)
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "vmlinuz-6.12.9+deb12-amd64").write_bytes(b"kernel")
+    (tmp_path / "boot" / "config-6.12.9+deb12-amd64").write_text(
+        'CONFIG_ZRAM=m\n# CONFIG_ZSMALLOC_STAT is not set\nCONFIG_ZSMALLOC_CHAIN_SIZE=8\nCONFIG_X="a b"\n'
+    )
+    (moddir / "modules.builtin").write_text("kernel/mm/zsmalloc.ko\n")
+    for name, deps in (
+        ("zram", "lz4hc_compress,lz4_compress,zsmalloc"),
+        ("lz4_compress", ""),
+        ("lz4hc_compress", ""),
+    ):
+        elf = _elf_with_modinfo(f"depends={deps}\0".encode())
+        (moddir / "kernel" / f"{name}.ko.xz").write_bytes(lzma.compress(elf))
+    kernel = debian.load_kernel(tmp_path, "linux-image-test")
+    assert kernel.release == "6.12.9+deb12-amd64" and kernel.series == "6.12"
+    assert kernel.chain_size() == 8 and kernel.config["CONFIG_X"] == "a b"
+    assert "CONFIG_ZSMALLOC_STAT" not in kernel.config
+    assert kernel.module_order(["zram"]) == ["lz4hc_compress", "lz4_compress", "zram"]
+    with pytest.raises(debian.PackageError, match="no module lz4"):
+        kernel.module_order(["lz4"])
+
+
+def test_resolve_puts_dependencies_first_and_finds_cycles():
+    deps = {"a": ["b", "c"], "b": ["c"], "c": [], "d": ["a"]}
+    assert debian.resolve(["d", "c"], deps.__getitem__) == ["c", "b", "a", "d"]
+    with pytest.raises(ValueError, match="cycle: x -> y -> x"):
+        debian.resolve(["x"], {"x": ["y"], "y": ["x"]}.__getitem__)
+
+
+def test_newest_compares_version_numbers_not_text():
+    names = [
+        "linux-image-6.12.9+deb12-amd64-unsigned",
+        "linux-image-6.12.107+deb12-amd64-unsigned",
+        "linux-image-6.12.107+deb12-cloud-amd64-unsigned",
+        "linux-image-6.12.41+deb12-amd64-unsigned",
+    ]
+    assert debian.newest(names, debian.KERNEL_PACKAGES["6.12"]) == names[1]
+    assert debian.newest(names, debian.KERNEL_PACKAGES["6.1"]) is None
+    assert debian.module_name("kernel/lib/lz4/lz4-compress.ko.xz") == "lz4_compress"
+
+
+def test_init_script_performs_each_run_in_order():
+    runs = [
+        Run("files-lz4", "/images/files.img", "lz4", 64 * 4096, ((0, 4), (10, 1))),
+        Run("files-zstd", "/images/files.img", "zstd", 64 * 4096, ()),
+    ]
+    script = init_script(["lz4_compress", "zram"], runs)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/busybox sh" and lines[-1] == "poweroff -f"
+    assert lines.index("insmod /lib/modules/lz4_compress.ko || fail insmod lz4_compress") < lines.index(
+        "insmod /lib/modules/zram.ko || fail insmod zram"
+    )
+    first = script.index("echo lz4 > /sys/block/zram0/comp_algorithm")
+    second = script.index("echo zstd > /sys/block/zram0/comp_algorithm")
+    assert first < script.index("blkdiscard -o 0 -l 16384 /dev/zram0") < second
+    assert script.index("blkdiscard -o 40960 -l 4096 /dev/zram0") < second
+    assert script.count("echo 1 > /sys/block/zram0/compact") == 2
+    assert script.count("echo 1 > /sys/block/zram0/reset") == 2
+    assert "echo 262144 > /sys/block/zram0/disksize" in script
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("a b", "/i", "lz4", 4096, ()), "plain name"),
+        (("a", "/i", "lz4;reboot", 4096, ()), "plain name"),
+        (("a", "/i", "lz4", 4000, ()), "multiple of 4096"),
+        (("a", "/i", "lz4", 4096 * 4, ((3, 2),)), "outside the device"),
+    ],
+)
+def test_run_refuses_what_the_script_could_not_do_safely(args, message):
+    with pytest.raises(ValueError, match=message):
+        Run(*args)
+
+
+def _stat_lines(name: str, stage: str, base: int) -> list[str]:
+    return [
+        f"{MARK} stat {name} {stage} {f} " + " ".join(f"{base + i:8d}" for i in range(len(fields)))
+        for f, fields in STAT_FIELDS.items()
+    ]
+
+
+def test_parse_console_reads_every_stage_among_kernel_noise():
+    lines = ["SeaBIOS (version 1.16)", f"{MARK} begin 6.12.9+deb12-amd64", f"{MARK} run r1"]
+    for n, stage in enumerate(STAGES):
+        lines += _stat_lines("r1", stage, 100 * n)
+    lines.insert(5, "[    3.141] zram0: detected capacity change from 0 to 512")
+    lines += [f"{MARK} end", "[    9.0] reboot: Power down"]
+    report = parse_console("\r\n".join(lines))
+    assert report.release == "6.12.9+deb12-amd64" and report.ended and not report.errors
+    assert report.missing(["r1"]) == []
+    assert report.runs["r1"]["discard"]["mm_stat"]["orig_data_size"] == 100
+    assert report.runs["r1"]["compact"]["mm_stat"]["huge_pages_since"] == 208
+    assert report.runs["r1"]["fill"]["io_stat"] == {
+        "failed_reads": 0,
+        "failed_writes": 1,
+        "invalid_io": 2,
+        "notify_free": 3,
+    }
+    assert report.missing(["r1", "r2"])[0] == "r2/fill/mm_stat"
+
+
+def test_parse_console_reports_a_short_or_missing_stat_file_and_errors():
+    text = "\n".join(
+        [
+            f"{MARK} stat r1 fill mm_stat 1 2 3",
+            f"{MARK} stat r1 fill bd_stat missing",
+            f"{MARK} stat r1 fill io_stat 0 0 0 0",
+            f"{MARK} stat r1 later io_stat 0 0 0 0",
+            f"{MARK} error r1 blkdiscard 40",
+        ]
+    )
+    report = parse_console(text)
+    assert not report.ended and report.release is None
+    assert report.errors == [
+        "r1/fill/mm_stat: 1 2 3",
+        "r1/fill/bd_stat: missing",
+        f"unknown stat line: {MARK} stat r1 later io_stat 0 0 0 0",
+        "r1 blkdiscard 40",
+    ]
+    assert set(report.missing(["r1"])) >= {"r1/fill/mm_stat", "r1/fill/bd_stat", "r1/discard/io_stat"}
+    assert "r1/fill/io_stat" not in report.missing(["r1"])
+
+
+def test_discard_ranges_are_seeded_disjoint_and_inside_the_device():
+    ranges = discard_ranges(4096, 7)
+    assert ranges == discard_ranges(4096, 7) and ranges != discard_ranges(4096, 8)
+    ends = [first + count for first, count in ranges]
+    assert all(1 <= c <= 64 for _, c in ranges) and ends[-1] <= 4096
+    assert all(end < nxt for end, (nxt, _) in zip(ends, ranges[1:], strict=False))
+    share = sum(c for _, c in ranges) / 4096
+    assert 0.25 < share < 0.55
+
+
+def test_images_of_each_kind_are_whole_seeded_pages(tmp_path):
+    for kind in IMAGE_KINDS:
+        path = tmp_path / f"{kind}.img"
+        assert make_image(kind, 32, 3, path) == 32
+        data = path.read_bytes()
+        assert len(data) == 32 * 4096
+        assert make_image(kind, 32, 3, tmp_path / "again.img") == 32
+        assert (tmp_path / "again.img").read_bytes() == data
+    same = (tmp_path / "same-filled.img").read_bytes()
+    pages = [same[i : i + 4096] for i in range(0, len(same), 4096)]
+    assert sum(p == p[:8] * 512 for p in pages) >= 10  # 60% same-filled, seeded
+    with pytest.raises(ValueError, match="unknown image kind"):
+        make_image("nope", 1, 0, tmp_path / "x")
+
+
+def test_row_difference_and_its_share():
+    assert Row("files", "lz4", "fill", "mm_stat", "compr_data_size", 200, 198).relative == -0.01
+    assert Row("files", "lz4", "fill", "mm_stat", "same_pages", 0, 0).relative is None
+
+
+def test_init_script_with_trace_records_the_fill_and_the_discards_only():
+    run = Run("r", "/images/r.img", "zstd", 8 * 4096, ((2, 3),))
+    assert "kprobe_events" not in init_script(["zram"], [run])
+    script = init_script(["zram"], [run], trace=True)
+    lines = script.splitlines()
+    assert (
+        "echo 'p:zsm zs_malloc size=%si:u64' >> /sys/kernel/tracing/kprobe_events || fail kprobe p:zsm"
+        in lines
+    )
+    enable = lines.index("echo 1 > /sys/kernel/tracing/events/kprobes/enable || fail r kprobes")
+    dd = next(i for i, line in enumerate(lines) if line.startswith("dd if=/images/r.img"))
+    assert enable < dd < lines.index("dump_trace r fill") < lines.index("dump_trace r discard")
+    disable = lines.index("echo 0 > /sys/kernel/tracing/events/kprobes/enable")
+    assert (
+        lines.index("dump_trace r discard")
+        < disable
+        < lines.index("echo 1 > /sys/block/zram0/compact || fail r compact")
+    )
+
+
+def test_parse_console_collects_traces_and_lost_events():
+    text = "\n".join(
+        [
+            f"{MARK} trace r fill m ffff888004a3c000 1234",
+            f"{MARK} trace r fill m ffff888004a3c010 4096",
+            f"{MARK} overrun r fill overrun: 0",
+            f"{MARK} trace r discard f ffff888004a3c000",
+            f"{MARK} overrun r discard overrun: 17",
+        ]
+    )
+    report = parse_console(text)
+    assert report.traces == {
+        "r": {
+            "fill": ["m ffff888004a3c000 1234", "m ffff888004a3c010 4096"],
+            "discard": ["f ffff888004a3c000"],
+        }
+    }
+    assert report.errors == ["r/discard: the trace buffer lost 17 events"]
+    stages = stage_traces(report.traces["r"])
+    assert stages["fill"] == report.traces["r"]["fill"]
+    assert stages["discard"] == [*stages["fill"], "f ffff888004a3c000"]
+    assert stages["compact"] == [*stages["discard"], "c"]
+
+
+def test_replay_preset_follows_the_kernel_versions():
+    assert replay_preset("6.12.118+deb12-amd64") == ("min-waste", "ratio")
+    assert replay_preset("6.3.0") == ("min-waste", "legacy")
+    assert replay_preset("6.1.0-57-amd64") == ("used-percentage", "legacy")
+
+
+def test_replay_stats_runs_zsmalloc_replay_on_a_trace(tmp_path):
+    trace = tmp_path / "t.trace"
+    # 40 objects of 3000 bytes, every other one freed (no zspage empties), then compaction
+    lines = [f"m {i:x} 3000" for i in range(40)] + [f"f {i:x}" for i in range(0, 40, 2)]
+    trace.write_text("\n".join(lines) + "\nc\n")
+    got = replay_stats(trace, 8, "min-waste", "ratio")
+    assert got["objects"] == 20
+    assert got["mem_used_max"] >= got["mem_used_total"] > 0
+    assert got["pages_compacted"] * 4096 == got["mem_used_max"] - got["mem_used_total"]
+
+
+def _fake_comparison() -> Comparison:
+    rows = [
+        Row("files", alg, stage, f, fld, 1000, 1000 + (7 if fld == "compr_data_size" else 0))
+        for alg in ("lz4", "zstd")
+        for stage in STAGES
+        for f, fields in STAT_FIELDS.items()
+        for fld in fields
+    ]
+    return Comparison("linux-image-x", "6.12.1", 8, {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
+
+
+def test_the_kernel_vm_command_prints_every_mm_stat_field_with_its_difference(monkeypatch):
+    seen = {}
+
+    def fake_run(series, kinds, algorithms, **kw):
+        seen.update(series=series, kinds=list(kinds), algorithms=list(algorithms), **kw)
+        return _fake_comparison()
+
+    monkeypatch.setattr(cli_kernelvm, "run_comparison", fake_run)
+    result = CliRunner().invoke(main, ["kernel-vm", "--image-kind", "files", "--pages", "64"])
+    assert result.exit_code == 0, result.output
+    assert seen["series"] == "6.12" and seen["kinds"] == ["files"] and seen["algorithms"] == ["lz4", "zstd"]
+    assert seen["pages"] == 64
+    for fld in STAT_FIELDS["mm_stat"]:
+        assert fld in result.output
+    assert "+7 (+0.70%)" in result.output
+    assert "io_stat: all 24 values equal" in result.output
+    out = CliRunner().invoke(main, ["kernel-vm", "--json"])
+    doc = json.loads(out.output)
+    assert doc["release"] == "6.12.1" and len(doc["rows"]) == len(_fake_comparison().rows)
+    assert {r["diff"] for r in doc["rows"]} == {0, 7}
+
+
+def test_the_kernel_vm_command_reports_a_failed_boot(monkeypatch):
+    def fail(*args, **kw):
+        raise BootError("the guest did not power off within 5 s", "console text")
+
+    monkeypatch.setattr(cli_kernelvm, "run_comparison", fail)
+    result = CliRunner().invoke(main, ["kernel-vm"])
+    assert result.exit_code == 1 and "did not power off" in result.output
