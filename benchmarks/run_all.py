@@ -17,7 +17,10 @@ nbdcopy, qemu-img and libnbd: throughput and server RSS) and
 ``bench_threads.py`` (what a second thread gets from one-object calls, which
 keep the GIL, and from batch calls, which release it) and ``bench_store.py``
 (``zsmalloc.Store`` against ``zict.Func(lz4)`` of a dict: set/get MB/s and
-RSS).  Each writes
+RSS) and ``bench_dask.py`` (a 2-worker ``LocalCluster`` over a working set 3x
+its memory with distributed's ``SpillBuffer``, a ``zict.Func(lz4)`` layer
+and ``zsmalloc.dask``'s tier: data held in RAM, disk bytes, wall time, and
+a plot of them over time).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -50,6 +53,7 @@ from pathlib import Path
 
 import bench_churn
 import bench_compaction_work
+import bench_dask
 import bench_density
 import bench_migration
 import bench_nbd
@@ -70,6 +74,7 @@ BENCHMARKS = (
     bench_nbd,
     bench_threads,
     bench_store,
+    bench_dask,
 )
 
 
@@ -211,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         common.log(f"== {bench.NAME}")
         try:
-            doc = bench.run(quick=args.quick)
+            doc = common.run_bench(bench.run, args.quick, out)
         except Exception:
             crashed.append(bench.NAME)
             tb = traceback.format_exc()

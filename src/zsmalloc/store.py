@@ -282,6 +282,31 @@ class Store(MutableMapping[K, bytes]):
                 out[: e.nbytes] = self._decode(e)
             return e.nbytes
 
+    def get_compressed(self, key: K) -> tuple[str, int, bytearray]:
+        """How the value of ``key`` is stored: ``(kind, nbytes, payload)``, the payload copied out.
+
+        ``kind`` is "lz4" (a block without a size prefix) or "zstd" (a
+        standard frame), whose payload decompresses to the value's ``nbytes``
+        bytes; "raw", whose payload is the value; or "same", whose payload
+        is the one byte the value repeats ``nbytes`` times.  For moving a
+        value elsewhere (to disk) without decompressing and compressing it
+        again.
+
+            >>> with Store("zstd") as s:
+            ...     s["a"], s["z"] = b"ab" * 500, bytes(10)
+            ...     kind, n, payload = s.get_compressed("a")
+            ...     (kind, n, len(payload) < 100, s.get_compressed("z"))
+            ('zstd', 1000, True, ('same', 10, bytearray(b'\\x00')))
+        """
+        self._check_open()
+        with self._lock:
+            e = self._index[key]
+            if e.kind == "same":
+                return "same", e.nbytes, bytearray((e.fill,))
+            out = bytearray(e.stored)
+            self._read_chunks(e, memoryview(out))
+            return e.kind, e.nbytes, out
+
     def set_many(self, items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> None:
         """Store every (key, value) of ``items``, as ``update`` does.
 

@@ -15,7 +15,7 @@ of three places, oldest evicted first::
     | compressed: Store, zstd in the pool  (LRU, <= compressed_target|
     |             bytes of pool pages; compacted before demoting)    |
     +---------------------------------------------------------------+
-        | demote (the oldest), zstd frame
+        | demote (the oldest): its payload as stored, not recompressed
         v
     +---------------------------------------------------------------+
     | disk: zict.File in the spill directory      (<= max_spill)     |
@@ -36,13 +36,21 @@ array of 8 MiB:
 - A read decompresses straight into a ``bytearray`` (``Store.get_into``):
   distributed then deserializes numpy frames in place (0.5 ms for 64 MiB)
   where ``bytes`` would be copied (about 190 ms for 64 MiB).
-- A read promotes the value back to ``fast`` (zict.Buffer's rule, as
-  ``SpillBuffer`` does): the task that asked for it holds the deserialized
-  object in RAM anyway, so keeping it in ``fast`` costs no extra memory and
-  keeps the worker's memory accounting true; dropping the compressed copy
-  gives its pool space back at once.
-- The disk is reached only from the Store: a value goes there compressed
-  (zstd), so the disk sees fewer bytes than distributed's lz4 spill.  When
+- A read does **not** promote the value back to ``fast`` (``SpillBuffer``
+  does, by zict.Buffer's rule).  A spilled dask key is read by the tasks
+  that depend on it and by peers that fetch it; promoting it makes room in
+  ``fast`` by evicting another key, a serialization, a compression and
+  perhaps a disk write per read.  Over a working set larger than RAM, each
+  pass of a reduction over a persisted array reads the keys oldest first:
+  with promotion every read evicts the key the next read wants, so every
+  read misses and the whole working set is written again per pass.  Left
+  where it is, a read from the Store is one decompression; while a task
+  holds the object, a weak cache (as in ``SpillBuffer``) hands the same
+  object to any other reader instead of a second copy.
+- The disk is reached only from the Store: a value goes there as the Store
+  holds it (``Store.get_compressed``: the zstd frame, copied out of the pool,
+  neither decompressed nor compressed again), so the disk sees fewer bytes
+  than distributed's lz4 spill, for the cost of a copy.  When
   the disk is full (``max_spill``) or fails, the value stays in the Store,
   over its budget, and that is logged: compressed in RAM is still smaller
   than the object ``fast`` would have to keep.
@@ -68,6 +76,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Literal, NamedTuple, Protocol, cast
 
+import lz4.block
 import zict
 import zstandard
 from dask.typing import Key
@@ -80,9 +89,8 @@ import zsmalloc
 
 logger = logging.getLogger(__name__)
 
-#: the Store's codecs; the disk copies are zstd frames whatever the Store uses
+#: the Store's codecs (the disk copies are the Store's payloads)
 COMPRESSIONS = ("zstd", "lz4", "none")
-DISK_ZSTD_LEVEL = 3
 #: the Store is compacted before a demotion when its pages exceed its payloads by this share
 COMPACT_SLACK = 0.25
 
@@ -97,6 +105,10 @@ class CompressedLayer(Protocol):
 
     def get_into(self, key: Key, buf: bytearray) -> int:
         """Write the value of ``key`` into ``buf``; return its length."""
+        ...
+
+    def get_compressed(self, key: Key) -> tuple[str, int, bytearray]:
+        """``(kind, nbytes, payload)`` as ``zsmalloc.Store.get_compressed`` gives it."""
         ...
 
     @property
@@ -145,11 +157,10 @@ class _Tiers(MutableMapping[Key, object]):
         self._lock = threading.RLock()
         #: keys in the Store, oldest first, and their weights
         self._in_layer: dict[Key, _Weight] = {}
-        #: keys on disk: their weights and their bytes on disk
-        self._on_disk: dict[Key, tuple[_Weight, int]] = {}
+        #: keys on disk: their weights, and the kind and length of their payloads there
+        self._on_disk: dict[Key, tuple[_Weight, str, int]] = {}
         self.layer_sizeof = 0
         self.disk_total = SpilledSize(0, 0)
-        self._zc = zstandard.ZstdCompressor(level=DISK_ZSTD_LEVEL)
 
     # -- the mapping -----------------------------------------------------
 
@@ -171,6 +182,7 @@ class _Tiers(MutableMapping[Key, object]):
             self._demote_over_budget()
 
     def __getitem__(self, key: Key) -> object:
+        buf: bytearray | memoryview
         with self._lock:
             if key in self._in_layer:
                 buf = bytearray(self._in_layer[key].nbytes)
@@ -178,12 +190,13 @@ class _Tiers(MutableMapping[Key, object]):
                     self.layer.get_into(key, buf)
                 context_meter.digest_metric("decompress", len(buf), "bytes")
             else:
-                weight, _ = self._on_disk[key]
+                weight, kind, _ = self._on_disk[key]
                 with context_meter.meter("disk-read", "seconds"):
-                    frame = self.disk[key]
+                    payload = self.disk[key]
                 context_meter.digest_metric("disk-read", 1, "count")
-                context_meter.digest_metric("disk-read", len(frame), "bytes")
-                buf = _zstd_into(frame, weight.nbytes)
+                context_meter.digest_metric("disk-read", len(payload), "bytes")
+                with context_meter.meter("decompress", "seconds"):
+                    buf = _decode(kind, weight.nbytes, payload)
         return deserialize_bytes(buf)
 
     def __delitem__(self, key: Key) -> None:
@@ -192,7 +205,7 @@ class _Tiers(MutableMapping[Key, object]):
                 del self.layer[key]
                 self.layer_sizeof -= self._in_layer.pop(key).sizeof
             else:
-                weight, on_disk = self._on_disk.pop(key)
+                weight, _, on_disk = self._on_disk.pop(key)
                 del self.disk[key]
                 self.disk_total -= SpilledSize(weight.sizeof, on_disk)
 
@@ -221,9 +234,7 @@ class _Tiers(MutableMapping[Key, object]):
     def _demote(self, key: Key) -> bool:
         """Write ``key``'s value from the Store to disk; False (logged) if the disk cannot take it."""
         weight = self._in_layer[key]
-        buf = bytearray(weight.nbytes)
-        self.layer.get_into(key, buf)
-        frame = self._zc.compress(buf)
+        kind, _, frame = self.layer.get_compressed(key)
         if self.max_spill is not False and self.disk_total.disk + len(frame) > self.max_spill:
             logger.warning("Spill file on disk reached capacity; keeping data compressed in memory")
             return False
@@ -238,7 +249,7 @@ class _Tiers(MutableMapping[Key, object]):
         del self.layer[key]
         del self._in_layer[key]
         self.layer_sizeof -= weight.sizeof
-        self._on_disk[key] = (weight, len(frame))
+        self._on_disk[key] = (weight, kind, len(frame))
         self.disk_total += SpilledSize(weight.sizeof, len(frame))
         return True
 
@@ -258,12 +269,18 @@ class _Tiers(MutableMapping[Key, object]):
         self._file.close()
 
 
-def _zstd_into(frame: bytes | bytearray | memoryview, nbytes: int) -> bytearray:
-    """Decompress a zstd frame of ``nbytes`` into a new bytearray (writable: deserialized in place)."""
+def _decode(kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray | memoryview:
+    """The serialized value of a spill file, writable (distributed deserializes numpy frames in place)."""
+    if kind == "raw":
+        return payload if isinstance(payload, bytearray) else bytearray(payload)
+    if kind == "same":
+        return bytearray(payload) * nbytes
+    if kind == "lz4":
+        return bytearray(lz4.block.decompress(payload, uncompressed_size=nbytes))
     out = bytearray(nbytes)
     view = memoryview(out)
     got = 0
-    with zstandard.ZstdDecompressor().stream_reader(frame) as reader:
+    with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
         while got < nbytes:
             n = reader.readinto(view[got:])
             if not n:
@@ -345,6 +362,11 @@ class TieredBuffer(SpillBuffer):
         )
         self.logged_pickle_errors = set()
         self.cumulative_metrics = defaultdict(float)
+
+    def slow_to_fast(self, key: Key) -> object:
+        """A value out of ``fast``, read where it is: not moved back (see the module's header)."""
+        with self.unlock():
+            return self.slow[key]
 
     @property
     def compressed(self) -> Mapping[Key, object]:
