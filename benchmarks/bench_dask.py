@@ -412,20 +412,27 @@ def markdown(doc: dict) -> str:
     return "\n\n".join(
         [
             "## Dask (`bench_dask.py`)",
-            "Method: `LocalCluster(n_workers=2, threads_per_worker=1, "
-            f"memory_limit={cfg['limit'] >> 20} MiB, processes={cfg['processes']})` persists a dask array of kernel-build pages "
-            f"({working >> 20} MiB, {cfg['factor']}x the two workers' limits; chunks of "
-            f"{cfg['rows'] * 4096 >> 20} MiB) and reduces it twice (`x.sum(axis=0)`, then "
-            "`x.max(axis=1).sum()`), both results checked. Worker data: **default** = "
-            "distributed's `SpillBuffer` (lz4 spill compression); **zict-lz4** = the tier with "
-            "`zict.Func(lz4 compress, decompress, dict())` as its compressed layer (0.3 of the limit for live "
-            "objects, 0.25 for the compressed bytes, its lz4 bytes written to disk as they are); **tier** = "
-            "`zsmalloc.dask.worker_data(limit)` (0.3 live, 0.25 of pool pages for a zstd `Store`). "
-            f"{cfg['rounds']} rounds, each configuration in a fresh process with its own cluster, order "
-            "rotating; medians (min-max). In RAM: the sizeof() of the values in `fast` and in the "
-            "compressed layer, both workers, peak over 0.25 s samples; disk: distributed's `disk-write` bytes. "
-            f"The machine is shared: 1-minute load average {min(load):.2f}-{max(load):.2f} at the runs' starts "
-            f"(2 cores). Plot: `results/{doc['plot']}`.",
+            " ".join(
+                [
+                    "Method: `LocalCluster(n_workers=2, threads_per_worker=1,",
+                    f"memory_limit={cfg['limit'] >> 20} MiB, processes={cfg['processes']})` persists",
+                    f"a dask array of kernel-build pages ({working >> 20} MiB, {cfg['factor']}x the two",
+                    f"workers' limits; chunks of {cfg['rows'] * 4096 >> 20} MiB) and reduces it twice",
+                    "(`x.sum(axis=0)`, then `x.max(axis=1).sum()`), both results checked.",
+                    "Worker data: **default** = distributed's `SpillBuffer` (lz4 spill compression);",
+                    "**zict-lz4** = the tier with `zict.Func(lz4 compress, decompress, dict())` as its",
+                    "compressed layer (0.3 of the limit for live objects, 0.25 for the compressed bytes,",
+                    "its lz4 bytes written to disk as they are);",
+                    "**tier** = `zsmalloc.dask.worker_data(limit)` (0.3 live, 0.25 of pool pages for a zstd",
+                    "`Store`).",
+                    f"{cfg['rounds']} rounds, each configuration in a fresh process with its own cluster,",
+                    "order rotating; medians (min-max). In RAM: the sizeof() of the values in `fast` and in",
+                    "the compressed layer, both workers, peak over 0.25 s samples; disk: distributed's",
+                    "`disk-write` bytes. The machine is shared: 1-minute load average",
+                    f"{min(load):.2f}-{max(load):.2f} at the runs' starts (2 cores).",
+                    f"Plot: `results/{doc['plot']}`.",
+                ]
+            ),
             md_table(
                 [
                     "configuration",

@@ -1,7 +1,8 @@
 """The tier on real workers: a ``LocalCluster(data=worker_data(...))``, and ``dask worker`` processes.
 
-Each computation persists a compressible dask array bigger than the tiers
-before the disk hold, reduces it, checks the result against numpy's formula,
+Each computation persists a dask array (half of its bytes entropy) bigger
+than the tiers before the disk hold, reduces it twice, checks the results
+against numpy's,
 and asks every worker what its data is and where its keys are.  The workers
 use whichever pool ``ZSMALLOC_BACKEND`` names (a subprocess inherits it).
 Every wait is bounded.
@@ -23,18 +24,37 @@ from distributed import Client, LocalCluster
 
 from zsmalloc.dask import worker_data
 
-N = 8 << 20  # int64 elements: 64 MiB, in 64 chunks of 1 MiB
-CHUNK = 1 << 17
+N = 64 << 20  # uint8 elements: 64 MiB, in 64 chunks of 1 MiB, half of it entropy
+CHUNK = 1 << 20
+MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
 DASK = Path(sys.executable).with_name("dask")
 
 
+def nibbles(i):
+    """Element ``i`` of the array (numpy or dask): 4 bits of splitmix64(i), as uint8."""
+    z = i * MIX[0]
+    z = (z ^ (z >> np.uint64(30))) * MIX[1]
+    z = (z ^ (z >> np.uint64(27))) * MIX[2]
+    return ((z ^ (z >> np.uint64(31))) & np.uint64(15)).astype(np.uint8)
+
+
+def expected() -> tuple[int, int]:
+    """The array's sum, and its sum of squares, chunk by chunk in this process."""
+    total = squares = 0
+    for start in range(0, N, CHUNK):
+        v = nibbles(np.arange(start, start + CHUNK, dtype=np.uint64)).astype(np.int64)
+        total += int(v.sum())
+        squares += int((v * v).sum())
+    return total, squares
+
+
 def compute_and_check(client: Client) -> list[dict]:
-    """Persist, reduce, check; each worker's tier figures."""
-    x = (da.arange(N, chunks=CHUNK, dtype=np.int64) % 251).persist()
-    total = int(x.sum().compute(timeout=30))
-    full, rest = divmod(N, 251)
-    assert total == full * (250 * 251 // 2) + rest * (rest - 1) // 2
-    assert int((x * 2).max().compute(timeout=30)) == 500  # a second pass over every chunk
+    """Persist, reduce twice, check; each worker's tier figures."""
+    x = nibbles(da.arange(N, chunks=CHUNK, dtype=np.uint64)).persist()
+    total, squares = expected()
+    assert int(x.sum(dtype=np.int64).compute(timeout=30)) == total
+    y = x.astype(np.int64)
+    assert int((y * y).sum().compute(timeout=30)) == squares  # a second pass over every chunk
     return list(client.run(tier_figures).values())
 
 
@@ -111,7 +131,8 @@ def test_dask_worker_command_line(tmp_path: Path) -> None:
         {
             "DASK_ZSMALLOC__DASK__FAST_FRACTION": "0.02",
             "DASK_ZSMALLOC__DASK__COMPRESSED_FRACTION": "0.005",
-            "DASK_DISTRIBUTED__WORKER__DAEMON": "False",
+            # the workers import this module to run tier_figures
+            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")]),
         }
     )
     procs = [
