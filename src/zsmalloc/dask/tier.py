@@ -65,7 +65,10 @@ What the worker's memory manager and dashboard read:
   worker's sizeof of every key less ``memory``: the objects in ``fast`` plus
   the Store's real pages; its "spilled" is what is on disk;
 - ``cumulative_metrics`` with distributed's ``disk-write``/``disk-read``
-  labels, and ``compress``/``decompress`` for the Store.
+  labels, and ``compress``/``decompress`` for the Store;
+- ``slow`` (zict.Buffer's): the keys out of ``fast``, in the Store or on
+  disk, which distributed's Prometheus metrics count as spilled tasks;
+  ``compressed`` and ``disk`` tell the two apart.
 """
 
 from __future__ import annotations
