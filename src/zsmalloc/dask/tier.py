@@ -6,20 +6,20 @@ What it owns
 of three places, oldest evicted first::
 
       Worker.data = TieredBuffer
-    +---------------------------------------------------------------+
-    | fast: dict of live objects      (LRU, weight = sizeof, <= n)   |
-    +---------------------------------------------------------------+
-        | evict (the oldest; or the memory monitor's evict())
-        v   serialize_bytelist(compression=False): one buffer
-    +---------------------------------------------------------------+
-    | compressed: Store, zstd in the pool  (LRU, <= compressed_target|
-    |             bytes of pool pages; compacted before demoting)    |
-    +---------------------------------------------------------------+
-        | demote (the oldest): its payload as stored, not recompressed
+    +----------------------------------------------------------+
+    | fast: dict of live objects    (LRU, sizeof() <= target)  |
+    +----------------------------------------------------------+
+        | evict the oldest (or the memory monitor's evict()):
+        v serialize_bytelist(compression=False), one buffer
+    +----------------------------------------------------------+
+    | compressed: Store, zstd in the pool  (LRU, pool pages    |
+    |   <= compressed_target; compacted before demoting)       |
+    +----------------------------------------------------------+
+        | demote the oldest: its payload as stored, not recompressed
         v
-    +---------------------------------------------------------------+
-    | disk: zict.File in the spill directory      (<= max_spill)     |
-    +---------------------------------------------------------------+
+    +----------------------------------------------------------+
+    | disk: zict.File in the spill directory  (<= max_spill)   |
+    +----------------------------------------------------------+
 
 ``_Tiers`` is the slow side (compressed, then disk) behind the
 ``zict.Buffer`` that ``SpillBuffer`` is; it owns the serialized form, the
@@ -50,10 +50,10 @@ array of 8 MiB:
 - The disk is reached only from the Store: a value goes there as the Store
   holds it (``Store.get_compressed``: the zstd frame, copied out of the pool,
   neither decompressed nor compressed again), so the disk sees fewer bytes
-  than distributed's lz4 spill, for the cost of a copy.  When
-  the disk is full (``max_spill``) or fails, the value stays in the Store,
-  over its budget, and that is logged: compressed in RAM is still smaller
-  than the object ``fast`` would have to keep.
+  than distributed's lz4 spill, for the cost of a copy.  When the disk is
+  full (``max_spill``) or fails, the value stays in the Store, over its
+  budget, and that is logged: compressed in RAM is still smaller than the
+  object ``fast`` would have to keep.
 
 What the worker's memory manager and dashboard read:
 
@@ -87,10 +87,14 @@ from distributed.metrics import context_meter
 from distributed.protocol import deserialize_bytes, serialize_bytelist
 from distributed.sizeof import safe_sizeof
 from distributed.spill import AnyKeyFile, PickleError, SpillBuffer, SpilledSize
+from distributed.utils import RateLimiterFilter
 
 import zsmalloc
 
 logger = logging.getLogger(__name__)
+# as distributed.spill does: a full or failing disk is said once in a while, not per value
+logger.addFilter(RateLimiterFilter("Spill file on disk reached capacity"))
+logger.addFilter(RateLimiterFilter("Spill to disk failed"))
 
 #: the Store's codecs (the disk copies are the Store's payloads)
 COMPRESSIONS = ("zstd", "lz4", "none")
@@ -255,16 +259,6 @@ class _Tiers(MutableMapping[Key, object]):
         self._on_disk[key] = (weight, kind, len(frame))
         self.disk_total += SpilledSize(weight.sizeof, len(frame))
         return True
-
-    def in_layer(self) -> list[Key]:
-        """The keys in the Store, oldest first."""
-        with self._lock:
-            return list(self._in_layer)
-
-    def on_disk(self) -> list[Key]:
-        """The keys on disk."""
-        with self._lock:
-            return list(self._on_disk)
 
     def close(self) -> None:
         """Close the Store and the spill files."""
