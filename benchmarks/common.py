@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import inspect
 import json
 import os
 import platform
@@ -239,6 +240,13 @@ def results_dir(out: Path) -> Path:
     return out / "results"
 
 
+def run_bench(run: Callable[..., dict], quick: bool, out: Path) -> dict:
+    """``run(quick=...)``, and ``out=`` too for a benchmark that writes files of its own there (plots)."""
+    if "out" in inspect.signature(run).parameters:
+        return run(quick=quick, out=out)
+    return run(quick=quick)
+
+
 def bench_main(
     doc: str,
     argv: list[str] | None,
@@ -263,7 +271,7 @@ def bench_main(
     if args.worker:
         emit_result(dispatch(args.worker))
         return 0
-    result = run(quick=args.quick)
+    result = run_bench(run, args.quick, args.out)
     write_json(results_dir(args.out) / f"{name}.json", result)
     print(markdown(result))
     return 0

@@ -21,7 +21,10 @@ RSS) and ``bench_fragsim.py`` (``zsmalloc fragsim``'s standard scenario: the
 high-order requests served with zsmalloc's pages migrated, placed or
 unmovable) and ``bench_kernel_vm.py`` (Debian's 6.12 and 6.1 kernels under
 QEMU against ``zsmalloc stats``, field by field; not part of ``--quick``: it
-boots virtual machines).  Each writes
+boots virtual machines) and ``bench_dask.py`` (a 2-worker ``LocalCluster`` over a working set 3x
+its memory with distributed's ``SpillBuffer``, a ``zict.Func(lz4)`` layer
+and ``zsmalloc.dask``'s tier: data held in RAM, disk bytes, wall time, and
+a plot of them over time).  Each writes
 ``<out>/results/<name>.json``; this script then writes ``<out>/RESULTS.md``:
 the date, the machine, the method, every figure, and every target with
 PASS/FAIL.
@@ -54,6 +57,7 @@ from pathlib import Path
 
 import bench_churn
 import bench_compaction_work
+import bench_dask
 import bench_density
 import bench_fragsim
 import bench_kernel_vm
@@ -78,6 +82,7 @@ BENCHMARKS = (
     bench_store,
     bench_fragsim,
     bench_kernel_vm,
+    bench_dask,
 )
 
 
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         common.log(f"== {bench.NAME}")
         try:
-            doc = bench.run(quick=args.quick)
+            doc = common.run_bench(bench.run, args.quick, out)
         except Exception:
             crashed.append(bench.NAME)
             tb = traceback.format_exc()

@@ -148,6 +148,26 @@ def test_get_into_a_buffer_too_small_is_refused(store: Store) -> None:
         store.get_into("a", bytearray(99))
 
 
+def test_get_compressed_gives_the_stored_payload(store: Store) -> None:
+    import lz4.block
+    import zstandard
+
+    text = b"the payload as the pool holds it " * 300  # several chunks, once compressed or not
+    store.update({"text": text, "noise": os.urandom(5000), "same": b"\x07" * 9000})
+    kind, n, payload = store.get_compressed("text")
+    assert (kind, n) == (store.compression if store.compression != "none" else "raw", len(text))
+    if kind == "lz4":
+        assert lz4.block.decompress(payload, uncompressed_size=n) == text
+    elif kind == "zstd":
+        assert zstandard.ZstdDecompressor().decompress(payload) == text
+    else:
+        assert payload == text
+    assert store.get_compressed("noise") == ("raw", 5000, store["noise"])
+    assert store.get_compressed("same") == ("same", 9000, bytearray(b"\x07"))
+    with pytest.raises(KeyError):
+        store.get_compressed("missing")
+
+
 def test_batch_calls(store: Store) -> None:
     store.set_many({i: bytes([i]) * (i + 1) * 100 for i in range(1, 30)})
     assert store.get_many([3, 1]) == [b"\x03" * 400, b"\x01" * 200]
