@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from zsmalloc.nbd import protocol as p
+import nbd_protocol as p
 
 
 class NbdProtocolError(Exception):
