@@ -1,6 +1,8 @@
 //! The nbdkit callbacks (`nbdkit::Server`) and the plugin's global state:
 //! the configuration while nbdkit parses it, then the device, its stats
-//! directory, the SIGUSR1 pipe and the background threads.  Compiled into
+//! directory, the signal pipe (SIGUSR1: rewrite the statistics; SIGUSR2:
+//! end every connection, which nbdkit waits for at its stop) and the
+//! background threads.  Compiled into
 //! the cdylib only: its symbols are nbdkit's, absent from a test binary.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -21,11 +23,11 @@ use zsmalloc_core::zram::{CodecSpec, Zram, ZramConfig, ZramError, PAGE_SIZE};
 use crate::config::{Config, HELP};
 use crate::extents::{extents, is_hole, MAX_EXTENTS};
 use crate::stats::{Counters, Op, StatsDir};
-use crate::watchdog::Watchdog;
+use crate::watchdog::{close_all_connections, Watchdog};
 
 static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
 static STATE: OnceLock<State> = OnceLock::new();
-/// The write end of the SIGUSR1 pipe (-1: none), for the signal handler.
+/// The write end of the signal pipe (-1: none), for the signal handler.
 static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
 
 /// The server's one device and what runs beside it.
@@ -36,7 +38,7 @@ struct State {
     started: Instant,
     stats: Option<StatsDir>,
     watchdog: Option<Watchdog>,
-    /// the read end of the SIGUSR1 pipe
+    /// the read end of the signal pipe
     signal_rx: i32,
     stop: (Mutex<bool>, Condvar),
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -120,16 +122,17 @@ fn config_error(msg: String) -> NbdError {
     NbdError::new(libc::EINVAL, clean(&msg))
 }
 
-extern "C" fn on_sigusr1(_: libc::c_int) {
+/// SIGUSR1: rewrite the statistics; SIGUSR2: end every connection (the stop).
+extern "C" fn on_signal(signum: libc::c_int) {
     let fd = SIGNAL_FD.load(Relaxed);
     if fd >= 0 {
-        let b = b's';
+        let b = if signum == libc::SIGUSR2 { b'd' } else { b's' };
         // SAFETY: write(2) is async-signal-safe; the buffer is one live byte.
         unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
     }
 }
 
-/// A pipe whose write end the SIGUSR1 handler uses; (read, write).
+/// A pipe whose write end the signal handler uses; (read, write).
 fn signal_pipe() -> NbdResult<(i32, i32)> {
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the two-element array we own.
@@ -139,15 +142,18 @@ fn signal_pipe() -> NbdResult<(i32, i32)> {
     Ok((fds[0], fds[1]))
 }
 
-fn set_sigusr1(handler: libc::sighandler_t) {
-    // SAFETY: a zeroed sigaction with a handler (or SIG_IGN) and an empty mask
-    // is valid; the handler only calls write(2).
-    unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = handler;
-        sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+/// SIGUSR1 and SIGUSR2 to `handler` (or SIG_IGN).
+fn set_signals(handler: libc::sighandler_t) {
+    for signum in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: a zeroed sigaction with a handler (or SIG_IGN) and an empty mask
+        // is valid; the handler only calls write(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = handler;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(signum, &sa, std::ptr::null_mut());
+        }
     }
 }
 
@@ -277,7 +283,7 @@ impl Server for ZsmallocPlugin {
                 return Err(NbdError::new(libc::EIO, "get_ready ran twice"));
             }
             SIGNAL_FD.store(tx, Relaxed);
-            set_sigusr1(on_sigusr1 as extern "C" fn(libc::c_int) as libc::sighandler_t);
+            set_signals(on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
             Ok(())
         })
     }
@@ -290,17 +296,17 @@ impl Server for ZsmallocPlugin {
                     s.write_stats();
                 }
             })?;
-            spawn(s, "zs-sigusr1", |s| loop {
+            spawn(s, "zs-signals", |s| loop {
                 let mut b = 0u8;
                 // SAFETY: read of one byte into a live local from the pipe we own.
                 let n = unsafe { libc::read(s.signal_rx, (&mut b as *mut u8).cast(), 1) };
-                if n == 1 && b == b's' {
-                    s.write_stats();
-                } else if n == 1
-                    || n == 0
-                    || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR)
-                {
-                    break;
+                match (n, b) {
+                    (1, b's') => s.write_stats(),
+                    (1, b'd') => {
+                        close_all_connections();
+                    }
+                    (-1, _) if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+                    _ => break,
                 }
             })?;
             if let Some(every) = s.config.maintain_interval {
@@ -347,8 +353,8 @@ impl Server for ZsmallocPlugin {
 
     fn unload() {
         guard_unit("unload", || {
-            // from here to the exit (and after dlclose) SIGUSR1 must find no handler of ours
-            set_sigusr1(libc::SIG_IGN);
+            // from here to the exit (and after dlclose) no signal may find a handler of ours
+            set_signals(libc::SIG_IGN);
             let Some(s) = STATE.get() else { return };
             if s.unloaded.swap(true, Relaxed) {
                 return;

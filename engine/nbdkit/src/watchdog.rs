@@ -148,6 +148,24 @@ fn connected_socket(fd: i32) -> Option<u64> {
     (opt(libc::SO_TYPE)? == libc::SOCK_STREAM && opt(libc::SO_ACCEPTCONN)? == 0).then_some(st.st_ino)
 }
 
+/// `shutdown(SHUT_RDWR)` of every connected stream socket of the process: at
+/// the server's stop, nbdkit waits for its connections to end, and an idle
+/// client would never end its own.  Returns how many.
+pub fn close_all_connections() -> u64 {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else { return 0 };
+    let fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
+    let mut closed = 0;
+    for fd in fds {
+        if connected_socket(fd).is_some() {
+            // SAFETY: shutdown of a connected socket closes no descriptor; nbdkit
+            // sees end of file and closes the connection itself.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+            closed += 1;
+        }
+    }
+    closed
+}
+
 /// The watchdog's shared state: threads in their handshake, and the tracker.
 pub struct Watchdog {
     pub tick: Duration,

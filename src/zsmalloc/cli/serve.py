@@ -21,13 +21,15 @@ may grow to -- ``--mem-limit``, or without one half of ``--size`` (zram's 2:1,
 the kernel's guidance) -- is more than the machine's memory.
 
 Limits, with their defaults: ``--max-request`` 32M (the largest read or
-write; zeroing and trimming take any length), ``--threads`` 2 requests at
-once per connection, ``--max-connections`` 16, ``--handshake-timeout`` 10 s,
-``--idle-timeout`` 300 s (0 turns either off).  Memory for requests is at
-most threads x 64 MiB per connection (nbdkit reads a request into a thread's
-buffer before its size is checked; threads x max-request for clients that
-keep to the advertised maximum), replies included, and max-connections
-times that for the server.
+write; zeroing and trimming take any length), ``--threads`` 1 request at
+once per connection (more are unsafe on nbdkit before 1.33.10: a client
+hanging up with replies queued aborts it; connections are served in
+parallel all the same), ``--max-connections`` 16, ``--handshake-timeout``
+10 s, ``--idle-timeout`` 300 s (0 turns either off).  Memory for requests is
+at most threads x 64 MiB per connection (nbdkit reads a request into a
+thread's buffer before its size is checked; threads x max-request for
+clients that keep to the advertised maximum), replies included, and
+max-connections times that for the server: 1 GiB with the defaults.
 
 While it serves, ``kill -USR1 <pid>`` prints the live statistics: the
 device's ``mm_stat`` and ``io_stat``, the server's counters and the pool's

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +38,7 @@ import stat
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,6 +59,10 @@ class Limits:
       maximum) and accepted; larger ones are answered EINVAL.  Zeroing and
       trimming take any length within the export.
     - ``threads``: requests served at once per connection (nbdkit ``-t``).
+      The default is 1: nbdkit before 1.33.10 (Debian bookworm has 1.32)
+      aborts, ending every connection, when a client hangs up while replies
+      of two of its requests are queued (nbdkit commit 9d82aa4f); several
+      connections are still served in parallel.
     - ``max_connections``: connections past their handshake at once
       (``nbdkit-limit-filter``); later ones are refused.
     - ``handshake_timeout``: seconds from accept to the end of the handshake.
@@ -66,14 +72,15 @@ class Limits:
     Memory: nbdkit reads a request into a buffer per request thread, before
     the size policy sees it, so a connection holds at most
     ``threads * 64 MiB`` (nbdkit's own ceiling; ``threads * max_request`` for
-    a client that keeps to the advertised maximum), replies included (a read
-    is answered from the same buffer), and the server at most
-    ``max_connections`` times that (:meth:`memory_bound`).  Connections still
+    a client that keeps to the advertised maximum; 64 MiB and 32 MiB with
+    the defaults), replies included (a read is answered from the same
+    buffer), and the server at most ``max_connections`` times that
+    (:meth:`memory_bound`: 1 GiB with the defaults).  Connections still
     in their handshake hold no request buffer.
     """
 
     max_request: int = 32 << 20
-    threads: int = 2
+    threads: int = 1
     max_connections: int = 16
     handshake_timeout: float = 10.0
     idle_timeout: float = 300.0
@@ -94,6 +101,19 @@ class Limits:
         """(per connection, whole server) bytes of request buffers at most."""
         per_connection = self.threads * NBDKIT_MAX_REQUEST
         return per_connection, per_connection * self.max_connections
+
+
+#: the first nbdkit that survives a client hanging up with replies queued on several threads
+SAFE_THREADS_VERSION = (1, 33, 10)
+
+
+def nbdkit_version() -> tuple[int, ...]:
+    """``nbdkit --version`` as numbers, e.g. (1, 32, 5)."""
+    out = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    if m is None:
+        raise RuntimeError(f"cannot read nbdkit's version from {out!r}")
+    return tuple(int(g) for g in m.groups())
 
 
 def plugin_path() -> Path:
@@ -277,6 +297,13 @@ class NbdServer:
                 errno.ENOENT, "nbdkit (Debian: apt install nbdkit) and bash are needed", "nbdkit"
             )
         plugin = plugin_path()
+        if self.limits.threads > 1 and nbdkit_version() < SAFE_THREADS_VERSION:
+            warnings.warn(
+                f"threads={self.limits.threads} on nbdkit {'.'.join(map(str, nbdkit_version()))}: a client "
+                "hanging up with replies queued aborts nbdkit before 1.33.10 (every connection ends)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         socks: list[socket.socket] = []
         try:
             if self.unix_path is not None:
@@ -339,17 +366,33 @@ class NbdServer:
             time.sleep(0.01)
 
     def stop(self, timeout: float = 60.0) -> dict[str, Any]:
-        """SIGTERM to nbdkit: connections end, the plugin checks the device; the summary (``.summary``)."""
+        """Stop nbdkit: connections end, the plugin checks the device; the summary (``.summary``).
+
+        SIGTERM stops nbdkit's accepting, SIGUSR2 has the plugin end the
+        connections (nbdkit waits for them, idle ones included), and nbdkit
+        then unloads the plugin, which checks the device and writes
+        ``summary.json``.
+        """
         if self.proc is None:
             return self.summary or {}
         proc, self.proc = self.proc, None
         with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
+            proc.send_signal(signal.SIGTERM)  # nbdkit accepts no more connections ...
+        deadline = time.monotonic() + timeout
+        err = ""
+        while True:
+            # ... and waits for those it has: SIGUSR2 has the plugin end them (again, for
+            # one accepted before the SIGTERM was seen)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR2)
+            try:
+                _, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    _, err = proc.communicate()
+                    break
         self._remove_socket()
         assert self.stats_dir is not None
         try:
