@@ -173,7 +173,8 @@ def test_block_status_through_libnbd_with_req_one() -> None:
                 "h.block_status(6 * 4096, 0, cb)",
                 "h.block_status(6 * 4096, 0, cb, nbd.CMD_FLAG_REQ_ONE)",
                 "print(json.dumps(out))",
-                "print(h.can_meta_context('base:allocation'), h.can_multi_conn(), h.can_fast_zero(), h.can_cache())",
+                "print(h.can_meta_context('base:allocation'), h.can_multi_conn(),",
+                "      h.can_fast_zero(), h.can_cache())",
             ]
         )
         lines = _nbdsh(st.addresses[0], script).splitlines()

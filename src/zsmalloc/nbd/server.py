@@ -109,7 +109,9 @@ SAFE_THREADS_VERSION = (1, 33, 10)
 
 def nbdkit_version() -> tuple[int, ...]:
     """``nbdkit --version`` as numbers, e.g. (1, 32, 5)."""
-    out = subprocess.run(["nbdkit", "--version"], capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["nbdkit", "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
     if m is None:
         raise RuntimeError(f"cannot read nbdkit's version from {out!r}")
