@@ -208,3 +208,26 @@ def test_the_stats_directory_matches_the_device() -> None:
         )
         assert used == 10  # ten compressed pages, the two same-filled ones hold no object
         assert st.read_stat("sys/block/zram7/size") == f"{SIZE // 512}\n"
+
+
+def test_compaction_and_migration_run_underneath_the_clients() -> None:
+    """maintain_interval: the pool is compacted and its pages migrated while clients read and write."""
+    rng = random.Random(11)
+    pages = [b"text %d " % i * 400 + rng.randbytes(600) for i in range(1024)]
+    model = bytearray(b"".join(p[:4096].ljust(4096, b"-") for p in pages))
+    with served(SIZE, maintain_interval=0.05) as st, NbdClient.open(st.socket_path) as c:
+        c.write(0, bytes(model))
+        for i in range(0, 1024, 2):  # every other page freed: half-empty zspages to compact
+            c.trim(i * 4096, 4096)
+            model[i * 4096 : (i + 1) * 4096] = bytes(4096)
+        deadline = 200
+        while st.stats()["server"]["maintenance_pages_freed"] == 0 and deadline:
+            for _ in range(20):  # clients keep going meanwhile
+                at = rng.randrange(1024) * 4096
+                assert c.read(at, 4096) == model[at : at + 4096]
+            deadline -= 1
+        stats = st.stats()
+        assert stats["server"]["maintenance_runs"] > 0
+        assert stats["server"]["maintenance_pages_freed"] > 0
+        assert stats["mm_stat"]["pages_compacted"] == stats["server"]["maintenance_pages_freed"]
+        assert c.read(0, SIZE) == model

@@ -318,6 +318,11 @@ class NbdServer:
                 self.addresses.append(_tcp_uri(sock))
             if self.stats_dir is None:
                 self.stats_dir = Path(tempfile.mkdtemp(prefix="zsmalloc-nbd-stats-"))
+            else:  # a directory of the caller's: what an earlier server left there must not be read as ours
+                self.stats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                for stale in ("generation", "summary.json", "nbd.json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.stats_dir / stale).unlink()
             self._spawn(bash, plugin, socks)
         except BaseException:
             self._remove_socket()
@@ -337,17 +342,20 @@ class NbdServer:
         script = f'export LISTEN_PID=$$ LISTEN_FDS={len(fds)}; exec "$@" {moves}'
         assert self.stats_dir is not None
         env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        # nbdkit's messages go to a file (never a pipe nobody reads, which would stall it when full)
+        log = open(self.stats_dir / "nbdkit.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
         try:
             self.proc = subprocess.Popen(
                 [bash, "-c", script, "nbdkit", *self.command(plugin, self.stats_dir)],
                 pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=self.stderr if self.stderr is not None else subprocess.PIPE,
+                stderr=self.stderr if self.stderr is not None else log,
                 text=True,
                 env=env,
             )
         finally:
+            log.close()  # nbdkit has its own descriptor
             for fd in fds:
                 os.close(fd)
 
@@ -357,11 +365,11 @@ class NbdServer:
         deadline = time.monotonic() + timeout
         while not marker.exists():
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr is not None else ""
+                err = self._log()
                 self.proc = None
                 self._remove_socket()
                 self._drop_stats_dir()
-                raise RuntimeError(f"nbdkit did not start: {err.strip() or 'see its output'}")
+                raise RuntimeError(f"nbdkit did not start: {err or 'see its output'}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"nbdkit did not set up the device within {timeout} s")
@@ -381,31 +389,40 @@ class NbdServer:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)  # nbdkit accepts no more connections ...
         deadline = time.monotonic() + timeout
-        err = ""
         while True:
             # ... and waits for those it has: SIGUSR2 has the plugin end them (again, for
             # one accepted before the SIGTERM was seen)
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGUSR2)
             try:
-                _, err = proc.communicate(timeout=0.5)
+                proc.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
                 if time.monotonic() > deadline:
                     proc.kill()
-                    _, err = proc.communicate()
+                    proc.wait()
                     break
         self._remove_socket()
         assert self.stats_dir is not None
         try:
             self.summary = json.loads((self.stats_dir / "summary.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            self.summary = {
-                "check": f"FAILED: nbdkit ended ({proc.returncode}) without a summary: {err or ''}"
-            }
+            err = self._log()
+            self.summary = {"check": f"FAILED: nbdkit ended ({proc.returncode}) without a summary: {err}"}
         self.summary["exit_status"] = proc.returncode
         self._drop_stats_dir()
         return self.summary
+
+    def _log(self) -> str:
+        """The end of nbdkit's messages (when they went to the stats directory's ``nbdkit.log``)."""
+        if self.stats_dir is None:
+            return ""
+        try:
+            return (
+                (self.stats_dir / "nbdkit.log").read_text(encoding="utf-8", errors="replace")[-4000:].strip()
+            )
+        except OSError:
+            return ""
 
     def _remove_socket(self) -> None:
         if self.unix_path is None or self._ours is None:
