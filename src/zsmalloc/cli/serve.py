@@ -294,9 +294,9 @@ def _serve(server: NbdServer, as_json: bool) -> dict:
 @click.option(
     "--threads",
     type=click.IntRange(1, 64),
-    default=2,
+    default=1,
     show_default=True,
-    help="requests at once per connection",
+    help="requests at once per connection (more than 1 is unsafe on nbdkit before 1.33.10)",
 )
 @click.option("--max-connections", type=click.IntRange(1, 1024), default=16, show_default=True)
 @click.option(
