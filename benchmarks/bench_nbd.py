@@ -9,7 +9,10 @@ own on a Unix socket, fresh for every round:
 
 - **ours lz4** and **ours zstd**: ``zsmalloc serve --size S --socket P
   --json [--algorithm zstd]``, the defaults otherwise (one request at a time
-  per connection: see ``zsmalloc serve --help``);
+  per connection: see ``zsmalloc serve --help``); and both again with
+  ``--threads 4``, which nbdkit 1.32 cannot run safely (a client hanging up
+  with replies queued aborts it), to show what the plugin does when nbdkit
+  serves several requests of a connection at once (no targets);
 - **nbdkit malloc**: ``nbdkit -f -U P memory size=S allocator=malloc``
   (uncompressed RAM), and **nbdkit zstd**: ``allocator=zstd`` (nbdkit's
   compressed RAM disk), each with nbdkit's defaults (16 threads per
@@ -64,10 +67,14 @@ FULL_MIB, QUICK_MIB = 256, 8
 FULL_ROUNDS = 3
 QUEUE_DEPTH = 16
 TOOLS = ("nbdcopy", "qemu-img", "nbdkit", "nbdinfo", "fio")
-SERVERS = ("ours_lz4", "ours_zstd", "nbdkit_malloc", "nbdkit_zstd")
+SERVERS = ("ours_lz4", "ours_zstd", "nbdkit_malloc", "nbdkit_zstd", "ours_lz4_t4", "ours_zstd_t4")
+MAIN = SERVERS[:4]
+THREADED = (("ours_lz4_t4", "nbdkit_malloc"), ("ours_zstd_t4", "nbdkit_zstd"))
 LABELS = {
     "ours_lz4": "ours lz4",
     "ours_zstd": "ours zstd",
+    "ours_lz4_t4": "ours lz4 -t 4",
+    "ours_zstd_t4": "ours zstd -t 4",
     "nbdkit_malloc": "nbdkit memory malloc",
     "nbdkit_zstd": "nbdkit memory zstd",
 }
@@ -111,6 +118,8 @@ def _start(server: str, sock: str, size: int) -> tuple[subprocess.Popen, int]:
     if server.startswith("ours"):
         cmd = [sys.executable, "-c", "from zsmalloc.cli import main; main()", "serve"]
         cmd += ["--size", str(size), "--socket", sock, "--json", "--algorithm", server.split("_")[1]]
+        if server.endswith("_t4"):
+            cmd += ["--threads", "4"]
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=common.REPO_DIR, text=True
         )
@@ -253,7 +262,7 @@ def run(quick: bool = False) -> dict:
         for server in SERVERS:
             rates = [moved / x[server][key] / 1e6 for x in runs]
             row[server] = {"mb_per_s": common.median(rates), "min": min(rates), "max": max(rates)}
-        for ours, peer, _, _ in PAIRS:
+        for ours, peer in [(o, p) for o, p, _, _ in PAIRS] + list(THREADED):
             row[f"{ours}/{peer}"] = common.median(x[peer][key] / x[ours][key] for x in runs)
         throughput[key] = row
     memory = {
@@ -318,7 +327,8 @@ def markdown(doc: dict) -> str:
         f"Method: a {doc['mib']} MiB image of `{doc['workload']}` pages (seed {doc['seed']}, "
         f"{doc['zero_pages']:,} zero pages), the pages of `bench_zram.py`. Servers, each a fresh process "
         "on a Unix socket for every round: **ours** `zsmalloc serve --size S --socket P` (nbdkit with our "
-        "plugin, its defaults: one request at a time per connection) with lz4 and with `--algorithm zstd`, "
+        "plugin, its defaults: one request at a time per connection) with lz4 and with `--algorithm zstd` "
+        "(and both again with `--threads 4`, below), "
         "and **nbdkit** `nbdkit -f -U P memory size=S` with `allocator=malloc` and `allocator=zstd` (16 "
         "threads per connection). Clients, in this order: `nbdcopy IMAGE URI`, `nbdcopy URI COPY`, "
         "`qemu-img convert` both ways (copies checked by SHA-256), then fio's nbd engine, one job, "
@@ -331,11 +341,26 @@ def markdown(doc: dict) -> str:
     rows = []
     for key, label in CLIENTS:
         row = doc["throughput"][key]
-        cells = [f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s in SERVERS]
+        cells = [f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s in MAIN]
         ratios = [fmt(row[f"{o}/{p}"], 2) for o, p, _, _ in PAIRS]
         rows.append([label, *cells, *ratios])
-    head = ["client", *(f"{LABELS[s]} MB/s" for s in SERVERS)]
+    head = ["client", *(f"{LABELS[s]} MB/s" for s in MAIN)]
     head += [f"{LABELS[o]} / {LABELS[p]}" for o, p, _, _ in PAIRS]
+    out.append(md_table(head, rows))
+    out += [
+        "",
+        "### With `--threads 4` (several requests of a connection at once; unsafe on nbdkit 1.32)",
+        "",
+    ]
+    rows = []
+    for key, label in CLIENTS:
+        row = doc["throughput"][key]
+        cells = [
+            f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s, _ in THREADED
+        ]
+        rows.append([label, *cells, *(fmt(row[f"{o}/{p}"], 2) for o, p in THREADED)])
+    head = ["client", *(f"{LABELS[s]} MB/s" for s, _ in THREADED)]
+    head += [f"{LABELS[o]} / {LABELS[p]}" for o, p in THREADED]
     out.append(md_table(head, rows))
     mem = doc["memory"]
     out += ["", "### Server memory (RSS of the nbdkit process)", ""]

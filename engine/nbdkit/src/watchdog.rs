@@ -131,8 +131,9 @@ pub fn gettid() -> i32 {
 
 /// `(inode)` of `fd` if it is a connected (not listening) stream socket.
 fn connected_socket(fd: i32) -> Option<u64> {
-    // SAFETY: fstat writes into the stat buffer we own; a bad fd gives -1.
+    // SAFETY: all-zero bytes are a valid `struct stat` (plain integers).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the stat buffer we own; a bad fd gives -1.
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return None;
     }
