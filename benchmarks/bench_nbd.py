@@ -169,7 +169,7 @@ def _fio(uri: str, rw: str, bs: str, io_bytes: int) -> float:
     return side["io_bytes"] / side["bw_bytes"]
 
 
-def measure(server: str, image: Path, size: int, fio_bytes: int, tmp: Path) -> dict:
+def measure(server: str, image: Path, size: int, fio_bytes: int, tmp: Path, quick: bool) -> dict:
     """One server, fresh: the copies, its RSS holding the image, then fio."""
     sock = str(tmp / f"{server}.sock")
     proc, data_pid = _start(server, sock, size)
@@ -192,7 +192,8 @@ def measure(server: str, image: Path, size: int, fio_bytes: int, tmp: Path) -> d
         if data_pid != proc.pid:
             out["rss_parent"] = psutil.Process(proc.pid).memory_info().rss
         for key, rw, bs in FIO_JOBS:
-            out[key] = _fio(uri, rw, bs, fio_bytes)
+            if not (quick and bs != "4k"):  # a quick run does the random jobs only
+                out[key] = _fio(uri, rw, bs, fio_bytes)
         out["rss_after"] = holder.memory_info().rss
         out["intact"] = intact
     finally:
@@ -204,18 +205,23 @@ def measure(server: str, image: Path, size: int, fio_bytes: int, tmp: Path) -> d
     return out
 
 
-def worker_round(mib: int, round_no: int) -> dict:
-    """One round: the image, then every server (the order reversing from round to round)."""
+def worker_round(mib: int, round_no: int, quick: bool) -> dict:
+    """One round: the image, then every server (the order reversing from round to round).
+
+    A quick round leaves out the ``--threads 4`` servers and the sequential fio
+    jobs, and moves 2 MiB per fio job.
+    """
     n = mib * 256
     pages = list(get_page_source(WORKLOAD)(n, SEED))
     data = b"".join(pages).ljust(n * PAGE, b"\0")
-    order = list(SERVERS) if round_no % 2 == 0 else list(reversed(SERVERS))
-    fio_bytes = max(4 << 20, len(data) // 4)
+    servers = MAIN if quick else SERVERS
+    order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+    fio_bytes = 2 << 20 if quick else len(data) // 4
     with tempfile.TemporaryDirectory(prefix="bench-nbd") as tmp_name:
         tmp = Path(tmp_name)
         image = tmp / "image.img"
         image.write_bytes(data)
-        result = {name: measure(name, image, len(data), fio_bytes, tmp) for name in order}
+        result = {name: measure(name, image, len(data), fio_bytes, tmp, quick) for name in order}
     result["zero_pages"] = sum(1 for p in pages if not any(p))
     result["fio_bytes"] = fio_bytes
     return result
@@ -253,16 +259,20 @@ def run(quick: bool = False) -> dict:
     runs = []
     for r in range(rounds):
         common.log(f"nbd: {mib} MiB image, round {r + 1}/{rounds}")
-        runs.append(common.run_worker(script, ["round", str(mib), str(r)], timeout=3600))
+        runs.append(common.run_worker(script, ["round", str(mib), str(r), str(int(quick))], timeout=3600))
     nbytes = mib << 20
+    measured = MAIN if quick else SERVERS
+    pairs = [(o, p) for o, p, _, _ in PAIRS] + ([] if quick else list(THREADED))
     throughput: dict = {}
     for key, _ in CLIENTS:
+        if key not in runs[0]["ours_lz4"]:
+            continue
         moved = runs[0]["fio_bytes"] if key.startswith("fio") else nbytes
         row: dict = {}
-        for server in SERVERS:
+        for server in measured:
             rates = [moved / x[server][key] / 1e6 for x in runs]
             row[server] = {"mb_per_s": common.median(rates), "min": min(rates), "max": max(rates)}
-        for ours, peer in [(o, p) for o, p, _, _ in PAIRS] + list(THREADED):
+        for ours, peer in pairs:
             row[f"{ours}/{peer}"] = common.median(x[peer][key] / x[ours][key] for x in runs)
         throughput[key] = row
     memory = {
@@ -271,14 +281,15 @@ def run(quick: bool = False) -> dict:
             for k in ("rss_empty", "rss_image", "rss_after", "rss_parent")
             if k in runs[0][server]
         }
-        for server in SERVERS
+        for server in measured
     }
-    intact = all(x[s]["intact"] for x in runs for s in SERVERS)
+    intact = all(x[s]["intact"] for x in runs for s in measured)
     config = f"{mib} MiB {WORKLOAD} image"
     targets = []
     for ours, peer, bar, rss_bar in PAIRS:
-        worst = min(throughput[key][f"{ours}/{peer}"] for key, _ in CLIENTS)
-        worst_row = min(CLIENTS, key=lambda c: throughput[c[0]][f"{ours}/{peer}"])[1]
+        rows = [c for c in CLIENTS if c[0] in throughput]
+        worst = min(throughput[key][f"{ours}/{peer}"] for key, _ in rows)
+        worst_row = min(rows, key=lambda c: throughput[c[0]][f"{ours}/{peer}"])[1]
         rss = memory[ours]["rss_image"] / memory[peer]["rss_image"]
         targets += [
             {
@@ -340,7 +351,10 @@ def markdown(doc: dict) -> str:
     ]
     rows = []
     for key, label in CLIENTS:
-        row = doc["throughput"][key]
+        row = doc["throughput"].get(key)
+        if row is None:
+            rows.append([label, *(["not run with `--quick`"] + ["-"] * (len(MAIN) + len(PAIRS) - 1))])
+            continue
         cells = [f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s in MAIN]
         ratios = [fmt(row[f"{o}/{p}"], 2) for o, p, _, _ in PAIRS]
         rows.append([label, *cells, *ratios])
@@ -353,7 +367,7 @@ def markdown(doc: dict) -> str:
         "",
     ]
     rows = []
-    for key, label in CLIENTS:
+    for key, label in CLIENTS if not doc["quick"] else ():
         row = doc["throughput"][key]
         cells = [
             f"{row[s]['mb_per_s']:,.1f} ({row[s]['min']:,.1f}-{row[s]['max']:,.1f})" for s, _ in THREADED
@@ -361,7 +375,7 @@ def markdown(doc: dict) -> str:
         rows.append([label, *cells, *(fmt(row[f"{o}/{p}"], 2) for o, p in THREADED)])
     head = ["client", *(f"{LABELS[s]} MB/s" for s, _ in THREADED)]
     head += [f"{LABELS[o]} / {LABELS[p]}" for o, p in THREADED]
-    out.append(md_table(head, rows))
+    out.append(md_table(head, rows) if rows else "Not run with `--quick`.")
     mem = doc["memory"]
     out += ["", "### Server memory (RSS of the nbdkit process)", ""]
     rows = [
@@ -372,7 +386,7 @@ def markdown(doc: dict) -> str:
             fmt_mib(mem[s]["rss_after"]),
             fmt_mib(mem[s].get("rss_parent")),
         ]
-        for s in SERVERS
+        for s in doc["memory"]
     ]
     head = ["server", "empty MiB", "holding the image MiB", "after fio's writes MiB", "+ Python parent MiB"]
     out.append(md_table(head, rows))
@@ -381,10 +395,10 @@ def markdown(doc: dict) -> str:
 
 
 def _dispatch(args: list[str]) -> dict:
-    kind, mib, round_no = args
+    kind, mib, round_no, quick = args
     if kind != "round":
         raise SystemExit(f"unknown worker {kind!r}")
-    return worker_round(int(mib), int(round_no))
+    return worker_round(int(mib), int(round_no), quick == "1")
 
 
 def main(argv: list[str] | None = None) -> int:
