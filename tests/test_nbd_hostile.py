@@ -272,11 +272,29 @@ def test_a_client_that_never_reads_replies_is_bounded() -> None:
         hog.close()
 
 
-def test_memory_bound_is_documented() -> None:
+def test_memory_bound_is_documented_and_bad_limits_are_refused() -> None:
     per_conn, total = Limits().memory_bound()
-    assert per_conn == Limits().threads * (64 << 20)
-    assert total == per_conn * Limits().max_connections
+    assert per_conn == Limits().threads * (64 << 20) == 64 << 20
+    assert total == per_conn * Limits().max_connections == 1 << 30
     with pytest.raises(ValueError, match="idle_timeout"):
         Limits(idle_timeout=float("nan"))
     with pytest.raises(ValueError, match="max_request"):
         Limits(max_request=128 << 20)
+    with pytest.raises(ValueError, match="threads"):
+        Limits(threads=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        ({"size": 0}, "size"),
+        ({"size": 1 << 20, "algorithm": "lzo"}, "algorithm"),
+        ({"size": 1 << 20, "mem_limit": -1}, "mem_limit"),
+        ({"size": 1 << 20, "name": "../etc"}, "name"),
+        ({"size": 1 << 20, "stats_interval": 0}, "stats_interval"),
+        ({"size": 1 << 20, "maintain_interval": float("inf")}, "maintain_interval"),
+    ],
+)
+def test_a_server_of_bad_arguments_is_refused_before_it_starts(args: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        NbdServer(**args)

@@ -12,8 +12,8 @@ nbdkit (Debian's) speaks the protocol; the device is the engine's, inside
 the plugin built from ``engine/nbdkit`` (``make`` puts it beside this
 package).  :mod:`zsmalloc.nbd.server` starts and stops nbdkit and reads the
 plugin's statistics.  The command line is ``zsmalloc serve``.  This layer
-imports nothing of the library above it: the device lives in nbdkit's
-process, not in Python's.
+sits on :mod:`zsmalloc.zram` (the algorithms' names) and imports nothing
+above it; the device lives in nbdkit's process, not in Python's.
 """
 
 from zsmalloc.nbd.server import Limits, NbdServer, ServerThread, plugin_path

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from zsmalloc.zram.engine import ALGORITHMS
+
 #: nbdkit's own ceiling on a read or write (MAX_REQUEST_SIZE): a request up to
 #: it is read into a thread's buffer before any filter sees it
 NBDKIT_MAX_REQUEST = 64 << 20
@@ -226,6 +228,12 @@ class NbdServer:
     ) -> None:
         if size <= 0:
             raise ValueError(f"size must be positive, not {size}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
+        if mem_limit < 0:
+            raise ValueError(f"mem_limit must be >= 0 bytes (0: none), not {mem_limit}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"name must be 1 to 64 of [A-Za-z0-9_-], not {name!r}")
         for what, value in (("maintain_interval", maintain_interval), ("stats_interval", stats_interval)):
             if not 0 <= value <= 1e6:
                 raise ValueError(f"{what} must be a number of seconds within 0..1e6, not {value}")
