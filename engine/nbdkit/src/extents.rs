@@ -7,9 +7,13 @@
 
 use zsmalloc_core::zram::{PageState, PAGE_SIZE};
 
-/// At most this many extents per reply: a client asks again from where a
-/// reply ended (nbdkit's own cap is 1M).
-pub const MAX_EXTENTS: usize = 16 << 10;
+/// At most this many extents per reply, and at most this many bytes looked
+/// at: a client asks again from where a reply ended.  Small, because some
+/// clients (qemu's) use only the first extent of a reply and ask again at
+/// its end: a reply that walked the whole rest of the disk each time would
+/// make their walk quadratic.
+pub const MAX_EXTENTS: usize = 64;
+pub const MAX_SCAN: u64 = 64 << 20;
 
 /// One extent: `[offset, offset + length)`, a hole (reads as zeros) or data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,16 +30,18 @@ pub fn is_hole(state: PageState) -> bool {
 
 /// The extents of `[offset, offset + count)`, from `hole(page index)`: the
 /// first starts at `offset`, each is at most the rest of the range, at most
-/// `max` of them (one with `req_one`).  `count` is above 0.
+/// `max` of them (one with `req_one`), covering at most `scan` bytes.
+/// `count` is above 0.
 pub fn extents(
     offset: u64,
     count: u64,
     req_one: bool,
     max: usize,
+    scan: u64,
     hole: impl Fn(usize) -> bool,
 ) -> Vec<Extent> {
     let page = PAGE_SIZE as u64;
-    let end = offset + count;
+    let end = offset + count.min(scan.max(1));
     let limit = if req_one { 1 } else { max.max(1) };
     let mut out: Vec<Extent> = Vec::new();
     let mut at = offset;
@@ -69,7 +75,7 @@ mod tests {
 
     #[test]
     fn runs_of_pages_merge() {
-        let e = extents(0, 6 * P, false, MAX_EXTENTS, holes("..DD.D"));
+        let e = extents(0, 6 * P, false, MAX_EXTENTS, MAX_SCAN, holes("..DD.D"));
         assert_eq!(
             e,
             vec![
@@ -83,7 +89,7 @@ mod tests {
 
     #[test]
     fn unaligned_ranges_start_and_end_where_asked() {
-        let e = extents(P + 100, 2 * P, false, MAX_EXTENTS, holes(".D.."));
+        let e = extents(P + 100, 2 * P, false, MAX_EXTENTS, MAX_SCAN, holes(".D.."));
         assert_eq!(
             e,
             vec![
@@ -94,7 +100,7 @@ mod tests {
         let total: u64 = e.iter().map(|x| x.length).sum();
         assert_eq!(total, 2 * P);
         assert_eq!(
-            extents(10, 1, false, MAX_EXTENTS, holes("D")),
+            extents(10, 1, false, MAX_EXTENTS, MAX_SCAN, holes("D")),
             vec![Extent { offset: 10, length: 1, hole: false }]
         );
     }
@@ -102,12 +108,15 @@ mod tests {
     #[test]
     fn req_one_and_the_cap_cut_the_list() {
         assert_eq!(
-            extents(0, 4 * P, true, MAX_EXTENTS, holes("..D.")),
+            extents(0, 4 * P, true, MAX_EXTENTS, MAX_SCAN, holes("..D.")),
             vec![Extent { offset: 0, length: 2 * P, hole: true }]
         );
-        let e = extents(0, 8 * P, false, 3, holes(".D.D.D.D"));
+        let e = extents(0, 8 * P, false, 3, MAX_SCAN, holes(".D.D.D.D"));
         assert_eq!(e.len(), 3);
         assert_eq!(e[2], Extent { offset: 2 * P, length: P, hole: true });
+        // a long run is cut where the scan ends
+        let e = extents(0, 8 * P, false, MAX_EXTENTS, 3 * P, holes("........"));
+        assert_eq!(e, vec![Extent { offset: 0, length: 3 * P, hole: true }]);
     }
 
     #[test]

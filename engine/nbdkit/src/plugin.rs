@@ -21,7 +21,7 @@ use zsmalloc_core::pool::{Pool, PoolConfig};
 use zsmalloc_core::zram::{CodecSpec, Zram, ZramConfig, ZramError, PAGE_SIZE};
 
 use crate::config::{Config, HELP};
-use crate::extents::{extents, is_hole, MAX_EXTENTS};
+use crate::extents::{extents, is_hole, MAX_EXTENTS, MAX_SCAN};
 use crate::stats::{Counters, Op, StatsDir};
 use crate::watchdog::{close_all_connections, Watchdog};
 
@@ -514,9 +514,14 @@ impl Server for Handle {
                 return Ok(());
             }
             let zram = &s.zram;
-            let list = extents(offset, u64::from(count), flags.contains(Flags::REQ_ONE), MAX_EXTENTS, |i| {
-                is_hole(zram.page_state(i))
-            });
+            let list = extents(
+                offset,
+                u64::from(count),
+                flags.contains(Flags::REQ_ONE),
+                MAX_EXTENTS,
+                MAX_SCAN,
+                |i| is_hole(zram.page_state(i)),
+            );
             for e in list {
                 let kind = if e.hole { ExtentType::HoleZero } else { ExtentType::Allocated };
                 eh.add(e.offset, e.length, kind)?;
