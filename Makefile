@@ -1,12 +1,15 @@
 # `make run` and `make test` are all a fresh clone needs: each creates .venv
 # when it is missing, installs the project's Python dependencies at the exact
 # versions of constraints.txt, and builds the engine (engine/, Rust) into
-# zsmalloc._engine with maturin.  The engine is rebuilt when its sources change.
+# zsmalloc._engine with maturin, and the nbdkit plugin (engine/nbdkit) into
+# src/zsmalloc/nbd/nbdkit-zsmalloc-plugin.so, where `zsmalloc serve` finds it.
+# The engine is rebuilt when its sources change.
 PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 ENGINE := $(VENV)/.engine
+PLUGIN := src/zsmalloc/nbd/nbdkit-zsmalloc-plugin.so
 PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
 ENGINE_SRC := Cargo.toml Cargo.lock $(wildcard engine/*/Cargo.toml) $(shell find engine -name '*.rs')
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -22,6 +25,8 @@ $(STAMP): pyproject.toml constraints.txt | $(PY)
 
 $(ENGINE): $(STAMP) $(ENGINE_SRC)
 	$(PIP) --no-build-isolation --no-deps -e .
+	cargo build --locked --release -p nbdkit-zsmalloc
+	cp target/release/libnbdkit_zsmalloc.so $(PLUGIN)
 	touch $(ENGINE)
 
 run: $(ENGINE)
@@ -36,6 +41,7 @@ test-rust:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 	cargo test --locked -p zsmalloc-core
+	cargo test --locked -p nbdkit-zsmalloc
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test --locked -p zsmalloc-core --release --test loom
 
 test-python: $(ENGINE)
@@ -53,4 +59,4 @@ lint: $(ENGINE)
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 clean:
-	rm -rf $(VENV) build dist target .pytest_cache .hypothesis src/zsmalloc/_engine*.so
+	rm -rf $(VENV) build dist target .pytest_cache .hypothesis src/zsmalloc/_engine*.so $(PLUGIN)

@@ -12,8 +12,9 @@ engine and model, against a dict peer) and ``bench_compaction_work.py``
 legacy one) and ``bench_zram.py``
 (``ZramDevice`` page write/read throughput and RSS, fill and after discarding
 half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
-(``zsmalloc serve`` against ``nbdkit memory allocator=zstd`` through
-nbdcopy, qemu-img and libnbd: throughput and server RSS) and
+(``zsmalloc serve``, nbdkit with our plugin, against ``nbdkit memory`` with
+``allocator=malloc`` and ``allocator=zstd`` through nbdcopy, qemu-img and
+fio's nbd engine: throughput and server RSS) and
 ``bench_threads.py`` (what a second thread gets from one-object calls, which
 keep the GIL, and from batch calls, which release it) and ``bench_store.py``
 (``zsmalloc.Store`` against ``zict.Func(lz4)`` of a dict: set/get MB/s and

@@ -1,4 +1,4 @@
-"""What the NBD tests share: a served device, the real-client tool check, test images."""
+"""What the NBD tests share: a served device, reading it back, the real-client tool check, test images."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from zsmalloc.nbd import Limits, NbdServer, ServerThread
-from zsmalloc.zram import ZramDevice
+from nbd_client import NbdClient
+from zsmalloc.nbd import Limits, NbdServer
 
 #: when "1" (CI), a missing client tool fails the test instead of skipping it
 REQUIRE_CLIENTS = os.environ.get("ZSMALLOC_REQUIRE_NBD_CLIENTS") == "1"
@@ -30,27 +30,29 @@ def need_tools(*tools: str) -> None:
 
 
 @contextlib.contextmanager
-def served(
-    size: int = 16 << 20,
-    limits: Limits | None = None,
-    device: ZramDevice | None = None,
-    **server_args: object,
-) -> Iterator[ServerThread]:
-    """A fresh device (or ``device``) served on a Unix socket in a short temporary directory.
+def served(size: int = 16 << 20, limits: Limits | None = None, **server_args: object) -> Iterator[NbdServer]:
+    """A fresh device served by nbdkit on a Unix socket in a short temporary directory.
 
-    On exit the server is stopped and the device checked (``check()``) and closed.
+    On exit the server is stopped, and the plugin's final check must have passed.
     """
-    dev = device if device is not None else ZramDevice(size, algorithm="lz4")
+    need_tools("nbdkit")
     with tempfile.TemporaryDirectory(prefix="nbd") as tmp:
         path = os.path.join(tmp, "s")
-        st = ServerThread(NbdServer(dev, limits=limits, **server_args), unix_path=path)
-        st.socket_path = path  # type: ignore[attr-defined]
-        try:
-            with st:
-                yield st
-            dev.check()
-        finally:
-            dev.close()
+        srv = NbdServer(size, unix_path=path, limits=limits, **server_args)  # type: ignore[arg-type]
+        with srv:
+            yield srv
+        assert srv.summary is not None and srv.summary["check"] == "ok", srv.summary
+        assert srv.summary["exit_status"] == 0, srv.summary
+
+
+def read_back(srv: NbdServer, offset: int, length: int, step: int = 8 << 20) -> bytes:
+    """``length`` bytes at ``offset`` of the export, read by a fresh connection."""
+    assert srv.socket_path is not None
+    out = bytearray()
+    with NbdClient.open(srv.socket_path) as c:
+        for at in range(offset, offset + length, step):
+            out += c.read(at, min(step, offset + length - at))
+    return bytes(out)
 
 
 def image(size: int, seed: int) -> bytes:

@@ -1,4 +1,8 @@
-"""``zsmalloc serve`` as a process: listening, SIGUSR1 statistics, a clean stop on SIGTERM / SIGINT."""
+"""``zsmalloc serve`` as a process: listening, SIGUSR1 statistics, a clean stop on SIGTERM / SIGINT.
+
+It runs nbdkit with the plugin; the statistics and the summary are the
+plugin's (its stats directory), printed by the command.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,9 @@ import time
 import click
 import pytest
 
+from nbd_client import NbdClient
+from nbd_helpers import need_tools
 from zsmalloc.cli.serve import ByteSize
-from zsmalloc.nbd import NbdClient
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,6 +49,7 @@ def sockdir():
 
 
 def start(*args: str) -> subprocess.Popen:
+    need_tools("nbdkit")
     proc = subprocess.Popen([*SERVE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.lines = queue.Queue()  # type: ignore[attr-defined]
 
@@ -62,6 +68,8 @@ def test_serve_json_events_stats_and_summary(sockdir: str) -> None:
     try:
         event = json.loads(next_line(proc))
         assert event["event"] == "listening" and event["size"] == 8 << 20
+        assert event["device"] == "engine"
+        assert ("note" in event) == (os.environ.get("ZSMALLOC_BACKEND") == "model")
         assert event["addresses"] == [f"nbd+unix:///?socket={path}"]  # the socket only: no TCP port
         assert oct(os.stat(path).st_mode & 0o777) == oct(0o600)
         with NbdClient.open(path) as c:
@@ -76,6 +84,7 @@ def test_serve_json_events_stats_and_summary(sockdir: str) -> None:
         summary = json.loads(next_line(proc))
         assert summary["event"] == "summary" and summary["check"] == "ok"
         assert summary["server"]["connections"] == 1
+        assert summary["mm_stat"]["orig_data_size"] == 4096
         assert proc.wait(15) == 0
         assert not os.path.exists(path)  # the socket is removed
     finally:
@@ -114,6 +123,10 @@ def test_serve_refuses_bad_arguments(sockdir: str) -> None:
         [*SERVE, "--size", "1M", "--max-request", "1K"], capture_output=True, text=True, timeout=30
     )
     assert tiny.returncode == 2 and "max_request" in tiny.stderr
+    nan = subprocess.run(
+        [*SERVE, "--size", "1M", "--idle-timeout", "nan"], capture_output=True, text=True, timeout=30
+    )
+    assert nan.returncode == 2 and "idle_timeout must be a number" in nan.stderr
     busy = os.path.join(sockdir, "file")
     open(busy, "w").close()
     taken = subprocess.run(

@@ -1,14 +1,18 @@
-"""The server against the real NBD clients from Debian: nbdinfo, nbdcopy, qemu-img, qemu-io, nbdsh, nbdfuse.
+"""What ``zsmalloc serve`` runs (nbdkit and the plugin) against the real NBD clients from Debian.
 
-Each test serves a fresh device on a Unix socket (in this process, on a
-background event loop), runs the tool as a subprocess with a timeout, and
-checks what comes back byte for byte (SHA-256 of whole images) as well as
-the device's own view (``pread``, ``check()``).  A missing tool skips the
-test, or fails it when ZSMALLOC_REQUIRE_NBD_CLIENTS=1 (CI installs them).
+nbdinfo, nbdcopy, qemu-img, qemu-io, nbdsh and nbdfuse.  Each test serves a
+fresh device on a Unix socket (an nbdkit child process), runs the tool as a
+subprocess with a timeout, and checks what comes back byte for byte (SHA-256
+of whole images), read back by another connection, and the plugin's own
+figures (its stats directory, its final check).  Block status: holes where
+nothing was written, or was discarded or zeroed, in ``nbdinfo --map`` and
+``qemu-img map``.  A missing tool skips the test, or fails it when
+ZSMALLOC_REQUIRE_NBD_CLIENTS=1 (CI installs them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,8 +24,9 @@ from pathlib import Path
 import pytest
 
 import nbd_helpers
-from nbd_helpers import image, need_tools, served
+from nbd_helpers import image, need_tools, read_back, served
 from zsmalloc.nbd import Limits
+from zsmalloc.nbd.server import SAFE_THREADS_VERSION, nbdkit_version
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,32 +67,38 @@ def test_nbdinfo_reports_size_flags_and_block_sizes() -> None:
         doc = json.loads(run("nbdinfo", "--json", uri).stdout)
         (export,) = doc["exports"]
         assert export["export-size"] == SIZE + 16384
-        assert export["export-name"] == "zram0" or export.get("export-name") == ""
-        for flag in ("can_flush", "can_fua", "can_trim", "can_zero", "can_multi_conn"):
+        for flag in (
+            "can_flush",
+            "can_fua",
+            "can_trim",
+            "can_zero",
+            "can_fast_zero",
+            "can_multi_conn",
+            "can_cache",
+        ):
             assert export[flag] is True, flag
         assert export["is_read_only"] is False
+        assert export["is_rotational"] is False
         assert export["block_size_minimum"] == 1
         assert export["block_size_preferred"] == 4096
         assert export["block_size_maximum"] == Limits().max_request
-        assert "zram0" in run("nbdinfo", "--list", uri).stdout
+        assert "base:allocation" in export["contexts"]
 
 
-@pytest.mark.parametrize(
-    "server_args",
-    [{}, {"inline_max": 0}, {"workers": 0}],
-    ids=["default", "every-call-in-the-pool", "every-call-on-the-loop"],
-)
-def test_nbdcopy_image_in_and_out(workdir: Path, server_args: dict) -> None:
+@pytest.mark.parametrize("threads", [1, 4], ids=["one-thread-per-connection", "four-threads"])
+def test_nbdcopy_image_in_and_out(workdir: Path, threads: int) -> None:
     need_tools("nbdcopy")
     data = image(SIZE, seed=1)
     src, back = workdir / "in.img", workdir / "out.img"
     src.write_bytes(data)
-    with served(SIZE, **server_args) as st:
+    unsafe = threads > 1 and nbdkit_version() < SAFE_THREADS_VERSION
+    warned = pytest.warns(RuntimeWarning, match="1.33.10") if unsafe else contextlib.nullcontext()
+    with warned, served(SIZE, limits=Limits(threads=threads)) as st:
         uri = st.addresses[0]
         run("nbdcopy", "--connections=4", str(src), uri)
-        assert sha256(st.server.device.pread(0, SIZE)) == sha256(data)
+        assert sha256(read_back(st, 0, SIZE)) == sha256(data)
         run("nbdcopy", "--connections=4", uri, str(back))
-        stats = st.call(st.server.snapshot)
+        stats = st.stats()["server"]
         assert stats["connections"] >= 2  # several clients at once (multi-conn)
         assert stats["errors"] == {}
     assert sha256(back.read_bytes()) == sha256(data)
@@ -103,8 +114,8 @@ def test_qemu_img_convert_in_and_out(workdir: Path) -> None:
         run("qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(src), uri)
         run("qemu-img", "convert", "-f", "raw", "-O", "raw", uri, str(back))
         run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(src), uri)
-        mm = st.server.device.mm_stat()
-        assert 0 < mm.compr_data_size < mm.orig_data_size <= SIZE  # stored compressed
+        mm = st.stats()["mm_stat"]
+        assert 0 < mm["compr_data_size"] < mm["orig_data_size"] <= SIZE  # stored compressed
     assert sha256(back.read_bytes()) == sha256(data)
 
 
@@ -137,11 +148,11 @@ def test_qemu_io_unaligned_write_read_zero_discard() -> None:
         out = run("qemu-io", "-f", "raw", *cmds, uri).stdout
         assert "verification failed" not in out.lower(), out
         assert out.count("read ") == len(checks), out
-        assert st.server.device.pread(0, SIZE) == model
+        assert read_back(st, 0, SIZE) == model
         # discard is a hint: whole pages inside the range are freed and read as zeros
         run("qemu-io", "-f", "raw", "-c", "discard 65536 131072", uri)
-        assert st.server.device.pread(65536, 131072) == bytes(131072)
-        assert st.server.device.io_stat().notify_free >= 32
+        assert read_back(st, 65536, 131072) == bytes(131072)
+        assert st.stats()["io_stat"]["notify_free"] >= 32
 
 
 def test_nbdsh_scripted_session() -> None:
@@ -173,9 +184,7 @@ def test_nbdsh_scripted_session() -> None:
         assert out[0] == str(SIZE)
         assert bytes.fromhex(out[1]) == bytes(model[12345 : 12345 + 6000])
         assert out[2:] == ["True"] * 4
-        dev = st.server.device
-        assert dev.pread(0, 131072) == bytes(model[:131072])
-        dev.check()
+        assert read_back(st, 0, 131072) == bytes(model[:131072])
 
 
 def test_several_clients_at_once_on_separate_regions() -> None:
@@ -202,11 +211,10 @@ def test_several_clients_at_once_on_separate_regions() -> None:
         for proc in procs:
             _, err = proc.communicate(timeout=60)
             assert proc.returncode == 0, err
-        dev = st.server.device
         for i in range(4):
-            got = dev.pread(i * region, region)
+            got = read_back(st, i * region, region)
             assert got == bytes(512) + bytes([0x20 + i]) * (region - 1024) + bytes(512)
-        assert st.call(st.server.snapshot)["connections"] == 4
+        assert st.stats()["server"]["connections"] == 4 + 4  # the four clients, then the four read-backs
 
 
 def test_nbdfuse_mkfs_ext4_and_fsck(workdir: Path) -> None:
@@ -240,5 +248,60 @@ def test_nbdfuse_mkfs_ext4_and_fsck(workdir: Path) -> None:
             except subprocess.TimeoutExpired:
                 fuse.kill()
                 fuse.wait(timeout=10)
-        mm = st.server.device.mm_stat()
-        assert mm.orig_data_size > 0 and mm.compr_data_size < mm.orig_data_size
+        mm = st.stats()["mm_stat"]
+        assert mm["orig_data_size"] > 0 and mm["compr_data_size"] < mm["orig_data_size"]
+
+
+def _map(uri: str) -> list[tuple[int, int, bool]]:
+    """``nbdinfo --map --json``: (offset, length, hole) runs of base:allocation."""
+    doc = json.loads(run("nbdinfo", "--map", "--json", uri).stdout)
+    return [(e["offset"], e["length"], bool(e["type"] & 1)) for e in doc]
+
+
+def _holes(runs: list[tuple[int, int, bool]], size: int) -> bytearray:
+    """A byte per page: 1 where the runs say hole."""
+    pages = bytearray(size // 4096)
+    for off, n, hole in runs:
+        if hole:
+            pages[off // 4096 : (off + n) // 4096] = b"\x01" * (n // 4096)
+    return pages
+
+
+def test_block_status_shows_holes_for_unwritten_discarded_and_zeroed_pages(workdir: Path) -> None:
+    """nbdinfo --map and qemu-img map: data where data was written, holes elsewhere."""
+    need_tools("nbdinfo", "qemu-io", "qemu-img")
+    with served(SIZE) as st:
+        uri = st.addresses[0]
+        assert _map(uri) == [(0, SIZE, True)]  # never written: one hole
+        run(
+            "qemu-io",
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x33 0 1M",  # data
+            "-c",
+            "write -P 0x44 2M 1M",  # data, then discarded
+            "-c",
+            "discard 2M 1M",
+            "-c",
+            "write -P 0x55 4M 1M",  # data, then zeroed
+            "-c",
+            "write -z 4M 1M",
+            "-c",
+            "write -P 0 6M 64k",  # written as zeros: same-filled, a hole
+            "-c",
+            "write -P 0x01 8M 64k",  # same-filled with another byte: data
+            uri,
+        )
+        holes = _holes(_map(uri), SIZE)
+        page = 1 << 20 >> 12
+        assert holes[:page] == bytes(page)  # data
+        assert holes[2 * page : 3 * page] == b"\x01" * page  # discarded
+        assert holes[4 * page : 5 * page] == b"\x01" * page  # zeroed
+        assert holes[6 * page : 6 * page + 16] == b"\x01" * 16  # zeros written
+        assert holes[8 * page : 8 * page + 16] == bytes(16)  # another fill is data
+        assert sum(holes) == len(holes) - page - 16
+        doc = json.loads(run("qemu-img", "map", "--output=json", "-f", "raw", uri).stdout)
+        data = [(e["start"], e["length"]) for e in doc if e["data"]]
+        assert data == [(0, 1 << 20), (8 << 20, 64 << 10)]
+        assert all(e["zero"] for e in doc if not e["data"])

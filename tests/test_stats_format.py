@@ -487,3 +487,16 @@ def test_stats_are_consistent_under_concurrent_churn():
         assert not t.is_alive()
         assert errors == []
         assert pool.format_classes() == expected_text({})
+
+
+def test_the_engine_formats_classes_as_the_python_formatter_does(scenario):
+    """One text: the engine's formatter (zsmalloc_core::pool::stats, also the nbdkit plugin's) and
+    zsmalloc.pool.stats.format_classes agree on the same rows."""
+    from zsmalloc import backend
+    from zsmalloc.pool.stats import format_classes
+
+    pool, _ = scenario
+    if backend != "engine":
+        pytest.skip("the model's pool has no engine formatter")
+    assert pool.format_classes() == format_classes(pool.class_stats())
+    assert pool._format_classes() == format_classes(pool.class_stats())

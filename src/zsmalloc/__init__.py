@@ -12,7 +12,7 @@ Layers, each a package, data flowing down (nothing below imports above)::
     zsmalloc.cli    command line (demo, serve, stats, bench, replay, pool-demo, classes,
                     stress, protocheck)
     zsmalloc.store  Store: a compressed mapping of bytes on a pool
-    zsmalloc.nbd    the NBD server exporting a ZramDevice
+    zsmalloc.nbd    the NBD export: nbdkit serving the engine's zram device
     zsmalloc.zram   ZramDevice: a compressed RAM block store on the pool
     zsmalloc.pool   the allocator: size classes, zspages, handles, stats,
                     compaction, the movable-page callbacks

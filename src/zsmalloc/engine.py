@@ -25,7 +25,7 @@ from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
 from zsmalloc.pool.common import PoolProtocols
 from zsmalloc.pool.handles import handle_tag_arg, hold_handle_tag, release_handle_tag, reserve_handle_tag
-from zsmalloc.pool.stats import ClassStats, PoolStats, format_classes
+from zsmalloc.pool.stats import ClassStats, PoolStats
 
 Memory = _engine.Memory
 
@@ -88,8 +88,8 @@ class Pool(_engine.Pool, PoolProtocols):
         )
 
     def format_classes(self) -> str:
-        """The kernel's debugfs ``zsmalloc/<pool>/classes`` text."""
-        return format_classes(self.class_stats())
+        """The kernel's debugfs ``zsmalloc/<pool>/classes`` text, formatted by the engine."""
+        return self._format_classes()
 
     def check(self) -> None:
         """Walk every structure and raise CorruptionError on any inconsistency."""

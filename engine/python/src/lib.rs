@@ -1280,6 +1280,11 @@ impl PyPool {
         Ok(rows)
     }
 
+    /// The kernel's debugfs ``classes`` text (``zsmalloc_core::pool::stats``).
+    fn _format_classes(&self) -> String {
+        zsmalloc_core::pool::stats::format_classes(&self.inner.class_stats())
+    }
+
     /// The plain-data snapshot of ``zsmalloc.debug.snapshot``.
     #[pyo3(signature = (data = false))]
     fn _snapshot<'py>(&self, py: Python<'py>, data: bool) -> PyResult<Bound<'py, PyDict>> {

@@ -1,48 +1,65 @@
-"""``zsmalloc serve``: a zram device exported over NBD until SIGINT or SIGTERM.
+"""``zsmalloc serve``: a zram device exported over NBD by nbdkit until SIGINT or SIGTERM.
+
+nbdkit (Debian's) serves the engine's device through the plugin built from
+``engine/nbdkit``, in nbdkit's parallel thread model; this command owns the
+options, the sockets and the output (:mod:`zsmalloc.nbd.server` does the
+work).  Under ``ZSMALLOC_BACKEND=model`` the export is still the engine's
+device (the model has no nbdkit plugin), and the output says so.
 
 The device lives as long as the command: it starts empty and its contents go
 when the server stops.  By default the server listens on 127.0.0.1:10809
-only; ``--socket PATH`` listens on a Unix socket (mode 0600) instead, and
-``--host``/``--port`` name another TCP address (with ``--socket``, both).
-NBD has no authentication: a ``--host`` that is not a loopback address
-(``0.0.0.0``, ``::``, a LAN address, a host name) exports a writable disk to
-the network, and is refused without ``--allow-remote``.
+only; ``--socket PATH`` listens on a Unix socket (mode 0600, never reachable
+with a wider mode) instead, and ``--host``/``--port`` name another TCP
+address (with ``--socket``, both).  NBD has no authentication: a ``--host``
+that is not a loopback address (``0.0.0.0``, ``::``, a LAN address, a host
+name) exports a writable disk to the network, and is refused without
+``--allow-remote``.
 
 ``--size`` is refused when the machine cannot back it: when the slot table
-(11 bytes a page) does not fit in the memory available, or when what the pool
+(16 bytes a page) does not fit in the memory available, or when what the pool
 may grow to -- ``--mem-limit``, or without one half of ``--size`` (zram's 2:1,
 the kernel's guidance) -- is more than the machine's memory.
 
+Limits, with their defaults: ``--max-request`` 32M (the largest read or
+write; zeroing and trimming take any length), ``--threads`` 1 request at
+once per connection (more are unsafe on nbdkit before 1.33.10: a client
+hanging up with replies queued aborts it; connections are served in
+parallel all the same), ``--max-connections`` 16, ``--handshake-timeout``
+10 s, ``--idle-timeout`` 300 s (0 turns either off).  Memory for requests is
+at most threads x 64 MiB per connection (nbdkit reads a request into a
+thread's buffer before its size is checked; threads x max-request for
+clients that keep to the advertised maximum), replies included, and
+max-connections times that for the server: 1 GiB with the defaults.
+
 While it serves, ``kill -USR1 <pid>`` prints the live statistics: the
 device's ``mm_stat`` and ``io_stat``, the server's counters and the pool's
-``classes`` table.  SIGINT or SIGTERM stops it: no new connection is
-accepted, requests in flight are answered, the device is checked
-(``ZramDevice.check``) and a summary is printed.  ``--json`` prints each of
+``classes`` table; the plugin also keeps them, in the kernel's formats, in a
+directory laid out like ``/sys/block/<name>`` and debugfs
+``zsmalloc/<name>/classes`` (``--stats-dir``, or a temporary one).
+SIGINT or SIGTERM stops it: nbdkit ends the connections, the plugin checks the
+device and writes a summary, which is printed.  ``--json`` prints each of
 these as one JSON object per line (``"event"``: ``listening``, ``stats``,
 ``summary``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-import logging
 import os
 import re
 import signal
 import sys
-import time
+import threading
 
 import click
 import psutil
 from rich.table import Table
 
+import zsmalloc
 from zsmalloc.cli.app import console, main
-from zsmalloc.errors import CorruptionError
-from zsmalloc.mm.heap import fix_mmap_threshold
 from zsmalloc.nbd import Limits, NbdServer
-from zsmalloc.zram import SLOT_BYTES, ZramDevice, available_codecs
+from zsmalloc.zram.engine import ALGORITHMS, SLOT_BYTES
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
@@ -102,20 +119,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _report(server: NbdServer, started: float) -> dict:
-    dev = server.device
-    return {
-        "export": server.name,
-        "addresses": server.addresses,
-        "size": dev.disksize,
-        "algorithm": dev.algorithm,
-        "uptime_s": round(time.monotonic() - started, 3),
-        "mm_stat": dev.mm_stat().to_dict(),
-        "io_stat": dev.io_stat().to_dict(),
-        "server": server.snapshot(),
-    }
-
-
 def _stats_tables(report: dict) -> list[Table]:
     dev = Table(title="device (mm_stat, io_stat)", title_justify="left", show_header=False)
     dev.add_column("", justify="left")
@@ -123,31 +126,53 @@ def _stats_tables(report: dict) -> list[Table]:
     for name, value in (*report["mm_stat"].items(), *report["io_stat"].items()):
         dev.add_row(name, f"{value:,}")
     srv = report["server"]
-    nbd = Table(title="NBD server", title_justify="left", show_header=False)
+    nbd = Table(title="NBD server (nbdkit)", title_justify="left", show_header=False)
     nbd.add_column("", justify="left")
     nbd.add_column("", justify="right")
     nbd.add_row("connections (active)", f"{srv['connections']:,} ({srv['active']})")
-    nbd.add_row("refused / hard disconnects", f"{srv['refused']:,} / {srv['hard_disconnects']:,}")
+    nbd.add_row(
+        "closed: handshake timeout / idle", f"{srv['handshake_timeouts']:,} / {srv['idle_disconnects']:,}"
+    )
     for cmd, n in sorted(srv["requests"].items()):
         nbd.add_row(cmd, f"{n:,}")
     for err, n in sorted(srv["errors"].items()):
         nbd.add_row(f"error replies {err}", f"{n:,}")
     nbd.add_row("bytes read / written", f"{srv['bytes_read']:,} / {srv['bytes_written']:,}")
+    if srv["maintenance_runs"]:
+        nbd.add_row(
+            "maintenance runs (pages freed / migrated)",
+            f"{srv['maintenance_runs']:,} ({srv['maintenance_pages_freed']:,} / "
+            f"{srv['maintenance_pages_migrated']:,})",
+        )
     return [dev, nbd]
 
 
-def _print_stats(server: NbdServer, started: float, as_json: bool) -> None:
-    """SIGUSR1: the live statistics and the classes table."""
-    report = _report(server, started)
-    classes = server.device.pool.class_stats()
+def _print_stats(server: NbdServer, as_json: bool) -> None:
+    """SIGUSR1: the live statistics and the classes table, fresh from the plugin."""
+    try:
+        report = server.stats()
+    except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
+        click.echo(f"zsmalloc serve: no statistics: {exc}", err=True)
+        return
+    classes = server.read_stat(server.stat_paths()["classes"])
     if as_json:
-        report["classes"] = [c.to_dict() for c in classes]
-        _emit({"event": "stats", **report})
+        _emit({"event": "stats", **report, "classes": parse_classes(classes)})
         return
     for table in _stats_tables(report):
         console.print(table)
-    click.echo(server.device.pool.format_classes(), nl=False)  # the kernel's layout, never wrapped
+    click.echo(classes, nl=False)  # the kernel's layout, never wrapped
     sys.stdout.flush()
+
+
+def parse_classes(text: str) -> list[dict[str, int]]:
+    """The rows of a debugfs ``classes`` text (the Total row left out), each a dict by column."""
+    lines = text.splitlines()
+    names = lines[0].split()
+    return [
+        dict(zip(names, map(int, line.split()), strict=True))
+        for line in lines[1:]
+        if line.strip() and line.split()[0] != "Total"
+    ]
 
 
 def _print_summary(report: dict, as_json: bool) -> None:
@@ -173,49 +198,80 @@ def _emit(obj: dict) -> None:
     sys.stdout.flush()
 
 
-async def _serve(
-    server: NbdServer, socket_path: str | None, host: str | None, port: int | None, as_json: bool
-) -> dict:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    started = time.monotonic()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, _print_stats, server, started, as_json)
+def _announce(server: NbdServer, as_json: bool) -> None:
+    model = zsmalloc.backend == "model"
+    note = (
+        "ZSMALLOC_BACKEND=model: nbdkit serves the engine's device (the model has no nbdkit plugin)"
+        if model
+        else ""
+    )
+    if as_json:
+        event = {
+            "event": "listening",
+            "pid": os.getpid(),
+            "nbdkit_pid": server.pid,
+            "addresses": server.addresses,
+            "size": server.size,
+            "algorithm": server.algorithm,
+            "device": "engine",
+        }
+        if note:
+            event["note"] = note
+        _emit(event)
+        return
+    console.print(
+        f"serving {server.name!r} ({server.size:,} bytes, {server.algorithm}) with nbdkit on "
+        f"{', '.join(server.addresses)}; pid {os.getpid()}: SIGUSR1 prints statistics, SIGINT/SIGTERM stops",
+        highlight=False,
+    )
+    if note:
+        console.print(note, highlight=False)
+    sys.stdout.flush()
+
+
+def _serve(server: NbdServer, as_json: bool) -> dict:
+    """Serve until SIGINT/SIGTERM (or nbdkit ends); the summary."""
+    stop = threading.Event()
+    usr1 = threading.Event()
+    wake = threading.Event()
+
+    def on_stop(signum: int, frame: object) -> None:
+        stop.set()
+        wake.set()
+
+    def on_usr1(signum: int, frame: object) -> None:
+        usr1.set()
+        wake.set()
+
+    # handlers first: a signal from the moment the server exists is ours, never the default action
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGUSR1, on_usr1)
     try:
-        try:
-            if socket_path is not None:
-                await server.listen_unix(socket_path)
-            if socket_path is None or host is not None or port is not None:
-                await server.listen_tcp(host or "127.0.0.1", 10809 if port is None else port)
-        except OSError as exc:
-            await server.close()
-            raise click.ClickException(f"cannot listen: {exc}") from exc
-        if as_json:
-            pid = os.getpid()
-            _emit({"event": "listening", "pid": pid, "addresses": server.addresses, "size": server.size})
-        else:
-            console.print(
-                f"serving {server.name!r} ({server.size:,} bytes, {server.device.algorithm}) on "
-                f"{', '.join(server.addresses)}; pid {os.getpid()}: SIGUSR1 prints statistics, "
-                "SIGINT/SIGTERM stops",
-                highlight=False,
-            )
-            sys.stdout.flush()
-        await stop.wait()
-        await server.close()
-        return _report(server, started)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-            loop.remove_signal_handler(sig)
-        # until the process exits (the device check, the summary and the interpreter's
-        # own exit are still to come), SIGUSR1 must not take its default action, which kills
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        server.start()
+    except FileExistsError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from exc
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc}") from exc
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _announce(server, as_json)
+    assert server.proc is not None
+    while not stop.is_set() and server.proc.poll() is None:
+        wake.wait(0.5)
+        wake.clear()
+        if usr1.is_set() and not stop.is_set():
+            usr1.clear()
+            _print_stats(server, as_json)
+    # until the process exits (the check, the summary and the interpreter's own exit are
+    # still to come) SIGUSR1 does nothing: its default action would kill
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    return server.stop()
 
 
 @main.command()
 @click.option("--size", required=True, type=ByteSize(), help="device size, e.g. 1G (rounded up to 4 KiB)")
-@click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
+@click.option("--algorithm", type=click.Choice(ALGORITHMS), default="lz4", show_default=True)
 @click.option("--mem-limit", type=ByteSize(), default=0, help="cap on the pool's memory (0: none)")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False), help="listen on this Unix socket")
 @click.option("--host", help="TCP address to listen on [default: 127.0.0.1]")
@@ -225,25 +281,51 @@ async def _serve(
     help="allow a --host that is not a loopback address: NBD has no authentication, "
     "anyone who reaches it can read and write the disk",
 )
-@click.option("--port", type=click.IntRange(0, 65535), help="TCP port [default: 10809]")
-@click.option("--name", default="zram0", show_default=True, help='export name ("" selects it too)')
-@click.option("--max-request", type=ByteSize(), default="32M", show_default=True, help="largest request")
+@click.option("--port", type=click.IntRange(0, 65535), help="TCP port, 0 for any free one [default: 10809]")
 @click.option(
-    "--workers",
-    type=click.IntRange(0, 64),
-    default=4,
+    "--name",
+    default="zram0",
     show_default=True,
-    help="threads for requests longer than --inline-max; 0: every request on the event loop",
+    help="the device's and pool's name (any export name selects it)",
 )
 @click.option(
-    "--inline-max",
-    type=ByteSize(),
-    default="1M",
+    "--max-request", type=ByteSize(), default="32M", show_default=True, help="largest read or write"
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    default=1,
     show_default=True,
-    help="requests up to this size make their device calls on the event loop (faster under the GIL)",
+    help="requests at once per connection (more than 1 is unsafe on nbdkit before 1.33.10)",
 )
 @click.option("--max-connections", type=click.IntRange(1, 1024), default=16, show_default=True)
-@click.option("-v", "--verbose", is_flag=True, help="log connections and protocol errors to stderr")
+@click.option(
+    "--handshake-timeout",
+    type=click.FloatRange(0, 1e6),
+    default=10.0,
+    show_default=True,
+    help="seconds a client has to finish its handshake (0: no limit)",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, 1e6),
+    default=300.0,
+    show_default=True,
+    help="seconds a connection may send nothing and drain nothing before it is closed (0: no limit)",
+)
+@click.option(
+    "--maintain-interval",
+    type=click.FloatRange(0, 1e6),
+    default=0.0,
+    show_default=True,
+    help="compact the pool and migrate its pages this often while serving, in seconds (0: never)",
+)
+@click.option(
+    "--stats-dir",
+    type=click.Path(file_okay=False),
+    help="keep the live statistics there (sys/block/<name>/..., sys/kernel/debug/zsmalloc/<name>/classes)",
+)
+@click.option("-v", "--verbose", is_flag=True, help="nbdkit's verbose log (connections, requests) on stderr")
 @click.option("--json", "as_json", is_flag=True, help="print events and statistics as JSON lines")
 def serve(
     size: int,
@@ -255,47 +337,50 @@ def serve(
     port: int | None,
     name: str,
     max_request: int,
-    workers: int,
-    inline_max: int,
+    threads: int,
     max_connections: int,
+    handshake_timeout: float,
+    idle_timeout: float,
+    maintain_interval: float,
+    stats_dir: str | None,
     verbose: bool,
     as_json: bool,
 ) -> None:
-    """Serve a compressed RAM disk (a zram device) over NBD until SIGINT or SIGTERM."""
+    """Serve a compressed RAM disk (a zram device) over NBD with nbdkit until SIGINT or SIGTERM."""
     if host is not None and not is_loopback(host) and not allow_remote:
         raise click.BadParameter(
             f"{host!r} is not a loopback address: the disk would be writable, without authentication, "
             "by anyone who reaches it; add --allow-remote to mean it",
             param_hint="--host",
         )
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise click.BadParameter(f"{name!r}: 1 to 64 of [A-Za-z0-9_-]", param_hint="--name")
     check_backable(size, mem_limit)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
     try:
         limits = Limits(
             max_request=max_request,
-            max_inflight_bytes=max(2 * max_request, Limits.max_inflight_bytes),
+            threads=threads,
             max_connections=max_connections,
+            handshake_timeout=handshake_timeout,
+            idle_timeout=idle_timeout,
         )
-        fix_mmap_threshold()  # read replies are big transient buffers: give them back when sent
-        device = ZramDevice(size, algorithm=algorithm, mem_limit=mem_limit)
-        server = NbdServer(device, name=name, limits=limits, workers=workers, inline_max=inline_max)
+        server = NbdServer(
+            size,
+            algorithm=algorithm,
+            mem_limit=mem_limit,
+            name=name,
+            unix_path=socket_path,
+            host=host,
+            port=port,
+            limits=limits,
+            maintain_interval=maintain_interval,
+            stats_dir=stats_dir,
+            verbose=verbose,
+            stderr=sys.stderr,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    except MemoryError as exc:
-        raise click.ClickException(f"out of memory making a device of {size:,} bytes") from exc
-    try:
-        report = asyncio.run(_serve(server, socket_path, host, port, as_json))
-        try:
-            device.check()
-            report["check"] = "ok"
-        except CorruptionError as exc:
-            report["check"] = f"FAILED: {exc}"
-        _print_summary(report, as_json)
-    finally:
-        device.close()
-    if report["check"] != "ok":
+    report = _serve(server, as_json)
+    _print_summary(report, as_json)
+    if report.get("check") != "ok":
         raise SystemExit(1)

@@ -4,18 +4,9 @@ Python objects and the arrays that hold page descriptors and handle tables
 live in the C heap.  When a big table shrinks, glibc keeps the freed memory
 resident until ``malloc_trim`` is called; the pool and the arena call it after
 they shrink a table by a lot, so that the process RSS follows what is in use.
-
-A server that builds large transient buffers (the NBD export's read replies)
-has a second problem: glibc serves blocks of 128 KiB and more with their own
-``mmap`` and unmaps them on free, but each such free raises its threshold
-(up to 32 MiB), so later buffers come from the heaps of the threads that
-made them and stay resident there.  :func:`fix_mmap_threshold` pins the
-threshold, which turns the dynamic rise off.
 """
 
 import ctypes
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 def _find_libc_call(name: str):
@@ -26,7 +17,6 @@ def _find_libc_call(name: str):
 
 
 _malloc_trim = _find_libc_call("malloc_trim")
-_mallopt = _find_libc_call("mallopt")
 
 
 def trim_process_heap() -> bool:
@@ -40,15 +30,3 @@ def trim_process_heap() -> bool:
         return False
     _malloc_trim(0)
     return True
-
-
-def fix_mmap_threshold(nbytes: int = 128 << 10) -> bool:
-    """Serve every C heap block of ``nbytes`` or more by its own mmap, for good (``mallopt``).
-
-    Process-wide: meant for a process that is a server (``zsmalloc serve``),
-    whose large transient buffers should leave RSS when freed.  Returns False
-    where there is no such call.
-    """
-    if _mallopt is None:
-        return False
-    return bool(_mallopt(M_MMAP_THRESHOLD, nbytes))

@@ -1,30 +1,21 @@
-"""NBD: a :class:`~zsmalloc.zram.ZramDevice` exported to real block clients (nbdcopy, qemu-img, nbdfuse).
+"""NBD: a zram device exported to real block clients (nbdcopy, qemu-img, nbdfuse) by nbdkit.
 
 ::
 
-    from zsmalloc.nbd import NbdServer, ServerThread
-    from zsmalloc.zram import ZramDevice
+    from zsmalloc.nbd import NbdServer
 
-    dev = ZramDevice(1 << 30, algorithm="lz4")
-    with ServerThread(NbdServer(dev), unix_path="/tmp/zram.sock"):
-        ...   # nbdcopy - "nbd+unix:///?socket=/tmp/zram.sock" < disk.img
+    with NbdServer(1 << 30, unix_path="/tmp/zram.sock") as srv:
+        ...   # nbdcopy disk.img "nbd+unix:///?socket=/tmp/zram.sock"
+        print(srv.stats()["mm_stat"])
 
-:mod:`zsmalloc.nbd.protocol` holds the wire format, :mod:`zsmalloc.nbd.server`
-the asyncio server, :mod:`zsmalloc.nbd.client` a small blocking client.  The
-command line is ``zsmalloc serve``.  This layer sits on :mod:`zsmalloc.zram`
-and imports nothing above it.
+nbdkit (Debian's) speaks the protocol; the device is the engine's, inside
+the plugin built from ``engine/nbdkit`` (``make`` puts it beside this
+package).  :mod:`zsmalloc.nbd.server` starts and stops nbdkit and reads the
+plugin's statistics.  The command line is ``zsmalloc serve``.  This layer
+sits on :mod:`zsmalloc.zram` (the algorithms' names) and imports nothing
+above it; the device lives in nbdkit's process, not in Python's.
 """
 
-from zsmalloc.nbd.client import ExportInfo, NbdClient, NbdError, NbdProtocolError
-from zsmalloc.nbd.server import Limits, NbdServer, ServerStats, ServerThread
+from zsmalloc.nbd.server import Limits, NbdServer, ServerThread, plugin_path
 
-__all__ = [
-    "ExportInfo",
-    "Limits",
-    "NbdClient",
-    "NbdError",
-    "NbdProtocolError",
-    "NbdServer",
-    "ServerStats",
-    "ServerThread",
-]
+__all__ = ["Limits", "NbdServer", "ServerThread", "plugin_path"]

@@ -1,704 +1,139 @@
-"""The NBD server: one :class:`~zsmalloc.zram.ZramDevice` exported over fixed-newstyle NBD (asyncio).
+"""The NBD export as a child process: Debian's nbdkit serving the engine's plugin.
 
-This module owns the listening sockets, the handshake of each connection
-(option haggling), its transmission phase, the thread pool that runs the
-device's calls, the per-connection limits and the server's counters.  The
-wire formats are in :mod:`zsmalloc.nbd.protocol`.
+This module owns what ``zsmalloc serve`` and :class:`NbdServer` do around
+nbdkit: the listening sockets, nbdkit's command line, its start and stop, and
+reading the statistics its plugin (``engine/nbdkit``) writes.  The protocol,
+the connections and the request threads are nbdkit's; the device and its
+counters are the plugin's.
 
-What it speaks
---------------
-Handshake: NBD_OPT_GO, NBD_OPT_INFO, NBD_OPT_EXPORT_NAME, NBD_OPT_LIST,
-NBD_OPT_ABORT and NBD_OPT_STRUCTURED_REPLY; every other option is answered
-NBD_REP_ERR_UNSUP (TLS, metadata contexts and extended headers are not
-implemented).  There is one export, the device; it is listed under its name,
-and the empty (default) name selects it too.  NBD_INFO_BLOCK_SIZE is always
-sent: minimum 1, preferred 4096 (the device's page), maximum
-``Limits.max_request``.
+The sockets are made here and handed to nbdkit by socket activation
+(``LISTEN_FDS``), so that the rules on them are ours:
 
-Transmission: NBD_CMD_READ, NBD_CMD_WRITE, NBD_CMD_FLUSH, NBD_CMD_TRIM,
-NBD_CMD_WRITE_ZEROES (with NBD_CMD_FLAG_NO_HOLE) and NBD_CMD_DISC.  Flags:
-HAS_FLAGS, SEND_FLUSH, SEND_FUA, SEND_TRIM, SEND_WRITE_ZEROES,
-CAN_MULTI_CONN, and SEND_DF once structured replies are negotiated.  A
-request's effect is in the device (in memory, visible to every connection)
-before its reply is sent, so FUA and FLUSH need no further work and several
-connections may share the export (CAN_MULTI_CONN).  With structured replies,
-a read is answered by NBD_REPLY_TYPE_OFFSET_DATA chunks for data and
-NBD_REPLY_TYPE_OFFSET_HOLE chunks for all-zero stretches (split at page
-boundaries; one data chunk under NBD_CMD_FLAG_DF), the last flagged
-NBD_REPLY_FLAG_DONE; errors are NBD_REPLY_TYPE_ERROR chunks with a message.
-NBD_CMD_TRIM frees the whole pages in its range (a partial page is left
-alone, as the protocol allows); NBD_CMD_WRITE_ZEROES frees whole pages and
-zeroes partial ones, or with NO_HOLE stores zero pages (same-filled slots).
+- a Unix socket is bound in a private directory (mode 0700) with umask 177,
+  and renamed onto its path only then: nobody but the owner can connect at
+  any moment;
+- a path where another server answers is refused, and so is a path that is
+  not a socket; a stale socket (nobody answers) is replaced;
+- at the end the socket is removed only while the path is still ours;
+- a TCP port 0 is bound here, and the port the kernel chose is reported.
 
-Concurrency and memory
-----------------------
-One asyncio task per connection reads requests in order; each valid request
-becomes a task that makes its device call and writes its reply when done,
-so replies may come out of order, as the protocol allows.  A request of up
-to ``inline_max`` bytes (1 MiB) makes its device call on the event loop; a
-longer one in the server's thread pool (``workers`` threads), so that it is
-served concurrently with the others and does not hold them up.  The device
-is thread-safe per slot.
-
-Why not the pool for every request: under the GIL the threads add little
-parallelism (only the codecs' C calls run outside it) and cost a hand-off
-per request, plus a wait for the GIL each time a codec call gives it up
-while the loop holds it.  Measured with nbdcopy (256 KiB requests) on a
-kernel-build image, device calls on the loop copied in about 2x faster and
-out about 1.9x faster than with every call in a pool of 4 threads, and
-random 4 KiB I/O through libnbd was 2.5x faster.  ``workers=0`` runs every
-call on the loop.
-
-A connection holds at most ``max_inflight_requests`` requests and
-``max_inflight_bytes`` of write payloads and read results at once (one
-request of any allowed size always fits); past that it stops reading from
-its socket until replies have been sent, so a client that never reads its
-replies stalls only itself.
-
-Bad input
----------
-Every request is checked before the device sees it: command, flags, offset
-and length against the export size and ``max_request`` (TRIM and
-WRITE_ZEROES carry no payload and may cover any length within the export).  A bad request is
-answered with the protocol's error (NBD_EINVAL, NBD_ENOSPC for writes past
-the end) and the connection goes on.  What cannot be answered in step is a
-hard disconnect of that connection only: a wrong magic number, an unknown
-client flag, an option longer than 64 KiB, a write payload larger than
-``max_request``, an unknown name in NBD_OPT_EXPORT_NAME, a handshake that
-takes longer than ``handshake_timeout`` or sends more than ``max_options``
-options.  A write is applied only once its whole payload has arrived, so a
-client that disconnects in the middle of one changes nothing.  A device error
-becomes an error reply (NBD_ENOSPC when ``mem_limit`` is reached, NBD_EIO
-when a page cannot be read back); an unexpected exception is logged with its
-traceback and answered NBD_EIO.  The server itself never stops on a client's
-account.
+The limits (:class:`Limits`) map onto nbdkit's own means: ``-t`` threads
+per connection, ``nbdkit-limit-filter`` for connections,
+``nbdkit-blocksize-policy-filter`` for the largest request, and the
+plugin's watchdog for the handshake and idle time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
-import logging
+import fcntl
+import json
 import os
+import re
+import shutil
+import signal
 import socket
 import stat
-import struct
+import subprocess
 import tempfile
-import threading
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TypeVar, TypeVarTuple
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
-from zsmalloc.errors import PoolClosedError
-from zsmalloc.nbd import protocol as p
-from zsmalloc.zram import InvalidIOError, ZramDevice, ZramFullError, ZramIOError
-from zsmalloc.zram.device import PAGE_SIZE
+from zsmalloc.zram.engine import ALGORITHMS
 
-log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-_Ts = TypeVarTuple("_Ts")
-
-#: the longest option data accepted in the handshake; longer is a hard disconnect
-MAX_OPTION_DATA = 64 << 10
-_ZERO_PAGE = bytes(PAGE_SIZE)
-_ZERO_CHUNK = memoryview(bytes(1 << 20))  # the source of NO_HOLE zero writes
-
-_ERROR_NAMES = {
-    p.NBD_EPERM: "NBD_EPERM",
-    p.NBD_EIO: "NBD_EIO",
-    p.NBD_ENOMEM: "NBD_ENOMEM",
-    p.NBD_EINVAL: "NBD_EINVAL",
-    p.NBD_ENOSPC: "NBD_ENOSPC",
-    p.NBD_EOVERFLOW: "NBD_EOVERFLOW",
-    p.NBD_ENOTSUP: "NBD_ENOTSUP",
-    p.NBD_ESHUTDOWN: "NBD_ESHUTDOWN",
-}
-# the command flags each command accepts (FUA is valid on all of them once advertised)
-_ALLOWED_FLAGS = {
-    p.NBD_CMD_READ: p.NBD_CMD_FLAG_FUA,
-    p.NBD_CMD_WRITE: p.NBD_CMD_FLAG_FUA,
-    p.NBD_CMD_FLUSH: p.NBD_CMD_FLAG_FUA,
-    p.NBD_CMD_TRIM: p.NBD_CMD_FLAG_FUA,
-    p.NBD_CMD_WRITE_ZEROES: p.NBD_CMD_FLAG_FUA | p.NBD_CMD_FLAG_NO_HOLE,
-}
+#: nbdkit's own ceiling on a read or write (MAX_REQUEST_SIZE): a request up to
+#: it is read into a thread's buffer before any filter sees it
+NBDKIT_MAX_REQUEST = 64 << 20
+PLUGIN_NAME = "nbdkit-zsmalloc-plugin.so"
+#: ``ZSMALLOC_NBDKIT_PLUGIN=/path/to/plugin.so`` overrides where the plugin is looked for
+PLUGIN_ENV = "ZSMALLOC_NBDKIT_PLUGIN"
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one client may ask of the server."""
+    """What one client, and all of them, may hold of the server.
 
-    #: the largest NBD_CMD_READ, NBD_CMD_WRITE or NBD_CMD_WRITE_ZEROES (NBD_INFO_BLOCK_SIZE maximum)
-    max_request: int = 32 << 20
-    #: requests a connection may have in flight
-    max_inflight_requests: int = 64
-    #: write payloads and read results a connection may hold at once
-    max_inflight_bytes: int = 64 << 20
-    #: connections served at once; more are closed on arrival (with max_inflight_bytes: a memory bound)
-    max_connections: int = 16
-    #: options one handshake may send
-    max_options: int = 64
-    #: seconds a handshake may take
-    handshake_timeout: float = 30.0
+    - ``max_request``: the largest read or write advertised (block size
+      maximum) and accepted; larger ones are answered EINVAL.  Zeroing and
+      trimming take any length within the export.
+    - ``threads``: requests served at once per connection (nbdkit ``-t``).
+      The default is 1: nbdkit before 1.33.10 (Debian bookworm has 1.32)
+      aborts, ending every connection, when a client hangs up while replies
+      of two of its requests are queued (nbdkit commit 9d82aa4f); several
+      connections are still served in parallel.
+    - ``max_connections``: connections past their handshake at once
+      (``nbdkit-limit-filter``); later ones are refused.
+    - ``handshake_timeout``: seconds from accept to the end of the handshake.
+    - ``idle_timeout``: seconds a connection may go with nothing arriving and
+      nothing drained (a client that neither asks nor reads its replies).
 
-    def __post_init__(self) -> None:
-        if not PAGE_SIZE <= self.max_request <= 1 << 31:
-            raise ValueError(f"max_request must be within {PAGE_SIZE}..{1 << 31}, not {self.max_request}")
-        if self.max_inflight_bytes < self.max_request:
-            raise ValueError("max_inflight_bytes must be at least max_request")
-        for name in ("max_inflight_requests", "max_connections", "max_options"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.handshake_timeout <= 0:
-            raise ValueError("handshake_timeout must be positive")
-
-
-@dataclass
-class ServerStats:
-    """The server's counters (changed only on the event loop's thread)."""
-
-    connections: int = 0  # accepted since the start
-    active: int = 0  # connected now
-    refused: int = 0  # closed on arrival: max_connections reached
-    hard_disconnects: int = 0  # connections closed for a protocol violation
-    requests: Counter = field(default_factory=Counter)  # by command name
-    errors: Counter = field(default_factory=Counter)  # error replies by error name
-    bytes_read: int = 0
-    bytes_written: int = 0  # NBD_CMD_WRITE payload bytes stored
-    inflight_bytes_max: int = 0  # the most bytes one connection held at once
-
-    def to_dict(self) -> dict:
-        return {
-            "connections": self.connections,
-            "active": self.active,
-            "refused": self.refused,
-            "hard_disconnects": self.hard_disconnects,
-            "requests": dict(self.requests),
-            "errors": dict(self.errors),
-            "bytes_read": self.bytes_read,
-            "bytes_written": self.bytes_written,
-            "inflight_bytes_max": self.inflight_bytes_max,
-        }
-
-
-class _HardDisconnect(Exception):
-    """The client broke the protocol in a way that cannot be answered: close its connection."""
-
-
-class _RequestError(Exception):
-    """A request the device must not see: answered with ``error`` and ``message``."""
-
-    def __init__(self, error: int, message: str) -> None:
-        super().__init__(message)
-        self.error = error
-
-
-def nbd_error(exc: BaseException) -> int:
-    """The NBD error value for an exception raised by a device call."""
-    if isinstance(exc, ZramFullError):
-        return p.NBD_ENOSPC
-    if isinstance(exc, InvalidIOError):
-        return p.NBD_EINVAL
-    if isinstance(exc, PoolClosedError):
-        return p.NBD_ESHUTDOWN
-    return p.NBD_EIO
-
-
-class NbdServer:
-    """Serve ``device`` over NBD: ``await listen_unix(path)`` / ``await listen_tcp(host, port)``, then
-    ``await close()``.
-
-    ``name`` is the export's name (the empty name selects it as well),
-    ``description`` its NBD_INFO_DESCRIPTION; ``workers`` threads run the
-    device's calls for requests longer than ``inline_max`` bytes, the event
-    loop those up to it (all of them with ``workers=0``).  The server
-    does not own the device: closing the server leaves it open.  All methods
-    but :meth:`snapshot` run on the event loop.
+    Memory: nbdkit reads a request into a buffer per request thread, before
+    the size policy sees it, so a connection holds at most
+    ``threads * 64 MiB`` (nbdkit's own ceiling; ``threads * max_request`` for
+    a client that keeps to the advertised maximum; 64 MiB and 32 MiB with
+    the defaults), replies included (a read is answered from the same
+    buffer), and the server at most ``max_connections`` times that
+    (:meth:`memory_bound`: 1 GiB with the defaults).  Connections still
+    in their handshake hold no request buffer.
     """
 
-    def __init__(
-        self,
-        device: ZramDevice,
-        name: str | None = None,
-        description: str = "",
-        *,
-        limits: Limits | None = None,
-        workers: int = 4,
-        inline_max: int = 1 << 20,
-    ) -> None:
-        if workers < 0:
-            raise ValueError(f"workers must be at least 0, not {workers}")
-        self.device = device
-        self.name = device.name if name is None else name
-        self.description = description
-        for what, text in (("name", self.name), ("description", description)):
-            if len(text.encode()) > p.NBD_MAX_STRING or "\0" in text:
-                raise ValueError(f"the export {what} must be at most {p.NBD_MAX_STRING} bytes, without NUL")
-        self.limits = limits or Limits()
-        self.inline_max = inline_max
-        self.size = device.disksize
-        self.stats = ServerStats()
-        self.addresses: list[str] = []  # NBD URIs of the listening sockets
-        self._executor = (
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nbd-io") if workers else None
+    max_request: int = 32 << 20
+    threads: int = 1
+    max_connections: int = 16
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 4096 <= self.max_request <= NBDKIT_MAX_REQUEST:
+            raise ValueError(f"max_request must be within 4 KiB..64 MiB, not {self.max_request}")
+        if not 1 <= self.threads <= 64:
+            raise ValueError(f"threads must be within 1..64, not {self.threads}")
+        if not 1 <= self.max_connections <= 1024:
+            raise ValueError(f"max_connections must be within 1..1024, not {self.max_connections}")
+        for name in ("handshake_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1e6:  # also refuses nan
+                raise ValueError(f"{name} must be a number of seconds within 0..1e6 (0: none), not {value}")
+
+    def memory_bound(self) -> tuple[int, int]:
+        """(per connection, whole server) bytes of request buffers at most."""
+        per_connection = self.threads * NBDKIT_MAX_REQUEST
+        return per_connection, per_connection * self.max_connections
+
+
+#: the first nbdkit that survives a client hanging up with replies queued on several threads
+SAFE_THREADS_VERSION = (1, 33, 10)
+
+
+def nbdkit_version() -> tuple[int, ...]:
+    """``nbdkit --version`` as numbers, e.g. (1, 32, 5)."""
+    out = subprocess.run(
+        ["nbdkit", "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
+    m = re.search(r"(\d+)\.(\d+)\.(\d+)", out)
+    if m is None:
+        raise RuntimeError(f"cannot read nbdkit's version from {out!r}")
+    return tuple(int(g) for g in m.groups())
+
+
+def plugin_path() -> Path:
+    """The plugin nbdkit loads: ``$ZSMALLOC_NBDKIT_PLUGIN``, or the one ``make`` put beside this module."""
+    override = os.environ.get(PLUGIN_ENV)
+    path = Path(override) if override else Path(__file__).with_name(PLUGIN_NAME)
+    if not path.is_file():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            f"the nbdkit plugin is not built (make .venv/.engine builds it), or {PLUGIN_ENV} names no file",
+            str(path),
         )
-        self._servers: list[asyncio.Server] = []
-        self._unix_paths: list[tuple[str, int, int]] = []  # (path, st_dev, st_ino) of our sockets
-        self._connections: dict[asyncio.Task, _Connection] = {}
-        self._closing = False
-
-    # ------------------------------------------------------------------
-    # listening
-
-    async def listen_unix(self, path: str | os.PathLike[str]) -> str:
-        """Listen on a Unix socket that no other user can connect to at any moment; return its URI.
-
-        The socket is bound in a private directory (mode 0700) beside ``path``,
-        set to mode 0600 there, and only then renamed onto ``path``: it is
-        never reachable with the umask's mode.  A path where another server
-        answers is refused (FileExistsError), and so is a path that is not a
-        socket; a stale socket (nobody answers) is replaced.  ``close()``
-        removes the socket only while ``path`` is still this one.
-        """
-        path = os.fspath(path)
-        _refuse_live_socket(path)
-        private = tempfile.mkdtemp(prefix=".zsmalloc-nbd-", dir=os.path.dirname(os.path.abspath(path)))
-        bound = os.path.join(private, "socket")
-        try:
-            server = await asyncio.start_unix_server(self._accept, bound)
-            try:
-                os.chmod(bound, 0o600)
-                os.rename(bound, path)
-            except OSError:
-                server.close()
-                raise
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(bound)
-            os.rmdir(private)
-        st = os.lstat(path)
-        self._servers.append(server)
-        self._unix_paths.append((path, st.st_dev, st.st_ino))
-        uri = f"nbd+unix:///?socket={path}"
-        self.addresses.append(uri)
-        log.info("listening on %s", uri)
-        return uri
-
-    async def listen_tcp(self, host: str = "127.0.0.1", port: int = 10809) -> tuple[str, int]:
-        """Listen on TCP ``host``:``port`` (0: any free port); return the address bound."""
-        server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
-        self._servers.append(server)
-        bound = server.sockets[0].getsockname()[:2]
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        uri = f"nbd://{shown}:{bound[1]}"
-        self.addresses.append(uri)
-        log.info("listening on %s", uri)
-        return bound[0], bound[1]
-
-    async def close(self, timeout: float = 10.0) -> None:
-        """Stop listening, let every connection finish its requests in flight, then close them."""
-        self._closing = True
-        for server in self._servers:
-            server.close()
-        for server in self._servers:
-            await server.wait_closed()
-        for path, dev, ino in self._unix_paths:
-            with contextlib.suppress(FileNotFoundError):
-                st = os.lstat(path)
-                if (st.st_dev, st.st_ino) == (dev, ino):  # still ours, not a later server's
-                    os.unlink(path)
-        tasks = list(self._connections)
-        for conn in self._connections.values():
-            conn.stop()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-
-    def snapshot(self) -> dict:
-        """The server's counters, as a dict (call on the event loop's thread)."""
-        return self.stats.to_dict()
-
-    # ------------------------------------------------------------------
-
-    def transmission_flags(self, structured: bool) -> int:
-        """The transmission flags of the export for a connection (SEND_DF only with structured replies)."""
-        flags = (
-            p.NBD_FLAG_HAS_FLAGS
-            | p.NBD_FLAG_SEND_FLUSH
-            | p.NBD_FLAG_SEND_FUA
-            | p.NBD_FLAG_SEND_TRIM
-            | p.NBD_FLAG_SEND_WRITE_ZEROES
-            | p.NBD_FLAG_CAN_MULTI_CONN
-        )
-        return flags | p.NBD_FLAG_SEND_DF if structured else flags
-
-    def export_matches(self, name: bytes) -> bool:
-        """Whether ``name`` (as sent) selects the export: its name, or the empty default name."""
-        return name in (b"", self.name.encode())
-
-    async def device_call(self, length: int, fn: Callable[[*_Ts], _T], *args: *_Ts) -> _T:
-        """Run a device call for a request of ``length`` bytes: on the event loop, or in the pool.
-
-        Requests of at most ``inline_max`` bytes (all of them with ``workers=0``)
-        run on the loop; longer ones in the thread pool, so that they do not
-        hold up the other requests while they run.
-        """
-        if self._executor is None or length <= self.inline_max:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        stats = self.stats
-        if self._closing or len(self._connections) >= self.limits.max_connections:
-            stats.refused += 1
-            log.warning("refusing a connection: %d connections already", len(self._connections))
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        conn = _Connection(self, reader, writer)
-        self._connections[task] = conn
-        stats.connections += 1
-        stats.active += 1
-        try:
-            await conn.run()
-        finally:
-            stats.active -= 1
-            del self._connections[task]
+    return path
 
 
-class _Connection:
-    """One client: its handshake, then its requests, each served by its own task."""
-
-    def __init__(self, server: NbdServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.server = server
-        self.limits = server.limits
-        self.reader = reader
-        self.writer = writer
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer) if peer else "unix socket client"
-        self.structured = False
-        self._tasks: set[asyncio.Task] = set()
-        self._inflight = 0
-        self._inflight_bytes = 0
-        self._freed = asyncio.Event()
-        self._task = asyncio.current_task()
-        self._reading = True
-        self._stopping = False
-
-    def stop(self) -> None:
-        """Server shutdown: read no further request (those in flight are still answered)."""
-        self._stopping = True
-        if self._reading and self._task is not None:
-            self._task.cancel()
-
-    async def run(self) -> None:
-        try:
-            async with asyncio.timeout(self.limits.handshake_timeout):
-                go = await self._handshake()
-            if go:
-                log.info("%s: transmission (structured replies: %s)", self.peer, self.structured)
-                await self._transmission()
-        except _HardDisconnect as exc:
-            self.server.stats.hard_disconnects += 1
-            log.warning("%s: closing the connection: %s", self.peer, exc)
-        except TimeoutError:
-            self.server.stats.hard_disconnects += 1
-            log.warning("%s: closing the connection: handshake not done in time", self.peer)
-        except asyncio.IncompleteReadError:
-            log.info("%s: the client went away in the middle of a message", self.peer)
-        except ConnectionError as exc:
-            log.info("%s: connection lost: %s", self.peer, exc)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            log.info("%s: closing the connection: the server shuts down", self.peer)
-        finally:
-            self._reading = False
-            if self._tasks:
-                await asyncio.wait(self._tasks)
-            self.writer.close()
-            with contextlib.suppress(ConnectionError):
-                await self.writer.wait_closed()
-
-    async def _read(self, n: int) -> bytes:
-        return await self.reader.readexactly(n) if n else b""
-
-    async def _send(self, *parts: bytes | memoryview) -> None:
-        if self.writer.is_closing():
-            raise ConnectionResetError("the connection is closed")
-        self.writer.writelines(parts)
-        await self.writer.drain()
-
-    # ------------------------------------------------------------------
-    # handshake
-
-    async def _handshake(self) -> bool:
-        """Option haggling; True to enter transmission, False when the client ends the session."""
-        flags = p.NBD_FLAG_FIXED_NEWSTYLE | p.NBD_FLAG_NO_ZEROES
-        await self._send(p.HANDSHAKE.pack(p.NBDMAGIC, p.IHAVEOPT, flags))
-        (client_flags,) = p.CLIENT_FLAGS.unpack(await self._read(p.CLIENT_FLAGS.size))
-        if client_flags & ~(p.NBD_FLAG_C_FIXED_NEWSTYLE | p.NBD_FLAG_C_NO_ZEROES):
-            raise _HardDisconnect(f"unknown client flags {client_flags:#x}")
-        no_zeroes = bool(client_flags & p.NBD_FLAG_C_NO_ZEROES)
-        for _ in range(self.limits.max_options):
-            try:
-                header = await self._read(p.OPTION_HEADER.size)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise
-                return False  # the client hung up between options
-            magic, option, length = p.OPTION_HEADER.unpack(header)
-            if magic != p.IHAVEOPT:
-                raise _HardDisconnect(f"bad option magic {magic:#x}")
-            if length > MAX_OPTION_DATA:
-                raise _HardDisconnect(f"option {option} with {length} bytes of data")
-            data = await self._read(length)
-            name = p.OPTION_NAMES.get(option, f"option {option}")
-            log.debug("%s: %s, %d bytes", self.peer, name, length)
-            if option == p.NBD_OPT_EXPORT_NAME:
-                if not self.server.export_matches(data):
-                    raise _HardDisconnect(f"NBD_OPT_EXPORT_NAME of unknown export {data[:64]!r}")
-                tflags = self.server.transmission_flags(self.structured)
-                reply = p.EXPORT_NAME_REPLY.pack(self.server.size, tflags)
-                await self._send(reply if no_zeroes else reply + bytes(p.EXPORT_NAME_PADDING))
-                return True
-            if option == p.NBD_OPT_ABORT:
-                await self._send(p.option_reply(option, p.NBD_REP_ACK))
-                return False
-            if option == p.NBD_OPT_LIST:
-                await self._opt_list(data)
-            elif option in (p.NBD_OPT_INFO, p.NBD_OPT_GO):
-                if await self._opt_info(option, data) and option == p.NBD_OPT_GO:
-                    return True
-            elif option == p.NBD_OPT_STRUCTURED_REPLY:
-                if data:
-                    await self._opt_error(option, p.NBD_REP_ERR_INVALID, f"{name} takes no data")
-                else:
-                    self.structured = True
-                    await self._send(p.option_reply(option, p.NBD_REP_ACK))
-            else:
-                await self._opt_error(option, p.NBD_REP_ERR_UNSUP, f"{name} is not supported")
-        raise _HardDisconnect(f"more than {self.limits.max_options} options")
-
-    async def _opt_error(self, option: int, reply_type: int, message: str) -> None:
-        await self._send(p.option_reply(option, reply_type, message.encode()))
-
-    async def _opt_list(self, data: bytes) -> None:
-        if data:
-            await self._opt_error(p.NBD_OPT_LIST, p.NBD_REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
-            return
-        name = self.server.name.encode()
-        entry = p.U32.pack(len(name)) + name + self.server.description.encode()
-        opt = p.NBD_OPT_LIST
-        await self._send(p.option_reply(opt, p.NBD_REP_SERVER, entry), p.option_reply(opt, p.NBD_REP_ACK))
-
-    async def _opt_info(self, option: int, data: bytes) -> bool:
-        """NBD_OPT_INFO or NBD_OPT_GO: the NBD_REP_INFO replies and NBD_REP_ACK; False after an error."""
-        invalid = "the name length, name and information requests do not add up to the option length"
-        if len(data) < 6:
-            await self._opt_error(option, p.NBD_REP_ERR_INVALID, invalid)
-            return False
-        (name_len,) = p.U32.unpack_from(data)
-        if name_len > len(data) - 6:
-            await self._opt_error(option, p.NBD_REP_ERR_INVALID, invalid)
-            return False
-        name = data[4 : 4 + name_len]
-        (n_info,) = p.U16.unpack_from(data, 4 + name_len)
-        if len(data) != 6 + name_len + 2 * n_info:
-            await self._opt_error(option, p.NBD_REP_ERR_INVALID, invalid)
-            return False
-        wanted = set(struct.unpack_from(f">{n_info}H", data, 6 + name_len))
-        server = self.server
-        if not server.export_matches(name):
-            await self._opt_error(option, p.NBD_REP_ERR_UNKNOWN, f"no export named {name[:64]!r}")
-            return False
-        replies = [
-            p.INFO_EXPORT.pack(p.NBD_INFO_EXPORT, server.size, server.transmission_flags(self.structured)),
-            p.INFO_BLOCK_SIZE.pack(p.NBD_INFO_BLOCK_SIZE, 1, PAGE_SIZE, self.limits.max_request),
-        ]
-        if p.NBD_INFO_NAME in wanted:
-            replies.append(p.U16.pack(p.NBD_INFO_NAME) + server.name.encode())
-        if p.NBD_INFO_DESCRIPTION in wanted and server.description:
-            replies.append(p.U16.pack(p.NBD_INFO_DESCRIPTION) + server.description.encode())
-        infos = [p.option_reply(option, p.NBD_REP_INFO, r) for r in replies]
-        await self._send(*infos, p.option_reply(option, p.NBD_REP_ACK))
-        return True
-
-    # ------------------------------------------------------------------
-    # transmission
-
-    async def _transmission(self) -> None:
-        stats = self.server.stats
-        max_request = self.limits.max_request
-        while True:
-            try:
-                header = await self._read(p.REQUEST.size)
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial:
-                    raise
-                log.info("%s: the client closed the connection", self.peer)
-                return
-            magic, flags, cmd, cookie, offset, length = p.REQUEST.unpack(header)
-            if magic != p.NBD_REQUEST_MAGIC:
-                raise _HardDisconnect(f"bad request magic {magic:#x}")
-            req = p.Request(flags, cmd, cookie, offset, length)
-            stats.requests[p.COMMAND_NAMES.get(cmd, f"command {cmd}")] += 1
-            if cmd == p.NBD_CMD_DISC:
-                log.info("%s: NBD_CMD_DISC", self.peer)
-                return
-            if cmd == p.NBD_CMD_WRITE and length > max_request:
-                raise _HardDisconnect(f"NBD_CMD_WRITE of {length} bytes (maximum {max_request})")
-            cost = length if cmd in (p.NBD_CMD_READ, p.NBD_CMD_WRITE) and length <= max_request else 0
-            await self._acquire(cost)
-            try:
-                payload = await self._read(length) if cmd == p.NBD_CMD_WRITE else b""
-                self._check(req)
-            except _RequestError as exc:
-                await self._reply_error(req, exc.error, str(exc))
-                self._release(cost)
-                continue
-            except BaseException:
-                self._release(cost)
-                raise
-            task = asyncio.create_task(self._serve(req, payload, cost))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _acquire(self, cost: int) -> None:
-        """Wait for room in this connection's budget of requests and bytes in flight."""
-        limits = self.limits
-        while self._inflight and (
-            self._inflight >= limits.max_inflight_requests
-            or self._inflight_bytes + cost > limits.max_inflight_bytes
-        ):
-            self._freed.clear()
-            await self._freed.wait()
-        self._inflight += 1
-        self._inflight_bytes += cost
-        stats = self.server.stats
-        stats.inflight_bytes_max = max(stats.inflight_bytes_max, self._inflight_bytes)
-
-    def _release(self, cost: int) -> None:
-        self._inflight -= 1
-        self._inflight_bytes -= cost
-        self._freed.set()
-
-    def _check(self, req: p.Request) -> None:
-        """Raise :class:`_RequestError` unless the device may serve ``req`` as it is."""
-        cmd, flags, offset, length = req.type, req.flags, req.offset, req.length
-        name = p.COMMAND_NAMES.get(cmd, f"command {cmd}")
-        if cmd not in _ALLOWED_FLAGS:
-            raise _RequestError(p.NBD_EINVAL, f"{name} is not supported")
-        allowed = _ALLOWED_FLAGS[cmd]
-        if cmd == p.NBD_CMD_READ and self.structured:
-            allowed |= p.NBD_CMD_FLAG_DF
-        if flags & ~allowed:
-            raise _RequestError(p.NBD_EINVAL, f"{name} with unsupported flags {flags & ~allowed:#x}")
-        if cmd == p.NBD_CMD_FLUSH:
-            if offset or length:
-                raise _RequestError(p.NBD_EINVAL, "NBD_CMD_FLUSH with a nonzero offset or length")
-            return
-        # TRIM and WRITE_ZEROES carry no payload and cost nothing per byte: any length in the export
-        if cmd not in (p.NBD_CMD_TRIM, p.NBD_CMD_WRITE_ZEROES) and length > self.limits.max_request:
-            raise _RequestError(p.NBD_EINVAL, f"{name} of {length} bytes (maximum {self.limits.max_request})")
-        if offset + length > self.server.size:
-            error = p.NBD_ENOSPC if cmd in (p.NBD_CMD_WRITE, p.NBD_CMD_WRITE_ZEROES) else p.NBD_EINVAL
-            where = f"[{offset}, {offset + length})"
-            raise _RequestError(error, f"{name} of {where} is outside the export (size {self.server.size})")
-
-    async def _serve(self, req: p.Request, payload: bytes, cost: int) -> None:
-        server, stats = self.server, self.server.stats
-        cmd = req.type
-        try:
-            try:
-                if cmd == p.NBD_CMD_READ:
-                    parts = await server.device_call(req.length, self._read_reply, req)
-                    stats.bytes_read += req.length
-                elif cmd == p.NBD_CMD_FLUSH:
-                    parts = [p.simple_reply(req.cookie)]  # every write replied to is in the device already
-                else:
-                    await server.device_call(req.length, self._apply, req, payload)
-                    if cmd == p.NBD_CMD_WRITE:
-                        stats.bytes_written += req.length
-                    parts = [p.simple_reply(req.cookie)]
-            except Exception as exc:
-                error = nbd_error(exc)
-                if error == p.NBD_EIO and not isinstance(exc, ZramIOError):
-                    log.exception("%s: %s failed", self.peer, p.COMMAND_NAMES[cmd])
-                else:
-                    log.warning("%s: %s failed: %s", self.peer, p.COMMAND_NAMES[cmd], exc)
-                await self._reply_error(req, error, str(exc))
-            else:
-                await self._send(*parts)
-        except ConnectionError:
-            pass  # the client is gone; the connection's task notices on its next read
-        finally:
-            self._release(cost)
-
-    async def _reply_error(self, req: p.Request, error: int, message: str) -> None:
-        self.server.stats.errors[_ERROR_NAMES.get(error, str(error))] += 1
-        log.debug("%s: %s: %s", self.peer, _ERROR_NAMES.get(error), message)
-        if self.structured:
-            await self._send(p.error_chunk(req.cookie, error, message))
-        else:
-            await self._send(p.simple_reply(req.cookie, error))
-
-    # ------------------------------------------------------------------
-    # device calls (in the thread pool)
-
-    def _apply(self, req: p.Request, payload: bytes) -> None:
-        """NBD_CMD_WRITE, NBD_CMD_TRIM or NBD_CMD_WRITE_ZEROES on the device."""
-        dev, offset, length = self.server.device, req.offset, req.length
-        if req.type == p.NBD_CMD_WRITE:
-            dev.pwrite(offset, payload)
-        elif req.type == p.NBD_CMD_TRIM:
-            first = -(-offset // PAGE_SIZE)  # whole pages only
-            end = (offset + length) // PAGE_SIZE
-            if end > first:
-                dev.discard(first, end - first)
-        elif req.flags & p.NBD_CMD_FLAG_NO_HOLE:
-            step = len(_ZERO_CHUNK)
-            for pos in range(0, length, step):
-                dev.pwrite(offset + pos, _ZERO_CHUNK[: min(step, length - pos)])
-        else:
-            dev.write_zeroes(offset, length)
-
-    def _read_reply(self, req: p.Request) -> list[bytes | memoryview]:
-        """The whole reply to a valid NBD_CMD_READ: simple, or structured data and hole chunks."""
-        offset, length, cookie = req.offset, req.length, req.cookie
-        data = self.server.device.pread(offset, length)
-        if not self.structured:
-            return [p.simple_reply(cookie), data]
-        if not length:
-            return [p.chunk_header(cookie, p.NBD_REPLY_TYPE_NONE, 0, True)]
-        runs = [(0, length, False)] if req.flags & p.NBD_CMD_FLAG_DF else _zero_runs(data, offset)
-        view = memoryview(data)
-        parts: list[bytes | memoryview] = []
-        for i, (start, end, zero) in enumerate(runs):
-            last = i == len(runs) - 1
-            if zero:
-                hole = p.OFFSET_HOLE.pack(offset + start, end - start)
-                parts += [p.chunk_header(cookie, p.NBD_REPLY_TYPE_OFFSET_HOLE, len(hole), last), hole]
-            else:
-                n = p.OFFSET_DATA.size + end - start
-                parts += [
-                    p.chunk_header(cookie, p.NBD_REPLY_TYPE_OFFSET_DATA, n, last),
-                    p.OFFSET_DATA.pack(offset + start),
-                    view[start:end],
-                ]
-        return parts
-
-
-def _refuse_live_socket(path: str) -> None:
+def refuse_live_socket(path: str) -> None:
     """FileExistsError if ``path`` is a socket another server answers on, or no socket at all."""
     try:
         st = os.lstat(path)
@@ -714,111 +149,363 @@ def _refuse_live_socket(path: str) -> None:
     raise FileExistsError(errno.EEXIST, "another server listens on this socket", path)
 
 
-def _zero_runs(data: bytes, offset: int) -> list[tuple[int, int, bool]]:
-    """Split ``data`` (read at ``offset``) at page boundaries into runs: (start, end, all zeros)."""
-    runs: list[tuple[int, int, bool]] = []
-    pos, length = 0, len(data)
-    while pos < length:
-        end = min(length, (offset + pos) // PAGE_SIZE * PAGE_SIZE + PAGE_SIZE - offset)
-        zero = data[pos:end] == _ZERO_PAGE[: end - pos]
-        if runs and runs[-1][2] == zero:
-            runs[-1] = (runs[-1][0], end, zero)
-        else:
-            runs.append((pos, end, zero))
-        pos = end
-    return runs
+def listen_unix(path: str) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening Unix socket at ``path`` that only its owner can reach; it and its (st_dev, st_ino)."""
+    refuse_live_socket(path)
+    private = tempfile.mkdtemp(prefix=".zsmalloc-nbd-", dir=os.path.dirname(os.path.abspath(path)))
+    bound = os.path.join(private, "socket")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(bound)  # born 0600 (umask 177) in a 0700 directory
+        sock.listen(128)
+        os.rename(bound, path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(bound)
+        os.rmdir(private)
+    st = os.lstat(path)
+    return sock, (st.st_dev, st.st_ino)
 
 
-class ServerThread:
-    """An :class:`NbdServer` on its own event loop in a daemon thread.
+def listen_tcp(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port)."""
+    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(info[0], socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
-    For tests, and for programs that keep using the device while it is
-    exported::
 
-        with ServerThread(NbdServer(dev), unix_path="/tmp/zram.sock") as st:
-            print(st.addresses)        # ["nbd+unix:///?socket=/tmp/zram.sock"]
+def _tcp_uri(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"nbd://{shown}:{port}"
 
-    ``host``/``port`` add a TCP listener (port 0: a free one; ``st.tcp_port``
-    tells which).  :meth:`start` returns once the server listens and raises
-    what made it fail; :meth:`stop` closes it and joins the thread.
+
+class NbdServer:
+    """A zram device of ``size`` bytes exported by an nbdkit child process (a context manager).
+
+    ::
+
+        with NbdServer(1 << 30, unix_path="/tmp/zram.sock") as srv:
+            ...   # nbdcopy disk.img "nbd+unix:///?socket=/tmp/zram.sock"
+            print(srv.stats()["mm_stat"])
+        print(srv.summary["check"])   # "ok"
+
+    Without ``unix_path`` it listens on ``host``:``port`` (127.0.0.1:10809);
+    with it, on TCP too only when ``host`` or ``port`` is given.  The device
+    lives in nbdkit: :meth:`stats` and :meth:`read_stat` read what the plugin
+    writes to its stats directory, :meth:`stop` ends the server and returns
+    the final summary (the device's check included).
     """
 
     def __init__(
         self,
-        server: NbdServer,
+        size: int,
         *,
+        algorithm: str = "lz4",
+        mem_limit: int = 0,
+        name: str = "zram0",
         unix_path: str | os.PathLike[str] | None = None,
         host: str | None = None,
         port: int | None = None,
+        limits: Limits | None = None,
+        maintain_interval: float = 0.0,
+        stats_interval: float = 1.0,
+        stats_dir: str | os.PathLike[str] | None = None,
+        verbose: bool = False,
+        stderr: IO[str] | int | None = None,
     ) -> None:
-        if unix_path is None and host is None and port is None:
-            raise ValueError("give a unix_path, a TCP host/port, or both")
-        self.server = server
-        self.unix_path = unix_path
+        if size <= 0:
+            raise ValueError(f"size must be positive, not {size}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, not {algorithm!r}")
+        if mem_limit < 0:
+            raise ValueError(f"mem_limit must be >= 0 bytes (0: none), not {mem_limit}")
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+            raise ValueError(f"name must be 1 to 64 of [A-Za-z0-9_-], not {name!r}")
+        for what, value in (("maintain_interval", maintain_interval), ("stats_interval", stats_interval)):
+            if not 0 <= value <= 1e6:
+                raise ValueError(f"{what} must be a number of seconds within 0..1e6, not {value}")
+        if stats_interval == 0:
+            raise ValueError("stats_interval must be more than 0 seconds")
+        self.size = size
+        self.algorithm = algorithm
+        self.mem_limit = mem_limit
+        self.name = name
+        self.unix_path = os.fspath(unix_path) if unix_path is not None else None
         self.host = host
         self.port = port
-        self.tcp_port: int | None = None
-        self._thread = threading.Thread(target=self._run, name="nbd-server", daemon=True)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
+        self.limits = limits or Limits()
+        self.maintain_interval = maintain_interval
+        self.stats_interval = stats_interval
+        self.verbose = verbose
+        self.stderr = stderr
+        self._own_stats_dir = stats_dir is None
+        self.stats_dir = Path(stats_dir) if stats_dir is not None else None
+        self.addresses: list[str] = []
+        self.summary: dict[str, Any] | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self._ours: tuple[int, int] | None = None  # (st_dev, st_ino) of our Unix socket
+
+    # ------------------------------------------------------------------
+    # life cycle
 
     @property
-    def addresses(self) -> list[str]:
-        return self.server.addresses
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the server is not running")
+        return self.proc.pid
 
-    def start(self, timeout: float = 10.0) -> ServerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("the NBD server did not start in time")
-        if self._error is not None:
-            raise self._error
+    @property
+    def socket_path(self) -> str | None:
+        return self.unix_path
+
+    def command(self, plugin: Path, stats_dir: Path) -> list[str]:
+        """nbdkit's command line (the sockets come by socket activation)."""
+        lim = self.limits
+        cmd = ["nbdkit", "--foreground", "--exit-with-parent", "--log=stderr", "-t", str(lim.threads)]
+        cmd += ["--filter=limit", "--filter=blocksize-policy"]
+        if self.verbose:
+            cmd.append("--verbose")
+        cmd += [
+            str(plugin),
+            f"size={self.size}",
+            f"algorithm={self.algorithm}",
+            f"mem-limit={self.mem_limit}",
+            f"name={self.name}",
+            f"stats-dir={stats_dir}",
+            f"stats-interval={self.stats_interval}",
+            f"maintain-interval={self.maintain_interval}",
+            f"handshake-timeout={lim.handshake_timeout}",
+            f"idle-timeout={lim.idle_timeout}",
+            f"limit={lim.max_connections}",
+            "blocksize-minimum=1",
+            "blocksize-preferred=4096",
+            f"blocksize-maximum={lim.max_request}",
+            "blocksize-error-policy=error",
+        ]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> NbdServer:
+        """Listen, start nbdkit on the sockets, and return once the device is ready."""
+        if self.proc is not None:
+            raise RuntimeError("the server is already running")
+        nbdkit, bash = shutil.which("nbdkit"), shutil.which("bash")
+        if nbdkit is None or bash is None:
+            raise FileNotFoundError(
+                errno.ENOENT, "nbdkit (Debian: apt install nbdkit) and bash are needed", "nbdkit"
+            )
+        plugin = plugin_path()
+        if self.limits.threads > 1 and nbdkit_version() < SAFE_THREADS_VERSION:
+            warnings.warn(
+                f"threads={self.limits.threads} on nbdkit {'.'.join(map(str, nbdkit_version()))}: a client "
+                "hanging up with replies queued aborts nbdkit before 1.33.10 (every connection ends)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        socks: list[socket.socket] = []
+        try:
+            if self.unix_path is not None:
+                sock, self._ours = listen_unix(self.unix_path)
+                socks.append(sock)
+                self.addresses.append(f"nbd+unix:///?socket={self.unix_path}")
+            if self.unix_path is None or self.host is not None or self.port is not None:
+                sock = listen_tcp(self.host or "127.0.0.1", 10809 if self.port is None else self.port)
+                socks.append(sock)
+                self.addresses.append(_tcp_uri(sock))
+            if self.stats_dir is None:
+                self.stats_dir = Path(tempfile.mkdtemp(prefix="zsmalloc-nbd-stats-"))
+            else:  # a directory of the caller's: what an earlier server left there must not be read as ours
+                self.stats_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                for stale in ("generation", "summary.json", "nbd.json"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.stats_dir / stale).unlink()
+            self._spawn(bash, plugin, socks)
+        except BaseException:
+            self._remove_socket()
+            self._drop_stats_dir()
+            raise
+        finally:
+            for sock in socks:
+                sock.close()  # nbdkit has its own copies
+        self._wait_ready(timeout)
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError("the NBD server did not stop in time")
+    def _spawn(self, bash: str, plugin: Path, socks: list[socket.socket]) -> None:
+        # nbdkit takes activated sockets from fd 3 on, and only when LISTEN_PID is its pid:
+        # bash moves them there and execs nbdkit in its own process
+        fds = [socket_fd(s) for s in socks]
+        moves = " ".join(f"{3 + i}<&{fd} {fd}<&-" for i, fd in enumerate(fds))
+        script = f'export LISTEN_PID=$$ LISTEN_FDS={len(fds)}; exec "$@" {moves}'
+        assert self.stats_dir is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")}
+        # nbdkit's messages go to a file (never a pipe nobody reads, which would stall it when full)
+        log = open(self.stats_dir / "nbdkit.log", "w", encoding="utf-8")  # noqa: SIM115 (closed below)
+        try:
+            self.proc = subprocess.Popen(
+                [bash, "-c", script, "nbdkit", *self.command(plugin, self.stats_dir)],
+                pass_fds=fds,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self.stderr if self.stderr is not None else log,
+                text=True,
+                env=env,
+            )
+        finally:
+            log.close()  # nbdkit has its own descriptor
+            for fd in fds:
+                os.close(fd)
 
-    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
-        """Run ``fn()`` on the server's event loop (e.g. ``server.snapshot``) and return its result."""
-        assert self._loop is not None
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.proc is not None and self.stats_dir is not None
+        marker = self.stats_dir / "generation"
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            if self.proc.poll() is not None:
+                err = self._log()
+                self.proc = None
+                self._remove_socket()
+                self._drop_stats_dir()
+                raise RuntimeError(f"nbdkit did not start: {err or 'see its output'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"nbdkit did not set up the device within {timeout} s")
+            time.sleep(0.01)
 
-        async def wrapper() -> object:
-            return fn()
+    def stop(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Stop nbdkit: connections end, the plugin checks the device; the summary (``.summary``).
 
-        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
+        SIGTERM stops nbdkit's accepting, SIGUSR2 has the plugin end the
+        connections (nbdkit waits for them, idle ones included), and nbdkit
+        then unloads the plugin, which checks the device and writes
+        ``summary.json``.
+        """
+        if self.proc is None:
+            return self.summary or {}
+        proc, self.proc = self.proc, None
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)  # nbdkit accepts no more connections ...
+        deadline = time.monotonic() + timeout
+        while True:
+            # ... and waits for those it has: SIGUSR2 has the plugin end them (again, for
+            # one accepted before the SIGTERM was seen)
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGUSR2)
+            try:
+                proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    break
+        self._remove_socket()
+        assert self.stats_dir is not None
+        try:
+            self.summary = json.loads((self.stats_dir / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            err = self._log()
+            self.summary = {"check": f"FAILED: nbdkit ended ({proc.returncode}) without a summary: {err}"}
+        self.summary["exit_status"] = proc.returncode
+        self._drop_stats_dir()
+        return self.summary
 
-    def __enter__(self) -> ServerThread:
+    def _log(self) -> str:
+        """The end of nbdkit's messages (when they went to the stats directory's ``nbdkit.log``)."""
+        if self.stats_dir is None:
+            return ""
+        try:
+            return (
+                (self.stats_dir / "nbdkit.log").read_text(encoding="utf-8", errors="replace")[-4000:].strip()
+            )
+        except OSError:
+            return ""
+
+    def _remove_socket(self) -> None:
+        if self.unix_path is None or self._ours is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(self.unix_path)
+            if (st.st_dev, st.st_ino) == self._ours:  # still ours, not a later server's
+                os.unlink(self.unix_path)
+        self._ours = None
+
+    def _drop_stats_dir(self) -> None:
+        if self._own_stats_dir and self.stats_dir is not None:
+            shutil.rmtree(self.stats_dir, ignore_errors=True)
+            self.stats_dir = None
+
+    def __enter__(self) -> NbdServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _run(self) -> None:
+    # ------------------------------------------------------------------
+    # statistics
+
+    def refresh(self, timeout: float = 5.0) -> None:
+        """Have the plugin rewrite its stats directory now (SIGUSR1), and wait until it has."""
+        if self.proc is None or self.stats_dir is None:
+            raise RuntimeError("the server is not running")
+        before = self._generation()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while self._generation() == before:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise TimeoutError("the plugin did not rewrite its statistics")
+            time.sleep(0.005)
+
+    def _generation(self) -> int:
+        assert self.stats_dir is not None
         try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # reported by start() if it happened there
-            self._error = exc
-            self._ready.set()
+            return int((self.stats_dir / "generation").read_text(encoding="ascii") or 0)
+        except (OSError, ValueError):
+            return 0
 
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            if self.unix_path is not None:
-                await self.server.listen_unix(self.unix_path)
-            if self.host is not None or self.port is not None:
-                _, self.tcp_port = await self.server.listen_tcp(self.host or "127.0.0.1", self.port or 0)
-        except BaseException:
-            await self.server.close()
-            raise
-        self._ready.set()
-        await self._stop.wait()
-        await self.server.close()
+    def stats(self, fresh: bool = True) -> dict[str, Any]:
+        """The device's ``mm_stat``/``io_stat``/``bd_stat`` and the server's counters, from the plugin."""
+        if fresh:
+            self.refresh()
+        assert self.stats_dir is not None
+        report: dict[str, Any] = json.loads((self.stats_dir / "nbd.json").read_text(encoding="utf-8"))
+        report["addresses"] = list(self.addresses)
+        return report
+
+    def read_stat(self, relpath: str) -> str:
+        """A file of the stats directory, e.g. ``sys/block/zram0/mm_stat`` (see :func:`stat_paths`)."""
+        if self.stats_dir is None:
+            raise RuntimeError("the server is not running")
+        return (self.stats_dir / relpath).read_text(encoding="utf-8")
+
+    def stat_paths(self) -> dict[str, str]:
+        """The kernel-format files: ``/sys/block/<name>/...`` and the debugfs ``classes``, by role."""
+        block = f"sys/block/{self.name}"
+        return {
+            "mm_stat": f"{block}/mm_stat",
+            "io_stat": f"{block}/io_stat",
+            "bd_stat": f"{block}/bd_stat",
+            "disksize": f"{block}/disksize",
+            "comp_algorithm": f"{block}/comp_algorithm",
+            "classes": f"sys/kernel/debug/zsmalloc/{self.name}/classes",
+        }
 
 
-__all__ = ["MAX_OPTION_DATA", "Limits", "NbdServer", "ServerStats", "ServerThread", "nbd_error"]
+def socket_fd(sock: socket.socket) -> int:
+    """A duplicate of ``sock``'s descriptor above 9 (bash moves it onto 3, 4, ...)."""
+    return fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)
+
+
+#: the name programs embedding a server used: it runs nbdkit now, not a thread
+ServerThread = NbdServer

@@ -4,6 +4,7 @@
 
 pub mod migrate;
 pub mod size_class;
+pub mod stats;
 pub mod zsmalloc;
 
 pub use migrate::Protocol;

@@ -1,8 +1,9 @@
-"""The NBD wire protocol: constants and byte layouts (doc/proto.md of NetworkBlockDevice/nbd).
+"""The NBD wire protocol for the tests: constants and byte layouts (doc/proto.md of NetworkBlockDevice/nbd).
 
 This module owns the numbers and the structs, nothing that does I/O; the
-server (:mod:`zsmalloc.nbd.server`) and the client (:mod:`zsmalloc.nbd.client`)
-both build on it.  Every integer on the wire is big-endian ("network order").
+test client (``tests/nbd_client.py``) builds on it, to drive the export
+nbdkit serves byte by byte (the product has no protocol code of its own:
+nbdkit speaks it).  Every integer on the wire is big-endian ("network order").
 
 Fixed-newstyle handshake::
 

@@ -1,7 +1,7 @@
-"""A small blocking NBD client: the handshake, every command, simple and structured replies.
+"""A small blocking NBD client for the tests: the handshake, every command, simple and structured replies.
 
-It owns nothing but its socket.  It exists to drive the server byte by byte
-in tests (including requests a well-behaved client never sends: see
+It owns nothing but its socket.  It exists to drive the server (nbdkit with
+the plugin) byte by byte in tests (including requests a well-behaved client never sends: see
 :meth:`NbdClient.send_request` and :meth:`NbdClient.send_raw`) and to script
 an export from Python without libnbd::
 
@@ -20,7 +20,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from zsmalloc.nbd import protocol as p
+import nbd_protocol as p
 
 
 class NbdProtocolError(Exception):
