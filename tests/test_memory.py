@@ -942,13 +942,15 @@ def test_freed_and_drained_frames_give_memory_back(impl):
         assert freed - base <= 0.3 * TOUCH_BYTES, (base, peak, freed)
         m.drain_pages()
         assert m.nr_pcp == 0
-        assert _rss() - base <= 0.3 * TOUCH_BYTES
-        # reusing drained frames faults memory back in
+        drained = _rss()
+        assert drained - base <= 0.3 * TOUCH_BYTES
+        # reusing drained frames faults memory back in (measured from here:
+        # the drain also trims the C heap, which may take the RSS below base)
         again = m.alloc_pages(N_TOUCH)
         assert sorted(again) == sorted(pfns)  # the cold heap, not fresh frames
         assert m.hwm == N_TOUCH
         _touch(m, again)
-        assert _rss() - base >= 0.7 * TOUCH_BYTES
+        assert _rss() - drained >= 0.7 * TOUCH_BYTES
     finally:
         m.close()
 
