@@ -297,6 +297,8 @@ class ModeRun:
             "zspages_migrated",
             "order0_failed",
             "reclaimed",
+            "alloc_fallbacks",
+            "blocks_claimed",
         ):
             out[key] = sum(iv[key] for iv in ivs)
         return out
@@ -330,6 +332,8 @@ class FragsimResult:
                 "compact_fail": t["compact_fail"],
                 "kcompactd_runs": t["kcompactd_runs"],
                 "pages_migrated": t["pages_migrated"],
+                "alloc_fallbacks": t["alloc_fallbacks"],
+                "blocks_claimed": t["blocks_claimed"],
                 "zspages_migrated": t["zspages_migrated"],
                 "unusable_index": {o: last["unusable_index"][o] / 1000 for o in self.scenario.orders()},
                 "fragmentation_index": {

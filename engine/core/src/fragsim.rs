@@ -43,10 +43,15 @@ use std::sync::{Arc, Weak};
 
 use crate::mm::compaction::CompactStatus;
 use crate::mm::migrate::{MigrateMode, MovableOps, MIGRATEPAGE_SUCCESS};
-use crate::mm::zone::{MigrateType, Watermarks, Zone, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES};
+use crate::mm::zone::{
+    MigrateType, Watermarks, Zone, ZoneEvents, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES,
+};
 use crate::mm::{Memory, MmError};
 use crate::pool::{CompactPolicy, Pool, PoolConfig, PoolError, Protocol};
 use crate::sync::Mutex;
+
+/// The largest zone a run takes (64 GiB): its tables are a few bytes a page.
+const MAX_ZONE_PAGES: usize = 1 << 24;
 
 /// Pages one reclaim pass frees (the kernel's SWAP_CLUSTER_MAX).
 const SWAP_CLUSTER_MAX: usize = 32;
@@ -145,6 +150,11 @@ pub struct Interval {
     pub order0_failed: u64,
     /// cache pages reclaimed: by kswapd and by the allocations themselves
     pub reclaimed: u64,
+    /// allocations served from a pageblock of another migratetype, and
+    /// pageblocks whose migratetype such a fallback changed (the
+    /// mm_page_alloc_extfrag events)
+    pub alloc_fallbacks: u64,
+    pub blocks_claimed: u64,
     /// the zone at the end of the interval
     pub free_pages: usize,
     pub pool_pages: usize,
@@ -298,6 +308,8 @@ struct Sim<'a> {
     held: Vec<Held>,
     owed: Vec<f64>,
     kcompactd_order: Option<usize>,
+    /// the zone's fallback counters at the last interval's end
+    zone_events: ZoneEvents,
     rng: Rng,
     cur: Interval,
     buf: Vec<u8>,
@@ -343,6 +355,7 @@ pub fn run(
         held: Vec::new(),
         owed: vec![0.0; sc.requests.len()],
         kcompactd_order: None,
+        zone_events: ZoneEvents::default(),
         rng: Rng(sc.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
         cur: Interval::default(),
         buf: vec![0; 4096],
@@ -369,8 +382,13 @@ pub fn run(
 }
 
 fn check_scenario(sc: &Scenario, sizes: &[u16]) -> Result<(), String> {
-    if sc.zone_pages < 4 * PAGEBLOCK_NR_PAGES {
-        return Err(format!("a zone needs at least {} pages, not {}", 4 * PAGEBLOCK_NR_PAGES, sc.zone_pages));
+    if !(4 * PAGEBLOCK_NR_PAGES..=MAX_ZONE_PAGES).contains(&sc.zone_pages) {
+        return Err(format!(
+            "a zone needs {}..{} pages (16 MiB to 64 GiB), not {}",
+            4 * PAGEBLOCK_NR_PAGES,
+            MAX_ZONE_PAGES,
+            sc.zone_pages
+        ));
     }
     if sizes.is_empty() || sizes.iter().any(|&s| s == 0 || s > 4096) {
         return Err("object sizes must be a non-empty list within 1..4096".into());
@@ -678,6 +696,10 @@ impl Sim<'_> {
         iv.reclaimable_pages = self.plain[1].len();
         iv.cache_pages = self.cache.len();
         iv.held_blocks_pages = self.held.iter().map(|h| 1usize << h.order).sum();
+        let ev = self.mem.with_zone(|z| z.events()).expect("a zoned Memory");
+        iv.alloc_fallbacks = ev.alloc_fallback - self.zone_events.alloc_fallback;
+        iv.blocks_claimed = ev.blocks_claimed - self.zone_events.blocks_claimed;
+        self.zone_events = ev;
         self.mem.with_zone(|z| {
             iv.free_pages = z.nr_free_pages();
             for o in 0..NR_PAGE_ORDERS {
@@ -807,6 +829,10 @@ mod tests {
             }
             let requests: u64 = out.intervals.iter().map(|i| i.requests[9]).sum();
             assert_eq!(requests, 16);
+            // unmovable pages in a zone of movable pageblocks are fallbacks that claim blocks
+            let claimed: u64 = out.intervals.iter().map(|i| i.blocks_claimed).sum();
+            let fallbacks: u64 = out.intervals.iter().map(|i| i.alloc_fallbacks).sum();
+            assert!(claimed > 0 && fallbacks > 0, "{mode:?}: {claimed} claimed, {fallbacks} fallbacks");
             results.push(out);
         }
         // the same seed gives the same run
@@ -818,6 +844,8 @@ mod tests {
     fn bad_scenarios_are_refused() {
         let mut sc = small();
         sc.zone_pages = 100;
+        assert!(run(&sc, Mode::Mainline, &sizes(), &mut |_| true).is_err());
+        sc.zone_pages = usize::MAX / 2;
         assert!(run(&sc, Mode::Mainline, &sizes(), &mut |_| true).is_err());
         let mut sc = small();
         sc.anon.share = 0.9;

@@ -38,6 +38,8 @@ fn interval_dict<'py>(py: Python<'py>, iv: &Interval) -> PyResult<Bound<'py, PyD
     d.set_item("free_scanned", iv.free_scanned)?;
     d.set_item("order0_failed", iv.order0_failed)?;
     d.set_item("reclaimed", iv.reclaimed)?;
+    d.set_item("alloc_fallbacks", iv.alloc_fallbacks)?;
+    d.set_item("blocks_claimed", iv.blocks_claimed)?;
     d.set_item("free_pages", iv.free_pages)?;
     d.set_item("pool_pages", iv.pool_pages)?;
     d.set_item("anon_pages", iv.anon_pages)?;

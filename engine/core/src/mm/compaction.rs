@@ -68,16 +68,6 @@ pub enum CompactStatus {
     Success,
 }
 
-impl CompactStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            CompactStatus::Skipped => "skipped",
-            CompactStatus::Complete => "complete",
-            CompactStatus::Success => "success",
-        }
-    }
-}
-
 /// What one `compact_zone` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ZoneCompactResult {
