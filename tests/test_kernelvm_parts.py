@@ -8,12 +8,14 @@ from __future__ import annotations
 import io
 import json
 import lzma
+import random
 import stat
 import struct
 
 import pytest
 from click.testing import CliRunner
 
+from zram_pages import text_page
 from zsmalloc.cli import kernelvm as cli_kernelvm
 from zsmalloc.cli import main
 from zsmalloc.kernelvm import BootError, Comparison, debian
@@ -24,10 +26,13 @@ from zsmalloc.kernelvm.harness import (
     Row,
     discard_ranges,
     make_image,
+    our_objects,
     replay_preset,
     replay_stats,
+    sample_pages,
     stage_traces,
 )
+from zsmalloc.zram.lz4_kernel import lz4_compress_fast
 
 
 def test_cpio_round_trips_every_kind_of_member(tmp_path):
@@ -287,6 +292,55 @@ def test_parse_console_collects_traces_and_lost_events():
     assert stages["fill"] == report.traces["r"]["fill"]
     assert stages["discard"] == [*stages["fill"], "f ffff888004a3c000"]
     assert stages["compact"] == [*stages["discard"], "c"]
+
+
+def test_init_script_with_samples_reads_them_back_under_the_byte_probes():
+    run = Run("r", "/images/r.img", "lz4", 8 * 4096, (), samples=(1, 6))
+    lines = init_script(["zram"], [run], trace=True).splitlines()
+    probes = [line for line in lines if "LZ4_decompress_safe" in line or "zstd_decompress_dctx" in line]
+    assert len(probes) == 4 and all("x64[64]" in line for line in probes)
+    reads = [i for i, line in enumerate(lines) if "iflag=direct" in line]
+    assert [lines[i].split()[4] for i in reads] == ["skip=1", "skip=6"]
+    assert lines.index("dump_trace r fill") < reads[0] < lines.index("dump_bytes r") < lines.index(
+        "dump_trace r discard"
+    )
+    # without samples there are no byte probes at all
+    plain = init_script(["zram"], [Run("r", "/images/r.img", "lz4", 8 * 4096, ())], trace=True)
+    assert "LZ4_decompress_safe" not in plain
+    with pytest.raises(ValueError, match="sampled page"):
+        Run("r", "/images/r.img", "lz4", 8 * 4096, (), samples=(8,))
+
+
+def test_parse_console_puts_each_object_together_from_its_two_parts():
+    head = [0x0706050403020100, 0x0F0E0D0C0B0A0908]
+    text = "\n".join(
+        [
+            f"{MARK} bytes r lz4d1 20  0x1  ",  # the second part may come first
+            f"{MARK} bytes r lz4d0 20  " + " ".join(hex(w) for w in head) + " 0x131211100f",
+            f"{MARK} bytes r zstdd0 3 0x636261",
+            f"{MARK} bytes r zstdd1 3 0x0",
+        ]
+    )
+    report = parse_console(text)
+    obj = bytes(range(16)) + bytes([0x0F, 0x10, 0x11, 0x12])
+    assert report.objects("r") == [obj, b"abc"]
+    assert report.objects("other") == []
+
+
+def test_sampled_pages_are_seeded_sorted_and_inside_the_device():
+    picks = sample_pages(100, 10, 3)
+    assert picks == sample_pages(100, 10, 3) and list(picks) == sorted(set(picks))
+    assert all(0 <= i < 100 for i in picks) and len(picks) == 10
+    assert sample_pages(5, 10, 3) == (0, 1, 2, 3, 4)
+
+
+def test_our_objects_leave_out_same_filled_and_huge_pages(tmp_path):
+    rng = random.Random(4)
+    pages = [bytes(4096), text_page(rng), rng.randbytes(4096), text_page(rng)]
+    image = tmp_path / "i.img"
+    image.write_bytes(b"".join(pages))
+    objects = our_objects(image, "lz4", "6.12", 8, range(4))
+    assert objects == [lz4_compress_fast(pages[1]), lz4_compress_fast(pages[3])]
 
 
 def test_replay_preset_follows_the_kernel_versions():

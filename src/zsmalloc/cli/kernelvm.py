@@ -4,7 +4,8 @@ Writes each image to the guest's zram with each algorithm, discards a seeded
 set of page runs, compacts, and reads mm_stat, io_stat and bd_stat after
 each stage; then runs ``zsmalloc stats`` on the same image and operations and
 prints, per mm_stat field and stage, the kernel's value, ours and the
-difference (io_stat and bd_stat in a line each).  Needs qemu-system-x86_64
+difference (io_stat and bd_stat in a line each, and the sampled pages'
+compressed objects, the kernel's against ours, byte for byte).  Needs qemu-system-x86_64
 and apt (the packages are downloaded into ``~/.cache/zsmalloc-kernel-vm``)::
 
     zsmalloc kernel-vm --kernel 6.12 --image-kind files --algorithm lz4 --algorithm zstd
@@ -36,6 +37,13 @@ from zsmalloc.kernelvm.harness import mm_stat_table, other_stats_summary
 )
 @click.option("--algorithm", "algorithms", multiple=True, help="repeatable; default: lz4 and zstd")
 @click.option("--pages", default=4096, show_default=True, type=click.IntRange(16, 65536), help="per image")
+@click.option(
+    "--samples",
+    default=64,
+    show_default=True,
+    type=click.IntRange(0, 4096),
+    help="pages per run read back with their compressed bytes captured, to compare byte for byte",
+)
 @click.option("--seed", default=1, show_default=True)
 @click.option("--timeout", default=900.0, show_default=True, type=click.FloatRange(1), help="seconds")
 @click.option("--json", "as_json", is_flag=True, help="print every row as JSON")
@@ -44,6 +52,7 @@ def kernel_vm(
     kinds: tuple[str, ...],
     algorithms: tuple[str, ...],
     pages: int,
+    samples: int,
     seed: int,
     timeout: float,
     as_json: bool,
@@ -55,6 +64,7 @@ def kernel_vm(
             kinds or sorted(IMAGE_KINDS),
             algorithms or ("lz4", "zstd"),
             pages=pages,
+            samples=samples,
             seed=seed,
             timeout=timeout,
             log=(lambda _m: None) if as_json else (lambda m: console.print(m, style="dim")),

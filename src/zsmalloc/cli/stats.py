@@ -85,6 +85,17 @@ def _comp_algorithm_line(selected: str) -> str:
     return " ".join(f"[{a}]" if a == selected else a for a in available_codecs())
 
 
+def _compressor(codec: str, libraries: dict[str, str]) -> str:
+    """What made the compressed bytes: a library and its version, or the kernel's own lz4."""
+    if codec == "lz4-kernel":
+        return "the kernel's lib/lz4 compressor (lz4-kernel)"
+    if codec in ("lz4", "lz4hc"):
+        return f"liblz4 {libraries['lz4']}"
+    if codec == "zstd":
+        return f"libzstd {libraries['zstd']}"
+    return "zlib" if codec == "deflate" else codec
+
+
 @main.command()
 @click.option(
     "--workload", type=click.Choice(sorted(PAGE_SOURCES)), default="kernel-build", show_default=True
@@ -167,6 +178,7 @@ def stats(
                 "comp_algorithm": algorithm,
                 "kernel": kernel,
                 "chain_size": dev.pool.chain_size,
+                "codec": dev.algorithm,
                 "libraries": libraries,
                 "discarded_share": discard,
                 "discard_ranges": discard_ranges,
@@ -191,8 +203,13 @@ def stats(
             console.print(text, end="", highlight=False)
         console.print(mm_stat_table(dev.mm_stat().to_dict()))
         preset = f"kernel {kernel} preset" if kernel else "no kernel preset"
-        made = ", ".join(f"lib{name} {version}" for name, version in libraries.items())
-        console.print(f"({preset}; compressed by {made})", highlight=False)
+        console.print(f"({preset}; compressed by {_compressor(dev.algorithm, libraries)})", highlight=False)
+        their_zstd = KERNELS[kernel].zstd_library if kernel else None
+        if dev.algorithm == "zstd" and their_zstd not in (None, libraries["zstd"]):
+            console.print(
+                f"(kernel {kernel}'s lib/zstd is {their_zstd}: its pages may compress a few bytes apart)",
+                highlight=False,
+            )
         console.print(
             Text.assemble(
                 ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"),

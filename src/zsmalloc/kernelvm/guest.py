@@ -14,6 +14,10 @@ numbers.  Every line meant for the host starts with ``@@ZSVM``::
     @@ZSVM stat <name> compact ...                   after echo 1 > compact
     @@ZSVM trace <name> fill m <handle> <size>       with kprobes: zs_malloc after the fill,
     @@ZSVM trace <name> discard f <handle>           zs_free after the discards
+    @@ZSVM bytes <name> <event> <len> <word>...      with samples: a sampled page read back
+                                                     after the fill, a part of the compressed
+                                                     object the kernel decompressed (64-bit
+                                                     words, hex; two events per object)
     @@ZSVM overrun <name> <stage> overrun: <n>       events the trace buffer lost (0)
     @@ZSVM error <what failed>                       (any step; the run goes on)
     @@ZSVM end                                       then poweroff -f
@@ -52,6 +56,8 @@ class Run:
     algorithm: str
     disksize: int
     discards: tuple[tuple[int, int], ...]
+    #: pages read back after the fill, with their compressed bytes captured (with ``trace``)
+    samples: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for text in (self.name, self.algorithm):
@@ -62,6 +68,8 @@ class Run:
         for first, count in self.discards:
             if first < 0 or count <= 0 or (first + count) * PAGE > self.disksize:
                 raise ValueError(f"discard of pages [{first}, {first + count}) is outside the device")
+        if any(not 0 <= i < self.disksize // PAGE for i in self.samples):
+            raise ValueError("a sampled page is outside the device")
 
 
 #: kprobe events (tracefs kprobe_events syntax, x86-64 registers): zs_malloc(pool, size) and its
@@ -71,12 +79,38 @@ KPROBES = (
     "r:zsmr zs_malloc ret=$retval:x64",
     "p:zsf zs_free handle=%si:x64",
 )
+#: the compressed object each decompression reads, whichever codec's: LZ4_decompress_safe(src,
+#: dst, src_len, cap) and zstd_decompress_dctx(dctx, dst, cap, src, src_len).  A probe fetches
+#: arrays of at most 64 elements and an event holds less than 3 KiB, so two probes on each
+#: function: words 0-319 and 320-447 (3584 bytes, past the largest object zram decompresses,
+#: below the huge class size of 3264 bytes and less).  What lies after the object is read too,
+#: and cut off on the host.
+CAPTURE_PARTS = ((0, 5), (5, 7))
+BYTE_EVENTS = tuple(f"{codec}{part}" for codec in ("lz4d", "zstdd") for part in range(len(CAPTURE_PARTS)))
+BYTE_PROBES = tuple(
+    f"p:{event}{part} {func} len={length}:u32 "
+    + " ".join(f"b{k}=+{512 * k}({src}):x64[64]" for k in range(first, last))
+    for event, func, src, length in (
+        ("lz4d", "LZ4_decompress_safe", "%di", "%dx"),
+        ("zstdd", "zstd_decompress_dctx", "%cx", "%r8"),
+    )
+    for part, (first, last) in enumerate(CAPTURE_PARTS)
+)
 TRACEFS = "/sys/kernel/tracing"
 # the trace buffer's zsm/zsmr/zsf events as replay lines ("m HANDLE SIZE", "f HANDLE"), one CPU
 _TRACE_AWK = (
     "/ zsm: / { for (i = 1; i <= NF; i++) if ($i ~ /^size=/) s = substr($i, 6) } "
     '/ zsmr: / { for (i = 1; i <= NF; i++) if ($i ~ /^ret=0x/) print p, "m", substr($i, 7), s } '
     '/ zsf: / { for (i = 1; i <= NF; i++) if ($i ~ /^handle=0x/) print p, "f", substr($i, 10) }'
+)
+# the byte probes' events as "EVENT LEN WORD...": the arrays' braces and commas become spaces
+_BYTES_AWK = (
+    '/ (lz4d|zstdd)[0-9]: / { w = ""; for (i = 1; i <= NF; i++) { '
+    "if ($i ~ /^(lz4d|zstdd)[0-9]:$/) e = substr($i, 1, length($i) - 1); "
+    "else if ($i ~ /^len=/) n = substr($i, 5); "
+    'else if ($i ~ /^b[0-9]+=\\{/) { v = substr($i, index($i, "{") + 1); gsub(/[},]/, " ", v); '
+    'w = w " " v } } '
+    "print p, e, n, w }"
 )
 
 
@@ -115,10 +149,21 @@ def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0", trac
             f"mount -t tracefs tracefs {t} || fail tracefs",
             f"echo 16384 > {t}/buffer_size_kb",
             *(f"echo '{k}' >> {t}/kprobe_events || fail kprobe {k.split()[0]}" for k in KPROBES),
+            *(
+                f"echo '{k}' >> {t}/kprobe_events || fail kprobe {k.split()[0]}"
+                for k in BYTE_PROBES
+                if any(run.samples for run in runs)
+            ),
             "dump_trace() {",
             f"  echo 0 > {t}/tracing_on",
             f'  echo "{MARK} overrun $1 $2 $(grep ^overrun: {t}/per_cpu/cpu0/stats)"',
             f"  awk -v p=\"{MARK} trace $1 $2\" '{_TRACE_AWK}' {t}/trace",
+            f"  echo > {t}/trace",
+            "}",
+            "dump_bytes() {",
+            f"  echo 0 > {t}/tracing_on",
+            f'  echo "{MARK} overrun $1 bytes $(grep ^overrun: {t}/per_cpu/cpu0/stats)"',
+            f"  awk -v p=\"{MARK} bytes $1\" '{_BYTES_AWK}' {t}/trace",
             f"  echo > {t}/trace",
             "}",
         ]
@@ -141,7 +186,24 @@ def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0", trac
             f"stat_all {run.name} fill",
         ]
         if trace:
-            lines += [f"dump_trace {run.name} fill", f"echo 1 > {TRACEFS}/tracing_on"]
+            lines += [f"dump_trace {run.name} fill"]
+        if trace and run.samples:
+            kp = f"{TRACEFS}/events/kprobes"
+            lines += [
+                f"echo 0 > {kp}/enable",
+                *(f"echo 1 > {kp}/{e}/enable || fail {run.name} {e}" for e in BYTE_EVENTS),
+                f"echo 1 > {TRACEFS}/tracing_on",
+                *(
+                    f"dd if=/dev/{dev} of=/dev/null bs={PAGE} skip={i} count=1 iflag=direct 2>/dev/null"
+                    f" || fail {run.name} read {i}"
+                    for i in run.samples
+                ),
+                f"dump_bytes {run.name}",
+                f"echo 0 > {kp}/enable",
+                *(f"echo 1 > {kp}/{e}/enable || fail {run.name} {e}" for e in ("zsm", "zsmr", "zsf")),
+            ]
+        if trace:
+            lines += [f"echo 1 > {TRACEFS}/tracing_on"]
         lines += [
             f"blkdiscard -o {first * PAGE} -l {count * PAGE} /dev/{dev} || fail {run.name} blkdiscard {first}"
             for first, count in run.discards
@@ -168,6 +230,17 @@ class ConsoleReport:
     errors: list[str] = field(default_factory=list)
     #: run -> stage -> the pool's operations in that stage, as replay trace lines ("m ID SIZE", "f ID")
     traces: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: run -> event -> (length, the words' bytes) of each decompression, in the order they ran
+    captures: dict[str, dict[str, list[tuple[int, bytes]]]] = field(default_factory=dict)
+
+    def objects(self, run: str) -> list[bytes]:
+        """The compressed objects the kernel decompressed in ``run``, each put together from its parts."""
+        objects = []
+        for codec in ("lz4d", "zstdd"):
+            parts = [self.captures.get(run, {}).get(f"{codec}{p}", []) for p in range(len(CAPTURE_PARTS))]
+            for pieces in zip(*parts, strict=False):
+                objects.append(b"".join(data for _, data in pieces)[: pieces[0][0]])
+        return objects
 
     def missing(self, runs: list[str]) -> list[str]:
         """Every (run, stage, file) of ``runs`` whose fields were not all read: empty when complete."""
@@ -201,6 +274,9 @@ def parse_console(text: str) -> ConsoleReport:
             report.errors.append(" ".join(rest))
         elif kind == "trace" and len(rest) >= 4 and rest[1] in STAGES:
             report.traces.setdefault(rest[0], {}).setdefault(rest[1], []).append(" ".join(rest[2:]))
+        elif kind == "bytes" and len(rest) >= 3 and rest[2].isdigit():
+            data = b"".join(int(w, 16).to_bytes(8, "little") for w in rest[3:])
+            report.captures.setdefault(rest[0], {}).setdefault(rest[1], []).append((int(rest[2]), data))
         elif kind == "overrun" and len(rest) >= 4 and rest[-1] != "0":
             report.errors.append(f"{rest[0]}/{rest[1]}: the trace buffer lost {rest[-1]} events")
         elif kind == "stat" and len(rest) >= 3:

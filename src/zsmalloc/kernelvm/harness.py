@@ -10,7 +10,7 @@
                      /images/*.img                 disksize, dd, blkdiscard..., compact,
     boot(): qemu, console on stdout         <--    cat mm_stat io_stat bd_stat at each stage
     guest.parse_console -> kernel figures
-    our_stats(): zsmalloc stats --image IMG --algorithm ALG --chain-size N
+    our_stats(): zsmalloc stats --image IMG --algorithm ALG --kernel SERIES
                  [--discard-ranges R] [--compact] --json, once per stage
     compare() -> Row per (run, stage, file, field): kernel, ours, difference
 
@@ -44,6 +44,8 @@ from zsmalloc.kernelvm import debian
 from zsmalloc.kernelvm.cpio import CpioWriter
 from zsmalloc.kernelvm.guest import PAGE, STAGES, STAT_FIELDS, ConsoleReport, Run, init_script, parse_console
 from zsmalloc.workloads import file_pages, mix_pages
+from zsmalloc.zram import ZramDevice
+from zsmalloc.zram.kernels import KERNELS
 
 #: image kind -> a page source (n, seed)
 IMAGE_KINDS: dict[str, Callable[[int, int], Iterator[bytes]]] = {
@@ -147,13 +149,23 @@ def boot(
 
 
 def our_stats(
-    image: Path, algorithm: str, chain_size: int, ranges: Iterable[tuple[int, int]], stage: str
+    image: Path,
+    algorithm: str,
+    series: str,
+    chain_size: int,
+    ranges: Iterable[tuple[int, int]],
+    stage: str,
 ) -> dict[str, dict[str, int]]:
-    """``zsmalloc stats --json`` for ``image`` at ``stage``: its mm_stat, io_stat and bd_stat."""
+    """``zsmalloc stats --json`` for ``image`` at ``stage``: its mm_stat, io_stat and bd_stat.
+
+    With the kernel ``series``' preset where there is one (``--kernel``),
+    else with its chain size alone.
+    """
     cmd = [
         sys.executable, "-c", "from zsmalloc.cli import main; main(prog_name='zsmalloc')",
-        "stats", "--image", str(image), "--algorithm", algorithm, "--chain-size", str(chain_size), "--json",
+        "stats", "--image", str(image), "--algorithm", algorithm, "--json",
     ]  # fmt: skip
+    cmd += ["--kernel", series] if series in KERNELS else ["--chain-size", str(chain_size)]
     spec = ",".join(f"{first}:{count}" for first, count in ranges)
     if stage in ("discard", "compact") and spec:
         cmd += ["--discard-ranges", spec]
@@ -164,6 +176,40 @@ def our_stats(
         raise RuntimeError(f"zsmalloc stats failed ({done.returncode}): {done.stderr.strip()[-800:]}")
     out = json.loads(done.stdout)
     return {f: out[f] for f in STAT_FIELDS}
+
+
+def sample_pages(n_pages: int, count: int, seed: int) -> tuple[int, ...]:
+    """``count`` seeded page indexes of a device of ``n_pages``, in increasing order."""
+    return tuple(sorted(random.Random(seed).sample(range(n_pages), min(count, n_pages))))
+
+
+def our_objects(
+    image: Path, algorithm: str, series: str, chain_size: int, samples: Iterable[int]
+) -> list[bytes]:
+    """The objects our device stores for the sampled pages that the kernel would decompress.
+
+    Each page goes into a device configured as ``zsmalloc stats`` configures
+    it; same-filled and huge pages, which are not stored compressed, are
+    left out, as the kernel's decompressor never sees them.
+    """
+    preset = series in KERNELS
+    objects = []
+    with (
+        image.open("rb") as f,
+        ZramDevice(
+            PAGE,
+            algorithm=algorithm,
+            kernel=series if preset else None,
+            chain_size=None if preset else chain_size,
+        ) as dev,
+    ):
+        for index in samples:
+            f.seek(index * PAGE)
+            dev.write_page(0, f.read(PAGE).ljust(PAGE, b"\0"))
+            info = dev.slot_info(0)
+            if info.size and not info.huge:
+                objects.append(dev.pool.read(info.handle, info.size))
+    return objects
 
 
 #: the figures compared when our pool is fed the kernel's own object sizes (the replay rows)
@@ -280,6 +326,7 @@ def run_comparison(
     seed: int = 1,
     timeout: float = 900,
     trace: bool = True,
+    samples: int = 0,
     workdir: Path | None = None,
     images: dict[str, Path] | None = None,
     log: Callable[[str], None] = lambda _msg: None,
@@ -289,7 +336,12 @@ def run_comparison(
     With ``trace``, kprobes record the kernel's zs_malloc sizes and zs_free
     calls, and ``zsmalloc replay`` runs them on our pool with the kernel's
     chain size, class rule and compaction policy: rows of file ``replay``,
-    independent of the codec.  ``images`` (kind -> file) are used as they are instead of being made, so
+    independent of the codec.  With ``samples`` (and ``trace``), that many
+    seeded pages of each run are read back after the fill while kprobes
+    capture the objects the kernel decompresses: rows of file ``objects``,
+    how many it decompressed against how many we store compressed
+    (``count``) and how many of ours are byte-identical to its (``identical``).
+    ``images`` (kind -> file) are used as they are instead of being made, so
     that several kernels see the same bytes (the ``files`` kind reads this
     machine's libraries, which change when packages are installed).
     """
@@ -317,6 +369,7 @@ def run_comparison(
                 alg,
                 n_pages[kind] * PAGE,
                 discard_ranges(n_pages[kind], seed),
+                sample_pages(n_pages[kind], samples, seed) if trace else (),
             )
             for kind in kinds
             for alg in algorithms
@@ -348,7 +401,12 @@ def run_comparison(
         ours = {
             name: {
                 stage: our_stats(
-                    images[name.rsplit("-", 1)[0]], run.algorithm, kernel.chain_size(), run.discards, stage
+                    images[name.rsplit("-", 1)[0]],
+                    run.algorithm,
+                    series,
+                    kernel.chain_size(),
+                    run.discards,
+                    stage,
                 )
                 for stage in STAGES
             }
@@ -374,6 +432,17 @@ def run_comparison(
                         Row(kind, run.algorithm, stage, "replay", f, theirs[f], mine[f])
                         for f in REPLAY_FIELDS
                     ]
+        for name, run in runs.items():
+            if not run.samples:
+                continue
+            kind = name.rsplit("-", 1)[0]
+            captured = report.objects(name)
+            stored = our_objects(images[kind], run.algorithm, series, kernel.chain_size(), run.samples)
+            same = sum(a == b for a, b in zip(captured, stored, strict=False))
+            rows += [
+                Row(kind, run.algorithm, "fill", "objects", "count", len(captured), len(stored)),
+                Row(kind, run.algorithm, "fill", "objects", "identical", len(captured), same),
+            ]
         comparison = Comparison(
             kernel.package,
             report.release or kernel.release,
@@ -414,8 +483,10 @@ def mm_stat_table(comparison: Comparison) -> list[list[str]]:
 def other_stats_summary(comparison: Comparison) -> list[str]:
     """io_stat and bd_stat in one line each per run: equal everywhere, or the differing fields."""
     lines = []
-    for stat_file in ("io_stat", "bd_stat"):
+    for stat_file in ("io_stat", "bd_stat", "objects"):
         rows = [r for r in comparison.rows if r.file == stat_file]
+        if not rows:
+            continue
         bad = [r for r in rows if r.diff]
         if not bad:
             notify = {r.kernel for r in rows if r.field == "notify_free" and r.stage != "fill"}

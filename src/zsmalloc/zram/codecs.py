@@ -11,6 +11,12 @@ Registered names (the kernel's ``comp_algorithm`` names):
     The LZ4 *block* format with no size prefix, as the kernel stores it:
     ``lz4.block.compress(page, store_size=False)``, decompressed with
     ``uncompressed_size=4096``.  Thread-safe module functions.
+``lz4-kernel``
+    The same block format, compressed as the kernel's lib/lz4 compresses
+    (:mod:`zsmalloc.zram.lz4_kernel`): the bytes zram stores on a little-endian
+    kernel, where liblz4 1.9 makes other blocks.  Pure Python here (the
+    model; a few milliseconds a page), decompressed by python-lz4.  Level > 1
+    is the acceleration, as for ``lz4``.
 ``lz4hc``
     LZ4's high-compression mode, same block format (level 1..12, default 9).
 ``zstd``
@@ -45,6 +51,8 @@ from functools import partial
 
 import lz4.block
 import zstandard
+
+from zsmalloc.zram.lz4_kernel import lz4_compress_fast
 
 PAGE_SIZE = 4096
 
@@ -125,6 +133,17 @@ def _lz4(level: int | None, dictionary: bytes | None) -> Codec:
     )
 
 
+def _lz4_kernel(level: int | None, dictionary: bytes | None) -> Codec:
+    _no_dictionary("lz4-kernel", dictionary)
+    return Codec(
+        "lz4-kernel",
+        partial(lz4_compress_fast, acceleration=1 if level is None else level),
+        partial(lz4.block.decompress, uncompressed_size=PAGE_SIZE),
+        level,
+        (lz4.block.LZ4BlockError, ValueError),
+    )
+
+
 def _lz4hc(level: int | None, dictionary: bytes | None) -> Codec:
     _no_dictionary("lz4hc", dictionary)
     level = 9 if level is None else level
@@ -180,7 +199,14 @@ def _zstd(level: int | None, dictionary: bytes | None, frame: str = "magicless")
             dctx = _local.dctx
         except AttributeError:
             dctx = _local.dctx = zstandard.ZstdDecompressor(dict_data=zdict, format=fmt)
-        return dctx.decompress(data, max_output_size=PAGE_SIZE)
+        if standard:
+            return dctx.decompress(data, max_output_size=PAGE_SIZE)
+        # a magicless frame names no content size, which ZstdDecompressor.decompress
+        # wants (python-zstandard 0.22); a decompressobj reads up to the frame's end
+        page = dctx.decompressobj().decompress(data)
+        if len(page) != PAGE_SIZE:
+            raise ValueError(f"a zstd frame of {len(page)} bytes, not a page")
+        return page
 
     return Codec("zstd", compress, decompress, level, (zstandard.ZstdError, ValueError))
 
@@ -207,6 +233,7 @@ register_codec("lz4", _lz4)
 register_codec("lz4hc", _lz4hc)
 register_codec("zstd", _zstd)
 register_codec("deflate", _deflate)
+register_codec("lz4-kernel", _lz4_kernel)
 
 
 # ----------------------------------------------------------------------

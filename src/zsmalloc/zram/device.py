@@ -133,7 +133,7 @@ from zsmalloc.zram.errors import (
     ZramFullError,
     ZramIOError,
 )
-from zsmalloc.zram.kernels import apply_kernel
+from zsmalloc.zram.kernels import apply_kernel, preset_algorithm
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -214,8 +214,8 @@ class ZramDevice(DeviceText):
         # algorithms by priority: 0 is the primary one (zram->comps[])
         secondary = secondary_algorithms(recompress_algorithm)
         setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
-        self._codecs: list[Codec] = [_resolve_codec(algorithm, setup.params)]
-        self._codecs += [_resolve_codec(spec) for spec in secondary]
+        self._codecs: list[Codec] = [_resolve_codec(setup.algorithm, setup.params)]
+        self._codecs += [_resolve_codec(preset_algorithm(kernel, spec)) for spec in secondary]
         self._compress = self._codecs[0].compress
 
         self._own_pool = pool is None

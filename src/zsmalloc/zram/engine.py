@@ -40,13 +40,13 @@ from zsmalloc.zram.common import (
     slot_info,
 )
 from zsmalloc.zram.common import algorithm_params as check_algorithm_params
-from zsmalloc.zram.kernels import apply_kernel
+from zsmalloc.zram.kernels import apply_kernel, preset_algorithm
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 #: bytes of slot table per page of disksize (struct zram_table_entry: a handle word, a flags word)
 SLOT_BYTES = 16
 #: the algorithms the engine runs
-ALGORITHMS = ("lz4", "lz4hc", "zstd", "deflate")
+ALGORITHMS = ("lz4", "lz4-kernel", "lz4hc", "zstd", "deflate")
 
 
 def _algorithm_name(spec: Any, what: str) -> str:
@@ -102,11 +102,11 @@ class ZramDevice(DeviceText):
         kernel: str | None = None,
     ) -> None:
         check_device_args(disksize, mem_limit, backing_file, backing_blocks)
-        primary = _algorithm_name(algorithm, "its algorithm")
         setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
+        primary = _algorithm_name(setup.algorithm, "its algorithm")
         level, dictionary, frame = check_algorithm_params(setup.params)
         secondary = [
-            (_algorithm_name(a, "recompression algorithms"), None)
+            (_algorithm_name(preset_algorithm(kernel, a), "recompression algorithms"), None)
             for a in secondary_algorithms(recompress_algorithm)
         ]
         if pool is not None and not isinstance(pool, _engine.Pool):

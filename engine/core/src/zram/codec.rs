@@ -5,6 +5,7 @@
 //! | name      | library (crate)                 | stored form                                    |
 //! |-----------|---------------------------------|------------------------------------------------|
 //! | `lz4`     | liblz4 (`lz4-sys`)              | an LZ4 block, no size prefix; level > 1 is the acceleration |
+//! | `lz4-kernel` | the kernel's lib/lz4 compressor ([`lz4_kernel`](super::lz4_kernel)) | the same block, the kernel's bytes; decoded by liblz4 |
 //! | `lz4hc`   | liblz4's HC mode (`lz4-sys`)    | the same block format, levels 1..12 (9)        |
 //! | `zstd`    | libzstd (`zstd-safe`)           | a frame as [`ZstdFrame`] says; levels 1..22 (3); an optional dictionary |
 //! | `deflate` | zlib (`flate2` over `libz-sys`) | raw deflate, levels 0..9 (6)                   |
@@ -35,6 +36,7 @@ use std::str::FromStr;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat, Strategy};
 
+use super::lz4_kernel::{self, HashTable};
 use crate::lz4::{
     LZ4_compress_HC_extStateHC, LZ4_compress_fast_extState, LZ4_sizeofState, LZ4_sizeofStateHC,
     LZ4_versionNumber,
@@ -50,17 +52,20 @@ pub const COMPRESS_BOUND: usize = PAGE_SIZE + 512;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Algorithm {
     Lz4,
+    Lz4Kernel,
     Lz4hc,
     Zstd,
     Deflate,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [Algorithm::Lz4, Algorithm::Lz4hc, Algorithm::Zstd, Algorithm::Deflate];
+    pub const ALL: [Algorithm; 5] =
+        [Algorithm::Lz4, Algorithm::Lz4Kernel, Algorithm::Lz4hc, Algorithm::Zstd, Algorithm::Deflate];
 
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Lz4 => "lz4",
+            Algorithm::Lz4Kernel => "lz4-kernel",
             Algorithm::Lz4hc => "lz4hc",
             Algorithm::Zstd => "zstd",
             Algorithm::Deflate => "deflate",
@@ -150,6 +155,7 @@ impl Lz4State {
 /// One thread's working memory for one codec.
 enum Context {
     Lz4(Lz4State),
+    Lz4Kernel(HashTable),
     Lz4hc(Lz4State),
     Zstd(Box<(CCtx<'static>, DCtx<'static>)>),
     Deflate(Box<(Compress, Decompress)>),
@@ -200,7 +206,7 @@ impl Codec {
             Ok(Some(level))
         };
         let level = match spec.algorithm {
-            Algorithm::Lz4 => spec.level.filter(|&l| l > 1),
+            Algorithm::Lz4 | Algorithm::Lz4Kernel => spec.level.filter(|&l| l > 1),
             Algorithm::Lz4hc => in_range(9, 1, 12)?,
             Algorithm::Zstd => in_range(3, 1, zstd_safe::max_c_level())?,
             Algorithm::Deflate => in_range(6, 0, 9)?,
@@ -222,6 +228,7 @@ impl Codec {
         Ok(match self.algorithm {
             // SAFETY: plain size queries of liblz4
             Algorithm::Lz4 => Context::Lz4(Lz4State::new(unsafe { LZ4_sizeofState() })),
+            Algorithm::Lz4Kernel => Context::Lz4Kernel(HashTable::default()),
             // SAFETY: as above
             Algorithm::Lz4hc => Context::Lz4hc(Lz4State::new(unsafe { LZ4_sizeofStateHC() })),
             Algorithm::Zstd => Context::Zstd(Box::new(self.zstd_contexts()?)),
@@ -317,6 +324,12 @@ impl Codec {
                     ) as usize
                 }
             }
+            // the kernel compresses without a limit (zram gives it two pages
+            // of room) and zram then compares the length with its own
+            Context::Lz4Kernel(table) => {
+                let accel = self.level.unwrap_or(1) as u32;
+                lz4_kernel::lz4_compress_fast(page, &mut out[..], table, accel)
+            }
             Context::Lz4hc(state) => {
                 // SAFETY: as above, with an LZ4_sizeofStateHC() state, which
                 // LZ4_compress_HC_extStateHC initialises itself
@@ -349,7 +362,7 @@ impl Codec {
         debug_assert_eq!(page.len(), PAGE_SIZE);
         let name = self.algorithm.name();
         let n = self.with_context(|ctx| match ctx {
-            Context::Lz4(_) | Context::Lz4hc(_) => {
+            Context::Lz4(_) | Context::Lz4Kernel(_) | Context::Lz4hc(_) => {
                 // SAFETY: src and page are valid for the lengths given;
                 // LZ4_decompress_safe never reads or writes past them
                 let n = unsafe {
@@ -480,7 +493,7 @@ mod tests {
         assert!(crypto(5).is_err());
         assert!(crypto(3).is_ok());
         assert_eq!(ZstdFrame::from_name("page"), Some(ZstdFrame::Page));
-        assert_eq!(library_versions(), ("1.9.4".to_string(), "1.5.7".to_string()));
+        assert_eq!(library_versions(), ("1.9.4".to_string(), "1.5.5".to_string()));
         assert_eq!(ZstdFrame::from_name("kernel"), None);
     }
 }

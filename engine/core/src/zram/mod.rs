@@ -44,6 +44,7 @@
 
 pub mod backing;
 pub mod codec;
+pub mod lz4_kernel;
 pub mod zram_drv;
 
 pub use codec::{library_versions, Algorithm, Codec, CodecSpec, ZstdFrame, COMPRESS_BOUND, PAGE_SIZE};
