@@ -298,11 +298,14 @@ def test_init_script_with_samples_reads_them_back_under_the_byte_probes():
     run = Run("r", "/images/r.img", "lz4", 8 * 4096, (), samples=(1, 6))
     lines = init_script(["zram"], [run], trace=True).splitlines()
     probes = [line for line in lines if "LZ4_decompress_safe" in line or "zstd_decompress_dctx" in line]
-    assert len(probes) == 4 and all("x64[64]" in line for line in probes)
+    assert len(probes) == 8 and all("x64[64]" in line for line in probes)
     reads = [i for i, line in enumerate(lines) if "iflag=direct" in line]
     assert [lines[i].split()[4] for i in reads] == ["skip=1", "skip=6"]
-    assert lines.index("dump_trace r fill") < reads[0] < lines.index("dump_bytes r") < lines.index(
-        "dump_trace r discard"
+    assert (
+        lines.index("dump_trace r fill")
+        < reads[0]
+        < lines.index("dump_bytes r")
+        < lines.index("dump_trace r discard")
     )
     # without samples there are no byte probes at all
     plain = init_script(["zram"], [Run("r", "/images/r.img", "lz4", 8 * 4096, ())], trace=True)
@@ -311,20 +314,23 @@ def test_init_script_with_samples_reads_them_back_under_the_byte_probes():
         Run("r", "/images/r.img", "lz4", 8 * 4096, (), samples=(8,))
 
 
-def test_parse_console_puts_each_object_together_from_its_two_parts():
+def test_parse_console_puts_each_object_together_from_its_parts():
     head = [0x0706050403020100, 0x0F0E0D0C0B0A0908]
     text = "\n".join(
         [
-            f"{MARK} bytes r lz4d1 20  0x1  ",  # the second part may come first
+            f"{MARK} bytes r lz4d1 20  0x1  ",  # the parts may come in any order
             f"{MARK} bytes r lz4d0 20  " + " ".join(hex(w) for w in head) + " 0x131211100f",
-            f"{MARK} bytes r zstdd0 3 0x636261",
-            f"{MARK} bytes r zstdd1 3 0x0",
+            f"{MARK} bytes r lz4d3 20 0x0",
+            f"{MARK} bytes r lz4d2 20 0x0",
+            *(f"{MARK} bytes r zstdd{p} 3 {'0x636261' if p == 0 else '0x0'}" for p in range(4)),
+            f"{MARK} bytes q lz4d0 9 0x12 [LINE TOO BIG]",
         ]
     )
     report = parse_console(text)
     obj = bytes(range(16)) + bytes([0x0F, 0x10, 0x11, 0x12])
     assert report.objects("r") == [obj, b"abc"]
-    assert report.objects("other") == []
+    assert report.objects("other") == [] and report.objects("q") == []
+    assert report.errors == [f"q: an unreadable capture of lz4d0: {MARK} bytes q lz4d0 9 0x12 [LINE TOO BIG]"]
 
 
 def test_sampled_pages_are_seeded_sorted_and_inside_the_device():

@@ -17,7 +17,7 @@ numbers.  Every line meant for the host starts with ``@@ZSVM``::
     @@ZSVM bytes <name> <event> <len> <word>...      with samples: a sampled page read back
                                                      after the fill, a part of the compressed
                                                      object the kernel decompressed (64-bit
-                                                     words, hex; two events per object)
+                                                     words, hex; four events per object)
     @@ZSVM overrun <name> <stage> overrun: <n>       events the trace buffer lost (0)
     @@ZSVM error <what failed>                       (any step; the run goes on)
     @@ZSVM end                                       then poweroff -f
@@ -81,11 +81,11 @@ KPROBES = (
 )
 #: the compressed object each decompression reads, whichever codec's: LZ4_decompress_safe(src,
 #: dst, src_len, cap) and zstd_decompress_dctx(dctx, dst, cap, src, src_len).  A probe fetches
-#: arrays of at most 64 elements and an event holds less than 3 KiB, so two probes on each
-#: function: words 0-319 and 320-447 (3584 bytes, past the largest object zram decompresses,
-#: below the huge class size of 3264 bytes and less).  What lies after the object is read too,
-#: and cut off on the host.
-CAPTURE_PARTS = ((0, 5), (5, 7))
+#: arrays of at most 64 elements, an event holds less than 3 KiB, and 6.1 prints at most a
+#: page of text a line, so four probes on each function of at most two arrays: words 0-447
+#: (3584 bytes, past the largest object zram decompresses, below the huge class size of 3264
+#: bytes and less).  What lies after the object is read too, and cut off on the host.
+CAPTURE_PARTS = ((0, 2), (2, 4), (4, 6), (6, 7))
 BYTE_EVENTS = tuple(f"{codec}{part}" for codec in ("lz4d", "zstdd") for part in range(len(CAPTURE_PARTS)))
 BYTE_PROBES = tuple(
     f"p:{event}{part} {func} len={length}:u32 "
@@ -275,7 +275,11 @@ def parse_console(text: str) -> ConsoleReport:
         elif kind == "trace" and len(rest) >= 4 and rest[1] in STAGES:
             report.traces.setdefault(rest[0], {}).setdefault(rest[1], []).append(" ".join(rest[2:]))
         elif kind == "bytes" and len(rest) >= 3 and rest[2].isdigit():
-            data = b"".join(int(w, 16).to_bytes(8, "little") for w in rest[3:])
+            try:
+                data = b"".join(int(w, 16).to_bytes(8, "little") for w in rest[3:])
+            except (ValueError, OverflowError):
+                report.errors.append(f"{rest[0]}: an unreadable capture of {rest[1]}: {line[at:][:120]}")
+                continue
             report.captures.setdefault(rest[0], {}).setdefault(rest[1], []).append((int(rest[2]), data))
         elif kind == "overrun" and len(rest) >= 4 and rest[-1] != "0":
             report.errors.append(f"{rest[0]}/{rest[1]}: the trace buffer lost {rest[-1]} events")
