@@ -21,7 +21,7 @@ use zsmalloc_core::pool::{Pool, PoolConfig};
 use zsmalloc_core::zram::{CodecSpec, Zram, ZramConfig, ZramError, PAGE_SIZE};
 
 use crate::config::{Config, HELP};
-use crate::extents::{extents, is_hole, MAX_EXTENTS, MAX_SCAN};
+use crate::extents::{extents, is_hole, MAX_EXTENTS, MAX_SCAN, MIN_HOLE};
 use crate::stats::{Counters, Op, StatsDir};
 use crate::watchdog::{close_all_connections, Watchdog};
 
@@ -520,6 +520,7 @@ impl Server for Handle {
                 flags.contains(Flags::REQ_ONE),
                 MAX_EXTENTS,
                 MAX_SCAN,
+                MIN_HOLE,
                 |i| is_hole(zram.page_state(i)),
             );
             for e in list {

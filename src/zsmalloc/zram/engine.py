@@ -46,7 +46,7 @@ from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 #: bytes of slot table per page of disksize (struct zram_table_entry: a handle word, a flags word)
 SLOT_BYTES = 16
 #: the algorithms the engine runs
-ALGORITHMS = ("lz4", "lz4-kernel", "lz4hc", "zstd", "deflate")
+ALGORITHMS = ("lz4", "lz4hc", "zstd", "deflate", "lz4-kernel")
 
 
 def _algorithm_name(spec: Any, what: str) -> str:

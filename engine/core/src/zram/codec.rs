@@ -59,8 +59,9 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// in the order `comp_algorithm` lists them: the kernel's names, then `lz4-kernel`
     pub const ALL: [Algorithm; 5] =
-        [Algorithm::Lz4, Algorithm::Lz4Kernel, Algorithm::Lz4hc, Algorithm::Zstd, Algorithm::Deflate];
+        [Algorithm::Lz4, Algorithm::Lz4hc, Algorithm::Zstd, Algorithm::Deflate, Algorithm::Lz4Kernel];
 
     pub fn name(self) -> &'static str {
         match self {
