@@ -35,6 +35,16 @@ def test_demo_json_reports_an_intact_device_and_the_peer(tmp_path):
     assert png.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_demo_takes_a_kernel_preset():
+    out = json.loads(run("demo", "--pages", "300", "--no-png", "--kernel", "6.12", "--json"))
+    assert (out["kernel"], out["chain_size"]) == ("6.12", 8)
+    assert out["device"]["pages_corrupt"] == 0
+    refused = CliRunner().invoke(
+        main, ["demo", "--pages", "64", "--no-png", "--kernel", "6.12", "--chain-size", "4"]
+    )
+    assert refused.exit_code == 2 and "chain size 8" in refused.output
+
+
 def test_demo_text_prints_the_kernel_files(tmp_path):
     out = run("demo", "--pages", "400", "--no-png", "--workload", "android-zstd")
     assert "/sys/kernel/debug/zsmalloc/zram0/classes" in out

@@ -50,7 +50,7 @@ from zsmalloc.cli.stats import mm_stat_table
 from zsmalloc.mm import BackgroundMigration
 from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
-from zsmalloc.zram import ZramDevice
+from zsmalloc.zram import KERNELS, ZramDevice
 from zsmalloc.zram.codecs import available_codecs
 
 PAGE = 4096
@@ -98,7 +98,8 @@ def _run_device(
     rewrites: list[int],
     discards: list[int],
     algorithm: str,
-    chain_size: int,
+    chain_size: int | None,
+    kernel: str | None,
     seed: int,
     quiet: bool,
 ) -> dict:
@@ -106,7 +107,10 @@ def _run_device(
     expected = list(pages)
     gc.collect()
     rss0 = rss()
-    dev = ZramDevice(n * PAGE, algorithm=algorithm, chain_size=chain_size, name="zram0")
+    try:
+        dev = ZramDevice(n * PAGE, algorithm=algorithm, chain_size=chain_size, name="zram0", kernel=kernel)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     write, read = dev.write_page, dev.read_page
     with progress_bars(quiet) as progress:
         task = progress.add_task(f"fill ({algorithm})", total=n)
@@ -163,6 +167,7 @@ def _run_device(
     dev.check()
     report = {
         "disksize": dev.disksize,
+        "chain_size": dev.pool.chain_size,
         "write_seconds": t_write,
         "read_seconds": t_read,
         "churn_seconds": t_churn,
@@ -241,7 +246,14 @@ def _generate(source: Callable, n: int, seed: int, label: str, quiet: bool) -> l
 )
 @click.option("--pages", "n_pages", default=32768, show_default=True, type=click.IntRange(16), help="pages")
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
-@click.option("--chain-size", default=8, show_default=True, type=click.IntRange(4, 16))
+@click.option(
+    "--chain-size", type=click.IntRange(4, 16), help="zspage chain size (default: 8, or the kernel's)"
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(list(KERNELS)),
+    help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
+)
 @click.option("--rewrite", default=0.3, show_default=True, type=SHARE, help="share rewritten")
 @click.option("--discard", default=0.4, show_default=True, type=SHARE, help="share discarded")
 @click.option("--seed", default=1, show_default=True)
@@ -258,7 +270,8 @@ def demo(
     workload: str,
     n_pages: int,
     algorithm: str,
-    chain_size: int,
+    chain_size: int | None,
+    kernel: str | None,
     rewrite: float,
     discard: float,
     seed: int,
@@ -271,13 +284,14 @@ def demo(
     pages = _generate(source, n_pages, seed, f"pages ({workload})", as_json)
     rewrites, discards = _plan_churn(n_pages, rewrite, discard, seed)
     new_pages = _generate(source, len(rewrites), seed + 1000, "pages for the rewrites", as_json)
-    dev = _run_device(pages, new_pages, rewrites, discards, algorithm, chain_size, seed, as_json)
+    dev = _run_device(pages, new_pages, rewrites, discards, algorithm, chain_size, kernel, seed, as_json)
     peer = _run_peer(pages, new_pages, rewrites, discards)
     figures = {
         "workload": workload,
         "pages": n_pages,
         "algorithm": algorithm,
-        "chain_size": chain_size,
+        "kernel": kernel,
+        "chain_size": dev["chain_size"],
         "rewrite_share": rewrite,
         "discard_share": discard,
         "seed": seed,
@@ -302,7 +316,8 @@ def demo(
 
 
 def _title(f: dict) -> str:
-    return f"zram0: {f['pages']:,} pages of {f['workload']}, {f['algorithm']}, chain {f['chain_size']}"
+    kernel = f", kernel {f['kernel']} preset" if f["kernel"] else ""
+    return f"zram0: {f['pages']:,} pages of {f['workload']}, {f['algorithm']}, chain {f['chain_size']}{kernel}"
 
 
 def _mbs(pages: int, seconds: float) -> str:
