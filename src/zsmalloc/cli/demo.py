@@ -317,7 +317,8 @@ def demo(
 
 def _title(f: dict) -> str:
     kernel = f", kernel {f['kernel']} preset" if f["kernel"] else ""
-    return f"zram0: {f['pages']:,} pages of {f['workload']}, {f['algorithm']}, chain {f['chain_size']}{kernel}"
+    shape = f"{f['algorithm']}, chain {f['chain_size']}{kernel}"
+    return f"zram0: {f['pages']:,} pages of {f['workload']}, {shape}"
 
 
 def _mbs(pages: int, seconds: float) -> str:
