@@ -2,13 +2,15 @@
 
 What it measures
 ----------------
-``pool.compact("ratio")`` (6.4 and later: destination from the fullest
-partial group, source from the emptiest, over ten fullness groups) against
-``pool.compact("legacy")`` (before the 2023 rework: two lists, "almost empty"
-and "almost full"), on the same churned pool: filled with a mix (fixed seed),
-a random fraction of its objects freed (fixed seed, random order), deferred
-frees run.  The pool is built twice from the same seed, in two fresh
-subprocesses, one per policy, so both start from the identical state.
+``pool.compact()`` on a pool of ``fullness="ratio"`` (6.4 and later:
+destination from the fullest partial group, source from the emptiest, over
+ten fullness groups) against one of ``fullness="legacy"`` (6.1: two lists,
+"almost empty" and "almost full", and 6.1's compaction loop), churned alike:
+filled with a mix (fixed seed), a random fraction of its objects freed
+(fixed seed, random order), deferred frees run.  The pool is built twice
+from the same seed, in two fresh subprocesses, one per grouping; the two
+groupings place objects in other zspages, so the states differ as the two
+kernels' would.
 Reported per configuration: pages freed, objects moved (``pool.objs_compacted``),
 objects moved per page freed, the reduction of that figure in % for
 "ratio" against "legacy" (the 2023 kernel rework reported 34% fewer moves),
@@ -56,11 +58,11 @@ SWEEP = (
 
 def worker(mix: str, n: int, free_fraction: float, policy: str) -> dict:
     inp = bench_churn.Inputs(mix, n, SEED, free_fraction)
-    pool, handles, _, _ = bench_churn.build_churned(inp)
+    pool, handles, _, _ = bench_churn.build_churned(inp, fullness=policy)
     freeable = pool.shrinker_count()
     pages_before = pool.total_pages
     t0 = time.perf_counter()
-    freed = pool.compact(policy)
+    freed = pool.compact()
     seconds = time.perf_counter() - t0
     pool.flush_deferred()
     intact, why = bench_churn.verify_live(pool, inp, handles)
