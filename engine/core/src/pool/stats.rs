@@ -127,4 +127,21 @@ mod tests {
         assert!(lines[4].ends_with("           24         17          6                         2"));
         assert!(text.ends_with('\n'));
     }
+
+    #[test]
+    fn the_layout_before_6_4() {
+        let mut g = [0u32; NR_FULLNESS_GROUPS];
+        g[ZS_ALMOST_EMPTY] = 3;
+        g[ZS_ALMOST_FULL] = 1;
+        g[3] = 2; // full: not printed
+        let text = format_classes(&[ClassRow { fullness: Fullness::Legacy, ..row(3, 64, g, 24, 17) }]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            " class  size almost_full almost_empty obj_allocated   obj_used pages_used pages_per_zspage freeable"
+        );
+        assert_eq!(lines[1], "     3    64           1            3            24         17          6                2        1");
+        assert_eq!(lines[2], "");
+        assert_eq!(lines[3], " Total                 1            3            24         17          6                         1");
+    }
 }
