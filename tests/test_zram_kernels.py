@@ -145,7 +145,12 @@ def test_stats_takes_the_61_preset() -> None:
     )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
-    assert doc["kernel"] == "6.1" and doc["chain_size"] == 4
+    assert (doc["kernel"], doc["chain_size"], doc["class_rule"], doc["fullness"]) == (
+        "6.1",
+        4,
+        "used-percentage",
+        "legacy",
+    )
     r = runner.invoke(main, ["stats", "--pages", "64", "--kernel", "6.1"])
     assert r.exit_code == 0, r.output
     assert "almost_full" in r.output and "kernel 6.1 preset" in r.output

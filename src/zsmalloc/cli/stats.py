@@ -167,6 +167,8 @@ def stats(
                 "comp_algorithm": algorithm,
                 "kernel": kernel,
                 "chain_size": dev.pool.chain_size,
+                "class_rule": dev.pool.class_rule,
+                "fullness": dev.pool.fullness,
                 "libraries": libraries,
                 "discarded_share": discard,
                 "discard_ranges": discard_ranges,
@@ -193,10 +195,11 @@ def stats(
         preset = f"kernel {kernel} preset" if kernel else "no kernel preset"
         made = ", ".join(f"lib{name} {version}" for name, version in libraries.items())
         console.print(f"({preset}; compressed by {made})", highlight=False)
+        pool = dev.pool
         console.print(
             Text.assemble(
                 ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"),
-                f"  ({label}, chain {dev.pool.chain_size})",
+                f"  ({label}, chain {pool.chain_size}, {pool.class_rule}, {pool.fullness} groups)",
             )
         )
         console.print(dev.pool.format_classes(), highlight=False)
