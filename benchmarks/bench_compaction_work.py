@@ -2,13 +2,15 @@
 
 What it measures
 ----------------
-``pool.compact("ratio")`` (6.4 and later: destination from the fullest
-partial group, source from the emptiest, over ten fullness groups) against
-``pool.compact("legacy")`` (before the 2023 rework: two lists, "almost empty"
-and "almost full"), on the same churned pool: filled with a mix (fixed seed),
-a random fraction of its objects freed (fixed seed, random order), deferred
-frees run.  The pool is built twice from the same seed, in two fresh
-subprocesses, one per policy, so both start from the identical state.
+``pool.compact()`` on a pool of ``fullness="ratio"`` (6.4 and later:
+destination from the fullest partial group, source from the emptiest, over
+ten fullness groups) against one of ``fullness="legacy"`` (6.1: two lists,
+"almost empty" and "almost full", and 6.1's compaction loop), churned alike:
+filled with a mix (fixed seed), a random fraction of its objects freed
+(fixed seed, random order), deferred frees run.  The pool is built twice
+from the same seed, in two fresh subprocesses, one per grouping; the two
+groupings place objects in other zspages, so the states differ as the two
+kernels' would.
 Reported per configuration: pages freed, objects moved (``pool.objs_compacted``),
 objects moved per page freed, the reduction of that figure in % for
 "ratio" against "legacy" (the 2023 kernel rework reported 34% fewer moves),
@@ -19,11 +21,11 @@ Configurations: the churned pool of ``bench_churn.py`` (``kernel-build``,
 ``android-zstd`` with a quarter, half and three quarters freed (50k objects;
 5k with ``--quick``).
 
-Targets: in every configuration both policies free the same number of pages
+Targets: in every configuration both groupings free the same number of pages
 (or the difference is shown); on the churned pool of ``bench_churn.py``, the
-"ratio" policy moves fewer objects per page freed than "legacy".
+"ratio" grouping moves fewer objects per page freed than "legacy".
 
-Counts are deterministic (one build per policy and configuration); times
+Counts are deterministic (one build per grouping and configuration); times
 are one measurement each.
 
 Run: ``.venv/bin/python benchmarks/bench_compaction_work.py [--quick] [--out DIR]``.
@@ -56,11 +58,11 @@ SWEEP = (
 
 def worker(mix: str, n: int, free_fraction: float, policy: str) -> dict:
     inp = bench_churn.Inputs(mix, n, SEED, free_fraction)
-    pool, handles, _, _ = bench_churn.build_churned(inp)
+    pool, handles, _, _ = bench_churn.build_churned(inp, fullness=policy)
     freeable = pool.shrinker_count()
     pages_before = pool.total_pages
     t0 = time.perf_counter()
-    freed = pool.compact(policy)
+    freed = pool.compact()
     seconds = time.perf_counter() - t0
     pool.flush_deferred()
     intact, why = bench_churn.verify_live(pool, inp, handles)
@@ -91,7 +93,7 @@ def run(quick: bool = False) -> dict:
     for mix, n, frac, is_churn in configs:
         by = {}
         for policy in POLICIES:
-            common.log(f"compaction_work: {mix}, {n:,} objects, {frac:.0%} freed, policy {policy}")
+            common.log(f"compaction_work: {mix}, {n:,} objects, {frac:.0%} freed, fullness {policy}")
             by[policy] = common.run_worker(script, [mix, str(n), str(frac), policy])
         r, leg = by["ratio"], by["legacy"]
         reduction = (
@@ -141,7 +143,7 @@ def run(quick: bool = False) -> dict:
     targets.append(
         {
             "name": "live objects intact after compaction, check() clean",
-            "config": f"all {len(rows)} configurations, both policies",
+            "config": f"all {len(rows)} configurations, both groupings",
             "value": "yes" if not bad else f"{len(bad)} damaged",
             "limit": "yes",
             "ok": not bad,
@@ -169,14 +171,14 @@ def markdown(doc: dict) -> str:
     out = [
         "## Compaction work (`bench_compaction_work.py`)",
         "",
-        "Method: for each configuration the same churned pool (a mix, fixed seed "
+        "Method: for each configuration a churned pool (a mix, fixed seed "
         f"{doc['seed']}, a random fraction of the objects freed in random order, deferred frees run) "
-        'is built twice, in two fresh subprocesses, and compacted once with `pool.compact("ratio")` '
-        "(6.4+: destination from the fullest of ten fullness groups, source from the emptiest) and "
-        'once with `pool.compact("legacy")` (before the 2023 rework: "almost empty" and "almost '
-        'full" lists). Objects moved = `pool.objs_compacted`; the first row is the churned pool of '
-        "the churn benchmark. Counts are deterministic; times are single measurements. Every live "
-        "object is read back and `pool.check()` run afterwards.",
+        'is built twice, in two fresh subprocesses, once with `fullness="ratio"` (6.4+: destination '
+        "from the fullest of ten fullness groups, source from the emptiest) and once with "
+        '`fullness="legacy"` (6.1: "almost empty" and "almost full" lists and its compaction loop), '
+        "and compacted once with `pool.compact()`. Objects moved = `pool.objs_compacted`; the first "
+        "row is the churned pool of the churn benchmark. Counts are deterministic; times are single "
+        "measurements. Every live object is read back and `pool.check()` run afterwards.",
         "",
     ]
     rows = []

@@ -8,8 +8,8 @@ objects, engine, model and a dict peer in the same rounds),
 against objects per page, against a raw 4 KiB copy), ``bench_churn.py``
 (fill, free a random half, compact: pool bytes and RSS growth per live byte,
 engine and model, against a dict peer) and ``bench_compaction_work.py``
-(objects moved per page freed by the 6.4 compaction policy against the
-legacy one) and ``bench_zram.py``
+(objects moved per page freed by the 6.4 compaction against 6.1's, on
+pools of each fullness grouping) and ``bench_zram.py``
 (``ZramDevice`` page write/read throughput and RSS, fill and after discarding
 half, against a dict of lz4-compressed pages) and ``bench_nbd.py``
 (``zsmalloc serve``, nbdkit with our plugin, against ``nbdkit memory`` with
@@ -123,7 +123,7 @@ def method_section(quick: bool) -> str:
         "- Every figure compares our pool with a named peer measured **in the same run**, on the same "
         "objects (same sizes, same bytes): a `dict` of `bytes` objects, the obvious pure-Python way to "
         "keep byte strings behind keys. Page migration is compared with a raw 4 KiB memoryview copy, "
-        "and the 6.4 compaction policy with the legacy one, on the same churned pool.",
+        "and the 6.4 compaction with 6.1's, on pools of each fullness grouping churned alike.",
         "- Two implementations of the pool: the engine (`zsmalloc.engine.Pool`, Rust) and the model "
         "(`zsmalloc.model.Pool`, Python). Speed, density and churn measure both, beside the peer, in "
         "the same run (speed: in the same worker and rounds, on the same plans); the other benchmarks "

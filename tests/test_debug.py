@@ -22,6 +22,7 @@ TOP_KEYS = [
     "name",
     "chain_size",
     "class_rule",
+    "fullness",
     "migration",
     "huge_class_size",
     "pages_allocated",

@@ -4,13 +4,15 @@ A Hypothesis state machine drives ``zsmalloc.model.Pool`` and
 ``zsmalloc.engine.Pool``, each on a Memory of the same capacity, with the
 same operations: malloc (any size, and with page allocation made to fail),
 write, read, read_into, map, free (live, freed and made-up handles), compact
-with either policy, flush the deferred free, trim, and the VM's drain and
+(naming the pool's grouping, another or none), flush the deferred free,
+trim, and the VM's drain and
 shrink of the arena, and the deferred work they queued (the pools run
 without worker threads, ``background_work=False``, so that deferred work runs
 when the test says and not when a thread is scheduled).  Every call must give the same result, or raise the
 same error with the same message, on both.  After every step the two
 ``zsmalloc.debug.snapshot(pool, data=True)`` must be equal: both follow one
 deterministic algorithm, so handles, locations, fullness lists (in order),
+under either fullness grouping (6.4's ratios or the legacy groups before 6.4),
 zspage ids, header words, descriptors, frames in use and every object's
 bytes agree exactly.
 
@@ -84,8 +86,11 @@ class Differential(RuleBasedStateMachine):
         capacity=st.sampled_from([96, 4096]),
         max_pages=st.one_of(st.none(), st.integers(20, 200)),
         migration=st.sampled_from(["mainline", "2016"]),
+        fullness=st.sampled_from(["ratio", "legacy"]),
     )
-    def setup(self, chain: int, rule: str, capacity: int, max_pages: int | None, migration: str) -> None:
+    def setup(
+        self, chain: int, rule: str, capacity: int, max_pages: int | None, migration: str, fullness: str
+    ) -> None:
         self.pools = tuple(
             impl.Pool(
                 name="diff",
@@ -93,6 +98,7 @@ class Differential(RuleBasedStateMachine):
                 memory=impl.Memory(capacity),
                 max_pages=max_pages,
                 class_rule=rule,
+                fullness=fullness,
                 migration=migration,
                 # deferred work waits for run_pending_work / flush_deferred: a
                 # worker thread of each would run it whenever it is scheduled
@@ -187,8 +193,8 @@ class Differential(RuleBasedStateMachine):
             return
         self.both(lambda p: p.free(h))
 
-    @rule(policy=st.sampled_from(["ratio", "legacy"]))
-    def compact(self, policy: str) -> None:
+    @rule(policy=st.sampled_from([None, "ratio", "legacy", "tenths"]))
+    def compact(self, policy: str | None) -> None:
         self.both(lambda p: p.compact(policy))
 
     @rule()
@@ -275,14 +281,24 @@ Differential.TestCase.settings = settings(
 TestDifferential = Differential.TestCase
 
 
-@pytest.mark.parametrize("policy", ["ratio", "legacy"])
-def test_long_churn_agrees(policy: str) -> None:
+@pytest.mark.parametrize(
+    ("fullness", "chain", "rule"), [("ratio", 8, RULE_MIN_WASTE), ("legacy", 4, RULE_USED_PERCENTAGE)]
+)
+def test_long_churn_agrees(fullness: str, chain: int, rule: str) -> None:
     """A longer deterministic churn than the state machine's, compaction included."""
     import random
 
     rng = random.Random(7)
     pools = [
-        impl.Pool(name="long", memory=impl.Memory(1 << 14), migration="2016", handle_tag=TAG)
+        impl.Pool(
+            name="long",
+            chain_size=chain,
+            class_rule=rule,
+            fullness=fullness,
+            memory=impl.Memory(1 << 14),
+            migration="2016",
+            handle_tag=TAG,
+        )
         for impl in (model, engine)
     ]
     live: list[int] = []
@@ -301,7 +317,8 @@ def test_long_churn_agrees(policy: str) -> None:
                 p.write(h, payload)
             live.append(h)
         if step % 1500 == 1499:
-            assert pools[0].compact(policy) == pools[1].compact(policy)
+            assert pools[0].compact() == pools[1].compact()
+            assert pools[0].format_classes() == pools[1].format_classes()
         if step % 700 == 350:
             pfns = pools[0].memory.movable_pfns()
             assert pfns == pools[1].memory.movable_pfns()

@@ -222,7 +222,8 @@ def test_stats_prints_a_bracketed_image_name_as_it_is(tmp_path):
     image.write_bytes(b"hello\n" * 2000)
     result = CliRunner().invoke(main, ["stats", "--image", str(image)])
     assert result.exit_code == 0, result.output
-    assert f"/sys/kernel/debug/zsmalloc/zram0/classes  ({image}, chain 8)" in result.output
+    heading = f"/sys/kernel/debug/zsmalloc/zram0/classes  ({image}, chain 8, min-waste, ratio groups)"
+    assert heading in result.output
     assert "[lz4] lz4hc" in result.output
 
 

@@ -390,6 +390,7 @@ def test_class_stats_to_dict(scenario):
         "objs_per_zspage": 13,
         "freeable": 5,
         "empty_zspages": 0,
+        "fullness": "ratio",
         "pages_used": 15,
     }
     assert list(d["inuse_ratio"]) == RATIO_COLUMNS

@@ -4,7 +4,7 @@ Each run is ``zsmalloc.stress.run_stress``: mutator threads malloc, write, read
 and verify (each owns its handles and knows their bytes), map, and free;
 meanwhile a migrator moves random in-use pages in small batches, an
 evacuator empties small pfn ranges, and a compactor runs ``pool.compact()``
-(both policies), the shrinker and ``memory.compact()``.  At the end: no
+(the pool's own grouping), the shrinker and ``memory.compact()``.  At the end: no
 exception in any thread, no thread stuck (every join is bounded: a deadlock
 fails the test, it does not hang it), every object intact, ``check()`` clean,
 and no frame left in use once everything is freed.

@@ -4,7 +4,9 @@ Both devices follow one algorithm (zram_write_page, zram_free_page,
 writeback, recompress_slot, in the same order of pool calls), each on its
 own implementation's pool with the same handle tag, so after every
 operation they must agree exactly: every slot (flags, size, handle), the
-stats, the pool's object count and pages, and the bytes read back.
+stats, the pool's object count and pages, its class rows (fullness counts
+included) and the bytes read back.  Under the 6.1 preset the pools group and
+compact as 6.1 did (``fullness="legacy"``, chain 4, the used-percentage rule).
 
 The codec is zstd (or deflate): the engine and the model call the same
 library with the same parameters, so the objects have the same sizes.  (Not
@@ -21,6 +23,7 @@ import pytest
 
 from zram_pages import PAGE, any_page
 from zsmalloc import engine, model
+from zsmalloc.zram import KERNELS
 from zsmalloc.zram import device as zram_model
 from zsmalloc.zram import engine as zram_engine
 
@@ -30,8 +33,16 @@ NPAGES = 48
 
 def _pair(tmp_path, algorithm: str, kernel: str | None = None):
     devs = []
+    shape = {}
+    if kernel is not None:
+        preset = KERNELS[kernel]
+        shape = {
+            "chain_size": preset.chain_size,
+            "class_rule": preset.class_rule,
+            "fullness": preset.fullness,
+        }
     for impl, cls, name in ((model, zram_model.ZramDevice, "m"), (engine, zram_engine.ZramDevice, "e")):
-        pool = impl.Pool(name="zram-diff", handle_tag=TAG, background_work=False)
+        pool = impl.Pool(name="zram-diff", handle_tag=TAG, background_work=False, **shape)
         devs.append(
             cls(
                 NPAGES * PAGE,
@@ -49,7 +60,9 @@ def _pair(tmp_path, algorithm: str, kernel: str | None = None):
 def _state(dev) -> tuple:
     slots = tuple(dev.slot_info(i) for i in range(dev.nr_pages))
     pool = dev.pool
-    return slots, dev.mm_stat(), dev.io_stat(), dev.bd_stat(), dev.recomp_stat(), len(pool), pool.total_pages
+    rows = pool.class_stats()
+    stats = dev.mm_stat(), dev.io_stat(), dev.bd_stat(), dev.recomp_stat()
+    return slots, stats, len(pool), pool.total_pages, rows, pool.format_classes()
 
 
 def _apply(dev, op: tuple) -> object:
@@ -121,8 +134,16 @@ def _ops(rng: random.Random, n: int):
 
 @pytest.mark.parametrize(
     ("algorithm", "kernel"),
-    # zstd in this project's frame, and in the kernel's two (6.6's crypto API, 6.12's backend)
-    [("zstd", None), ("deflate", None), ("zstd", "6.6"), ("zstd", "6.12")],
+    # zstd in this project's frame, and in the kernel's two (6.6's crypto API, 6.12's backend);
+    # 6.1: the crypto API's frame on a pool grouped and compacted as 6.1's
+    [
+        ("zstd", None),
+        ("deflate", None),
+        ("zstd", "6.6"),
+        ("zstd", "6.12"),
+        ("zstd", "6.1"),
+        ("deflate", "6.1"),
+    ],
 )
 @pytest.mark.parametrize("seed", range(3))
 def test_the_engine_device_follows_the_model_step_by_step(tmp_path, algorithm, kernel, seed):

@@ -25,7 +25,7 @@ def _stored(dev: ZramDevice, index: int) -> bytes:
     return dev.pool.read(info.handle, info.size)
 
 
-@pytest.mark.parametrize("kernel", ["6.6", "6.12", "6.17"])
+@pytest.mark.parametrize("kernel", ["6.1", "6.6", "6.12", "6.17"])
 def test_a_kernel_preset_stores_zstd_in_the_kernels_frame(kernel: str) -> None:
     page = text_page(random.Random(3))
     with (
@@ -61,10 +61,12 @@ def test_each_frame_is_what_zstd_makes_with_the_kernels_parameters() -> None:
 
 
 def test_presets_refuse_what_that_kernel_does_not_do() -> None:
-    with pytest.raises(ValueError, match="not modelled"):
-        ZramDevice(16 * PAGE, kernel="6.1")
     with pytest.raises(ValueError, match="unknown kernel"):
         ZramDevice(16 * PAGE, kernel="5.4")
+    with pytest.raises(ValueError, match="chain size 4"):
+        ZramDevice(16 * PAGE, kernel="6.1", chain_size=8)
+    with pytest.raises(ValueError, match="takes no level"):
+        ZramDevice(16 * PAGE, algorithm="zstd", kernel="6.1", algorithm_params={"level": 1})
     with pytest.raises(ValueError, match="chain size 8"):
         ZramDevice(16 * PAGE, kernel="6.12", chain_size=4)
     with pytest.raises(ValueError, match="takes no level"):
@@ -100,3 +102,55 @@ def test_stats_takes_a_kernel_and_says_what_compressed() -> None:
     assert "kernel 6.6 preset" in r.output and "libzstd" in r.output
     r = runner.invoke(main, ["stats", "--pages", "64", "--kernel", "6.12", "--chain-size", "4"])
     assert r.exit_code == 2 and "chain size 8" in r.output
+
+
+def test_the_61_preset_is_61s_zsmalloc() -> None:
+    """6.1: at most 4 pages a zspage by the used-percentage rule, huge from 3257 bytes, legacy groups."""
+    with ZramDevice(64 * PAGE, kernel="6.1") as dev:
+        pool = dev.pool
+        assert (pool.chain_size, pool.class_rule, pool.fullness) == (4, "used-percentage", "legacy")
+        assert pool.huge_class_size == 3257  # class 3264 (4 pages, 5 objects) - 7
+        assert max(r.pages_per_zspage for r in pool.class_stats()) == 4
+        rng = random.Random(7)
+        pages = [text_page(rng) for _ in range(48)]
+        for i, page in enumerate(pages):
+            dev.write_page(i, page)
+        dev.write_page(48, bytes(PAGE))  # same-filled: no object
+        dev.discard(0, 24)
+        dev.compact()
+        assert all(dev.read_page(i) == pages[i] for i in range(24, 48))
+        stat = dev.mm_stat()
+        assert stat.same_pages == 1 and stat.mem_used_total == pool.total_pages * PAGE
+        assert "almost_full" in pool.format_classes().splitlines()[0]
+        dev.check()
+
+
+def test_a_pool_given_under_a_preset_must_be_that_kernels(each_backend) -> None:
+    pool_class = each_backend.Pool
+    with (
+        pool_class(name="wrong") as pool,
+        pytest.raises(ValueError, match="chain size 4, the used-percentage"),
+    ):
+        ZramDevice(16 * PAGE, kernel="6.1", pool=pool)
+    shape = {"chain_size": 4, "class_rule": "used-percentage", "fullness": "legacy"}
+    with pool_class(name="right", **shape) as pool, ZramDevice(16 * PAGE, kernel="6.1", pool=pool) as dev:
+        dev.write_page(0, text_page(random.Random(2)))
+        assert dev.pool is pool
+
+
+def test_stats_takes_the_61_preset() -> None:
+    runner = CliRunner()
+    r = runner.invoke(
+        main, ["stats", "--pages", "64", "--kernel", "6.1", "--discard", "0.5", "--compact", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert (doc["kernel"], doc["chain_size"], doc["class_rule"], doc["fullness"]) == (
+        "6.1",
+        4,
+        "used-percentage",
+        "legacy",
+    )
+    r = runner.invoke(main, ["stats", "--pages", "64", "--kernel", "6.1"])
+    assert r.exit_code == 0, r.output
+    assert "almost_full" in r.output and "kernel 6.1 preset" in r.output

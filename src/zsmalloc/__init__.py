@@ -52,6 +52,8 @@ from zsmalloc.errors import (
     ZsmallocError,
 )
 from zsmalloc.pool import (
+    FULLNESS_LEGACY,
+    FULLNESS_RATIO,
     RULE_MIN_WASTE,
     RULE_USED_PERCENTAGE,
     ClassSpec,
@@ -82,6 +84,8 @@ except _NotFound:  # pragma: no cover - running from a source tree that was neve
 
 __all__ = [
     "BACKENDS",
+    "FULLNESS_LEGACY",
+    "FULLNESS_RATIO",
     "RULE_MIN_WASTE",
     "RULE_USED_PERCENTAGE",
     "ClassSpec",

@@ -8,14 +8,14 @@ through ``_snapshot(data)``) produce the same dict, so :func:`check_snapshot`
 only dicts, lists, ints, strs, bools and bytes; int keys stay ints::
 
     {
-      "name", "chain_size", "class_rule", "migration", "huge_class_size",
+      "name", "chain_size", "class_rule", "fullness", "migration", "huge_class_size",
       "pages_allocated",
       "events": {"pages_compacted", "objs_compacted", "compactions", "deferred_frees"},
       "ops_id",                 # the pool's movable-ops id in its Memory
       "classes": [              # canonical classes, largest index first
         {"index", "size", "pages_per_zspage", "objs_per_zspage", "huge",
          "objs_allocated", "objs_inuse",
-         "fullness": [[zid, ...] * 12]},        # per group, head (most recent) first
+         "fullness": [[zid, ...] * 12]},        # per group, head first (legacy: groups 0..3)
       ],
       "class_of_size": [-1, c1, ..., c4096],    # the canonical class malloc(s) uses; -1 if none
       "zspages": {zid: {"class", "inuse", "freeobj", "fg", "lock", "isolated",
@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from zsmalloc.errors import CorruptionError
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_movable
+from zsmalloc.pool import legacy
 from zsmalloc.pool.constants import (
     FG_NONE,
     FREE_LIST_END,
@@ -138,6 +139,7 @@ def snapshot(pool: Pool | _SnapshotsItself, data: bool = False) -> dict:
             "name": pool.name,
             "chain_size": pool.chain_size,
             "class_rule": pool.class_rule,
+            "fullness": pool.fullness,
             "migration": pool.movable_ops.name,
             "huge_class_size": pool.huge_class_size,
             "pages_allocated": pool.pages_allocated,
@@ -269,6 +271,7 @@ def check_snapshot(snap: dict) -> None:
     if len(free_zids) != len(snap["free_zspage_ids"]):
         _fail("zspage cache holds a zspage id twice")
     deferred = set(snap["deferred"])
+    group_of = legacy.get_fullness_group if snap["fullness"] == "legacy" else get_fullness_group
 
     per_class_zspages: dict[int, int] = {}
     off_list: dict[int, int] = {}  # isolated zspages, per class
@@ -391,7 +394,7 @@ def check_snapshot(snap: dict) -> None:
         elif zid in deferred:
             if fg != FG_NONE or inuse:
                 _fail(f"{where}: taken by the deferred free but in group {fg}, inuse {inuse}")
-        elif fg != (want := get_fullness_group(inuse, n_objs)):
+        elif fg != (want := group_of(inuse, n_objs)):
             _fail(f"{where}: in fullness group {fg}, inuse {inuse}/{n_objs} calls for {want}")
         per_class_zspages[ci] = per_class_zspages.get(ci, 0) + 1
         per_class_inuse[ci] = per_class_inuse.get(ci, 0) + inuse

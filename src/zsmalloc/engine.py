@@ -23,7 +23,9 @@ from typing import Any
 
 from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool import legacy
 from zsmalloc.pool.common import PoolProtocols
+from zsmalloc.pool.constants import FULLNESS_LEGACY, ZS_INUSE_RATIO_100
 from zsmalloc.pool.handles import handle_tag_arg, hold_handle_tag, release_handle_tag, reserve_handle_tag
 from zsmalloc.pool.stats import ClassStats, PoolStats
 
@@ -36,8 +38,8 @@ class Pool(_engine.Pool, PoolProtocols):
     """A zsmalloc pool on the engine: the same API as ``zsmalloc.model.Pool``.
 
     ``Pool(name="zsmalloc", chain_size=8, memory=None, max_pages=None, *,
-    class_rule="min-waste", migration="mainline", auto_compact_pages=None,
-    background_work=True, handle_tag=None)``.
+    class_rule="min-waste", fullness="ratio", migration="mainline",
+    auto_compact_pages=None, background_work=True, handle_tag=None)``.
     """
 
     def __new__(cls, *args: Any, handle_tag: int | None = None, **kwargs: Any) -> Pool:
@@ -55,17 +57,19 @@ class Pool(_engine.Pool, PoolProtocols):
 
     def class_stats(self) -> list[ClassStats]:
         """One row per canonical class: the columns of debugfs ``classes``."""
+        top = legacy.ZS_FULL if self.fullness == FULLNESS_LEGACY else ZS_INUSE_RATIO_100
         return [
             ClassStats(
                 index=index,
                 size=size,
-                inuse_ratio=tuple(groups[1:]),
+                inuse_ratio=tuple(groups[1 : top + 1]),
                 obj_allocated=allocated,
                 obj_used=used,
                 pages_per_zspage=pages,
                 objs_per_zspage=objs,
                 freeable=freeable,
                 empty_zspages=groups[0],
+                fullness=self.fullness,
             )
             for index, size, groups, allocated, used, pages, objs, freeable in self._class_rows()
         ]

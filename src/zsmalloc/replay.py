@@ -145,7 +145,8 @@ class ReplayReport:
 
     chain_size: int
     class_rule: str
-    policy: str
+    #: the pool's fullness grouping, which its compaction follows
+    fullness: str
     compact_every: int
     mallocs: int = 0
     frees: int = 0
@@ -170,14 +171,16 @@ def replay(
     *,
     chain_size: int = 8,
     class_rule: str = RULE_MIN_WASTE,
-    policy: str = "ratio",
+    fullness: str = "ratio",
     compact_every: int = 0,
     snapshot_every: int = 0,
     write: bool = False,
 ) -> ReplayReport:
     """Run the operations on a fresh pool and report.
 
-    ``compact_every`` runs ``zs_compact`` (with ``policy``) after every so many
+    The pool groups its zspages as ``fullness`` says ("ratio", 6.4 on, or
+    "legacy", before), and compacts accordingly.  ``compact_every`` runs
+    ``zs_compact`` after every so many
     operations, besides the trace's own ``c`` lines; ``snapshot_every``
     records the pool's size as it goes; ``write`` fills each object with
     bytes (the layout does not depend on it; the run takes longer).  A
@@ -187,12 +190,14 @@ def replay(
         raise ValueError(
             f"compact_every and snapshot_every must be >= 0, not {compact_every}, {snapshot_every}"
         )
-    report = ReplayReport(chain_size, class_rule, policy, compact_every)
+    report = ReplayReport(chain_size, class_rule, fullness, compact_every)
     live: dict[str, tuple[int, int]] = {}  # trace id -> (handle, size)
     payload = bytes(range(256)) * (ZS_MAX_ALLOC_SIZE // 256)
     requested = 0
     t0 = time.perf_counter()
-    with zsmalloc.Pool(name="replay", chain_size=chain_size, class_rule=class_rule) as pool:
+    with zsmalloc.Pool(
+        name="replay", chain_size=chain_size, class_rule=class_rule, fullness=fullness
+    ) as pool:
         malloc, free, pool_write = pool.malloc, pool.free, pool.write
         n = 0
         for kind, ident, size in ops:
@@ -218,13 +223,13 @@ def replay(
                 free(entry[0])
                 report.frees += 1
             else:
-                report.pages_compacted += pool.compact(policy)
+                report.pages_compacted += pool.compact()
                 report.compactions += 1
             pages = pool.total_pages
             if pages > report.pages_peak:
                 report.pages_peak = pages
             if compact_every and n % compact_every == 0:
-                report.pages_compacted += pool.compact(policy)
+                report.pages_compacted += pool.compact()
                 report.compactions += 1
             if snapshot_every and n % snapshot_every == 0:
                 report.snapshots.append(Snapshot(n, pool.total_pages, len(live), requested))

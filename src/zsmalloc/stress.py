@@ -7,7 +7,7 @@ pool, for a bounded time, and reports what happened::
                                      each owns its handles and knows their bytes
     migrator                         move_pages on a few random in-use pages
     evacuator                        evacuate a small random pfn range
-    compactor                        pool.compact() (both policies), memory.compact()
+    compactor                        pool.compact(), memory.compact()
     the pool's own worker            deferred frees kicked by frees that found a
                                      page locked by the VM
 
@@ -248,7 +248,7 @@ class _Run:
         while not self.stop.is_set():
             r = rng.random()
             if r < 0.45:
-                local["pool_compact_pages"] += pool.compact(rng.choice(("ratio", "legacy")))
+                local["pool_compact_pages"] += pool.compact()
                 local["pool_compact"] += 1
             elif r < 0.6 or not self.vm_compact:
                 local["shrinker_scan"] += 1

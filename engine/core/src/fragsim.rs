@@ -47,7 +47,7 @@ use crate::mm::zone::{
     MigrateType, Watermarks, Zone, ZoneEvents, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES,
 };
 use crate::mm::{Memory, MmError};
-use crate::pool::{CompactPolicy, Pool, PoolConfig, PoolError, Protocol};
+use crate::pool::{Pool, PoolConfig, PoolError, Protocol};
 use crate::sync::Mutex;
 
 /// The largest zone a run takes (64 GiB): its tables are a few bytes a page.
@@ -450,7 +450,7 @@ impl Sim<'_> {
             self.grow_cache();
         }
         if self.sc.pool_compact_every > 0 && tick % self.sc.pool_compact_every == 0 {
-            self.pool.zs_compact(CompactPolicy::Ratio).map_err(|e| e.to_string())?;
+            self.pool.zs_compact().map_err(|e| e.to_string())?;
             self.pool.flush_deferred().map_err(|e| e.to_string())?;
         }
         Ok(())

@@ -74,7 +74,7 @@ use loom::thread;
 use zsmalloc_core::mm::memory::{PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::{Memory, MigrateMode, Target, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
 use zsmalloc_core::pool::zsmalloc::get_fullness_group;
-use zsmalloc_core::pool::{ClassRule, CompactPolicy, Pool, PoolConfig, PoolError, Protocol};
+use zsmalloc_core::pool::{ClassRule, Fullness, Pool, PoolConfig, PoolError, Protocol};
 use zsmalloc_core::zram::{Zram, ZramConfig};
 
 /// The preemption bound when `LOOM_MAX_PREEMPTIONS` is not set.
@@ -215,6 +215,7 @@ fn fixture_on(protocol: Protocol, frames: usize, owns_memory: bool) -> Fixture {
         name: "loom".into(),
         chain_size: 4,
         class_rule: ClassRule::MinWaste,
+        fullness: Fullness::Ratio,
         max_pages: None,
         auto_compact_pages: None,
         migration: protocol,
@@ -719,7 +720,7 @@ fn compaction_vs_migration(protocol: Protocol, which: usize) {
     let compactor = {
         let (pool, log) = (fx.pool.clone(), fx.log.clone());
         thread::spawn(move || {
-            let freed = log.ok("compact", "zs_compact", pool.zs_compact(CompactPolicy::Ratio));
+            let freed = log.ok("compact", "zs_compact", pool.zs_compact());
             log.push("compact", format!("zs_compact -> {freed} pages freed"));
         })
     };

@@ -36,7 +36,7 @@ use zsmalloc_core::mm::{
     PG_LOCKED, PG_MOVABLE,
 };
 use zsmalloc_core::pool::zsmalloc::NR_HANDLE_TAGS;
-use zsmalloc_core::pool::{ClassRule, CompactPolicy, Mapped, Pool, PoolConfig, PoolError, Protocol};
+use zsmalloc_core::pool::{ClassRule, Fullness, Mapped, Pool, PoolConfig, PoolError, Protocol};
 
 // ----------------------------------------------------------------------
 // errors
@@ -868,21 +868,28 @@ pub struct PyPool {
     migration: String,
 }
 
-fn parse_policy(policy: &str) -> PyResult<CompactPolicy> {
-    match policy {
-        "ratio" => Ok(CompactPolicy::Ratio),
-        "legacy" => Ok(CompactPolicy::Legacy),
-        _ => Err(PyValueError::new_err(format!(
-            "compaction policy must be one of ('ratio', 'legacy'), not {policy:?}"
-        ))),
-    }
+/// `compact(policy)`: compaction follows the pool's grouping, which
+/// `policy`, if given, must name (zsmalloc/pool/compact.py, same messages).
+fn check_policy(fullness: Fullness, policy: Option<&str>) -> PyResult<()> {
+    let Some(policy) = policy.filter(|&p| p != fullness.name()) else {
+        return Ok(());
+    };
+    Err(PyValueError::new_err(match Fullness::from_name(policy) {
+        None => format!("compaction policy must be one of ('ratio', 'legacy'), not '{policy}'"),
+        Some(_) => format!(
+            "compaction follows the pool's fullness grouping, '{}': \
+             compacting as '{policy}' needs a pool made with fullness='{policy}'",
+            fullness.name()
+        ),
+    }))
 }
 
 #[pymethods]
 impl PyPool {
     #[new]
     #[pyo3(signature = (name = "zsmalloc".to_string(), chain_size = 8, memory = None, max_pages = None, *,
-                        class_rule = "min-waste".to_string(), migration = "mainline".to_string(),
+                        class_rule = "min-waste".to_string(), fullness = "ratio".to_string(),
+                        migration = "mainline".to_string(),
                         auto_compact_pages = None, background_work = true, handle_tag = 0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -892,6 +899,7 @@ impl PyPool {
         memory: Option<Py<PyMemory>>,
         max_pages: Option<&Bound<'_, PyAny>>,
         class_rule: String,
+        fullness: String,
         migration: String,
         auto_compact_pages: Option<i64>,
         background_work: bool,
@@ -900,6 +908,11 @@ impl PyPool {
         let Some(rule) = ClassRule::from_name(&class_rule) else {
             return Err(PyValueError::new_err(format!(
                 "rule must be one of ('min-waste', 'used-percentage'), not '{class_rule}'"
+            )));
+        };
+        let Some(grouping) = Fullness::from_name(&fullness) else {
+            return Err(PyValueError::new_err(format!(
+                "fullness must be one of ('ratio', 'legacy'), not '{fullness}'"
             )));
         };
         if !(4..=16).contains(&chain_size) {
@@ -915,6 +928,7 @@ impl PyPool {
             name,
             chain_size: chain_size as usize,
             class_rule: rule,
+            fullness: grouping,
             max_pages,
             auto_compact_pages: auto_compact_pages.map(|a| a.max(0) as usize),
             migration: protocol,
@@ -953,6 +967,11 @@ impl PyPool {
     #[getter]
     fn class_rule(&self) -> &'static str {
         self.inner.config.class_rule.name()
+    }
+    /// How zspages are grouped: "ratio" (6.4 and later) or "legacy" (4.8 to 6.3).
+    #[getter]
+    fn fullness(&self) -> &'static str {
+        self.inner.config.fullness.name()
     }
     /// The pool's page cap, or None; writable (zram's mem_limit changes it).
     #[getter]
@@ -1161,10 +1180,11 @@ impl PyPool {
 
     /// ``zs_compact``: move objects so that zspages empty; pages freed by this
     /// call.  Then the tables give back their free tops.  The GIL is released.
-    #[pyo3(signature = (policy = "ratio"))]
-    fn compact(&self, py: Python<'_>, policy: &str) -> PyResult<u64> {
+    /// Compaction follows the pool's grouping; ``policy``, if given, must name it.
+    #[pyo3(signature = (policy = None))]
+    fn compact(&self, py: Python<'_>, policy: Option<&str>) -> PyResult<u64> {
         guard(py, &[&self.poisoned, &self.memory.get().poisoned], "compact", || {
-            let policy = parse_policy(policy)?;
+            check_policy(self.inner.config.fullness, policy)?;
             let pool = &self.inner;
             if pool.is_closed() {
                 return Err(pool_err(
@@ -1173,7 +1193,7 @@ impl PyPool {
                 ));
             }
             let freed = py.detach(|| {
-                let freed = pool.zs_compact(policy);
+                let freed = pool.zs_compact();
                 pool.trim();
                 freed
             });
@@ -1196,7 +1216,7 @@ impl PyPool {
                     PoolError::PoolClosed(format!("pool '{}' is closed", pool.config.name)),
                 ));
             }
-            let freed = py.detach(|| pool.zs_compact(CompactPolicy::Ratio)).map_err(|e| pool_err(py, e))?;
+            let freed = py.detach(|| pool.zs_compact()).map_err(|e| pool_err(py, e))?;
             Ok(if freed > 0 { freed as i64 } else { -1 })
         })
     }
@@ -1296,6 +1316,7 @@ impl PyPool {
             d.set_item("name", &cfg.name)?;
             d.set_item("chain_size", cfg.chain_size)?;
             d.set_item("class_rule", cfg.class_rule.name())?;
+            d.set_item("fullness", cfg.fullness.name())?;
             d.set_item("migration", &self.migration)?;
             d.set_item("huge_class_size", pool.huge_class_size())?;
             d.set_item("pages_allocated", snap.pages_allocated)?;

@@ -66,7 +66,15 @@ def _synthetic_count(name: str, help: str) -> Callable[[F], F]:
     default=RULE_MIN_WASTE,
     show_default=True,
 )
-@click.option("--policy", type=click.Choice(["ratio", "legacy"]), default="ratio", show_default=True)
+@click.option(
+    "--fullness",
+    "--policy",
+    "fullness",
+    type=click.Choice(["ratio", "legacy"]),
+    default="ratio",
+    show_default=True,
+    help="fullness groups and compaction: 6.4 on (ratio) or before (legacy); --policy is its old name",
+)
 @click.option(
     "--compact-every",
     default=0,
@@ -86,7 +94,7 @@ def replay_cmd(
     save: TextIO | None,
     chain_sizes: tuple[int, ...],
     rule: str,
-    policy: str,
+    fullness: str,
     compact_every: int,
     write: bool,
     show_classes: bool,
@@ -112,7 +120,7 @@ def replay_cmd(
             operations,
             chain_size=chain,
             class_rule=rule,
-            policy=policy,
+            fullness=fullness,
             compact_every=compact_every,
             write=write,
         )
@@ -125,7 +133,7 @@ def replay_cmd(
             )
         )
         return
-    table = Table(title=f"{source}: {len(operations):,} operations, rule {rule}, compaction {policy}")
+    table = Table(title=f"{source}: {len(operations):,} operations, rule {rule}, fullness {fullness}")
     for col in (
         "chain",
         "mallocs",

@@ -179,6 +179,8 @@ def stats(
                 "kernel": kernel,
                 "chain_size": dev.pool.chain_size,
                 "codec": dev.algorithm,
+                "class_rule": dev.pool.class_rule,
+                "fullness": dev.pool.fullness,
                 "libraries": libraries,
                 "discarded_share": discard,
                 "discard_ranges": discard_ranges,
@@ -210,10 +212,11 @@ def stats(
                 f"(kernel {kernel}'s lib/zstd is {their_zstd}: its pages may compress a few bytes apart)",
                 highlight=False,
             )
+        pool = dev.pool
         console.print(
             Text.assemble(
                 ("/sys/kernel/debug/zsmalloc/zram0/classes", "bold"),
-                f"  ({label}, chain {dev.pool.chain_size})",
+                f"  ({label}, chain {pool.chain_size}, {pool.class_rule}, {pool.fullness} groups)",
             )
         )
         console.print(dev.pool.format_classes(), highlight=False)

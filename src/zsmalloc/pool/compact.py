@@ -1,5 +1,11 @@
 """Compaction: move objects between zspages of a class so that zspages empty (zs_compact).
 
+Which kernel this models: 6.4 and later (the 2023 rework), for pools of the
+default grouping, ``fullness="ratio"``.  A pool made with
+``fullness="legacy"`` compacts as 6.1 does: ``__zs_compact`` of
+pool/legacy.py, with its own choice of zspages and loop.  ``zs_compact``
+walks the classes and counts for both.
+
 For each canonical class, largest first, under the pool lock (write side)
 and the class lock::
 
@@ -18,13 +24,6 @@ are worked on (``isolate_src_zspage`` / ``isolate_dst_zspage``), so no
 allocation lands in them meanwhile; in the 2016 protocol an isolated zspage is
 on no list and so is never picked.
 
-``policy="legacy"`` reproduces the choice before the 2023 rework (6.4), which
-had only two partial lists, "almost empty" (at most 3/4 in use) and "almost
-full": source from almost empty, else almost full; destination from almost
-full, else almost empty; within a list, order carried no fullness
-information (zspage-id order stands in for it here).  It exists to measure
-what the rework bought.
-
 The shrinker interface (``shrinker_count`` / ``shrinker_scan``) is what the
 kernel's memory-pressure reclaim calls; ``Pool(auto_compact_pages=N)`` runs it
 in the background once N pages are freeable.
@@ -34,65 +33,40 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from zsmalloc.pool import legacy
 from zsmalloc.pool.constants import (
+    FULLNESS_GROUPINGS,
+    FULLNESS_LEGACY,
     ZS_INUSE_RATIO_0,
     ZS_INUSE_RATIO_10,
     ZS_INUSE_RATIO_99,
-    ZS_INUSE_RATIO_100,
-    get_fullness_group,
 )
 
 if TYPE_CHECKING:
     from zsmalloc.pool.zsmalloc import Pool, SizeClass, Zspage
 
-POLICIES = ("ratio", "legacy")
 SHRINK_STOP = -1
-_LEGACY_ALMOST_EMPTY = range(ZS_INUSE_RATIO_10, 9)  # groups 1..8: up to 79% (the old 3/4 mark)
-_LEGACY_ALMOST_FULL = range(9, ZS_INUSE_RATIO_100)
 
 
-def _zid(zspage: Zspage) -> int:
-    return zspage.zid
-
-
-def _take(pool: Pool, cls: SizeClass, groups: range, lowest_zid: bool) -> Zspage | None:
-    """Take a zspage off the first non-empty list of ``groups``: its head, or (legacy) its lowest id."""
+def _take(pool: Pool, cls: SizeClass, groups: range) -> Zspage | None:
+    """Take the head of the first non-empty list of ``groups`` off its list."""
     lists = cls.fullness_list
-    if lowest_zid:
-        candidates = [min(lists[fg], key=_zid) for fg in groups if lists[fg]]
-        if not candidates:
-            return None
-        zspage = min(candidates, key=_zid)
-    else:
-        fg = next((fg for fg in groups if lists[fg]), -1)
-        if fg < 0:
-            return None
-        zspage = next(reversed(lists[fg]))
+    fg = next((fg for fg in groups if lists[fg]), -1)
+    if fg < 0:
+        return None
+    zspage = next(reversed(lists[fg]))
     pool.remove_zspage(cls, zspage)
     return zspage
 
 
-def isolate_src_zspage(pool: Pool, cls: SizeClass, policy: str) -> Zspage | None:
+def isolate_src_zspage(pool: Pool, cls: SizeClass) -> Zspage | None:
     """The emptiest partial zspage, off its list: where objects move from."""
-    if policy == "legacy":
-        zspage = _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
-        return zspage if zspage is not None else _take(pool, cls, _LEGACY_ALMOST_FULL, True)
-    return _take(pool, cls, range(ZS_INUSE_RATIO_10, ZS_INUSE_RATIO_99 + 1), False)
+    return _take(pool, cls, range(ZS_INUSE_RATIO_10, ZS_INUSE_RATIO_99 + 1))
 
 
-def isolate_dst_zspage(pool: Pool, cls: SizeClass, policy: str) -> Zspage | None:
+def isolate_dst_zspage(pool: Pool, cls: SizeClass) -> Zspage | None:
     """The fullest partial zspage, off its list: where objects move to."""
-    if policy == "legacy":
-        zspage = _take(pool, cls, _LEGACY_ALMOST_FULL, True)
-        return zspage if zspage is not None else _take(pool, cls, _LEGACY_ALMOST_EMPTY, True)
-    return _take(pool, cls, range(ZS_INUSE_RATIO_99, ZS_INUSE_RATIO_10 - 1, -1), False)
-
-
-def putback_zspage(pool: Pool, cls: SizeClass, zspage: Zspage) -> int:
-    """Put a zspage back on the list its inuse calls for; return that group."""
-    fg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
-    pool.insert_zspage(cls, zspage, fg)
-    return fg
+    return _take(pool, cls, range(ZS_INUSE_RATIO_99, ZS_INUSE_RATIO_10 - 1, -1))
 
 
 def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage) -> int:
@@ -100,55 +74,63 @@ def migrate_zspage(pool: Pool, cls: SizeClass, src: Zspage, dst: Zspage) -> int:
     moved = 0
     for page in pool.zspage_pages(src):
         for handle, _ in pool.objs_in_page(cls, src, page):
-            used_obj = pool.handle_to_obj(handle)
-            free_obj = pool.obj_malloc(dst, handle)
-            pool.zs_object_copy(cls, free_obj, used_obj)
-            pool.obj_free(cls, used_obj)
+            pool.migrate_obj(cls, dst, handle)
             moved += 1
             if dst.inuse == cls.objs_per_zspage or src.inuse == 0:
                 return moved
     return moved
 
 
-def __zs_compact(pool: Pool, cls: SizeClass, policy: str) -> tuple[int, int]:
-    """Compact one class; return (pages freed, objects moved)."""
+def __zs_compact(pool: Pool, cls: SizeClass) -> tuple[int, int]:
+    """Compact one class as 6.4 does; return (pages freed, objects moved)."""
     freed = moved = 0
     with pool._lock, cls.lock:  # the pool lock's write side
         dst: Zspage | None = None
         src: Zspage | None = None
         while pool.zs_can_compact(cls):
             if dst is None:
-                dst = isolate_dst_zspage(pool, cls, policy)
+                dst = isolate_dst_zspage(pool, cls)
                 if dst is None:
                     break
-            src = isolate_src_zspage(pool, cls, policy)
+            src = isolate_src_zspage(pool, cls)
             if src is None:
                 break
             if not pool.zspage_write_trylock(src):
                 break
             moved += migrate_zspage(pool, cls, src, dst)
             pool.zspage_write_unlock(src)
-            if putback_zspage(pool, cls, src) == ZS_INUSE_RATIO_0:
+            if pool.putback_zspage(cls, src) == ZS_INUSE_RATIO_0:
                 pool.free_zspage(cls, src)
                 freed += cls.pages_per_zspage
             src = None
-            if get_fullness_group(dst.inuse, cls.objs_per_zspage) == ZS_INUSE_RATIO_100:
-                putback_zspage(pool, cls, dst)
+            if dst.inuse == cls.objs_per_zspage:
+                pool.putback_zspage(cls, dst)
                 dst = None
         if src is not None:
-            putback_zspage(pool, cls, src)
+            pool.putback_zspage(cls, src)
         if dst is not None:
-            putback_zspage(pool, cls, dst)
+            pool.putback_zspage(cls, dst)
     return freed, moved
 
 
-def zs_compact(pool: Pool, policy: str = "ratio") -> int:
+def check_policy(fullness: str, policy: str | None) -> None:
+    """``compact(policy)``: compaction follows the pool's grouping, which ``policy``, if given, must name."""
+    if policy is None or policy == fullness:
+        return
+    if policy not in FULLNESS_GROUPINGS:
+        raise ValueError(f"compaction policy must be one of {FULLNESS_GROUPINGS}, not {policy!r}")
+    raise ValueError(
+        f"compaction follows the pool's fullness grouping, {fullness!r}: "
+        f"compacting as {policy!r} needs a pool made with fullness={policy!r}"
+    )
+
+
+def zs_compact(pool: Pool) -> int:
     """Compact every canonical class, largest first; return the pages freed by this call."""
-    if policy not in POLICIES:
-        raise ValueError(f"compaction policy must be one of {POLICIES}, not {policy!r}")
+    compact_class = legacy.__zs_compact if pool.fullness == FULLNESS_LEGACY else __zs_compact
     freed = moved = 0
     for cls in pool.classes:
-        f, m = __zs_compact(pool, cls, policy)
+        f, m = compact_class(pool, cls)
         freed += f
         moved += m
     with pool._cache_lock:

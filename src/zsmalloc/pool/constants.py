@@ -36,6 +36,11 @@ HANDLE_LOW_MASK = (1 << HANDLE_SLOT_SHIFT) - 1  # tag, generation and bit 0
 # handle passed in, whatever its low bits: one comparison validates a handle.
 HANDLE_FREED = 1 << 63
 
+# how a pool groups its zspages by fullness (``Pool(fullness=...)``)
+FULLNESS_RATIO = "ratio"  # 6.4 and later: the groups below
+FULLNESS_LEGACY = "legacy"  # 4.8 to 6.3: empty, almost empty, almost full, full (pool/legacy.py)
+FULLNESS_GROUPINGS = (FULLNESS_RATIO, FULLNESS_LEGACY)
+
 # fullness groups (6.4+): 0 empty, 1..10 by tenths of use, 11 full
 ZS_INUSE_RATIO_0 = 0
 ZS_INUSE_RATIO_10 = 1

@@ -51,7 +51,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from zsmalloc.mm import EAGAIN, MIGRATEPAGE_SUCCESS, PAGE_SHIFT, PAGE_SIZE, MigrateMode, PG_movable
-from zsmalloc.pool.constants import OBJ_INDEX_BITS, get_fullness_group
+from zsmalloc.pool.constants import OBJ_INDEX_BITS
 
 if TYPE_CHECKING:
     from zsmalloc.pool.zsmalloc import Pool, SizeClass, Zspage
@@ -204,8 +204,7 @@ class Seed2016MovableOps(MainlineMovableOps):
         pool = self.pool
         zspage.isolated -= 1
         if zspage.isolated == 0:
-            fg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
-            pool.insert_zspage(cls, zspage, fg)
+            fg = pool.putback_zspage(cls, zspage)
             if fg == 0:
                 pool.kick_deferred_free()
 

@@ -3,7 +3,8 @@
 Which kernel this models
 ------------------------
 Mainline 6.15 to 6.17 unless a function says otherwise: fullness groups by
-tenths of use (6.4), the min-waste chain size (6.3), the pool lock as a
+tenths of use (6.4; ``fullness="legacy"`` groups as 4.8 to 6.3 did, as
+pool/legacy.py says), the min-waste chain size (6.3), the pool lock as a
 reader/writer lock with per-zspage locks (5.17, the zspage lock of 6.15),
 object access through ``zs_obj_read_begin`` / ``zs_obj_read_end`` /
 ``zs_obj_write`` (6.15; ``map`` below is the read pair, ``zs_map_object``
@@ -111,11 +112,15 @@ from zsmalloc.errors import (
 from zsmalloc.mm import PAGE_SHIFT, PAGE_SIZE, Memory
 from zsmalloc.mm.counters import Counters
 from zsmalloc.mm.heap import trim_process_heap
+from zsmalloc.pool import legacy
 from zsmalloc.pool.common import PoolProtocols
-from zsmalloc.pool.compact import shrinker_count, shrinker_scan, zs_compact
+from zsmalloc.pool.compact import check_policy, shrinker_count, shrinker_scan, zs_compact
 from zsmalloc.pool.constants import (
     FG_NONE,
     FREE_LIST_END,
+    FULLNESS_GROUPINGS,
+    FULLNESS_LEGACY,
+    FULLNESS_RATIO,
     HANDLE_FREED,
     HANDLE_GEN_MASK,
     HANDLE_GEN_SHIFT,
@@ -128,7 +133,7 @@ from zsmalloc.pool.constants import (
     OBJ_TAG_BITS,
     ZS_INUSE_RATIO_0,
     ZS_INUSE_RATIO_10,
-    ZS_INUSE_RATIO_99,
+    ZS_INUSE_RATIO_100,
     get_fullness_group,
 )
 from zsmalloc.pool.handles import HANDLE_TAG_SHIFT, handle_tag_arg, hold_handle_tag, reserve_handle_tag
@@ -276,7 +281,8 @@ class SizeClass:
 
     @property
     def nr_zspages(self) -> list[int]:
-        """Zspages per fullness group (the 10%..100% columns of the stats are groups 1..11)."""
+        """Zspages per fullness group (the 10%..100% columns of the stats are groups 1..11;
+        under the legacy grouping groups 0..3 are used, pool/legacy.py)."""
         return [len(lst) for lst in self.fullness_list]
 
     def __repr__(self) -> str:
@@ -292,7 +298,9 @@ class Pool(PoolProtocols):
     ``memory`` is the :class:`~zsmalloc.mm.Memory` to take frames from (a new
     private one by default); ``max_pages`` caps the pool's pages.
     ``chain_size`` (4..16) and ``class_rule`` ("min-waste", or the pre-6.3
-    "used-percentage") shape the size classes.  ``migration`` picks the
+    "used-percentage") shape the size classes.  ``fullness`` is how zspages
+    are grouped, allocated from and compacted: "ratio" (6.4 and later) or
+    "legacy" (4.8 to 6.3, pool/legacy.py).  ``migration`` picks the
     movable-page protocol ("mainline", or "2016", see pool/migrate.py).
     ``auto_compact_pages`` runs compaction in the background once that many
     pages are freeable (the shrinker's count).  ``background_work=False``
@@ -312,12 +320,20 @@ class Pool(PoolProtocols):
         max_pages: int | None = None,
         *,
         class_rule: str = RULE_MIN_WASTE,
+        fullness: str = FULLNESS_RATIO,
         migration: str = "mainline",
         auto_compact_pages: int | None = None,
         background_work: bool = True,
         handle_tag: int | None = None,
     ) -> None:
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
+        if fullness not in FULLNESS_GROUPINGS:
+            raise ValueError(f"fullness must be one of {FULLNESS_GROUPINGS}, not {fullness!r}")
+        #: how zspages are grouped: "ratio" (6.4+) or "legacy" (before 6.4)
+        self.fullness = fullness
+        self._legacy = fullness == FULLNESS_LEGACY
+        #: the group of full zspages: find_get_zspage looks below it
+        self._zs_full = legacy.ZS_FULL if self._legacy else ZS_INUSE_RATIO_100
         self.max_pages = max_pages
         self.name = name
         self.chain_size = chain_size
@@ -542,8 +558,17 @@ class Pool(PoolProtocols):
     # ------------------------------------------------------------------
     # fullness lists (caller holds the class lock)
 
+    def get_fullness_group(self, cls: SizeClass, zspage: Zspage) -> int:
+        """The group the zspage's inuse calls for, in the pool's grouping."""
+        if self._legacy:
+            return legacy.get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+        return get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+
     def insert_zspage(self, cls: SizeClass, zspage: Zspage, fullness: int) -> None:
-        """Put a zspage at the head of its fullness group's list."""
+        """Put a zspage at the head of its fullness group's list (legacy: pool/legacy.py)."""
+        if self._legacy:
+            legacy.insert_zspage(cls, zspage, fullness)
+            return
         cls.fullness_list[fullness][zspage] = None
         zspage.fullness = fullness
 
@@ -560,15 +585,24 @@ class Pool(PoolProtocols):
 
     def fix_fullness_group(self, cls: SizeClass, zspage: Zspage) -> int:
         """Move the zspage to the list its inuse count calls for; return that group."""
-        newfg = get_fullness_group(zspage.inuse, cls.objs_per_zspage)
+        newfg = self.get_fullness_group(cls, zspage)
         if newfg != zspage.fullness:
             self.remove_zspage(cls, zspage)
             self.insert_zspage(cls, zspage, newfg)
         return newfg
 
+    def putback_zspage(self, cls: SizeClass, zspage: Zspage) -> int:
+        """Put a zspage back on the list its inuse calls for; return that group."""
+        fg = self.get_fullness_group(cls, zspage)
+        self.insert_zspage(cls, zspage, fg)
+        return fg
+
     def find_get_zspage(self, cls: SizeClass) -> Zspage | None:
-        """The head of the fullest group that has room (99% down to empty), or None."""
-        for fg in range(ZS_INUSE_RATIO_99, ZS_INUSE_RATIO_0 - 1, -1):
+        """The head of the fullest group that has room (99% down to empty), or None.
+
+        Legacy: almost full, almost empty, then empty.
+        """
+        for fg in range(self._zs_full - 1, ZS_INUSE_RATIO_0 - 1, -1):
             lst = cls.fullness_list[fg]
             if lst:
                 return next(reversed(lst))
@@ -622,6 +656,13 @@ class Pool(PoolProtocols):
         """The handle of the object at byte ``offset`` of page ``pfn`` if it is allocated, else 0."""
         head = self.obj_to_head(cls, pfn, offset)
         return head & ~OBJ_ALLOCATED_TAG if head & OBJ_ALLOCATED_TAG else 0
+
+    def migrate_obj(self, cls: SizeClass, dst: Zspage, handle: int) -> None:
+        """Move the handle's object into ``dst``: the step of either ``migrate_zspage``."""
+        used_obj = self.handle_to_obj(handle)
+        free_obj = self.obj_malloc(dst, handle)
+        self.zs_object_copy(cls, free_obj, used_obj)
+        self.obj_free(cls, used_obj)
 
     def objs_in_page(self, cls: SizeClass, zspage: Zspage, pfn: int) -> list[tuple[int, int]]:
         """(handle, obj_idx) of every allocated object that starts in page ``pfn``.
@@ -948,7 +989,7 @@ class Pool(PoolProtocols):
                 self.cache_free_handle(slot)
                 self._check_open()
             self.obj_malloc(zspage, handle)
-            self.insert_zspage(cls, zspage, get_fullness_group(zspage.inuse, cls.objs_per_zspage))
+            self.insert_zspage(cls, zspage, self.get_fullness_group(cls, zspage))
             cls.objs_allocated += cls.objs_per_zspage
             cls.objs_inuse += 1
             self._h_val[slot] = handle
@@ -1190,26 +1231,31 @@ class Pool(PoolProtocols):
                     ClassStats(
                         index=cls.index,
                         size=cls.size,
-                        inuse_ratio=tuple(cls.nr_zspages[ZS_INUSE_RATIO_10:]),
+                        inuse_ratio=tuple(cls.nr_zspages[ZS_INUSE_RATIO_10 : self._zs_full + 1]),
                         obj_allocated=cls.objs_allocated,
                         obj_used=cls.objs_inuse,
                         pages_per_zspage=cls.pages_per_zspage,
                         objs_per_zspage=cls.objs_per_zspage,
                         freeable=self.zs_can_compact(cls),
                         empty_zspages=cls.nr_zspages[ZS_INUSE_RATIO_0],
+                        fullness=self.fullness,
                     )
                 )
         return rows
 
-    def compact(self, policy: str = "ratio") -> int:
+    def compact(self, policy: str | None = None) -> int:
         """``zs_compact``: move objects so that zspages empty; return the pages freed.
+
+        Compaction follows the pool's grouping (``fullness``); ``policy``, if
+        given, must name it (a ValueError otherwise).
 
         Then the tables give back their free tops (:meth:`trim`) and the C
         heap what it holds free (``malloc_trim``): a caller who compacts wants
         the process's memory to shrink, not only the pool's page count.
         """
+        check_policy(self.fullness, policy)
         self._check_open()
-        freed = zs_compact(self, policy)
+        freed = zs_compact(self)
         if not self.trim():
             trim_process_heap()
         return freed

@@ -179,8 +179,9 @@ class ZramDevice(DeviceText):
     up to three secondary ones for :meth:`recompress`, in priority order.
     ``mem_limit`` caps the pool's memory in bytes (0: none); ``chain_size``
     (default 8) and ``memory`` shape the pool the device creates, unless
-    ``pool`` is given.  ``kernel`` ("6.6", "6.12", "6.17") configures the
-    device as that kernel's zram: :mod:`zsmalloc.zram.kernels`.
+    ``pool`` is given.  ``kernel`` ("6.1", "6.6", "6.12", "6.17") configures the
+    device as that kernel's zram: :mod:`zsmalloc.zram.kernels` (its pool made
+    as that kernel's zsmalloc is; a ``pool`` given must be so already).
     ``backing_file`` is a path for :meth:`writeback`, sized
     ``backing_blocks`` 4 KiB blocks (default: as many as the device has
     pages).  ``slot_lock_stripes`` (a power of two) is the number of slot locks.
@@ -221,8 +222,14 @@ class ZramDevice(DeviceText):
         self._own_pool = pool is None
         if pool is None:
             pool = _pool_class(memory)(
-                name=name, chain_size=setup.chain_size, class_rule=setup.class_rule, memory=memory
+                name=name,
+                chain_size=setup.chain_size,
+                class_rule=setup.class_rule,
+                fullness=setup.fullness,
+                memory=memory,
             )
+        else:
+            setup.check_pool(pool, kernel)
         self.pool = pool
         self._huge_size = self.pool.huge_class_size
         self._limit_pages = 0

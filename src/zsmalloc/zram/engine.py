@@ -79,7 +79,8 @@ class ZramDevice(DeviceText):
     ``dictionary``); ``recompress_algorithm``, one or up to three names;
     ``mem_limit`` in bytes (0: none); ``chain_size`` and ``memory`` shape the
     engine pool the device makes, unless ``pool`` (an engine pool, which it
-    then shares) is given; ``kernel`` (a :mod:`zsmalloc.zram.kernels` preset);
+    then shares) is given; ``kernel`` (a :mod:`zsmalloc.zram.kernels` preset,
+    which a ``pool`` given must match);
     ``backing_file`` and ``backing_blocks`` for :meth:`writeback`.
     """
 
@@ -118,8 +119,16 @@ class ZramDevice(DeviceText):
             raise TypeError(f"the engine's zram device runs in an engine Memory, not {memory!r}")
         self.name = name
         self._own_pool = pool is None
+        if pool is not None:
+            setup.check_pool(pool, kernel)
         self.pool: Pool = (
-            Pool(name=name, chain_size=setup.chain_size, class_rule=setup.class_rule, memory=memory)
+            Pool(
+                name=name,
+                chain_size=setup.chain_size,
+                class_rule=setup.class_rule,
+                fullness=setup.fullness,
+                memory=memory,
+            )
             if pool is None
             else pool
         )

@@ -3,17 +3,24 @@
 ``ZramDevice(..., kernel="6.12")`` and ``zsmalloc stats --kernel 6.12`` take
 one.  What each part of a preset follows::
 
-    preset   class rule   chain   zstd in zram                                    zstd level
-    6.6      min-waste    8       crypto API: standard frame, params for a        3 only
-                                  source of unknown size
-    6.12     min-waste    8       zram's backend: standard frame, params for      any
-                                  a 4 KiB source
-    6.17     min-waste    8       as 6.12                                         any
+    preset  class rule        chain  fullness  zstd in zram                                  zstd level
+    6.1     used-percentage   4      legacy    crypto API: standard frame, params for a      3 only
+                                               source of unknown size
+    6.6     min-waste         8      ratio     as 6.1                                        3 only
+    6.12    min-waste         8      ratio     zram's backend: standard frame, params for    any
+                                               a 4 KiB source
+    6.17    min-waste         8      ratio     as 6.12                                       any
 
-- The class rule and the chain size (CONFIG_ZSMALLOC_CHAIN_SIZE, whose default
-  of 8 Debian keeps) are 6.3's; the fullness groups, allocation order and
-  compaction (the ``ratio`` policy) are 6.4's; every preset here is later
-  than both, so the pool is the project's default pool in each.
+- The class rule and the chain size: before 6.3 a zspage had at most 4
+  pages (``ZS_MAX_ZSPAGE_ORDER`` 2) and the count that used the highest
+  percentage of them (``get_pages_per_zspage``); 6.3 made the limit
+  CONFIG_ZSMALLOC_CHAIN_SIZE (default 8, which Debian keeps) and the rule the
+  least tail waste.  The huge threshold (``zs_huge_class_size``) follows from
+  the class table in each.
+- The fullness grouping (``Pool(fullness=...)``): before 6.4 zspages were
+  almost empty or almost full, allocated from and compacted as
+  zsmalloc/pool/legacy.py says; 6.4 brought the groups by tenths and the
+  compaction of zsmalloc/pool/compact.py.
 - zram's own compression backends arrived in 6.12; before, zram compressed
   through the crypto API, whose zstd runs at level 3 with parameters for a
   source of unknown size.  Both keep a standard zstd frame (magic number and
@@ -23,14 +30,17 @@ one.  What each part of a preset follows::
   output is 6.12's on every page compared in a booted 6.12 (``zsmalloc
   kernel-vm``); 6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
   zstd pages may come out a few bytes apart (libzstd 1.5.7 against 6.12's:
-  11-14% of pages differ, by 1-16 bytes).
+  11-14% of pages differ, by 1-16 bytes), and 6.1's lib/zstd is 1.4.10
+  (imported in 5.16; against a booted 6.1, 22 of 33 sampled objects differ).
 - lz4 is the kernel's lib/lz4 (LZ4 1.7.3's compressor, unchanged in its
-  output since 4.11) at acceleration 1 in every version: under a preset,
+  output since 4.11) at acceleration 1 in every version (the crypto API's
+  ``LZ4_compress_default`` before 6.12): under a preset,
   ``lz4`` is the ``lz4-kernel`` codec, which makes the kernel's bytes, where
   liblz4 1.9.4 (the ``lz4`` codec) makes other blocks of the same format.
-- 6.1 is refused: before 6.4 zsmalloc grouped zspages as almost empty and
-  almost full, and allocated from those lists in another order, which the
-  model does not have yet; a 6.1 preset would not give 6.1's page counts.
+- zram's write path is the same in all four for what the presets touch: a
+  page of one repeated 8-byte word is same-filled, a page that compresses to
+  ``zs_huge_class_size`` or more is stored whole (huge), and the new object is
+  allocated before the slot's old one is freed.
 """
 
 from __future__ import annotations
@@ -48,6 +58,8 @@ class KernelPreset:
     version: str
     chain_size: int
     class_rule: str
+    #: the pool's fullness grouping (``zsmalloc.Pool(fullness=...)``)
+    fullness: str
     #: zstd's framing (:data:`zsmalloc.zram.codecs.ZSTD_FRAMES`)
     zstd_frame: str
     #: whether that zram takes a zstd level (algorithm_params)
@@ -61,27 +73,19 @@ class KernelPreset:
 KERNELS: dict[str, KernelPreset] = {
     p.version: p
     for p in (
-        KernelPreset("6.6", 8, "min-waste", "crypto", zstd_level=False),
-        KernelPreset("6.12", 8, "min-waste", "page", zstd_level=True, zstd_library="1.5.5"),
-        KernelPreset("6.17", 8, "min-waste", "page", zstd_level=True, zstd_library="1.5.7"),
+        KernelPreset("6.1", 4, "used-percentage", "legacy", "crypto", False, zstd_library="1.4.10"),
+        KernelPreset("6.6", 8, "min-waste", "ratio", "crypto", zstd_level=False),
+        KernelPreset("6.12", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.5"),
+        KernelPreset("6.17", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.7"),
     )
-}
-
-#: versions asked for that cannot be modelled yet, and why
-NOT_MODELLED = {
-    "6.1": "before 6.4 zsmalloc kept zspages on almost-empty and almost-full lists and allocated "
-    "from them in another order; the model does not have that grouping yet",
 }
 
 
 def kernel_preset(version: str) -> KernelPreset:
-    """The preset of ``version``; a ValueError that says why for one that is not modelled."""
+    """The preset of ``version``; a ValueError for a version that has none."""
     try:
         return KERNELS[version]
     except KeyError:
-        why = NOT_MODELLED.get(version)
-        if why:
-            raise ValueError(f"kernel {version} is not modelled: {why}") from None
         raise ValueError(f"unknown kernel {version!r}; presets: {', '.join(KERNELS)}") from None
 
 
@@ -91,9 +95,22 @@ class DeviceSetup:
 
     chain_size: int
     class_rule: str
+    fullness: str
     #: the primary algorithm (a name or a model codec): as given, or the kernel's own codec for it
     algorithm: Any
     params: dict | None
+
+    def check_pool(self, pool: Any, version: str | None) -> None:
+        """A pool given to a device under a preset must be shaped as that kernel's is."""
+        if version is None:
+            return
+        given = (pool.chain_size, pool.class_rule, pool.fullness)
+        want = (self.chain_size, self.class_rule, self.fullness)
+        if given != want:
+            raise ValueError(
+                f"kernel {version}'s zsmalloc has chain size {want[0]}, the {want[1]} rule and the "
+                f"{want[2]} grouping; the pool given has chain size {given[0]}, {given[1]}, {given[2]}"
+            )
 
 
 def preset_algorithm(version: str | None, algorithm: A) -> A | str:
@@ -106,23 +123,24 @@ def apply_kernel(
 ) -> DeviceSetup:
     """The pool's chain size and class rule, and the primary algorithm and its params, under ``version``.
 
-    Without a preset: chain 8 unless given, the current class rule, and the
-    algorithm and params as given.  With one, ``lz4`` is the kernel's own
-    compressor (``lz4-kernel``).  With one, a chain size or a zstd frame given that
+    Without a preset: chain 8 unless given, the current class rule and
+    grouping, and the algorithm and params as given.  With one, ``lz4`` is the
+    kernel's own compressor (``lz4-kernel``), and a chain size or a zstd frame given that
     disagrees with the preset, or a zstd level that its zram cannot take, is
     a ValueError.
     """
     if version is None:
-        return DeviceSetup(8 if chain_size is None else chain_size, "min-waste", algorithm, params)
+        return DeviceSetup(8 if chain_size is None else chain_size, "min-waste", "ratio", algorithm, params)
     preset = kernel_preset(version)
     if chain_size is not None and chain_size != preset.chain_size:
         raise ValueError(f"kernel {version} has chain size {preset.chain_size}, not {chain_size}")
     if algorithm != "zstd":
-        return DeviceSetup(preset.chain_size, preset.class_rule, preset_algorithm(version, algorithm), params)
+        codec = preset_algorithm(version, algorithm)
+        return DeviceSetup(preset.chain_size, preset.class_rule, preset.fullness, codec, params)
     merged = dict(params or {})
     frame = merged.setdefault("frame", preset.zstd_frame)
     if frame != preset.zstd_frame:
         raise ValueError(f"kernel {version}'s zram frames zstd as {preset.zstd_frame!r}, not {frame!r}")
     if merged.get("level") is not None and not preset.zstd_level:
         raise ValueError(f"kernel {version}'s zram runs zstd at level 3 and takes no level")
-    return DeviceSetup(preset.chain_size, preset.class_rule, algorithm, merged)
+    return DeviceSetup(preset.chain_size, preset.class_rule, preset.fullness, algorithm, merged)

@@ -136,12 +136,8 @@ impl Pool {
         let z = self.zs(zid);
         let left = z.isolated.load(Relaxed) - 1;
         z.isolated.store(left, Relaxed);
-        if left == 0 {
-            let fg = cls.fg_of_inuse[z.inuse.load(Relaxed) as usize] as usize;
-            self.insert_zspage(st, zid, fg);
-            if fg == 0 {
-                self.kick_deferred_free();
-            }
+        if left == 0 && self.putback_zspage(cls, st, zid) == 0 {
+            self.kick_deferred_free();
         }
     }
 }

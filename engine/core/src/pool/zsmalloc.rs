@@ -2,6 +2,8 @@
 //! [`Memory`].  The model's counterpart is `zsmalloc/pool/zsmalloc.py`; both
 //! follow one deterministic algorithm, so that the same calls give the same
 //! handles, locations and lists (the differential test compares them).
+//! Fullness groups and compaction are 6.4's, or with [`Fullness::Legacy`]
+//! those of 4.8 to 6.3 (`legacy.rs`).
 //!
 //! What lives where
 //! ----------------
@@ -81,6 +83,7 @@ use crate::sync::{
     MutexGuard, RwLock, RwLockReadGuard, Weak,
 };
 
+use super::legacy::{self, Fullness};
 use super::migrate::Protocol;
 
 use super::size_class::{
@@ -114,7 +117,7 @@ pub const ZS_INUSE_RATIO_99: usize = 10;
 pub const ZS_INUSE_RATIO_100: usize = 11;
 /// A zspage on no fullness list (being built, isolated, or taken by the deferred free).
 pub const FG_NONE: u8 = u8::MAX;
-const NO_ZSPAGE: u32 = u32::MAX;
+pub(super) const NO_ZSPAGE: u32 = u32::MAX;
 const FREE_CLASS: u16 = u16::MAX;
 
 const AUTO_COMPACT_INTERVAL: u32 = 1024;
@@ -230,7 +233,7 @@ unsafe impl Zeroable for ZsPage {}
 
 /// One class's lists and counters (under the class lock).
 pub struct ClassState {
-    head: [u32; NR_FULLNESS_GROUPS],
+    pub(super) head: [u32; NR_FULLNESS_GROUPS],
     count: [u32; NR_FULLNESS_GROUPS],
     pub objs_allocated: u64,
     pub objs_inuse: u64,
@@ -251,12 +254,13 @@ pub struct SizeClass {
     /// bytes before the caller's data: the handle header, none when huge
     hdr: usize,
     layout: [PageLayout; ZS_MAX_CHAIN_SIZE],
+    /// the fullness group of each inuse count, in the pool's grouping
     pub(super) fg_of_inuse: Vec<u8>,
     pub(super) state: Mutex<ClassState>,
 }
 
 impl SizeClass {
-    fn new(spec: ClassSpec) -> SizeClass {
+    fn new(spec: ClassSpec, fullness: Fullness) -> SizeClass {
         let mut layout = [PageLayout::default(); ZS_MAX_CHAIN_SIZE];
         let mut idx = 0;
         for (k, l) in layout.iter_mut().enumerate().take(spec.pages_per_zspage) {
@@ -267,11 +271,15 @@ impl SizeClass {
             idx += count;
         }
         let n = spec.objs_per_zspage;
+        let group_of = match fullness {
+            Fullness::Ratio => get_fullness_group,
+            Fullness::Legacy => legacy::get_fullness_group,
+        };
         SizeClass {
             spec,
             hdr: if spec.huge { 0 } else { ZS_HANDLE_SIZE },
             layout,
-            fg_of_inuse: (0..=n).map(|i| get_fullness_group(i, n) as u8).collect(),
+            fg_of_inuse: (0..=n).map(|i| group_of(i, n) as u8).collect(),
             state: Mutex::new(ClassState {
                 head: [NO_ZSPAGE; NR_FULLNESS_GROUPS],
                 count: [0; NR_FULLNESS_GROUPS],
@@ -360,6 +368,8 @@ pub struct PoolConfig {
     pub name: String,
     pub chain_size: usize,
     pub class_rule: ClassRule,
+    /// how zspages are grouped, allocated from and compacted
+    pub fullness: Fullness,
     pub max_pages: Option<usize>,
     pub auto_compact_pages: Option<usize>,
     pub migration: Protocol,
@@ -378,12 +388,14 @@ pub struct PoolConfig {
 
 impl PoolConfig {
     /// A pool named `name` with the defaults: chain size 8, the min-waste
-    /// rule, no page cap, the mainline protocol, tag 1, background work on.
+    /// rule, 6.4's fullness groups, no page cap, the mainline protocol, tag
+    /// 1, background work on.
     pub fn new(name: &str) -> PoolConfig {
         PoolConfig {
             name: name.into(),
             chain_size: 8,
             class_rule: ClassRule::MinWaste,
+            fullness: Fullness::Ratio,
             max_pages: None,
             auto_compact_pages: None,
             migration: Protocol::Mainline,
@@ -428,6 +440,9 @@ pub struct Pool {
     own_memory: bool,
     huge_class_size: usize,
     pub(super) ops_id: u8,
+    /// the group of full zspages (ZS_INUSE_RATIO_100, or legacy ZS_FULL):
+    /// find_get_zspage looks below it
+    zs_full: usize,
     /// canonical classes, largest index first (the order compaction walks)
     classes: Vec<SizeClass>,
     /// class index (0..255) -> position in `classes`
@@ -508,6 +523,8 @@ pub struct ClassRow {
     pub objs_allocated: u64,
     pub objs_inuse: u64,
     pub freeable: u64,
+    /// the pool's grouping, which says what `zspages_per_group` holds
+    pub fullness: Fullness,
 }
 
 #[inline]
@@ -527,7 +544,12 @@ impl Pool {
             )));
         }
         let table = build_class_table(config.chain_size, config.class_rule).map_err(PoolError::Value)?;
-        let classes: Vec<SizeClass> = table.specs.iter().map(|&s| SizeClass::new(s)).collect();
+        let classes: Vec<SizeClass> =
+            table.specs.iter().map(|&s| SizeClass::new(s, config.fullness)).collect();
+        let zs_full = match config.fullness {
+            Fullness::Ratio => ZS_INUSE_RATIO_100,
+            Fullness::Legacy => legacy::ZS_FULL,
+        };
         let mut class_pos = [0u8; ZS_SIZE_CLASSES];
         for (i, slot) in class_pos.iter_mut().enumerate() {
             let canonical = table.canonical[i];
@@ -554,6 +576,7 @@ impl Pool {
                 mem,
                 own_memory,
                 huge_class_size: table.huge_class_size,
+                zs_full,
                 classes,
                 class_pos,
                 class_for_size,
@@ -740,15 +763,31 @@ impl Pool {
     // ------------------------------------------------------------------
     // fullness lists (caller holds the class lock)
 
+    /// `insert_zspage`: at the head of the group's list; before 6.4, just
+    /// after the head instead when the head holds more objects.
     pub(super) fn insert_zspage(&self, st: &mut ClassState, zid: u32, fg: usize) {
         let z = self.zs(zid);
         let head = st.head[fg];
-        z.prev.store(NO_ZSPAGE, Relaxed);
-        z.next.store(head, Relaxed);
-        if head != NO_ZSPAGE {
-            self.zs(head).prev.store(zid, Relaxed);
+        if self.config.fullness == Fullness::Legacy
+            && head != NO_ZSPAGE
+            && z.inuse.load(Relaxed) < self.zs(head).inuse.load(Relaxed)
+        {
+            let h = self.zs(head);
+            let after = h.next.load(Relaxed);
+            z.prev.store(head, Relaxed);
+            z.next.store(after, Relaxed);
+            if after != NO_ZSPAGE {
+                self.zs(after).prev.store(zid, Relaxed);
+            }
+            h.next.store(zid, Relaxed);
+        } else {
+            z.prev.store(NO_ZSPAGE, Relaxed);
+            z.next.store(head, Relaxed);
+            if head != NO_ZSPAGE {
+                self.zs(head).prev.store(zid, Relaxed);
+            }
+            st.head[fg] = zid;
         }
-        st.head[fg] = zid;
         st.count[fg] += 1;
         z.fg.store(fg as u8, Relaxed);
     }
@@ -792,9 +831,10 @@ impl Pool {
         newfg
     }
 
-    /// `find_get_zspage`: the head of the fullest group that has room.
+    /// `find_get_zspage`: the head of the fullest group that has room
+    /// (legacy: almost full, almost empty, empty).
     fn find_get_zspage(&self, st: &ClassState) -> Option<u32> {
-        (ZS_INUSE_RATIO_0..=ZS_INUSE_RATIO_99).rev().map(|fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)
+        (ZS_INUSE_RATIO_0..self.zs_full).rev().map(|fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)
     }
 
     // ------------------------------------------------------------------
@@ -1087,7 +1127,12 @@ impl Pool {
     }
 
     /// `free_zspage`: now if every page lock can be had, else deferred.
-    fn free_zspage(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> Result<(), PoolError> {
+    pub(super) fn free_zspage(
+        &self,
+        cls: &SizeClass,
+        st: &mut ClassState,
+        zid: u32,
+    ) -> Result<(), PoolError> {
         if !self.trylock_zspage(zid) {
             self.kick_deferred_free();
             return Ok(());
@@ -1156,7 +1201,7 @@ impl Pool {
         if name == "free" {
             self.async_free_zspage()?;
         } else if self.shrinker_count() >= self.config.auto_compact_pages.unwrap_or(0) as u64 {
-            self.zs_compact(CompactPolicy::Ratio)?;
+            self.zs_compact()?;
         }
         Ok(())
     }
@@ -1523,6 +1568,7 @@ impl Pool {
                     objs_allocated: st.objs_allocated,
                     objs_inuse: st.objs_inuse,
                     freeable: zs_can_compact(&cls.spec, &st),
+                    fullness: self.config.fullness,
                 }
             })
             .collect()
@@ -1536,38 +1582,33 @@ impl Pool {
     // ------------------------------------------------------------------
     // compaction (zs_compact)
 
-    fn take_zspage(&self, st: &mut ClassState, groups: &[usize], lowest_zid: bool) -> Option<u32> {
-        let zid = if lowest_zid {
-            groups.iter().flat_map(|&fg| self.list_zspages(st, fg)).min()
-        } else {
-            groups.iter().map(|&fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)
-        }?;
+    /// The head of the first non-empty list of `groups`, off its list.
+    fn take_zspage(&self, st: &mut ClassState, groups: &[usize]) -> Option<u32> {
+        let zid = groups.iter().map(|&fg| st.head[fg]).find(|&z| z != NO_ZSPAGE)?;
         self.remove_zspage(st, zid);
         Some(zid)
     }
 
-    fn isolate_src_zspage(&self, st: &mut ClassState, policy: CompactPolicy) -> Option<u32> {
-        match policy {
-            CompactPolicy::Legacy => self
-                .take_zspage(st, &LEGACY_ALMOST_EMPTY, true)
-                .or_else(|| self.take_zspage(st, &LEGACY_ALMOST_FULL, true)),
-            CompactPolicy::Ratio => self.take_zspage(st, &RATIO_ASCENDING, false),
-        }
+    /// `isolate_src_zspage`: the emptiest partial zspage.
+    fn isolate_src_zspage(&self, st: &mut ClassState) -> Option<u32> {
+        self.take_zspage(st, &RATIO_ASCENDING)
     }
 
-    fn isolate_dst_zspage(&self, st: &mut ClassState, policy: CompactPolicy) -> Option<u32> {
-        match policy {
-            CompactPolicy::Legacy => self
-                .take_zspage(st, &LEGACY_ALMOST_FULL, true)
-                .or_else(|| self.take_zspage(st, &LEGACY_ALMOST_EMPTY, true)),
-            CompactPolicy::Ratio => self.take_zspage(st, &RATIO_DESCENDING, false),
-        }
+    /// `isolate_dst_zspage`: the fullest partial zspage.
+    fn isolate_dst_zspage(&self, st: &mut ClassState) -> Option<u32> {
+        self.take_zspage(st, &RATIO_DESCENDING)
     }
 
-    fn putback_zspage(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> usize {
+    /// `putback_zspage`: onto the list its inuse calls for; returns that group.
+    pub(super) fn putback_zspage(&self, cls: &SizeClass, st: &mut ClassState, zid: u32) -> usize {
         let fg = cls.fg_of_inuse[self.zs(zid).inuse.load(Relaxed) as usize] as usize;
         self.insert_zspage(st, zid, fg);
         fg
+    }
+
+    /// `zs_can_compact` (caller holds the class lock).
+    pub(super) fn zs_can_compact(&self, cls: &SizeClass, st: &ClassState) -> u64 {
+        zs_can_compact(&cls.spec, st)
     }
 
     pub(super) fn zspage_write_trylock(&self, zid: u32) -> bool {
@@ -1609,37 +1650,51 @@ impl Pool {
         n
     }
 
+    /// Move the object of handle slot `slot` from src into dst: the step of
+    /// either `migrate_zspage`.
+    pub(super) fn migrate_obj(&self, cls: &SizeClass, src: u32, dst: u32, slot: u32) {
+        let e = self.entry(slot as usize);
+        let val = e.val.load(Relaxed);
+        let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
+        let packed = e.obj.load(Relaxed);
+        let old = packed & LOC_MASK;
+        let new = self.obj_malloc(cls, dst, handle);
+        self.zs_object_copy(cls, new, old);
+        self.obj_free(cls, src, old);
+        e.obj.store(new | (packed & !LOC_MASK), Relaxed);
+        e.val.store(live_val(handle, dst), Relaxed);
+    }
+
+    /// The handle slot of each allocated object of zspage `zid`, in index
+    /// order (`find_alloced_obj` page by page), to `f` until it returns false.
+    pub(super) fn for_each_obj(&self, cls: &SizeClass, zid: u32, mut f: impl FnMut(u32) -> bool) {
+        let mut objs = [(0u32, 0u16); MAX_OBJS_PER_PAGE];
+        let chain = self.zspage_pages(zid);
+        for (k, &page) in chain.as_slice().iter().enumerate() {
+            let count = self.objs_in_page(cls, k, page, &mut objs);
+            for &(slot, _) in &objs[..count] {
+                if !f(slot) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// `migrate_zspage`: move src's objects into dst until dst is full or
     /// src empty; returns how many moved.
     fn migrate_zspage(&self, cls: &SizeClass, src: u32, dst: u32) -> u64 {
         let n = cls.spec.objs_per_zspage as u16;
         let mut moved = 0;
-        let mut objs = [(0u32, 0u16); MAX_OBJS_PER_PAGE];
-        let chain = self.zspage_pages(src);
-        for (k, &page) in chain.as_slice().iter().enumerate() {
-            let count = self.objs_in_page(cls, k, page, &mut objs);
-            for &(slot, _) in &objs[..count] {
-                let e = self.entry(slot as usize);
-                let val = e.val.load(Relaxed);
-                let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
-                let packed = e.obj.load(Relaxed);
-                let old = packed & LOC_MASK;
-                let new = self.obj_malloc(cls, dst, handle);
-                self.zs_object_copy(cls, new, old);
-                self.obj_free(cls, src, old);
-                e.obj.store(new | (packed & !LOC_MASK), Relaxed);
-                e.val.store(live_val(handle, dst), Relaxed);
-                moved += 1;
-                if self.zs(dst).inuse.load(Relaxed) == n || self.zs(src).inuse.load(Relaxed) == 0 {
-                    return moved;
-                }
-            }
-        }
+        self.for_each_obj(cls, src, |slot| {
+            self.migrate_obj(cls, src, dst, slot);
+            moved += 1;
+            self.zs(dst).inuse.load(Relaxed) != n && self.zs(src).inuse.load(Relaxed) != 0
+        });
         moved
     }
 
-    /// Compact one class; (pages freed, objects moved).
-    fn __zs_compact(&self, cls: &SizeClass, policy: CompactPolicy) -> Result<(u64, u64), PoolError> {
+    /// Compact one class as 6.4 does; (pages freed, objects moved).
+    fn __zs_compact(&self, cls: &SizeClass) -> Result<(u64, u64), PoolError> {
         let _guard = self.lock.write();
         let mut st = cls.state.lock();
         let (mut freed, mut moved) = (0, 0);
@@ -1648,7 +1703,7 @@ impl Pool {
         while zs_can_compact(&cls.spec, &st) > 0 {
             let d = match dst {
                 Some(d) => d,
-                None => match self.isolate_dst_zspage(&mut st, policy) {
+                None => match self.isolate_dst_zspage(&mut st) {
                     Some(d) => {
                         dst = Some(d);
                         d
@@ -1656,7 +1711,7 @@ impl Pool {
                     None => break,
                 },
             };
-            let Some(s) = self.isolate_src_zspage(&mut st, policy) else {
+            let Some(s) = self.isolate_src_zspage(&mut st) else {
                 break;
             };
             src = Some(s);
@@ -1684,12 +1739,17 @@ impl Pool {
         Ok((freed, moved))
     }
 
-    /// `zs_compact`: every canonical class, largest first; pages freed.
-    pub fn zs_compact(&self, policy: CompactPolicy) -> Result<u64, PoolError> {
+    /// `zs_compact`: every canonical class, largest first, as the pool's
+    /// grouping compacts; pages freed.
+    pub fn zs_compact(&self) -> Result<u64, PoolError> {
         let (mut freed, mut moved) = (0, 0);
         let mut result = Ok(());
         for cls in &self.classes {
-            match self.__zs_compact(cls, policy) {
+            let compacted = match self.config.fullness {
+                Fullness::Ratio => self.__zs_compact(cls),
+                Fullness::Legacy => legacy::__zs_compact(self, cls),
+            };
+            match compacted {
                 Ok((f, m)) => {
                     freed += f;
                     moved += m;
@@ -1914,19 +1974,8 @@ impl Drop for Pool {
     }
 }
 
-/// Compaction's choice of source and destination zspages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CompactPolicy {
-    /// 6.4 and later: by fullness group
-    Ratio,
-    /// before 6.4: "almost empty" (up to 3/4) and "almost full" lists
-    Legacy,
-}
-
 const RATIO_ASCENDING: [usize; 10] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 const RATIO_DESCENDING: [usize; 10] = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
-const LEGACY_ALMOST_EMPTY: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
-const LEGACY_ALMOST_FULL: [usize; 2] = [9, 10];
 
 #[inline]
 fn check_size(size: usize) -> Result<(), PoolError> {
@@ -1981,6 +2030,7 @@ mod tests {
             name: "t".into(),
             chain_size: 8,
             class_rule: ClassRule::MinWaste,
+            fullness: Fullness::Ratio,
             max_pages: None,
             auto_compact_pages: None,
             migration: Protocol::Mainline,
@@ -2102,7 +2152,7 @@ mod tests {
             p.zs_free(*h).unwrap();
         }
         let before = p.total_pages();
-        let freed = p.zs_compact(CompactPolicy::Ratio).unwrap();
+        let freed = p.zs_compact().unwrap();
         assert!(freed > 0);
         assert_eq!(p.total_pages(), before - freed as usize);
         for (i, h) in hs.iter().enumerate().skip(1).step_by(2) {
@@ -2141,7 +2191,7 @@ mod tests {
             let p = p.clone();
             std::thread::spawn(move || {
                 for _ in 0..200 {
-                    p.zs_compact(CompactPolicy::Ratio).unwrap();
+                    p.zs_compact().unwrap();
                     std::thread::sleep(Duration::from_micros(200));
                 }
             })

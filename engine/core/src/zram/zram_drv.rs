@@ -1194,7 +1194,7 @@ impl Zram {
     /// `echo 1 > compact`: the pool's compaction; the pages it freed.
     pub fn compact(&self) -> Result<u64, ZramError> {
         self.check_open()?;
-        Ok(self.pool.zs_compact(crate::pool::CompactPolicy::Ratio)?)
+        Ok(self.pool.zs_compact()?)
     }
 
     /// `echo 1 > reset`: free every page, clear the statistics; the
