@@ -18,7 +18,7 @@ LZ4_decompress_safe and zstd_decompress_dctx capture the objects the kernel
 decompresses, compared byte for byte with those our device stores for the
 same pages.  Kprobes on zs_malloc and zs_free in the guest
 record the kernel's own object sizes and frees; ``zsmalloc replay`` runs them
-on our pool with the kernel's chain size, class rule and compaction policy:
+on our pool with the kernel's chain size, class rule and fullness grouping:
 ``mem_used_total``, ``mem_used_max`` and ``pages_compacted`` compared
 independently of the codec.
 
@@ -236,7 +236,7 @@ def markdown(doc: dict) -> str:
             "",
             f"The same runs with our pool fed the kernel's own object sizes (kprobes on zs_malloc and "
             f"zs_free in the guest, replayed by `zsmalloc replay --chain-size {k['chain_size']} --rule "
-            f"{k['replay_rule']} --policy {k['replay_policy']}`; objects = pages stored - same_pages on "
+            f"{k['replay_rule']} --fullness {k['replay_fullness']}`; objects = pages stored - same_pages on "
             f"the kernel's side): {_replay_verdict(k)}",
             "",
             _replay_table(k),
@@ -254,10 +254,11 @@ RESIDUES = (
     "frame, with 6.12's parameters for a 4 KiB input. With libzstd 1.5.7 instead, 11-14% of the zstd "
     "pages of a 2,048-page run came out 1-16 bytes apart from 6.12's (compr_data_size within 0.01%, "
     "mem_used_total up to 1.7% apart, as objects cross class boundaries); with liblz4 1.9.4 instead "
-    "of lz4-kernel, 84% of real pages come out different. A series without a preset (6.1 here) runs "
-    "`zsmalloc stats` with liblz4 and this project's defaults at the kernel's chain size, so its "
-    "residues there come from the codec and from zsmalloc's pre-6.4 grouping, which the stats command "
-    "does not model. `mem_used_total`, `mem_used_max` and `pages_compacted` follow from the object "
+    "of lz4-kernel, 84% of real pages come out different. 6.1's lib/zstd is 1.4.10 (imported in "
+    "5.16), which no pinned library here matches: its zstd objects are the residue on 6.1 (a few "
+    "bytes apart on most pages, compr_data_size within 0.1%, mem_used_total and pages_compacted "
+    "further as objects cross class boundaries), while its lz4 figures and objects are the kernel's. "
+    "`mem_used_total`, `mem_used_max` and `pages_compacted` follow from the object "
     "sizes: the replay tables, where our pool is fed the kernel's own sizes, agree field for field."
 )
 

@@ -95,7 +95,7 @@ def test_every_field_is_the_kernels(comparison):
 
 @pytest.mark.timeout(900)
 def test_our_pool_fed_the_kernels_object_sizes_ends_each_stage_as_the_kernel(comparison):
-    assert (comparison.replay_rule, comparison.replay_policy) == ("min-waste", "ratio")
+    assert (comparison.replay_rule, comparison.replay_fullness) == ("min-waste", "ratio")
     replay = [r for r in comparison.rows if r.file == "replay"]
     assert len(replay) == 2 * len(STAGES) * len(REPLAY_FIELDS)
     # the trace holds one zs_malloc per page stored compressed or huge

@@ -65,6 +65,10 @@ def test_presets_refuse_what_that_kernel_does_not_do() -> None:
         ZramDevice(16 * PAGE, kernel="5.4")
     with pytest.raises(ValueError, match="chain size 4"):
         ZramDevice(16 * PAGE, kernel="6.1", chain_size=8)
+    with pytest.raises(ValueError, match="no recompression"):
+        ZramDevice(16 * PAGE, kernel="6.1", recompress_algorithm="zstd")
+    with ZramDevice(16 * PAGE, kernel="6.6", recompress_algorithm="lz4") as dev:
+        assert dev.algorithms == ("lz4-kernel", "lz4-kernel")
     with pytest.raises(ValueError, match="takes no level"):
         ZramDevice(16 * PAGE, algorithm="zstd", kernel="6.1", algorithm_params={"level": 1})
     with pytest.raises(ValueError, match="chain size 8"):

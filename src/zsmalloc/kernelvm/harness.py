@@ -217,15 +217,16 @@ REPLAY_FIELDS = ("objects", "mem_used_total", "mem_used_max", "pages_compacted")
 
 
 def replay_preset(release: str) -> tuple[str, str]:
-    """The class rule and compaction policy of a kernel release, for ``zsmalloc replay``.
+    """The class rule and fullness grouping of a kernel release, for ``zsmalloc replay``.
 
     The chain-size rule came with 6.3 (before it: the highest used
-    percentage over 1-4 pages), the fullness-ratio compaction with 6.4.
+    percentage over 1-4 pages), the fullness-ratio groups and their
+    compaction with 6.4.
     """
     major, minor = (int(x) for x in release.split(".")[:2])
     rule = "min-waste" if (major, minor) >= (6, 3) else "used-percentage"
-    policy = "ratio" if (major, minor) >= (6, 4) else "legacy"
-    return rule, policy
+    fullness = "ratio" if (major, minor) >= (6, 4) else "legacy"
+    return rule, fullness
 
 
 def stage_traces(stages: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -235,11 +236,12 @@ def stage_traces(stages: dict[str, list[str]]) -> dict[str, list[str]]:
     return {"fill": fill, "discard": discard, "compact": [*discard, "c"]}
 
 
-def replay_stats(trace: Path, chain_size: int, rule: str, policy: str) -> dict[str, int]:
+def replay_stats(trace: Path, chain_size: int, rule: str, fullness: str) -> dict[str, int]:
     """``zsmalloc replay TRACE --json`` on one configuration: the figures of :data:`REPLAY_FIELDS`."""
     cmd = [
         sys.executable, "-c", "from zsmalloc.cli import main; main(prog_name='zsmalloc')",
-        "replay", str(trace), "--chain-size", str(chain_size), "--rule", rule, "--policy", policy, "--json",
+        "replay", str(trace), "--chain-size", str(chain_size), "--rule", rule, "--fullness", fullness,
+        "--json",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -287,9 +289,9 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     boot_seconds: float = 0.0
     ours_seconds: float = 0.0
-    #: the class rule and compaction policy the replay rows ran with ("" without a trace)
+    #: the class rule and fullness grouping the replay rows ran with ("" without a trace)
     replay_rule: str = ""
-    replay_policy: str = ""
+    replay_fullness: str = ""
 
     def unequal(self, fields: Iterable[tuple[str, str]] | None = None) -> list[Row]:
         """The rows whose values differ, among ``fields`` (file, field) if given."""
@@ -335,7 +337,7 @@ def run_comparison(
 
     With ``trace``, kprobes record the kernel's zs_malloc sizes and zs_free
     calls, and ``zsmalloc replay`` runs them on our pool with the kernel's
-    chain size, class rule and compaction policy: rows of file ``replay``,
+    chain size, class rule and fullness grouping: rows of file ``replay``,
     independent of the codec.  With ``samples`` (and ``trace``), that many
     seeded pages of each run are read back after the fill while kprobes
     capture the objects the kernel decompresses: rows of file ``objects``,
@@ -413,13 +415,13 @@ def run_comparison(
             for name, run in runs.items()
         }
         rows = compare(report, ours, runs)
-        rule, policy = replay_preset(report.release or kernel.release) if trace else ("", "")
+        rule, fullness = replay_preset(report.release or kernel.release) if trace else ("", "")
         if trace:
             for name, run in runs.items():
                 for stage, lines in stage_traces(report.traces.get(name, {})).items():
                     path = work / f"{name}-{stage}.trace"
                     path.write_text("".join(line + "\n" for line in lines))
-                    mine = replay_stats(path, kernel.chain_size(), rule, policy)
+                    mine = replay_stats(path, kernel.chain_size(), rule, fullness)
                     mm = report.runs[name][stage]["mm_stat"]
                     theirs = {
                         "objects": mm["orig_data_size"] // PAGE - mm["same_pages"],
@@ -453,7 +455,7 @@ def run_comparison(
             boot_seconds,
             time.monotonic() - start,
             rule,
-            policy,
+            fullness,
         )
         if os.environ.get("ZSMALLOC_KERNEL_VM_KEEP") and workdir is None:
             shutil.copytree(work, debian.cache_dir() / "last-run", dirs_exist_ok=True)

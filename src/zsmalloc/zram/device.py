@@ -133,7 +133,7 @@ from zsmalloc.zram.errors import (
     ZramFullError,
     ZramIOError,
 )
-from zsmalloc.zram.kernels import apply_kernel, preset_algorithm
+from zsmalloc.zram.kernels import apply_kernel, preset_secondary
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 _PAGE_MASK = PAGE_SIZE - 1
@@ -216,7 +216,7 @@ class ZramDevice(DeviceText):
         secondary = secondary_algorithms(recompress_algorithm)
         setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
         self._codecs: list[Codec] = [_resolve_codec(setup.algorithm, setup.params)]
-        self._codecs += [_resolve_codec(preset_algorithm(kernel, spec)) for spec in secondary]
+        self._codecs += [_resolve_codec(spec) for spec in preset_secondary(kernel, secondary)]
         self._compress = self._codecs[0].compress
 
         self._own_pool = pool is None

@@ -40,7 +40,7 @@ from zsmalloc.zram.common import (
     slot_info,
 )
 from zsmalloc.zram.common import algorithm_params as check_algorithm_params
-from zsmalloc.zram.kernels import apply_kernel, preset_algorithm
+from zsmalloc.zram.kernels import apply_kernel, preset_secondary
 from zsmalloc.zram.stats import BdStat, IoStat, MmStat, RecompStat
 
 #: bytes of slot table per page of disksize (struct zram_table_entry: a handle word, a flags word)
@@ -107,8 +107,8 @@ class ZramDevice(DeviceText):
         primary = _algorithm_name(setup.algorithm, "its algorithm")
         level, dictionary, frame = check_algorithm_params(setup.params)
         secondary = [
-            (_algorithm_name(preset_algorithm(kernel, a), "recompression algorithms"), None)
-            for a in secondary_algorithms(recompress_algorithm)
+            (_algorithm_name(a, "recompression algorithms"), None)
+            for a in preset_secondary(kernel, secondary_algorithms(recompress_algorithm))
         ]
         if pool is not None and not isinstance(pool, _engine.Pool):
             raise TypeError(

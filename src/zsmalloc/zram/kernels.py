@@ -67,13 +67,15 @@ class KernelPreset:
     #: the libzstd version of its lib/zstd, where known: pages compress to the kernel's bytes
     #: only with the same version (the engine and python-zstandard are pinned to 1.5.5)
     zstd_library: str | None = None
+    #: whether that zram recompresses with a second algorithm (recomp_algorithm, 6.2 on)
+    recompress: bool = True
 
 
 #: the presets, by version
 KERNELS: dict[str, KernelPreset] = {
     p.version: p
     for p in (
-        KernelPreset("6.1", 4, "used-percentage", "legacy", "crypto", False, zstd_library="1.4.10"),
+        KernelPreset("6.1", 4, "used-percentage", "legacy", "crypto", False, "1.4.10", recompress=False),
         KernelPreset("6.6", 8, "min-waste", "ratio", "crypto", zstd_level=False),
         KernelPreset("6.12", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.5"),
         KernelPreset("6.17", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.7"),
@@ -116,6 +118,16 @@ class DeviceSetup:
 def preset_algorithm(version: str | None, algorithm: A) -> A | str:
     """The codec that compresses as ``version``'s zram does for ``algorithm``: ``lz4`` -> ``lz4-kernel``."""
     return "lz4-kernel" if version is not None and algorithm == "lz4" else algorithm
+
+
+def preset_secondary(version: str | None, algorithms: list[A]) -> list[A | str]:
+    """The recompression algorithms under ``version``, each as :func:`preset_algorithm` makes it.
+
+    A ValueError for a kernel whose zram has no recompression (before 6.2).
+    """
+    if version is not None and algorithms and not kernel_preset(version).recompress:
+        raise ValueError(f"kernel {version}'s zram has no recompression (it came with 6.2)")
+    return [preset_algorithm(version, a) for a in algorithms]
 
 
 def apply_kernel(
