@@ -727,3 +727,23 @@ def test_pools_sharing_one_memory():
         assert mem.nr_used == 0
     finally:
         mem.close()
+
+
+def test_a_kernel_sets_the_pools_shape():
+    with Pool(kernel="6.1") as old, Pool(kernel="6.12") as new, Pool(kernel="6.12", chain_size=8) as same:
+        assert (old.chain_size, old.class_rule, old.fullness) == (4, "used-percentage", "legacy")
+        assert (new.chain_size, new.class_rule, new.fullness) == (8, "min-waste", "ratio")
+        assert same.chain_size == 8
+        assert old.huge_class_size < new.huge_class_size
+        h = old.malloc(3000)
+        old.write(h, b"x" * 3000)
+        assert old.read(h) == b"x" * 3000
+        old.check()
+    for kwargs, message in (
+        ({"kernel": "6.12", "chain_size": 4}, "chain size 8, not 4"),
+        ({"kernel": "6.1", "fullness": "ratio"}, "fullness grouping legacy"),
+        ({"kernel": "6.1", "class_rule": "min-waste"}, "class rule used-percentage"),
+        ({"kernel": "5.4"}, "unknown kernel"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            Pool(**kwargs)

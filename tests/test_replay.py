@@ -93,6 +93,19 @@ def test_cli_compares_chain_sizes_on_a_trace_file(tmp_path):
     assert doc["operations"] == 4500
 
 
+def test_cli_replays_on_a_kernels_pool(tmp_path):
+    trace = tmp_path / "trace.txt"
+    trace.write_text("\n".join(synthetic_trace("kernel-build", live=800, ops=800, seed=3)) + "\n")
+    result = CliRunner().invoke(main, ["replay", str(trace), "--kernel", "6.1", "--json"])
+    assert result.exit_code == 0, result.output
+    (run,) = json.loads(result.output)["runs"]
+    ops = list(parse_trace(trace.read_text().splitlines()))
+    by_hand = replay(ops, chain_size=4, class_rule="used-percentage", fullness="legacy").to_dict()
+    assert run["chain_size"] == 4 and run["final"] == by_hand["final"]
+    refused = CliRunner().invoke(main, ["replay", str(trace), "--kernel", "6.1", "--fullness", "ratio"])
+    assert refused.exit_code == 2 and "fullness grouping legacy" in refused.output
+
+
 def test_cli_synthetic_save_and_text_table(tmp_path):
     saved = tmp_path / "t.txt"
     result = CliRunner().invoke(

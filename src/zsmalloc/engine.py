@@ -27,6 +27,7 @@ from zsmalloc.pool import legacy
 from zsmalloc.pool.common import PoolProtocols
 from zsmalloc.pool.constants import FULLNESS_LEGACY, ZS_INUSE_RATIO_100
 from zsmalloc.pool.handles import handle_tag_arg, hold_handle_tag, release_handle_tag, reserve_handle_tag
+from zsmalloc.pool.kernels import pool_shape
 from zsmalloc.pool.stats import ClassStats, PoolStats
 
 Memory = _engine.Memory
@@ -38,11 +39,28 @@ class Pool(_engine.Pool, PoolProtocols):
     """A zsmalloc pool on the engine: the same API as ``zsmalloc.model.Pool``.
 
     ``Pool(name="zsmalloc", chain_size=8, memory=None, max_pages=None, *,
-    class_rule="min-waste", fullness="ratio", migration="mainline",
-    auto_compact_pages=None, background_work=True, handle_tag=None)``.
+    class_rule="min-waste", fullness="ratio", kernel=None, migration="mainline",
+    auto_compact_pages=None, background_work=True, handle_tag=None)``;
+    ``kernel`` sets the chain size, class rule and grouping as that kernel's
+    zsmalloc has them (pool/kernels.py).
     """
 
-    def __new__(cls, *args: Any, handle_tag: int | None = None, **kwargs: Any) -> Pool:
+    def __new__(
+        cls,
+        name: str = "zsmalloc",
+        chain_size: int | None = None,
+        memory: Memory | None = None,
+        max_pages: int | None = None,
+        *,
+        class_rule: str | None = None,
+        fullness: str | None = None,
+        kernel: str | None = None,
+        handle_tag: int | None = None,
+        **kwargs: Any,
+    ) -> Pool:
+        shape = pool_shape(kernel, chain_size, class_rule, fullness)
+        args = (name, shape.chain_size, memory, max_pages)
+        kwargs.update(class_rule=shape.class_rule, fullness=shape.fullness)
         # the tag comes from the registry both implementations share (pool/handles.py)
         if handle_tag is not None:
             return super().__new__(cls, *args, handle_tag=handle_tag_arg(handle_tag), **kwargs)

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from zsmalloc.cli.app import console, main, print_rule
 from zsmalloc.pool import RULE_MIN_WASTE, RULE_USED_PERCENTAGE
+from zsmalloc.pool.kernels import POOL_KERNELS, pool_shape
 from zsmalloc.replay import TraceError, parse_trace, replay, synthetic_trace
 from zsmalloc.workloads import MIXES
 
@@ -56,24 +57,25 @@ def _synthetic_count(name: str, help: str) -> Callable[[F], F]:
     "chain_sizes",
     multiple=True,
     type=click.IntRange(4, 16),
-    default=(8,),
-    show_default=True,
-    help="repeat for several",
+    help="repeat for several (default: 8, or the kernel's)",
 )
 @click.option(
     "--rule",
     type=click.Choice([RULE_MIN_WASTE, RULE_USED_PERCENTAGE]),
-    default=RULE_MIN_WASTE,
-    show_default=True,
+    help=f"the class rule (default: {RULE_MIN_WASTE}, or the kernel's)",
 )
 @click.option(
     "--fullness",
     "--policy",
     "fullness",
     type=click.Choice(["ratio", "legacy"]),
-    default="ratio",
-    show_default=True,
-    help="fullness groups and compaction: 6.4 on (ratio) or before (legacy); --policy is its old name",
+    help="fullness groups and compaction: 6.4 on (ratio, the default) or before (legacy), or the "
+    "kernel's; --policy is its old name",
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(list(POOL_KERNELS)),
+    help="the pool as this kernel's zsmalloc is: chain size, class rule, grouping (pool/kernels.py)",
 )
 @click.option(
     "--compact-every",
@@ -93,8 +95,9 @@ def replay_cmd(
     seed: int,
     save: TextIO | None,
     chain_sizes: tuple[int, ...],
-    rule: str,
-    fullness: str,
+    rule: str | None,
+    fullness: str | None,
+    kernel: str | None,
     compact_every: int,
     write: bool,
     show_classes: bool,
@@ -115,16 +118,21 @@ def replay_cmd(
         operations = list(parse_trace(lines))
     except TraceError as exc:
         raise click.BadParameter(str(exc), param_hint="TRACE") from None
+    try:
+        shapes = [pool_shape(kernel, chain, rule, fullness) for chain in chain_sizes or (None,)]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    rule, fullness = shapes[0].class_rule, shapes[0].fullness
     reports = [
         replay(
             operations,
-            chain_size=chain,
-            class_rule=rule,
-            fullness=fullness,
+            chain_size=shape.chain_size,
+            class_rule=shape.class_rule,
+            fullness=shape.fullness,
             compact_every=compact_every,
             write=write,
         )
-        for chain in chain_sizes
+        for shape in shapes
     ]
     if as_json:
         click.echo(

@@ -120,7 +120,6 @@ from zsmalloc.pool.constants import (
     FREE_LIST_END,
     FULLNESS_GROUPINGS,
     FULLNESS_LEGACY,
-    FULLNESS_RATIO,
     HANDLE_FREED,
     HANDLE_GEN_MASK,
     HANDLE_GEN_SHIFT,
@@ -137,10 +136,9 @@ from zsmalloc.pool.constants import (
     get_fullness_group,
 )
 from zsmalloc.pool.handles import HANDLE_TAG_SHIFT, handle_tag_arg, hold_handle_tag, reserve_handle_tag
+from zsmalloc.pool.kernels import pool_shape
 from zsmalloc.pool.migrate import movable_ops_for
 from zsmalloc.pool.size_class import (
-    RULE_MIN_WASTE,
-    ZS_DEFAULT_CHAIN_SIZE,
     ZS_HANDLE_SIZE,
     ZS_MAX_ALLOC_SIZE,
     ZS_SIZE_CLASSES,
@@ -300,7 +298,9 @@ class Pool(PoolProtocols):
     ``chain_size`` (4..16) and ``class_rule`` ("min-waste", or the pre-6.3
     "used-percentage") shape the size classes.  ``fullness`` is how zspages
     are grouped, allocated from and compacted: "ratio" (6.4 and later) or
-    "legacy" (4.8 to 6.3, pool/legacy.py).  ``migration`` picks the
+    "legacy" (4.8 to 6.3, pool/legacy.py).  ``kernel`` ("6.1", "6.6",
+    "6.12", "6.17") sets all three as that kernel's zsmalloc has them
+    (pool/kernels.py).  ``migration`` picks the
     movable-page protocol ("mainline", or "2016", see pool/migrate.py).
     ``auto_compact_pages`` runs compaction in the background once that many
     pages are freeable (the shrinker's count).  ``background_work=False``
@@ -315,17 +315,20 @@ class Pool(PoolProtocols):
     def __init__(
         self,
         name: str = "zsmalloc",
-        chain_size: int = ZS_DEFAULT_CHAIN_SIZE,
+        chain_size: int | None = None,
         memory: Memory | None = None,
         max_pages: int | None = None,
         *,
-        class_rule: str = RULE_MIN_WASTE,
-        fullness: str = FULLNESS_RATIO,
+        class_rule: str | None = None,
+        fullness: str | None = None,
+        kernel: str | None = None,
         migration: str = "mainline",
         auto_compact_pages: int | None = None,
         background_work: bool = True,
         handle_tag: int | None = None,
     ) -> None:
+        shape = pool_shape(kernel, chain_size, class_rule, fullness)
+        chain_size, class_rule, fullness = shape.chain_size, shape.class_rule, shape.fullness
         canonical, specs, huge_size = build_class_table(chain_size, class_rule)
         if fullness not in FULLNESS_GROUPINGS:
             raise ValueError(f"fullness must be one of {FULLNESS_GROUPINGS}, not {fullness!r}")

@@ -11,6 +11,8 @@ one.  What each part of a preset follows::
                                                a 4 KiB source
     6.17    min-waste         8      ratio     as 6.12                                       any
 
+- The pool's part (chain size, class rule, grouping) is
+  zsmalloc.pool.kernels', which ``Pool(kernel=...)`` takes alone.
 - The class rule and the chain size: before 6.3 a zspage had at most 4
   pages (``ZS_MAX_ZSPAGE_ORDER`` 2) and the count that used the highest
   percentage of them (``get_pages_per_zspage``); 6.3 made the limit
@@ -48,6 +50,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from zsmalloc.pool.kernels import POOL_KERNELS
+
 A = TypeVar("A")
 
 
@@ -71,14 +75,31 @@ class KernelPreset:
     recompress: bool = True
 
 
+def _preset(
+    version: str, zstd_frame: str, zstd_level: bool, zstd_library: str | None, recompress: bool = True
+) -> KernelPreset:
+    """A preset: the pool of zsmalloc.pool.kernels, and zram's part."""
+    pool = POOL_KERNELS[version]
+    return KernelPreset(
+        version,
+        pool.chain_size,
+        pool.class_rule,
+        pool.fullness,
+        zstd_frame,
+        zstd_level,
+        zstd_library,
+        recompress,
+    )
+
+
 #: the presets, by version
 KERNELS: dict[str, KernelPreset] = {
     p.version: p
     for p in (
-        KernelPreset("6.1", 4, "used-percentage", "legacy", "crypto", False, "1.4.10", recompress=False),
-        KernelPreset("6.6", 8, "min-waste", "ratio", "crypto", zstd_level=False),
-        KernelPreset("6.12", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.5"),
-        KernelPreset("6.17", 8, "min-waste", "ratio", "page", zstd_level=True, zstd_library="1.5.7"),
+        _preset("6.1", "crypto", False, "1.4.10", recompress=False),
+        _preset("6.6", "crypto", False, None),
+        _preset("6.12", "page", True, "1.5.5"),
+        _preset("6.17", "page", True, "1.5.7"),
     )
 }
 
