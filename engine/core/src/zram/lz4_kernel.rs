@@ -67,7 +67,7 @@ pub const fn compress_bound(n: usize) -> usize {
 
 #[inline(always)]
 fn read32(src: &[u8], p: usize) -> u32 {
-    u32::from_le_bytes([src[p], src[p + 1], src[p + 2], src[p + 3]])
+    u32::from_le_bytes(src[p..p + 4].try_into().expect("4 bytes"))
 }
 
 #[inline(always)]
