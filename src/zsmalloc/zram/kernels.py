@@ -33,7 +33,9 @@ one.  What each part of a preset follows::
   kernel-vm``); 6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
   zstd pages may come out a few bytes apart (libzstd 1.5.7 against 6.12's:
   11-14% of pages differ, by 1-16 bytes), and 6.1's lib/zstd is 1.4.10
-  (imported in 5.16; against a booted 6.1, 22 of 33 sampled objects differ).
+  (imported in 5.16, a tag made for the kernel): libzstd 1.5.5 gives 6.1's
+  size on 30-34% of its zstd pages, and 1.4.9, the last 1.4 release, on
+  only 43-69%, so no release reproduces it.
 - lz4 is the kernel's lib/lz4 (LZ4 1.7.3's compressor, unchanged in its
   output since 4.11) at acceleration 1 in every version (the crypto API's
   ``LZ4_compress_default`` before 6.12): under a preset,
