@@ -327,7 +327,7 @@ mod tests {
 
     #[test]
     fn comp_algorithm_brackets_the_current_one() {
-        assert_eq!(comp_algorithm(Algorithm::Zstd), "lz4 lz4hc [zstd] deflate\n");
+        assert_eq!(comp_algorithm(Algorithm::Zstd), "lz4 lz4hc [zstd] deflate lz4-kernel\n");
     }
 
     #[test]
