@@ -14,7 +14,7 @@ import zict
 from zict.tests import utils_test
 
 import zsmalloc.store
-from zsmalloc import PoolClosedError, PoolFullError, Store
+from zsmalloc import PoolClosedError, PoolFullError, Store, _engine
 from zsmalloc.store import COMPRESSIONS
 
 
@@ -230,13 +230,58 @@ def test_set_many_stores_all_or_nothing(impl):
 
 
 @pytest.mark.engine_only
-def test_the_engine_refuses_an_entry_whose_sizes_do_not_match_its_chunks(impl):
-    from zsmalloc import _engine
-
+def test_the_engine_keeps_each_entry_in_its_index(impl):
+    text = b"a value that compresses, a value that compresses " * 100
     with Store(pool=impl.Pool()) as s:
-        s["k"] = b"a value that compresses, a value that compresses " * 100
-        kind, nbytes, stored, handles, fill = s._index["k"]
-        for bogus in [(kind, nbytes, 1 << 60, handles, fill), (kind, nbytes, stored, handles[:0], fill)]:
-            with pytest.raises(ValueError):
-                _engine.store_get(s.pool, bogus)  # refused, not a crash or a huge allocation
-        assert s["k"] == b"a value that compresses, a value that compresses " * 100
+        assert type(s).__mro__[1] is _engine.StoreIndex  # the index and the hot path are the engine's
+        s["k"], s["big"], s["z"] = text, os.urandom(3 * 4096 + 5), bytes(7)
+        kind, nbytes, stored, handles, fill = s._entry("k")
+        assert (kind, nbytes, len(handles), fill) == ("lz4", len(text), 1, 0)
+        assert s.pool.handle_size(handles[0]) == stored == s.get_compressed("k")[2].__len__()
+        kind, nbytes, stored, handles, _ = s._entry("big")
+        assert (kind, stored, [s.pool.handle_size(h) for h in handles]) == ("raw", nbytes, [4096] * 3 + [5])
+        assert s._entry("z") == ("same", 7, 0, (), 0)
+        with pytest.raises(KeyError):
+            s._entry("missing")
+
+
+@pytest.mark.engine_only
+def test_the_engine_index_survives_churn_and_colliding_hashes(impl):
+    class Collide:  # every key in one probe chain, equal by value
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __hash__(self) -> int:
+            return 7
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Collide) and other.n == self.n
+
+    with Store("none", pool=impl.Pool()) as s:
+        want: dict[object, bytes] = {}
+        for i in range(3000):
+            key: object = Collide(i % 40) if i % 3 == 0 else i % 700
+            want[key] = s[key] = b"%d" % i
+            if i % 5 == 0:
+                victim = next(iter(want))
+                del s[victim], want[victim]
+        s.compact()
+        assert list(s) == list(want) and dict(s.items()) == want and len(s) == len(want)
+        assert s.nbytes == sum(map(len, want.values()))
+
+
+@pytest.mark.engine_only
+def test_a_key_that_uses_the_store_in_its_eq_gets_an_error_not_a_hang(impl):
+    with Store(pool=impl.Pool()) as s:
+
+        class Nosy:
+            def __hash__(self) -> int:
+                return 1
+
+            def __eq__(self, other: object) -> bool:
+                return len(s) > 0
+
+        s[Nosy()] = b"a"
+        with pytest.raises(RuntimeError, match="used by a key"):
+            s[Nosy()]
+        assert len(s) == 1

@@ -1,8 +1,10 @@
-//! The value codec of `zsmalloc.Store`: a value of any size in and out of
-//! pool objects, in one call.  The Python `Store` keeps the index (key ->
-//! entry); this module does, per value, what it would otherwise do in many
-//! calls: the same-filled test, the compression, the split into chunks of
-//! at most 4096 bytes, and the malloc and copy of each chunk; and back.
+//! The value codec of `zsmalloc.Store` and the layout of its entries: a
+//! value of any size in and out of pool objects, in one call.  The index
+//! (key -> entry) lives in the binding, keyed by Python objects; this module
+//! owns what an entry is (`Stored`: kind, lengths, the chunks' handles, the
+//! first two inline) and does, per value, the same-filled test, the
+//! compression, the split into chunks of at most 4096 bytes, and the malloc
+//! and copy of each chunk; and back.
 //!
 //! ```text
 //!   value --compress--> payload --split--> [4096][4096] ... [tail]
@@ -57,16 +59,54 @@ impl Kind {
     }
 }
 
-/// A stored value: what the index keeps.
+/// The handles of a value's chunks, in order: up to two inline (a value whose
+/// payload fits 8 KiB costs no allocation beyond its entry), more on the heap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Handles {
+    Inline(u8, [u64; 2]),
+    Heap(Box<[u64]>),
+}
+
+impl Handles {
+    pub const NONE: Handles = Handles::Inline(0, [0; 2]);
+
+    pub fn as_slice(&self) -> &[u64] {
+        match self {
+            Handles::Inline(n, h) => &h[..*n as usize],
+            Handles::Heap(h) => h,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+}
+
+impl From<&[u64]> for Handles {
+    fn from(h: &[u64]) -> Handles {
+        match *h {
+            [] => Handles::NONE,
+            [a] => Handles::Inline(1, [a, 0]),
+            [a, b] => Handles::Inline(2, [a, b]),
+            _ => Handles::Heap(h.into()),
+        }
+    }
+}
+
+/// A stored value: what the index keeps (48 bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
-    pub kind: Kind,
     /// the value's length
-    pub nbytes: usize,
+    pub nbytes: u64,
     /// the payload's length (0 for Same)
-    pub stored: usize,
+    pub stored: u64,
+    pub handles: Handles,
+    pub kind: Kind,
     pub fill: u8,
-    pub handles: Vec<u64>,
 }
 
 /// One thread's working memory.
@@ -144,8 +184,9 @@ fn compress(s: &mut Scratch, kind: Kind, value: &[u8]) -> Option<usize> {
 /// Store `value`, compressed with `compression` (Lz4, Zstd or Raw for none).
 /// On an error every chunk already made is freed again.
 pub fn put(pool: &Pool, compression: Kind, value: &[u8]) -> Result<Stored, PoolError> {
+    let nbytes = value.len() as u64;
     if let Some(fill) = same_byte(value) {
-        return Ok(Stored { kind: Kind::Same, nbytes: value.len(), stored: 0, fill, handles: Vec::new() });
+        return Ok(Stored { kind: Kind::Same, nbytes, stored: 0, fill, handles: Handles::NONE });
     }
     with_scratch(|s| {
         let (kind, stored) = match compress(s, compression, value) {
@@ -153,19 +194,35 @@ pub fn put(pool: &Pool, compression: Kind, value: &[u8]) -> Result<Stored, PoolE
             None => (Kind::Raw, value.len()),
         };
         let payload = if kind == Kind::Raw { value } else { &s.buf[..stored] };
-        let mut handles = Vec::with_capacity(stored.div_ceil(CHUNK));
-        for chunk in payload.chunks(CHUNK) {
-            let h = pool.zs_malloc(chunk.len()).and_then(|h| {
-                handles.push(h);
-                pool.zs_obj_write(h, chunk, 0).map(|()| h)
-            });
-            if let Err(e) = h {
-                let _ = free(pool, &handles);
-                return Err(e);
-            }
-        }
-        Ok(Stored { kind, nbytes: value.len(), stored, fill: 0, handles })
+        let handles = if stored <= 2 * CHUNK {
+            let mut inline = [0u64; 2];
+            let n = write_chunks(pool, payload, &mut inline)?;
+            Handles::Inline(n as u8, inline)
+        } else {
+            let mut heap = vec![0u64; stored.div_ceil(CHUNK)].into_boxed_slice();
+            write_chunks(pool, payload, &mut heap)?;
+            Handles::Heap(heap)
+        };
+        Ok(Stored { kind, nbytes, stored: stored as u64, fill: 0, handles })
     })
+}
+
+/// Malloc and write one object per chunk of `payload`, their handles into
+/// `handles` (long enough): how many.  On an error every object made is freed again.
+fn write_chunks(pool: &Pool, payload: &[u8], handles: &mut [u64]) -> Result<usize, PoolError> {
+    let mut made = 0;
+    for chunk in payload.chunks(CHUNK) {
+        let h = pool.zs_malloc(chunk.len()).and_then(|h| {
+            handles[made] = h;
+            made += 1;
+            pool.zs_obj_write(h, chunk, 0)
+        });
+        if let Err(e) = h {
+            let _ = free(pool, &handles[..made]);
+            return Err(e);
+        }
+    }
+    Ok(made)
 }
 
 /// Free a value's chunks (those still live; an error for the first that is not).
@@ -181,44 +238,50 @@ pub fn free(pool: &Pool, handles: &[u64]) -> Result<(), PoolError> {
     first
 }
 
+fn corrupt(e: &Stored, why: String) -> PoolError {
+    PoolError::Value(format!("a stored {} value {why}", e.kind.name()))
+}
+
+/// The payload of `e` (not a Same value) into `into` (exactly `e.stored` long): its chunks, in order.
+pub fn read_payload(pool: &Pool, e: &Stored, into: &mut [u8]) -> Result<(), PoolError> {
+    let mut at = 0;
+    for &h in e.handles.as_slice() {
+        let obj = pool.zs_obj_read_begin(h, 0, None, "read")?;
+        let n = obj.len();
+        if at + n > into.len() {
+            return Err(corrupt(e, format!("has more than its {} bytes of payload", e.stored)));
+        }
+        obj.copy_to(&mut into[at..at + n]);
+        at += n;
+    }
+    if at != into.len() {
+        return Err(corrupt(e, format!("has {at} of its {} bytes of payload", e.stored)));
+    }
+    Ok(())
+}
+
 /// The value of `e` into `out` (exactly `e.nbytes` long).
 pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
-    let corrupt = |why: String| PoolError::Value(format!("a stored {} value {why}", e.kind.name()));
-    if out.len() != e.nbytes {
+    if out.len() as u64 != e.nbytes {
         return Err(PoolError::Value(format!("a buffer of {} bytes for a value of {}", out.len(), e.nbytes)));
     }
-    let read_chunks = |into: &mut [u8]| -> Result<(), PoolError> {
-        let mut at = 0;
-        for &h in &e.handles {
-            let obj = pool.zs_obj_read_begin(h, 0, None, "read")?;
-            let n = obj.len();
-            if at + n > into.len() {
-                return Err(corrupt(format!("has more than its {} bytes of payload", e.stored)));
-            }
-            obj.copy_to(&mut into[at..at + n]);
-            at += n;
-        }
-        if at != into.len() {
-            return Err(corrupt(format!("has {at} of its {} bytes of payload", e.stored)));
-        }
-        Ok(())
-    };
-    // an entry's sizes come from the caller: checked before any buffer is sized by them
-    if e.kind != Kind::Same
-        && (e.stored > e.handles.len() * CHUNK || e.stored.div_ceil(CHUNK) != e.handles.len())
+    // an entry's sizes are checked before any buffer is sized by them
+    let chunks = e.handles.len() as u64;
+    if e.kind != Kind::Same && (e.stored > chunks * CHUNK as u64 || e.stored.div_ceil(CHUNK as u64) != chunks)
     {
-        return Err(corrupt(format!("of {} bytes of payload has {} chunks", e.stored, e.handles.len())));
+        return Err(corrupt(e, format!("of {} bytes of payload has {chunks} chunks", e.stored)));
     }
+    let stored = e.stored as usize;
     match e.kind {
         Kind::Same => {
             out.fill(e.fill);
             Ok(())
         }
-        Kind::Raw => read_chunks(out),
+        Kind::Raw => read_payload(pool, e, out),
         Kind::Lz4 | Kind::Zstd => with_scratch(|s| {
-            s.buf.resize(e.stored.max(s.buf.len()), 0);
-            read_chunks(&mut s.buf[..e.stored])?;
-            let src = &s.buf[..e.stored];
+            s.buf.resize(stored.max(s.buf.len()), 0);
+            read_payload(pool, e, &mut s.buf[..stored])?;
+            let src = &s.buf[..stored];
             let n = if e.kind == Kind::Lz4 {
                 // SAFETY: src and out are valid for the lengths given;
                 // LZ4_decompress_safe never reads or writes past them
@@ -230,13 +293,14 @@ pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
                         out.len() as c_int,
                     )
                 };
-                usize::try_from(n).map_err(|_| corrupt("does not decompress".into()))?
+                usize::try_from(n).map_err(|_| corrupt(e, "does not decompress".into()))?
             } else {
-                s.zd.decompress(out, src)
-                    .map_err(|c| corrupt(format!("does not decompress: {}", zstd_safe::get_error_name(c))))?
+                s.zd.decompress(out, src).map_err(|c| {
+                    corrupt(e, format!("does not decompress: {}", zstd_safe::get_error_name(c)))
+                })?
             };
-            if n != e.nbytes {
-                return Err(corrupt(format!("decompressed to {n} bytes, not {}", e.nbytes)));
+            if n as u64 != e.nbytes {
+                return Err(corrupt(e, format!("decompressed to {n} bytes, not {}", e.nbytes)));
             }
             Ok(())
         }),
@@ -276,15 +340,22 @@ mod tests {
         ] {
             let e = put(&pool, comp, &value).unwrap();
             assert_eq!(e.kind, kind);
-            assert_eq!(e.handles.len(), e.stored.div_ceil(CHUNK));
+            assert_eq!(e.handles.len() as u64, e.stored.div_ceil(CHUNK as u64));
+            assert_eq!(matches!(e.handles, Handles::Inline(..)), e.stored <= 2 * CHUNK as u64);
             let mut out = vec![0u8; value.len()];
             get(&pool, &e, &mut out).unwrap();
             assert_eq!(out, value);
-            free(&pool, &e.handles).unwrap();
+            if kind != Kind::Same {
+                let mut payload = vec![0u8; e.stored as usize];
+                read_payload(&pool, &e, &mut payload).unwrap();
+                assert_eq!(payload == value, kind == Kind::Raw);
+            }
+            free(&pool, e.handles.as_slice()).unwrap();
         }
         assert_eq!(pool.len(), 0);
+        assert_eq!(std::mem::size_of::<Stored>(), 48); // what an index pays per value, besides its key
         let e = put(&pool, Kind::Lz4, &text).unwrap();
-        pool.zs_obj_write(e.handles[0], &[0xff; 64], 0).unwrap(); // damage: an error, not a panic
+        pool.zs_obj_write(e.handles.as_slice()[0], &[0xff; 64], 0).unwrap(); // damage: an error, not a panic
         let mut out = vec![0u8; text.len()];
         assert!(get(&pool, &e, &mut out).is_err());
         // sizes that do not match the chunks are refused before anything is sized by them
@@ -308,7 +379,7 @@ mod tests {
         get(&pool, &big, &mut out).unwrap(); // the gathered payload is small: kept
         assert_eq!(out, large);
         assert!(scratch_len() <= SCRATCH_KEEP);
-        free(&pool, &e.handles).unwrap();
-        free(&pool, &big.handles).unwrap();
+        free(&pool, e.handles.as_slice()).unwrap();
+        free(&pool, big.handles.as_slice()).unwrap();
     }
 }
