@@ -15,7 +15,7 @@ from zict.tests import utils_test
 
 import zsmalloc.store
 from zsmalloc import PoolClosedError, PoolFullError, Store, _engine
-from zsmalloc.store import COMPRESSIONS
+from zsmalloc.store import COMPRESSIONS, TAIL_PIECES, EngineStore, _pieces
 
 
 @pytest.fixture(params=COMPRESSIONS)
@@ -96,7 +96,7 @@ def test_compressible_values_shrink(store: Store) -> None:
 def test_replacing_and_deleting_give_the_objects_back(store: Store) -> None:
     for i in range(50):
         store["k"] = os.urandom(5000 + i)
-    assert len(store.pool) == 2  # one value: a 4096-byte chunk and its tail
+    assert len(store.pool) == len(list(_pieces(5049)))  # one value: a 4096-byte chunk and its tail's pieces
     store.update({i: os.urandom(3000) for i in range(20)})
     assert store.pop(3) is not None and 3 not in store
     key, _ = store.popitem()
@@ -140,6 +140,23 @@ def test_a_shared_pool_outlives_the_store(impl: ModuleType) -> None:
         store.close()
         assert len(pool) == 1 and pool.handle_size(other) == 100
         pool.check()
+
+
+def test_a_tail_is_cut_into_pieces_that_fill_their_pages(impl: ModuleType) -> None:
+    assert TAIL_PIECES == (2040, 1016, 504, 248, 120, 56, 24)
+    assert list(_pieces(4096 + 2040 + 130)) == [(4096, 4096), (2040, 2040), (120, 120), (24, 10)]
+    assert list(_pieces(1000)) == [(1000, 1000)] and list(_pieces(8192)) == [(4096, 4096)] * 2
+    rng = numpy.random.default_rng(5)
+    sizes = [4096 * int(rng.integers(1, 5)) + int(rng.integers(1, 4096)) for _ in range(300)]
+    values = [rng.integers(0, 256, n, dtype=numpy.uint8).tobytes() for n in sizes]
+    with Store("none", pool=impl.Pool()) as s:
+        s.update(enumerate(values))
+        for i, n in enumerate(sizes):  # the objects are the pieces, in order
+            handles = s._entry(i)[3] if isinstance(s, EngineStore) else s._index[i].handles
+            assert [s.pool.handle_size(h) for h in handles] == [size for size, _ in _pieces(n)]
+        # the tails' classes fill their pages: a few pages of waste, not one class's zspage per tail
+        assert s.memory_used <= s.compressed_nbytes * 1.005 + 8 * 4096
+        assert all(s[i] == v and s.get_compressed(i) == ("raw", len(v), v) for i, v in enumerate(values))
 
 
 def test_get_into_a_buffer_too_small_is_refused(store: Store) -> None:
@@ -239,7 +256,7 @@ def test_the_engine_keeps_each_entry_in_its_index(impl):
         assert (kind, nbytes, len(handles), fill) == ("lz4", len(text), 1, 0)
         assert s.pool.handle_size(handles[0]) == stored == s.get_compressed("k")[2].__len__()
         kind, nbytes, stored, handles, _ = s._entry("big")
-        assert (kind, stored, [s.pool.handle_size(h) for h in handles]) == ("raw", nbytes, [4096] * 3 + [5])
+        assert (kind, stored, [s.pool.handle_size(h) for h in handles]) == ("raw", nbytes, [4096] * 3 + [24])
         assert s._entry("z") == ("same", 7, 0, (), 0)
         with pytest.raises(KeyError):
             s._entry("missing")

@@ -3,16 +3,21 @@
 What it owns
 ------------
 An index (key -> entry) and the pool objects that hold the values.  A value
-is compressed (lz4 by default, zstd, or none), then split into
-chunks of at most 4096 bytes, one pool object each::
+is compressed (lz4 by default, zstd, or none), then split into pool objects
+(``_pieces``)::
 
-    value (any bytes-like) --compress--> payload --split--> [4096][4096] ... [tail]
-                                                              h0    h1         hn
+    value (any bytes-like) --compress--> payload --split--> [4096][4096] ... [2040][504][56][24]
+                                                              h0    h1        the tail's pieces
 
 Full 4096-byte chunks land in the pool's huge class, a page each and no
-waste; the tail lands in the class that fits it.  As zram does with pages:
-a value whose bytes are all equal (``same``) takes no pool object, and one
-that does not compress (its payload would be no smaller) is kept as it is
+waste.  A payload of one chunk or less is one object of its size; the tail
+of a longer one is cut into pieces of the classes that fill a page exactly
+(2048, 1024, ..., 32 bytes, less the object's 8-byte handle header), the
+last one padded: a tail in a class of its own leaves that class a part-used
+zspage per few values (a thousand 64 KiB values held 9.4% more pages than
+payload that way, 0.5% with the pieces).  As zram does with pages: a value
+whose bytes are all equal (``same``) takes no pool object, and one that
+does not compress (its payload would be no smaller) is kept as it is
 (``raw``), so reading it decompresses nothing.
 
 Two implementations, as ``heapq`` and ``_heapq`` are, chosen by the pool:
@@ -52,10 +57,13 @@ import zstandard
 import zsmalloc
 from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
 
 K = TypeVar("K", bound=Hashable)
 
 CHUNK = 4096  # the largest pool object
+#: the tail's pieces, largest first: the classes of 2048, 1024, ..., 32 bytes less the handle header
+TAIL_PIECES = tuple((2048 >> i) - ZS_HANDLE_SIZE for i in range(7))
 COMPRESSIONS = ("lz4", "zstd", "none")
 ZSTD_LEVEL = 3
 
@@ -82,6 +90,22 @@ class _Codecs(threading.local):
         if len(self.gather) < n:
             self.gather = bytearray(n)
         return memoryview(self.gather)[:n]
+
+
+def _pieces(stored: int) -> Iterator[tuple[int, int]]:
+    """The objects a payload of ``stored`` bytes is split into: ``(size, used)`` each, in order
+    (``used`` is less than ``size`` only in the padded last piece of a tail)."""
+    left = stored
+    while left >= CHUNK:
+        yield CHUNK, CHUNK
+        left -= CHUNK
+    if left and stored <= CHUNK:
+        yield left, left
+        return
+    while left:
+        size = next((p for p in TAIL_PIECES if p <= left), TAIL_PIECES[-1])
+        yield size, min(size, left)
+        left -= min(size, left)
 
 
 def _same_byte(mv: memoryview) -> int | None:
@@ -170,12 +194,13 @@ class Store(MutableMapping[K, bytes]):
         """The entry of ``value`` with its chunks written; nothing left behind if it fails."""
         kind, payload, fill, nbytes = self._encode(value)
         handles: list[int] = []
+        at = 0
         try:
-            for at in range(0, len(payload), CHUNK):
-                chunk = payload[at : at + CHUNK]
-                h = self.pool.malloc(len(chunk))
+            for size, used in _pieces(len(payload)):
+                h = self.pool.malloc(size)
                 handles.append(h)
-                self.pool.write(h, chunk)
+                self.pool.write(h, payload[at : at + used])
+                at += used
         except BaseException:
             self._free(handles)
             raise
@@ -186,7 +211,7 @@ class Store(MutableMapping[K, bytes]):
             self.pool.free(h)
 
     def _payload(self, e: _Entry) -> bytes | memoryview:
-        """The entry's chunks, joined (caller holds the lock; a view valid until the next call)."""
+        """The entry's objects, joined (caller holds the lock; a view valid until the next call)."""
         if len(e.handles) == 1:
             return self.pool.read(e.handles[0])
         out = self._codecs.gather_buffer(e.stored)
@@ -194,9 +219,11 @@ class Store(MutableMapping[K, bytes]):
         return out
 
     def _read_chunks(self, e: _Entry, out: memoryview) -> None:
-        """Copy the entry's chunks, in order, into ``out`` (caller holds the lock)."""
-        for at, h in zip(range(0, e.stored, CHUNK), e.handles, strict=True):
-            self.pool.read_into(h, out[at : at + min(CHUNK, e.stored - at)])
+        """Copy the entry's objects, in order, into ``out`` (caller holds the lock)."""
+        at = 0
+        for h, (_, used) in zip(e.handles, _pieces(e.stored), strict=True):
+            self.pool.read_into(h, out[at : at + used])
+            at += used
 
     def _decode(self, e: _Entry) -> bytes:
         """The value of ``e`` (caller holds the lock)."""
