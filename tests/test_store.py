@@ -4,8 +4,10 @@ size, compression, lifetime and pickling, on both implementations of the pool (i
 from __future__ import annotations
 
 import doctest
+import gc
 import os
 import pickle
+import weakref
 from types import ModuleType
 
 import numpy
@@ -157,6 +159,19 @@ def test_a_tail_is_cut_into_pieces_that_fill_their_pages(impl: ModuleType) -> No
         # the tails' classes fill their pages: a few pages of waste, not one class's zspage per tail
         assert s.memory_used <= s.compressed_nbytes * 1.005 + 8 * 4096
         assert all(s[i] == v and s.get_compressed(i) == ("raw", len(v), v) for i, v in enumerate(values))
+
+
+def test_a_store_in_a_cycle_through_its_keys_is_collected(impl: ModuleType) -> None:
+    class Key:
+        def __init__(self, store: Store) -> None:
+            self.store = store
+
+    s: Store = Store(pool=impl.Pool())
+    s[Key(s)] = os.urandom(5000)
+    ref = weakref.ref(s)
+    del s
+    gc.collect()
+    assert ref() is None
 
 
 def test_get_into_a_buffer_too_small_is_refused(store: Store) -> None:

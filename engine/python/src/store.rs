@@ -26,8 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use pyo3::exceptions::{PyKeyError, PyMemoryError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyList, PyTuple};
+use pyo3::PyTraverseError;
 
 use zsmalloc_core::pool::{Pool, PoolError};
 use zsmalloc_core::store::{self, Handles, Kind, Stored};
@@ -597,6 +599,30 @@ impl PyStoreIndex {
     fn _compact_index(&self, py: Python<'_>) -> PyResult<()> {
         self.lock(py)?.rebuild(true);
         Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.pool)?;
+        // a table a thread holds is skipped: its keys then look referenced from elsewhere,
+        // and the collector keeps them (never frees what is reachable)
+        if let Some(t) = self.table.try_lock() {
+            for slot in &t.slots {
+                visit.call(&slot.key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The collector breaks a cycle through the keys: every value freed, the keys let go.
+    fn __clear__(&self) {
+        let Some(table) = self.table.try_lock().map(|mut t| std::mem::take(&mut *t)) else { return };
+        let pool = &self.pool.get().inner;
+        if !pool.is_closed() {
+            // no panic leaves a slot of the collector's; a failed free only leaks its object
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                free_all(pool, table.slots.into_iter().map(|s| s.entry))
+            }));
+        }
     }
 
     /// Free every value (unless the pool is closed already) and refuse further use.
