@@ -17,9 +17,11 @@
 //! release the GIL (a large value's copy, a key's `__eq__` written in Python)
 //! without a deadlock; a key whose `__eq__` or `__hash__` uses the store
 //! itself gets a RuntimeError, not a hang.  A set compresses and writes the
-//! new chunks before it takes the lock, swaps the entry under it, and frees
-//! the old chunks after it; a get reads its chunks under the lock, so no set
-//! or del frees them meanwhile.  A single value keeps the GIL unless it is
+//! new objects before it takes the lock, and swaps the entry and frees the
+//! old objects under it; a get reads its objects under the lock, so no set
+//! or del frees them meanwhile.  No call allocates on the heap but for what
+//! it keeps or returns (a value's bytes, an entry of more than two objects,
+//! the table's growth) and the batch calls' lists.  A single value keeps the GIL unless it is
 //! large (`DETACH_BYTES`); the batch calls release it for the whole batch.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -319,17 +321,18 @@ impl PyStoreIndex {
         Ok(())
     }
 
-    /// Store `entry` under `key`, and free the chunks of the entry it replaces;
-    /// on an error, `entry`'s chunks are freed and nothing changes.
+    /// Store each of `entries` under its key of `pairs`, and free the objects of the entries
+    /// they replace (under the lock: nobody reads them then); on an error, the entries not
+    /// stored are freed.
     fn swap_in(
         &self,
         py: Python<'_>,
         p: &Pool,
         pairs: &[(&Bound<'_, PyAny>, isize)],
-        entries: Vec<Stored>,
+        entries: impl IntoIterator<Item = Stored>,
     ) -> PyResult<()> {
-        let mut olds = Vec::new();
         let mut entries = entries.into_iter();
+        let mut freed = Ok(());
         let done = (|| -> PyResult<()> {
             let mut t = self.lock(py)?;
             self.check_open(py)?;
@@ -337,13 +340,18 @@ impl PyStoreIndex {
                 t.reserve_one()?;
                 let probe = t.probe(key, hash)?;
                 let entry = entries.next().expect("an entry per key");
-                olds.extend(t.put(probe, key, hash, entry));
+                if let Some(old) = t.put(probe, key, hash, entry) {
+                    let r = store::free(p, old.handles.as_slice());
+                    if freed.is_ok() {
+                        freed = r;
+                    }
+                }
             }
             Ok(())
         })();
-        // what replaced entries held, or on an error the entries not stored
-        free_all(p, olds.into_iter().chain(entries)).map_err(|e| pool_err(py, e))?;
-        done
+        let rest = free_all(p, entries);
+        done?;
+        freed.and(rest).map_err(|e| pool_err(py, e))
     }
 }
 
@@ -370,7 +378,7 @@ impl PyStoreIndex {
                 maybe_detached(py, bytes.len() as u64 >= DETACH_BYTES, || store::put(p, self.comp, bytes))
                     .map_err(|e| pool_err(py, e))?;
             drop(buf);
-            self.swap_in(py, p, &[(key, hash)], vec![entry])
+            self.swap_in(py, p, &[(key, hash)], [entry])
         })
     }
 
