@@ -3,10 +3,13 @@ size, compression, lifetime and pickling, on both implementations of the pool (i
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import gc
 import os
 import pickle
+import random
+import threading
 import weakref
 from types import ModuleType
 
@@ -36,6 +39,47 @@ def test_zict_thread_safety(store: Store) -> None:
     utils_test.check_different_keys_threadsafe(store)
     utils_test.check_same_key_threadsafe(store)
     assert len(store) == 0 and len(store.pool) == 0  # every replaced value given back
+
+
+def test_threads_with_large_values_batches_and_compaction(impl: ModuleType) -> None:
+    # values past the engine's DETACH_BYTES: the table lock is held with the GIL released
+    big = {i: (bytes([i]) * 1000 + os.urandom(200)) * 100 for i in range(20)}
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        r = random.Random(seed)
+        try:
+            for _ in range(500):
+                op, k = r.random(), r.randrange(20)
+                with contextlib.suppress(KeyError):
+                    if op < 0.3:
+                        store[k] = big[k]
+                    elif op < 0.5:
+                        assert store[k] == big[k]
+                    elif op < 0.6:
+                        del store[k]
+                    elif op < 0.8:
+                        store.set_many({j: big[j] for j in r.sample(range(20), 4)})
+                    elif op < 0.99:
+                        keys = list(store)[:3]
+                        assert store.get_many(keys) == [big[j] for j in keys]
+                    else:
+                        store.compact()
+                assert len(store) <= 20 and isinstance(k in store, bool)
+        except BaseException as e:  # reported below, in the test's thread
+            errors.append(e)
+
+    with Store(pool=impl.Pool()) as store:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and not any(t.is_alive() for t in threads)
+        assert store.nbytes == sum(len(big[k]) for k in store)
+        store.pool.check()
+        store.clear()
+        assert len(store.pool) == 0
 
 
 def test_zict_closing(impl: ModuleType) -> None:
