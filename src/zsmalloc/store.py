@@ -2,29 +2,40 @@
 
 What it owns
 ------------
-An index (a dict: key -> entry) and the pool objects that hold the values.
-A value is compressed (lz4 by default, zstd, or none), then split into
-chunks of at most 4096 bytes, one pool object each::
+An index (key -> entry) and the pool objects that hold the values.  A value
+is compressed (lz4 by default, zstd, or none), then split into pool objects
+(``_pieces``)::
 
-    value (any bytes-like) --compress--> payload --split--> [4096][4096] ... [tail]
-                                                              h0    h1         hn
+    value (any bytes-like) --compress--> payload --split--> [4096][4096] ... [2040][504][56][24]
+                                                              h0    h1        the tail's pieces
 
 Full 4096-byte chunks land in the pool's huge class, a page each and no
-waste; the tail lands in the class that fits it.  As zram does with pages:
-a value whose bytes are all equal (``same``) takes no pool object, and one
-that does not compress (its payload would be no smaller) is kept as it is
+waste.  A payload of one chunk or less is one object of its size; the tail
+of a longer one is cut into pieces of the classes that fill a page exactly
+(2048, 1024, ..., 32 bytes, less the object's 8-byte handle header), the
+last one padded: a tail in a class of its own leaves that class a part-used
+zspage per few values (a thousand 64 KiB values held 9.4% more pages than
+payload that way, 0.5% with the pieces).  As zram does with pages: a value
+whose bytes are all equal (``same``) takes no pool object, and one that
+does not compress (its payload would be no smaller) is kept as it is
 (``raw``), so reading it decompresses nothing.
 
-On an engine pool the per-value work (the same-byte test, the compression,
-the chunks' malloc and copy, and back) is one call into the engine
-(``zsmalloc_core::store``), and ``set_many``/``get_many`` cross once for a
-whole batch with the GIL released; on a model pool it runs here, in Python.
-The payloads are the same formats either way.
+Two implementations, as ``heapq`` and ``_heapq`` are, chosen by the pool:
+``Store`` itself is the readable one (the model): a dict of ``_Entry``
+tuples, the codecs of python-lz4 and python-zstandard, one pool call per
+chunk.  On an engine pool ``Store(...)`` makes an ``EngineStore``, which
+subclasses ``_engine.StoreIndex``
+(``engine/python/src/store.rs``), which keeps the index in Rust (a table
+keyed by the Python keys, each value's entry 48 bytes: no Python object
+per value besides its key) and does each value's work in one call: a set
+or a get is a single call from Python into the engine, and
+``set_many``/``get_many`` cross once for a whole batch with the GIL
+released.  The payloads are the same formats either way.
 
-Locking: one lock guards the index.  A ``set`` compresses and writes the new
-chunks before it takes the lock, swaps the entry under it, and frees the old
-chunks after it; a ``get`` reads its chunks under the lock, so no ``set`` or
-``del`` frees them meanwhile.  The pool is thread-safe by itself.
+Locking (both): one lock guards the index.  A ``set`` compresses and writes
+the new chunks before it takes the lock, swaps the entry under it, and frees
+the old chunks after it; a ``get`` reads its chunks under the lock, so no
+``set`` or ``del`` frees them meanwhile.  The pool is thread-safe by itself.
 
     >>> from zsmalloc import Store
     >>> with Store() as s:
@@ -46,10 +57,13 @@ import zstandard
 import zsmalloc
 from zsmalloc import _engine
 from zsmalloc.errors import PoolClosedError
+from zsmalloc.pool.size_class import ZS_HANDLE_SIZE
 
 K = TypeVar("K", bound=Hashable)
 
 CHUNK = 4096  # the largest pool object
+#: the tail's pieces, largest first: the classes of 2048, 1024, ..., 32 bytes less the handle header
+TAIL_PIECES = tuple((2048 >> i) - ZS_HANDLE_SIZE for i in range(7))
 COMPRESSIONS = ("lz4", "zstd", "none")
 ZSTD_LEVEL = 3
 
@@ -78,6 +92,22 @@ class _Codecs(threading.local):
         return memoryview(self.gather)[:n]
 
 
+def _pieces(stored: int) -> Iterator[tuple[int, int]]:
+    """The objects a payload of ``stored`` bytes is split into: ``(size, used)`` each, in order
+    (``used`` is less than ``size`` only in the padded last piece of a tail)."""
+    left = stored
+    while left >= CHUNK:
+        yield CHUNK, CHUNK
+        left -= CHUNK
+    if left and stored <= CHUNK:
+        yield left, left
+        return
+    while left:
+        size = next((p for p in TAIL_PIECES if p <= left), TAIL_PIECES[-1])
+        yield size, min(size, left)
+        left -= min(size, left)
+
+
 def _same_byte(mv: memoryview) -> int | None:
     """The byte every position of ``mv`` holds, or None."""
     n = len(mv)
@@ -94,22 +124,52 @@ class Store(MutableMapping[K, bytes]):
     Values may be any bytes-like object of any size; ``get`` returns
     ``bytes``.  The store is thread-safe, picklable (the pickle carries the
     contents, decompressed) and a context manager.
+
+    This class is the model, in Python (a dict of ``_Entry``); on an engine
+    pool ``Store(...)`` makes an ``EngineStore``, whose index and hot path
+    are the engine's.
     """
 
-    def __init__(self, compression: str = "lz4", pool: zsmalloc.Pool | None = None) -> None:
+    compression: str
+    pool: zsmalloc.Pool
+    _own_pool: bool
+    # the model's own state (an EngineStore keeps its index in the engine)
+    _index: dict[K, _Entry]
+    _lock: threading.Lock
+    _codecs: _Codecs
+    _closed: bool
+    _nbytes: int
+    _stored: int
+
+    def __new__(cls, compression: str = "lz4", pool: zsmalloc.Pool | None = None) -> Store[K]:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
+        own = pool is None
+        pool = zsmalloc.Pool(name="store") if pool is None else pool
+        if cls is Store and isinstance(pool, _engine.Pool):
+            cls = EngineStore
+        try:
+            self = cls._make(pool, compression)
+        except BaseException:
+            if own:
+                pool.close()
+            raise
         self.compression = compression
-        self._own_pool = pool is None
-        self.pool = zsmalloc.Pool(name="store") if pool is None else pool
-        #: the pool, when it is the engine's: the engine does each value's work (else this module does)
-        self._epool: _engine.Pool | None = self.pool if isinstance(self.pool, _engine.Pool) else None
-        self._index: dict[K, _Entry] = {}
+        self.pool = pool
+        self._own_pool = own
+        return self
+
+    @classmethod
+    def _make(cls, pool: zsmalloc.Pool, compression: str) -> Store[K]:
+        """A new, empty store of this class on ``pool``."""
+        self: Store[K] = object.__new__(cls)
+        self._index = {}
         self._lock = threading.Lock()
         self._codecs = _Codecs()
         self._closed = False
         self._nbytes = 0
         self._stored = 0
+        return self
 
     # ------------------------------------------------------------------
     # values in and out of the pool
@@ -132,44 +192,26 @@ class Store(MutableMapping[K, bytes]):
 
     def _put(self, value: object) -> _Entry:
         """The entry of ``value`` with its chunks written; nothing left behind if it fails."""
-        if self._epool is not None:
-            return _Entry(*_engine.store_put(self._epool, value, self.compression))
         kind, payload, fill, nbytes = self._encode(value)
         handles: list[int] = []
+        at = 0
         try:
-            for at in range(0, len(payload), CHUNK):
-                chunk = payload[at : at + CHUNK]
-                h = self.pool.malloc(len(chunk))
+            for size, used in _pieces(len(payload)):
+                h = self.pool.malloc(size)
                 handles.append(h)
-                self.pool.write(h, chunk)
+                self.pool.write(h, payload[at : at + used])
+                at += used
         except BaseException:
             self._free(handles)
             raise
         return _Entry(kind, nbytes, len(payload), tuple(handles), fill)
 
-    def _put_many(self, values: list[object]) -> list[_Entry]:
-        """The entries of ``values``, every chunk written; nothing left behind if one fails."""
-        if self._epool is not None:
-            return [_Entry(*e) for e in _engine.store_put_many(self._epool, values, self.compression)]
-        done: list[_Entry] = []
-        try:
-            for value in values:
-                done.append(self._put(value))
-        except BaseException:
-            for e in done:
-                self._free(e.handles)
-            raise
-        return done
-
     def _free(self, handles: Iterable[int]) -> None:
-        if self._epool is not None:
-            _engine.store_free(self._epool, list(handles))
-            return
         for h in handles:
             self.pool.free(h)
 
     def _payload(self, e: _Entry) -> bytes | memoryview:
-        """The entry's chunks, joined (caller holds the lock; a view valid until the next call)."""
+        """The entry's objects, joined (caller holds the lock; a view valid until the next call)."""
         if len(e.handles) == 1:
             return self.pool.read(e.handles[0])
         out = self._codecs.gather_buffer(e.stored)
@@ -177,14 +219,14 @@ class Store(MutableMapping[K, bytes]):
         return out
 
     def _read_chunks(self, e: _Entry, out: memoryview) -> None:
-        """Copy the entry's chunks, in order, into ``out`` (caller holds the lock)."""
-        for at, h in zip(range(0, e.stored, CHUNK), e.handles, strict=True):
-            self.pool.read_into(h, out[at : at + min(CHUNK, e.stored - at)])
+        """Copy the entry's objects, in order, into ``out`` (caller holds the lock)."""
+        at = 0
+        for h, (_, used) in zip(e.handles, _pieces(e.stored), strict=True):
+            self.pool.read_into(h, out[at : at + used])
+            at += used
 
     def _decode(self, e: _Entry) -> bytes:
         """The value of ``e`` (caller holds the lock)."""
-        if self._epool is not None:
-            return _engine.store_get(self._epool, e)
         if e.kind == "same":
             return bytes((e.fill,)) * e.nbytes
         payload = self._payload(e)
@@ -194,46 +236,32 @@ class Store(MutableMapping[K, bytes]):
             return lz4.block.decompress(payload, uncompressed_size=e.nbytes)
         return self._codecs.zd.decompress(payload, max_output_size=e.nbytes)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise PoolClosedError("the store is closed")
-
-    # ------------------------------------------------------------------
-    # the mapping protocol
-
-    # __setitem__ and __getitem__ are the hot path of a store of small values: they
-    # inline _check_open, _account and (on an engine pool) _put and _decode, each
-    # call of which costs about a tenth of a 4 KiB value's whole set or get.
-
-    def __setitem__(self, key: K, value: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise PoolClosedError("the store is closed")
-        hash(key)  # an unhashable key fails before any work
-        if self._epool is not None:
-            entry = _Entry._make(_engine.store_put(self._epool, value, self.compression))
-        else:
-            entry = self._put(value)
-        with self._lock:
-            old = self._index.get(key)
-            self._index[key] = entry
-            self._nbytes += entry.nbytes
-            self._stored += entry.stored
-            if old is not None:
-                self._nbytes -= old.nbytes
-                self._stored -= old.stored
-        if old is not None:
-            self._free(old.handles)
-
     def _account(self, e: _Entry, sign: int) -> None:
         self._nbytes += sign * e.nbytes
         self._stored += sign * e.stored
 
-    def __getitem__(self, key: K) -> bytes:
-        if self._closed:
-            raise PoolClosedError("the store is closed")
+    # ------------------------------------------------------------------
+    # the mapping protocol
+
+    def __setitem__(self, key: K, value: bytes | bytearray | memoryview) -> None:
+        self._check_open()
+        hash(key)  # an unhashable key fails before any work
+        entry = self._put(value)
         with self._lock:
-            if self._epool is not None:
-                return _engine.store_get(self._epool, self._index[key])
+            if self._closed:
+                self._free(entry.handles)
+                raise PoolClosedError("the store is closed")
+            old = self._index.get(key)
+            self._index[key] = entry
+            self._account(entry, +1)
+            if old is not None:
+                self._account(old, -1)
+        if old is not None:
+            self._free(old.handles)
+
+    def __getitem__(self, key: K) -> bytes:
+        self._check_open()
+        with self._lock:
             return self._decode(self._index[key])
 
     def __delitem__(self, key: K) -> None:
@@ -257,10 +285,6 @@ class Store(MutableMapping[K, bytes]):
     def __len__(self) -> int:
         return len(self._index)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self)} values, {self._nbytes:,} bytes"
-        return f"<Store {self.compression}: {state}>"
-
     def clear(self) -> None:
         self._check_open()
         with self._lock:
@@ -273,11 +297,26 @@ class Store(MutableMapping[K, bytes]):
     # ------------------------------------------------------------------
     # beyond the mapping
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has run."""
+        return self._closed
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the values stored, as given."""
+        return self._nbytes
+
+    @property
+    def compressed_nbytes(self) -> int:
+        """Bytes of their payloads in the pool (a same-filled value has none)."""
+        return self._stored
+
     def get_into(self, key: K, buf: Any) -> int:
         """Write the value of ``key`` into the writable buffer ``buf``; return its length.
 
         ``buf`` must hold at least the value.  A value kept raw goes straight
-        from the pool into ``buf``; a compressed one is decompressed first.
+        from the pool into ``buf``; a compressed one is decompressed into it.
         """
         self._check_open()
         out = memoryview(buf).cast("B")
@@ -285,8 +324,6 @@ class Store(MutableMapping[K, bytes]):
             e = self._index[key]
             if len(out) < e.nbytes:
                 raise ValueError(f"a buffer of {len(out)} bytes cannot hold the {e.nbytes} bytes of {key!r}")
-            if self._epool is not None:
-                return _engine.store_get_into(self._epool, e, out)
             if e.kind == "same":
                 out[: e.nbytes] = bytes((e.fill,)) * e.nbytes
             elif e.kind == "raw":
@@ -327,11 +364,18 @@ class Store(MutableMapping[K, bytes]):
         On an engine pool the values cross into the engine in one call, with
         the GIL released for all of them.
         """
-        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        pairs = _pairs(items)
         self._check_open()
         for key, _ in pairs:
             hash(key)  # an unhashable key fails before any work
-        entries = self._put_many([v for _, v in pairs])
+        entries: list[_Entry] = []
+        try:
+            for _, value in pairs:
+                entries.append(self._put(value))
+        except BaseException:
+            for e in entries:
+                self._free(e.handles)
+            raise
         olds = []
         with self._lock:
             for (key, _), entry in zip(pairs, entries, strict=True):
@@ -350,22 +394,31 @@ class Store(MutableMapping[K, bytes]):
         On an engine pool they come out of the engine in one call, the GIL
         released for all of them.
         """
-        if self._epool is None:
-            return [self[key] for key in keys]
-        self._check_open()
+        return [self[key] for key in keys]
+
+    def _items(self) -> list[tuple[K, bytes]]:
+        """Every (key, value), read under one lock."""
         with self._lock:
-            entries = [self._index[key] for key in keys]
-            return _engine.store_get_many(self._epool, entries)
+            return [(k, self._decode(e)) for k, e in self._index.items()]
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the values stored, as given."""
-        return self._nbytes
+    def _close(self) -> None:
+        """Refuse further use; free every value unless the pool is closed."""
+        with self._lock:
+            self._closed = True
+            entries = list(self._index.values())
+            self._index.clear()
+            self._nbytes = self._stored = 0
+        if not self._own_pool:  # a shared pool keeps going: give its objects back (an own one is closed)
+            for e in entries:
+                self._free(e.handles)
 
-    @property
-    def compressed_nbytes(self) -> int:
-        """Bytes of their payloads in the pool (a same-filled value has none)."""
-        return self._stored
+    def _check_open(self) -> None:
+        if self.closed:
+            raise PoolClosedError("the store is closed")
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self)} values, {self.nbytes:,} bytes"
+        return f"<{type(self).__name__} {self.compression}: {state}>"
 
     @property
     def memory_used(self) -> int:
@@ -378,16 +431,10 @@ class Store(MutableMapping[K, bytes]):
         return self.pool.compact()
 
     def close(self) -> None:
-        """Free every value; a store made with its own pool closes it."""
-        if self._closed:
-            return
-        if not self._own_pool:  # a shared pool keeps going: give its objects back
-            self.clear()
-        self._closed = True
+        """Free every value; a store made with its own pool closes it (and frees nothing one by one)."""
         if self._own_pool:
             self.pool.close()
-        self._index.clear()
-        self._nbytes = self._stored = 0
+        self._close()
 
     def __enter__(self) -> Store[K]:
         return self
@@ -396,9 +443,38 @@ class Store(MutableMapping[K, bytes]):
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        with self._lock:
-            items = [(k, self._decode(e)) for k, e in self._index.items()]
-        return (_rebuild, (self.compression, items))
+        return (_rebuild, (self.compression, self._items()))
+
+
+def _pairs(items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> list[tuple[K, bytes]]:
+    return list(items.items() if isinstance(items, Mapping) else items)
+
+
+class EngineStore(_engine.StoreIndex, Store[K]):
+    """A Store on an engine pool: the index and every value's work in the engine.
+
+    The mapping's methods, ``get_into``, ``get_compressed``, ``clear``,
+    ``close``'s work and the statistics are ``_engine.StoreIndex``'s own
+    (``engine/python/src/store.rs``), found before ``Store``'s in the MRO;
+    none of ``Store``'s state (``_index``, ``_lock``, ...) exists here.
+    """
+
+    @classmethod
+    def _make(cls, pool: zsmalloc.Pool, compression: str) -> Store[K]:
+        assert isinstance(pool, _engine.Pool)  # Store.__new__ chose this class for it
+        return _engine.StoreIndex.__new__(cls, pool, compression)
+
+    def set_many(self, items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> None:
+        pairs = _pairs(items)
+        self._set_many([k for k, _ in pairs], [v for _, v in pairs])
+
+    def get_many(self, keys: Iterable[K]) -> list[bytes]:
+        return self._get_many(list(keys))
+
+    def compact(self) -> int:
+        freed = super().compact()
+        self._compact_index()  # the slots of deleted keys, and spare room
+        return freed
 
 
 def _rebuild(compression: str, items: list[tuple[Hashable, bytes]]) -> Store[Hashable]:

@@ -12,7 +12,7 @@
 //! detached thread to finish its work; it cannot deadlock.
 //!
 //! Errors are the classes of `zsmalloc.errors`, looked up once.  The zram
-//! device's binding is the submodule `zram`, the Store's value codec `store`.
+//! device's binding is the submodule `zram`, the Store's index and hot path `store`.
 
 mod fragsim;
 mod store;
@@ -1573,12 +1573,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(zram::compress, m)?)?;
     m.add_function(wrap_pyfunction!(zram::codec_versions, m)?)?;
     m.add_function(wrap_pyfunction!(fragsim::fragsim_run, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_put, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_put_many, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_get, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_get_into, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_get_many, m)?)?;
-    m.add_function(wrap_pyfunction!(store::store_free, m)?)?;
+    m.add_class::<store::PyStoreIndex>()?;
     m.add("PAGE_SIZE", PAGE_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
