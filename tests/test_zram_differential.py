@@ -34,6 +34,7 @@ NPAGES = 48
 def _pair(tmp_path, algorithm: str, kernel: str | None = None):
     devs = []
     shape = {}
+    secondary = "deflate" if algorithm == "zstd" else "zstd"
     if kernel is not None:
         preset = KERNELS[kernel]
         shape = {
@@ -41,13 +42,15 @@ def _pair(tmp_path, algorithm: str, kernel: str | None = None):
             "class_rule": preset.class_rule,
             "fullness": preset.fullness,
         }
+        if not preset.recompress:  # 6.1: recompression came with 6.2; both devices refuse it
+            secondary = None
     for impl, cls, name in ((model, zram_model.ZramDevice, "m"), (engine, zram_engine.ZramDevice, "e")):
         pool = impl.Pool(name="zram-diff", handle_tag=TAG, background_work=False, **shape)
         devs.append(
             cls(
                 NPAGES * PAGE,
                 algorithm=algorithm,
-                recompress_algorithm="deflate" if algorithm == "zstd" else "zstd",
+                recompress_algorithm=secondary,
                 backing_file=tmp_path / f"{name}.img",
                 backing_blocks=NPAGES // 2,
                 pool=pool,
