@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.rule import Rule
+
+from zsmalloc.zram.kernels import KERNELS
 
 #: The console of every command.  The program's own text is never read as
 #: markup or emoji codes (a trace's ``[pool 3 pages, 3 frames]`` prints as it
@@ -66,6 +69,22 @@ class FiniteFloat(click.FloatRange):
 
 #: a share of something: a finite float within 0..1
 SHARE = FiniteFloat(0, 1)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def device_shape_options(command: F) -> F:
+    """``--chain-size`` and ``--kernel``, as the commands that make a zram device take them."""
+    command = click.option(
+        "--kernel",
+        type=click.Choice(list(KERNELS)),
+        help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
+    )(command)
+    return click.option(
+        "--chain-size", type=click.IntRange(4, 16), help="zspage chain size (default: 8, or the kernel's)"
+    )(command)
+
+
 #: a duration in seconds: finite, positive, and within what a thread wait accepts
 SECONDS = FiniteFloat(0, threading.TIMEOUT_MAX, min_open=True)
 

@@ -44,13 +44,13 @@ import lz4.block
 from rich.table import Table
 from rich.text import Text
 
-from zsmalloc.cli.app import SHARE, console, main, print_rule, progress_bars, rss
+from zsmalloc.cli.app import SHARE, console, device_shape_options, main, print_rule, progress_bars, rss
 from zsmalloc.cli.bench import time_lz4_dict
 from zsmalloc.cli.stats import mm_stat_table
 from zsmalloc.mm import BackgroundMigration
 from zsmalloc.mm.heap import trim_process_heap
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
-from zsmalloc.zram import KERNELS, ZramDevice
+from zsmalloc.zram import ZramDevice
 from zsmalloc.zram.codecs import available_codecs
 
 PAGE = 4096
@@ -246,14 +246,7 @@ def _generate(source: Callable, n: int, seed: int, label: str, quiet: bool) -> l
 )
 @click.option("--pages", "n_pages", default=32768, show_default=True, type=click.IntRange(16), help="pages")
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
-@click.option(
-    "--chain-size", type=click.IntRange(4, 16), help="zspage chain size (default: 8, or the kernel's)"
-)
-@click.option(
-    "--kernel",
-    type=click.Choice(list(KERNELS)),
-    help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
-)
+@device_shape_options
 @click.option("--rewrite", default=0.3, show_default=True, type=SHARE, help="share rewritten")
 @click.option("--discard", default=0.4, show_default=True, type=SHARE, help="share discarded")
 @click.option("--seed", default=1, show_default=True)

@@ -22,7 +22,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from zsmalloc.cli.app import SHARE, console, main
+from zsmalloc.cli.app import SHARE, console, device_shape_options, main
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
 from zsmalloc.zram import KERNELS, ZramDevice, library_versions
 from zsmalloc.zram.codecs import available_codecs
@@ -107,14 +107,7 @@ def _compressor(codec: str, libraries: dict[str, str]) -> str:
 )
 @click.option("--pages", "n_pages", default=16384, show_default=True, type=click.IntRange(1))
 @click.option("--algorithm", type=click.Choice(available_codecs()), default="lz4", show_default=True)
-@click.option(
-    "--chain-size", type=click.IntRange(4, 16), help="zspage chain size (default: 8, or the kernel's)"
-)
-@click.option(
-    "--kernel",
-    type=click.Choice(list(KERNELS)),
-    help="configure zram and zsmalloc as this kernel does (zsmalloc.zram.kernels)",
-)
+@device_shape_options
 @click.option("--discard", default=0.0, show_default=True, type=SHARE, help="share discarded")
 @click.option(
     "--discard-ranges",
