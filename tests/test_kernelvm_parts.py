@@ -333,6 +333,12 @@ def test_parse_console_puts_each_object_together_from_its_parts():
     assert report.errors == [f"q: an unreadable capture of lz4d0: {MARK} bytes q lz4d0 9 0x12 [LINE TOO BIG]"]
 
 
+def test_parse_console_reports_captures_whose_parts_do_not_pair_up():
+    lines = [f"{MARK} bytes r lz4d{p} 3 0x616263" for p in range(4)]
+    text = "\n".join([*lines, f"{MARK} bytes r lz4d0 3 0x0"])  # part 0 twice
+    assert parse_console(text).errors == ["r: the parts of lz4d's captures do not pair up: [1, 2]"]
+
+
 def test_sampled_pages_are_seeded_sorted_and_inside_the_device():
     picks = sample_pages(100, 10, 3)
     assert picks == sample_pages(100, 10, 3) and list(picks) == sorted(set(picks))

@@ -67,7 +67,7 @@ def test_the_encoding_of_known_inputs():
 
 def test_the_kernels_blocks_are_not_liblz4s():
     """liblz4 1.9 searches otherwise: most real pages come out different (the reason for the codec)."""
-    libs = [p for p in PAGES if p in set(file_pages("shared-libs", 48 * PAGE, 5))]
+    libs = list(file_pages("shared-libs", 48 * PAGE, 5))
     differ = sum(lz4_compress_fast(p) != lz4.block.compress(p, store_size=False) for p in libs)
     assert differ > len(libs) // 2
 
@@ -91,7 +91,7 @@ def test_inputs_past_the_16_bit_table_are_refused():
 
 @pytest.mark.usefixtures("each_backend")
 def test_a_kernel_preset_stores_lz4_as_the_kernel_does():
-    page = PAGES[-5]
+    page = text_page(random.Random(11))
     with ZramDevice(16 * PAGE, kernel="6.12") as dev, ZramDevice(16 * PAGE) as own:
         dev.write_page(0, page)
         own.write_page(0, page)

@@ -238,7 +238,7 @@ class ConsoleReport:
         objects = []
         for codec in ("lz4d", "zstdd"):
             parts = [self.captures.get(run, {}).get(f"{codec}{p}", []) for p in range(len(CAPTURE_PARTS))]
-            for pieces in zip(*parts, strict=False):
+            for pieces in zip(*parts, strict=True):
                 objects.append(b"".join(data for _, data in pieces)[: pieces[0][0]])
         return objects
 
@@ -293,4 +293,10 @@ def parse_console(text: str) -> ConsoleReport:
             else:
                 stages = report.runs.setdefault(name, {})
                 stages.setdefault(stage, {})[stat_file] = dict(zip(fields, map(int, values), strict=True))
+    for run, events in report.captures.items():
+        for codec in ("lz4d", "zstdd"):
+            counts = {len(events.get(f"{codec}{p}", [])) for p in range(len(CAPTURE_PARTS))}
+            if len(counts) > 1:
+                parts = sorted(counts)
+                report.errors.append(f"{run}: the parts of {codec}'s captures do not pair up: {parts}")
     return report
