@@ -1034,6 +1034,22 @@ impl Memory {
         let _ = start;
     }
 
+    /// A hint that `len` arena bytes at `addr` are about to be read.
+    #[inline]
+    pub fn prefetch_read(&self, addr: usize, len: usize) {
+        let start = self.span(addr, len) as usize;
+        #[cfg(target_arch = "x86_64")]
+        for line in (start & !63..start + len).step_by(64) {
+            // SAFETY: a prefetch is only a hint: it never faults, whatever the
+            // address, and the lines lie inside the arena anyway.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = start;
+    }
+
     /// Copy `src` into the arena at `addr`.
     #[inline]
     pub fn copy_in(&self, addr: usize, src: &[u8]) {

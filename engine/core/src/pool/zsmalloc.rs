@@ -1403,6 +1403,10 @@ impl Pool {
         let guard = self.lock.read();
         let packed = self.lookup(handle, self.h_len())?.packed;
         let span = self.object_span(handle, packed, offset, length, op)?;
+        // the caller allocates the destination (a bytes object) before it
+        // copies: the object's cache lines come in meanwhile
+        self.mem.prefetch_read(span.first.0, span.first.1);
+        self.mem.prefetch_read(span.second.0, span.second.1);
         Ok(ObjectRef { pool: self, _guard: guard, span })
     }
 
