@@ -351,7 +351,7 @@ def test_our_objects_leave_out_same_filled_and_huge_pages(tmp_path):
     pages = [bytes(4096), text_page(rng), rng.randbytes(4096), text_page(rng)]
     image = tmp_path / "i.img"
     image.write_bytes(b"".join(pages))
-    objects = our_objects(image, "lz4", "6.12", 8, range(4))
+    objects = our_objects(image, "lz4", "6.12", range(4))
     assert objects == [lz4_compress_fast(pages[1]), lz4_compress_fast(pages[3])]
 
 
@@ -380,7 +380,7 @@ def _fake_comparison() -> Comparison:
         for f, fields in STAT_FIELDS.items()
         for fld in fields
     ]
-    return Comparison("linux-image-x", "6.12.1", 8, {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
+    return Comparison("linux-image-x", "6.12.1", 8, "6.12", {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
 
 
 def test_the_kernel_vm_command_prints_every_mm_stat_field_with_its_difference(monkeypatch):
