@@ -639,3 +639,14 @@ def test_every_series_runs_under_a_preset_of_its_chain_size():
         model_of("5.10", 4)
     with pytest.raises(ValueError, match=r"CONFIG_ZSMALLOC_CHAIN_SIZE=16, its preset 6\.17 chain size 8"):
         model_of("6.16", 16)
+
+
+def test_the_kernel_vm_command_takes_the_mirrors_series(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        cli_kernelvm, "run_comparison", lambda series, *a, **kw: seen.append(series) or _fake_comparison()
+    )
+    for series in ("6.16", "7.2"):
+        assert CliRunner().invoke(main, ["kernel-vm", "--kernel", series]).exit_code == 0
+    assert seen == ["6.16", "7.2"]
+    assert CliRunner().invoke(main, ["kernel-vm", "--kernel", "6.6"]).exit_code == 2  # no package for it
