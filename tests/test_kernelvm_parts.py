@@ -1,16 +1,21 @@
-"""The kernel VM harness's pure parts: the cpio writer, module resolution, the init script, the parser.
+"""The kernel VM harness's pure parts: cpio, the mirror's checks, modules, the init script, the parser.
 
 No VM here (tests/test_kernel_vm.py boots one): these run everywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import lzma
+import os
 import random
+import shutil
 import stat
 import struct
+import subprocess
+from datetime import UTC, datetime
 
 import pytest
 from click.testing import CliRunner
@@ -18,14 +23,16 @@ from click.testing import CliRunner
 from zram_pages import text_page
 from zsmalloc.cli import kernelvm as cli_kernelvm
 from zsmalloc.cli import main
-from zsmalloc.kernelvm import BootError, Comparison, debian
+from zsmalloc.kernelvm import BootError, Comparison, debian, mirror
 from zsmalloc.kernelvm.cpio import CpioWriter, read_newc
 from zsmalloc.kernelvm.guest import MARK, STAGES, STAT_FIELDS, Run, init_script, parse_console
 from zsmalloc.kernelvm.harness import (
     IMAGE_KINDS,
+    MODELS,
     Row,
     discard_ranges,
     make_image,
+    model_of,
     our_objects,
     replay_preset,
     replay_stats,
@@ -256,7 +263,8 @@ def test_init_script_with_trace_records_the_fill_and_the_discards_only():
     script = init_script(["zram"], [run], trace=True)
     lines = script.splitlines()
     assert (
-        "echo 'p:zsm zs_malloc size=%si:u64' >> /sys/kernel/tracing/kprobe_events || fail kprobe p:zsm"
+        "echo 'p:zsm zs_malloc size=%si:u64' >> /sys/kernel/tracing/kprobe_events"
+        " || fail kprobe p:zsm on zs_malloc refused: no such function in this kernel, or its arguments moved"
         in lines
     )
     enable = lines.index("echo 1 > /sys/kernel/tracing/events/kprobes/enable || fail r kprobes")
@@ -351,7 +359,7 @@ def test_our_objects_leave_out_same_filled_and_huge_pages(tmp_path):
     pages = [bytes(4096), text_page(rng), rng.randbytes(4096), text_page(rng)]
     image = tmp_path / "i.img"
     image.write_bytes(b"".join(pages))
-    objects = our_objects(image, "lz4", "6.12", 8, range(4))
+    objects = our_objects(image, "lz4", "6.12", range(4))
     assert objects == [lz4_compress_fast(pages[1]), lz4_compress_fast(pages[3])]
 
 
@@ -380,7 +388,7 @@ def _fake_comparison() -> Comparison:
         for f, fields in STAT_FIELDS.items()
         for fld in fields
     ]
-    return Comparison("linux-image-x", "6.12.1", 8, {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
+    return Comparison("linux-image-x", "6.12.1", 8, "6.12", {"files": 64}, {"files": 10}, rows, 1.0, 2.0)
 
 
 def test_the_kernel_vm_command_prints_every_mm_stat_field_with_its_difference(monkeypatch):
@@ -412,3 +420,233 @@ def test_the_kernel_vm_command_reports_a_failed_boot(monkeypatch):
     monkeypatch.setattr(cli_kernelvm, "run_comparison", fail)
     result = CliRunner().invoke(main, ["kernel-vm"])
     assert result.exit_code == 1 and "did not power off" in result.output
+
+
+# --- kernels from the mirror (kernelvm.mirror): a signed suite of our own, no network ---
+
+RELEASE_ABI = "7.2.13+deb14-amd64"
+SPLIT = {  # sid's split kernel: package -> (Depends, the .deb's bytes)
+    f"linux-image-{RELEASE_ABI}": (
+        f"dracut | initramfs-tools (>= 0.120), linux-base-{RELEASE_ABI} (= 7.2.13-1), "
+        f"linux-binary-{RELEASE_ABI} (= 7.2.13-1), linux-modules-{RELEASE_ABI} (= 7.2.13-1)",
+        b"image",
+    ),
+    f"linux-binary-{RELEASE_ABI}": (f"linux-base-{RELEASE_ABI} (= 7.2.13-1)", b"vmlinuz"),
+    f"linux-modules-{RELEASE_ABI}": (f"kmod, linux-base-{RELEASE_ABI} (= 7.2.13-1)", b"modules"),
+    f"linux-base-{RELEASE_ABI}": ("", b"config"),
+    "linux-image-7.2.9+deb14-amd64": ("", b"older"),
+}
+VALID_UNTIL = "Fri, 06 Nov 2026 08:08:01 UTC"
+BEFORE = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _packages_text(packages: dict[str, tuple[str, bytes]]) -> str:
+    stanzas = []
+    for name, (deps, body) in packages.items():
+        stanza = f"Package: {name}\nVersion: 1\n"
+        stanza += f"Depends: {deps}\n" if deps else ""
+        stanza += "Description: Linux 7.2 for 64-bit PCs\n a second line of the description\n"
+        stanza += f"Filename: pool/main/l/linux/{name}_1_amd64.deb\nSize: {len(body)}\n"
+        stanza += f"SHA256: {hashlib.sha256(body).hexdigest()}\n"
+        stanzas.append(stanza)
+    return "\n".join(stanzas)
+
+
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory):
+    """A throwaway OpenPGP key (gpg): ``sign(text) -> InRelease bytes``, and its keyring for gpgv."""
+    if shutil.which("gpg") is None or shutil.which("gpgv") is None:
+        pytest.skip("gpg and gpgv are needed to sign and verify a test suite (Debian: gpg, gpgv)")
+    home = tmp_path_factory.mktemp("gnupg")
+    home.chmod(0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str, data: bytes = b"") -> bytes:
+        return subprocess.run(
+            ["gpg", "--batch", *args], input=data, env=env, capture_output=True, check=True
+        ).stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", "zsmalloc test <test@example.org>", "ed25519", "sign", "never")
+    keyring = home / "keyring.gpg"
+    keyring.write_bytes(gpg("--export"))
+    yield (lambda text: gpg("--clearsign", data=text.encode())), keyring
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, check=False)
+
+
+class FakeMirror:
+    """The files of a mirror by path, served to mirror.Suite as its fetcher; counts the fetches."""
+
+    def __init__(self, sign, *, suite: str = "sid", packages: dict | None = None) -> None:
+        self.packages = SPLIT if packages is None else packages
+        index = lzma.compress(_packages_text(self.packages).encode())
+        release = (
+            f"Suite: unstable\nCodename: {suite}\nValid-Until: {VALID_UNTIL}\nSHA256:\n"
+            f" {hashlib.sha256(index).hexdigest()} {len(index)} main/binary-amd64/Packages.xz\n"
+            f" {'0' * 64} 12 main/binary-i386/Packages.xz\n"
+        )
+        self.files = {
+            f"dists/{suite}/InRelease": sign(release),
+            f"dists/{suite}/{mirror.PACKAGES_INDEX}": index,
+        }
+        for name, (_deps, body) in self.packages.items():
+            self.files[f"pool/main/l/linux/{name}_1_amd64.deb"] = body
+        self.fetched: list[str] = []
+        self.offline = False
+
+    def __call__(self, url: str, dest) -> None:
+        path = url.removeprefix("http://mirror.test/")
+        self.fetched.append(path)
+        if self.offline or path not in self.files:
+            raise mirror.PackageError(f"cannot download {url}: no such file")
+        dest.write_bytes(self.files[path])
+
+    def suite(self, cache, keyring, name: str = "sid", now: datetime = BEFORE) -> mirror.Suite:
+        return mirror.Suite(name, cache, mirror="http://mirror.test", keyring=keyring, fetch=self, now=now)
+
+
+def test_parse_stanzas_reads_fields_continuations_and_paragraphs():
+    text = "Package: a\nDescription: one\n two\n .\n\n\nPackage: b\nSHA256:\n ab 3 x/y\n 0C 4 z\n"
+    stanzas = mirror.parse_stanzas(text)
+    assert stanzas == [
+        {"Package": "a", "Description": "one\ntwo\n."},
+        {"Package": "b", "SHA256": "\nab 3 x/y\n0C 4 z"},
+    ]
+    assert mirror.release_hashes(stanzas[1]) == {"x/y": ("ab", 3), "z": ("0c", 4)}
+    with pytest.raises(mirror.PackageError, match="not a deb822 field"):
+        mirror.parse_stanzas("Package: a\nno colon here\n")
+    with pytest.raises(mirror.PackageError, match="continuation"):
+        mirror.parse_stanzas(" leading continuation\n")
+
+
+def test_depends_lists_every_alternative_without_versions():
+    stanza = {
+        "Pre-Depends": "linux-base (>= 4.17~)",
+        "Depends": "dracut | initramfs-tools (>= 0.1), kmod:any",
+    }
+    assert mirror.depends(stanza) == ["linux-base", "dracut", "initramfs-tools", "kmod"]
+    assert mirror.depends({}) == []
+
+
+def test_a_split_kernel_is_the_image_and_the_packages_of_its_release(signer, tmp_path):
+    sign, keyring = signer
+    fake = FakeMirror(sign)
+    suite = fake.suite(tmp_path, keyring)
+    image = debian.newest(suite.packages, debian.MIRROR_KERNELS["7.2"][1])
+    assert image == f"linux-image-{RELEASE_ABI}"  # 7.2.13 over 7.2.9; not dracut nor kmod below
+    names = mirror.kernel_packages(suite, image)
+    assert names == [image, *(f"linux-{p}-{RELEASE_ABI}" for p in ("base", "binary", "modules"))]
+    debs = [suite.download(n) for n in names]
+    assert [d.read_bytes() for d in debs] == [b"image", b"config", b"vmlinuz", b"modules"]
+    assert all(d.parent == tmp_path / "debs" for d in debs)
+    # a second look uses the cache: only the InRelease is fetched again
+    fake.fetched.clear()
+    again = fake.suite(tmp_path, keyring)
+    assert again.download(image) == debs[0] and fake.fetched == ["dists/sid/InRelease"]
+    # and without the mirror, the cached InRelease is verified and used
+    fake.offline = True
+    assert fake.suite(tmp_path, keyring).download(names[2]).read_bytes() == b"vmlinuz"
+
+
+def test_a_tampered_packages_index_is_refused_and_removed(signer, tmp_path):
+    sign, keyring = signer
+    fake = FakeMirror(sign)
+    path = f"dists/sid/{mirror.PACKAGES_INDEX}"
+    fake.files[path] = lzma.compress(
+        _packages_text({**SPLIT, "linux-image-7.2.99+deb14-amd64": ("", b"evil")}).encode()
+    )
+    with pytest.raises(mirror.PackageError, match=r"Packages\.xz does not match its signed hash"):
+        fake.suite(tmp_path, keyring)
+    assert not list((tmp_path / "dists" / "sid").glob("Packages-*"))
+
+
+def test_a_tampered_deb_is_refused_and_removed(signer, tmp_path):
+    sign, keyring = signer
+    fake = FakeMirror(sign)
+    suite = fake.suite(tmp_path, keyring)
+    name = f"linux-modules-{RELEASE_ABI}"
+    fake.files[f"pool/main/l/linux/{name}_1_amd64.deb"] = b"modulez"  # same size, other bytes
+    with pytest.raises(mirror.PackageError, match=r"linux-modules-.*does not match its signed hash.*SHA256"):
+        suite.download(name)
+    assert not (tmp_path / "debs" / f"{name}_1_amd64.deb").exists()
+    # a cached .deb altered afterwards is refused too, the next time it is used
+    fake.files[f"pool/main/l/linux/{name}_1_amd64.deb"] = b"modules"
+    deb = suite.download(name)
+    deb.write_bytes(b"modules, and more")
+    with pytest.raises(mirror.PackageError, match="17 bytes"):
+        suite.download(name)
+
+
+def test_a_release_without_a_good_signature_is_refused(signer, tmp_path):
+    sign, keyring = signer
+    fake = FakeMirror(sign)
+    inrelease = fake.files["dists/sid/InRelease"]
+    fake.files["dists/sid/InRelease"] = inrelease.replace(b"Codename: sid", b"Codename: sie")
+    with pytest.raises(mirror.PackageError, match="no good signature"):
+        fake.suite(tmp_path, keyring)
+    other = tmp_path / "empty.gpg"
+    other.write_bytes(b"")
+    fake.files["dists/sid/InRelease"] = inrelease
+    with pytest.raises(mirror.PackageError, match="no good signature"):
+        fake.suite(tmp_path, other)
+    with pytest.raises(mirror.PackageError, match="no archive keyring"):
+        fake.suite(tmp_path, tmp_path / "missing.gpg")
+
+
+def test_a_release_of_another_suite_or_past_its_valid_until_is_refused(signer, tmp_path, monkeypatch):
+    sign, keyring = signer
+    other = FakeMirror(sign, suite="trixie-backports")
+    other.files["dists/sid/InRelease"] = other.files["dists/trixie-backports/InRelease"]
+    with pytest.raises(mirror.PackageError, match="fetched for sid is that of trixie-backports / unstable"):
+        other.suite(tmp_path, keyring, name="sid")
+    fake = FakeMirror(sign)
+    later = datetime(2026, 12, 2, tzinfo=UTC)
+    monkeypatch.delenv(mirror.ACCEPT_EXPIRED_ENV, raising=False)
+    with pytest.raises(mirror.PackageError, match=f"expired on {VALID_UNTIL}.*{mirror.ACCEPT_EXPIRED_ENV}=1"):
+        fake.suite(tmp_path, keyring, now=later)
+    monkeypatch.setenv(mirror.ACCEPT_EXPIRED_ENV, "1")
+    assert fake.suite(tmp_path, keyring, now=later).packages
+
+
+def test_load_kernel_reads_the_usr_lib_layout_of_split_packages(tmp_path):
+    release = RELEASE_ABI
+    moddir = tmp_path / "usr" / "lib" / "modules" / release
+    (moddir / "kernel" / "drivers").mkdir(parents=True)
+    (moddir / "vmlinuz").write_bytes(b"kernel")
+    (moddir / "config").write_text("CONFIG_ZSMALLOC_CHAIN_SIZE=8\nCONFIG_LZ4_COMPRESS=y\n")
+    (moddir / "modules.builtin").write_text("kernel/lib/lz4/lz4_compress.ko\nkernel/mm/zsmalloc.ko\n")
+    elf = _elf_with_modinfo(b"depends=lz4hc_compress,lz4_compress\0")
+    (moddir / "kernel" / "drivers" / "zram.ko.xz").write_bytes(lzma.compress(elf))
+    (moddir / "kernel" / "drivers" / "lz4hc_compress.ko.xz").write_bytes(
+        lzma.compress(_elf_with_modinfo(b"depends=\0"))
+    )
+    kernel = debian.load_kernel(tmp_path, f"linux-image-{release}")
+    assert (kernel.release, kernel.series, kernel.vmlinuz) == (release, "7.2", moddir / "vmlinuz")
+    assert kernel.chain_size() == 8
+    assert kernel.module_order(["zram"]) == ["lz4hc_compress", "zram"]  # lz4_compress is built in
+    with pytest.raises(debian.PackageError, match="no boot/vmlinuz"):
+        debian.load_kernel(tmp_path / "usr" / "lib" / "modules")
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot" / "vmlinuz-7.2.1").write_bytes(b"kernel")  # boot/ first, and its modules lack
+    with pytest.raises(debian.PackageError, match=r"no lib/modules/7\.2\.1 nor usr/lib/modules/7\.2\.1"):
+        debian.load_kernel(tmp_path)
+
+
+def test_every_series_runs_under_a_preset_of_its_chain_size():
+    assert set(MODELS) == set(debian.SERIES)
+    assert model_of("6.16", 8) == model_of("7.2", 8) == "6.17"
+    assert model_of("6.1", 4) == "6.1"
+    with pytest.raises(ValueError, match=r"no kernel preset models 5\.10"):
+        model_of("5.10", 4)
+    with pytest.raises(ValueError, match=r"CONFIG_ZSMALLOC_CHAIN_SIZE=16, its preset 6\.17 chain size 8"):
+        model_of("6.16", 16)
+
+
+def test_the_kernel_vm_command_takes_the_mirrors_series(monkeypatch):
+    seen = []
+    monkeypatch.setattr(
+        cli_kernelvm, "run_comparison", lambda series, *a, **kw: seen.append(series) or _fake_comparison()
+    )
+    for series in ("6.16", "7.2"):
+        assert CliRunner().invoke(main, ["kernel-vm", "--kernel", series]).exit_code == 0
+    assert seen == ["6.16", "7.2"]
+    assert CliRunner().invoke(main, ["kernel-vm", "--kernel", "6.6"]).exit_code == 2  # no package for it

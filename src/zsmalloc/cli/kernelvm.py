@@ -6,7 +6,8 @@ each stage; then runs ``zsmalloc stats`` on the same image and operations and
 prints, per mm_stat field and stage, the kernel's value, ours and the
 difference (io_stat and bd_stat in a line each, and the sampled pages'
 compressed objects, the kernel's against ours, byte for byte).  Needs qemu-system-x86_64
-and apt (the packages are downloaded into ``~/.cache/zsmalloc-kernel-vm``)::
+and apt, or for 6.16 and 7.2 gpgv and the Debian archive keyring (the packages are
+downloaded into ``~/.cache/zsmalloc-kernel-vm``)::
 
     zsmalloc kernel-vm --kernel 6.12 --image-kind files --algorithm lz4 --algorithm zstd
 """
@@ -20,13 +21,18 @@ from rich.table import Table
 
 from zsmalloc.cli.app import console, main
 from zsmalloc.kernelvm import IMAGE_KINDS, BootError, run_comparison
-from zsmalloc.kernelvm.debian import KERNEL_PACKAGES, PackageError
+from zsmalloc.kernelvm.debian import SERIES, PackageError
 from zsmalloc.kernelvm.harness import mm_stat_table, other_stats_summary
 
 
 @main.command("kernel-vm")
 @click.option(
-    "--kernel", "series", type=click.Choice(sorted(KERNEL_PACKAGES)), default="6.12", show_default=True
+    "--kernel",
+    "series",
+    type=click.Choice(SERIES),
+    default="6.12",
+    show_default=True,
+    help="6.1 and 6.12 through the host's apt; 6.16 (trixie-backports) and 7.2 (sid) from the mirror",
 )
 @click.option(
     "--image-kind",
@@ -69,7 +75,7 @@ def kernel_vm(
             timeout=timeout,
             log=(lambda _m: None) if as_json else (lambda m: console.print(m, style="dim")),
         )
-    except (BootError, PackageError) as exc:
+    except (BootError, PackageError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(comparison.to_dict(), indent=2))

@@ -15,6 +15,7 @@ A harness, not part of the allocator: nothing in the library imports it::
 
 ``cpio``     the newc archive writer the initramfs is made with
 ``debian``   finding, downloading and unpacking the packages; the modules zram needs
+``mirror``   suites the host's apt does not list, from the mirror: InRelease, Packages, .debs verified
 ``guest``    the init script and the parser of what it prints
 ``harness``  images, initramfs, boot, our side, the comparison and its tables
 

@@ -2,18 +2,25 @@
 
 This module owns everything the harness takes from Debian:
 
+    bookworm's own (6.1, 6.12), through the host's apt:
     apt-cache search  ->  the newest linux-image-<series>...-amd64-unsigned   (find_kernel_package)
     apt-get download  ->  <cache>/debs/*.deb                                   (download)
-    dpkg-deb -x       ->  <cache>/root/<package>/{boot,lib/modules/<release>}  (extract)
-                          vmlinuz, config-<release>, kernel/**/*.ko[.xz]
+    other suites (6.16 trixie-backports, 7.2 sid), from the mirror:
+    mirror.Suite      ->  the newest linux-image-<series>...-amd64 and the     (fetch_mirror_kernel)
+                          packages of its release it depends on, verified
+    then:
+    dpkg-deb -x       ->  <cache>/root/<image deb>/{boot,[usr/]lib/modules/R}  (extract)
+                          vmlinuz, config, kernel/**/*.ko[.xz], modules.builtin
     .modinfo depends= ->  the modules zram needs, dependencies first          (module_depends, resolve)
     lzma              ->  plain .ko bytes for busybox's insmod                 (module_bytes)
 
 Debian's image packages carry no modules.dep (depmod runs at install), so
 the dependencies are read from each module's ``.modinfo`` ELF section, the
 ``depends=`` line that modpost writes.  Modules listed in modules.builtin
-are in vmlinuz already.  The cache lives outside the work tree:
-``$ZSMALLOC_KERNEL_VM_CACHE`` or ``~/.cache/zsmalloc-kernel-vm``.
+are in vmlinuz already.  Kernels from trixie on keep their modules under
+/usr/lib, and sid's split packages keep vmlinuz and config there too
+(``/usr/lib/modules/R/vmlinuz``, ``.../config``).  The cache lives outside
+the work tree: ``$ZSMALLOC_KERNEL_VM_CACHE`` or ``~/.cache/zsmalloc-kernel-vm``.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zsmalloc.kernelvm import mirror
+from zsmalloc.kernelvm.mirror import PackageError as PackageError
+
 CACHE_ENV = "ZSMALLOC_KERNEL_VM_CACHE"
 
 #: a kernel series -> the name pattern of Debian bookworm's image packages of it (unsigned: same
@@ -36,10 +46,14 @@ KERNEL_PACKAGES = {
     "6.12": r"linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned",
     "6.1": r"linux-image-6\.1\.0-[0-9]+-amd64-unsigned",
 }
-
-
-class PackageError(RuntimeError):
-    """A package could not be found, downloaded or unpacked (no apt, no network, no such name)."""
+#: a kernel series from a suite the host's apt does not list -> (suite, the name pattern of its image
+#: package: signed, as the suites have no unsigned one; QEMU does not look at the signature)
+MIRROR_KERNELS = {
+    "6.16": ("trixie-backports", r"linux-image-6\.16\.[0-9]+\+deb13-amd64"),
+    "7.2": ("sid", r"linux-image-7\.2\.[0-9]+\+deb14-amd64"),
+}
+#: every series the harness can boot
+SERIES = (*KERNEL_PACKAGES, *MIRROR_KERNELS)
 
 
 def cache_dir() -> Path:
@@ -93,10 +107,13 @@ def download(package: str, cache: Path | None = None) -> Path:
     return found[-1]
 
 
-def extract(deb: Path, cache: Path | None = None) -> Path:
-    """The package's files under ``<cache>/root/<deb name>``, unpacked once by ``dpkg-deb -x``."""
-    root = (cache or cache_dir()) / "root" / deb.stem
-    done = root / ".extracted"
+def extract(deb: Path, cache: Path | None = None, root: Path | None = None) -> Path:
+    """The package's files under ``root`` (``<cache>/root/<deb name>``), unpacked once by ``dpkg-deb -x``.
+
+    Several packages of one kernel are unpacked into the same ``root``.
+    """
+    root = root or (cache or cache_dir()) / "root" / deb.stem
+    done = root / f".extracted-{deb.stem}"
     if not done.exists():
         root.mkdir(parents=True, exist_ok=True)
         _run(["dpkg-deb", "-x", str(deb), str(root)])
@@ -216,27 +233,67 @@ class Kernel:
         return [m for m in resolve(wanted, deps) if m not in self.builtin]
 
 
+def _find_vmlinuz(root: Path) -> tuple[Path, str]:
+    """vmlinuz under ``root`` and its release R: ``boot/vmlinuz-R`` or ``[usr/]lib/modules/R/vmlinuz``."""
+    boot = sorted((root / "boot").glob("vmlinuz-*"))
+    if boot:
+        return boot[-1], boot[-1].name.removeprefix("vmlinuz-")
+    merged = sorted([*root.glob("usr/lib/modules/*/vmlinuz"), *root.glob("lib/modules/*/vmlinuz")])
+    if merged:
+        return merged[-1], merged[-1].parent.name
+    raise PackageError(f"no boot/vmlinuz-* nor lib/modules/*/vmlinuz under {root}")
+
+
+def _module_dir(root: Path, release: str) -> Path:
+    for base in ("lib", "usr/lib"):
+        moddir = root / base / "modules" / release
+        if moddir.is_dir():
+            return moddir
+    raise PackageError(f"no lib/modules/{release} nor usr/lib/modules/{release} under {root}")
+
+
 def load_kernel(root: Path, package: str = "") -> Kernel:
-    """The kernel unpacked under ``root`` (boot/vmlinuz-*, boot/config-*, lib/modules/<release>)."""
-    vmlinuz = sorted((root / "boot").glob("vmlinuz-*"))
-    if not vmlinuz:
-        raise PackageError(f"no boot/vmlinuz-* under {root}")
-    release = vmlinuz[-1].name.removeprefix("vmlinuz-")
-    config = parse_config((root / "boot" / f"config-{release}").read_text())
-    moddir = root / "lib" / "modules" / release
+    """The kernel unpacked under ``root``: its vmlinuz, config and ``[usr/]lib/modules/<release>``."""
+    vmlinuz, release = _find_vmlinuz(root)
+    moddir = _module_dir(root, release)
+    config_file = root / "boot" / f"config-{release}"
+    config = parse_config((config_file if config_file.exists() else moddir / "config").read_text())
     modules = {module_name(p): p for p in moddir.rglob("*.ko*")}
     builtin_list = moddir / "modules.builtin"
     builtin = (
         {module_name(line) for line in builtin_list.read_text().split()} if builtin_list.exists() else set()
     )
-    return Kernel(package or root.name, release, vmlinuz[-1], config, modules, builtin)
+    return Kernel(package or root.name, release, vmlinuz, config, modules, builtin)
+
+
+def fetch_mirror_kernel(series: str, cache: Path | None = None) -> Kernel:
+    """The newest kernel of ``series`` in its suite on the mirror (:data:`MIRROR_KERNELS`), verified.
+
+    The image package and those of its release it depends on (sid's
+    linux-binary, linux-modules and linux-base) are unpacked into one root.
+    """
+    cache = cache or cache_dir()
+    suite_name, pattern = MIRROR_KERNELS[series]
+    suite = mirror.Suite(suite_name, cache)
+    image = newest(suite.packages, pattern)
+    if image is None:
+        raise PackageError(f"{suite_name} has no package like {pattern}")
+    debs = [suite.download(name) for name in mirror.kernel_packages(suite, image)]
+    root = cache / "root" / debs[0].stem
+    for deb in debs:
+        extract(deb, cache, root)
+    return load_kernel(root, image)
 
 
 def fetch_kernel(series: str, cache: Path | None = None) -> Kernel:
     """Debian's newest kernel of ``series``, downloaded and unpacked into the cache when needed.
 
-    Without apt's lists (no ``apt-get update``), a package already in the cache is used.
+    Bookworm's series through apt: without apt's lists (no ``apt-get
+    update``), a package already in the cache is used.  The others from the
+    mirror (:func:`fetch_mirror_kernel`).
     """
+    if series in MIRROR_KERNELS:
+        return fetch_mirror_kernel(series, cache)
     try:
         package = find_kernel_package(series)
     except PackageError:

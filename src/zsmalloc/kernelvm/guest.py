@@ -114,6 +114,12 @@ _BYTES_AWK = (
 )
 
 
+def _probe_failure(probe: str) -> str:
+    """What the guest says when a probe cannot be set: its event and the function it names."""
+    event, function = probe.split()[:2]
+    return f"kprobe {event} on {function} refused: no such function in this kernel, or its arguments moved"
+
+
 def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0", trace: bool = False) -> str:
     """The guest's /init (busybox sh): load ``modules`` from /lib/modules/NAME.ko in order, do ``runs``.
 
@@ -148,9 +154,9 @@ def init_script(modules: list[str], runs: list[Run], *, dev: str = "zram0", trac
         lines += [
             f"mount -t tracefs tracefs {t} || fail tracefs",
             f"echo 16384 > {t}/buffer_size_kb",
-            *(f"echo '{k}' >> {t}/kprobe_events || fail kprobe {k.split()[0]}" for k in KPROBES),
+            *(f"echo '{k}' >> {t}/kprobe_events || fail {_probe_failure(k)}" for k in KPROBES),
             *(
-                f"echo '{k}' >> {t}/kprobe_events || fail kprobe {k.split()[0]}"
+                f"echo '{k}' >> {t}/kprobe_events || fail {_probe_failure(k)}"
                 for k in BYTE_PROBES
                 if any(run.samples for run in runs)
             ),

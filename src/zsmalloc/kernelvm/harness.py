@@ -10,7 +10,7 @@
                      /images/*.img                 disksize, dd, blkdiscard..., compact,
     boot(): qemu, console on stdout         <--    cat mm_stat io_stat bd_stat at each stage
     guest.parse_console -> kernel figures
-    our_stats(): zsmalloc stats --image IMG --algorithm ALG --kernel SERIES
+    our_stats(): zsmalloc stats --image IMG --algorithm ALG --kernel PRESET (the series' model)
                  [--discard-ranges R] [--compact] --json, once per stage
     compare() -> Row per (run, stage, file, field): kernel, ours, difference
 
@@ -62,6 +62,14 @@ CODEC_FREE_FIELDS = (
     *(("bd_stat", f) for f in STAT_FIELDS["bd_stat"]),
 )
 APPEND = "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"
+#: each series booted -> the kernel preset (zsmalloc.zram.kernels) our side runs with.  6.16 is
+#: modelled by 6.17's: chain 8 (its CONFIG_ZSMALLOC_CHAIN_SIZE), the least-waste rule (6.3) and
+#: the groups by tenths (6.4), zram's own backends (6.12: the page frame, levels), lib/zstd 1.5.7
+#: (6.15; the version string in its vmlinux), and zram.ko calling zsmalloc through the same
+#: symbols as 6.17's (zs_malloc, zs_free, zs_obj_write, zs_obj_read_begin/end, zs_compact).
+#: 7.2 (Debian's sid) by 6.17's as well, on the same evidence from its packages (config,
+#: zram.ko's imports, lib/zstd 1.5.7), and checked by the boot itself: see benchmarks/RESULTS.md.
+MODELS = {"6.1": "6.1", "6.12": "6.12", "6.16": "6.17", "7.2": "6.17"}
 
 
 class BootError(RuntimeError):
@@ -148,24 +156,32 @@ def boot(
     return console
 
 
-def our_stats(
-    image: Path,
-    algorithm: str,
-    series: str,
-    chain_size: int,
-    ranges: Iterable[tuple[int, int]],
-    stage: str,
-) -> dict[str, dict[str, int]]:
-    """``zsmalloc stats --json`` for ``image`` at ``stage``: its mm_stat, io_stat and bd_stat.
+def model_of(series: str, chain_size: int) -> str:
+    """The preset that models ``series`` (:data:`MODELS`), checked against the kernel's chain size.
 
-    With the kernel ``series``' preset where there is one (``--kernel``),
-    else with its chain size alone.
+    A ValueError for a series without one: our side without a preset would
+    compress lz4 with liblz4, not the kernel's compressor, and compare nothing.
     """
+    try:
+        preset = MODELS[series]
+    except KeyError:
+        raise ValueError(f"no kernel preset models {series}; known: {', '.join(MODELS)}") from None
+    if KERNELS[preset].chain_size != chain_size:
+        raise ValueError(
+            f"{series} has CONFIG_ZSMALLOC_CHAIN_SIZE={chain_size}, its preset {preset} "
+            f"chain size {KERNELS[preset].chain_size}"
+        )
+    return preset
+
+
+def our_stats(
+    image: Path, algorithm: str, preset: str, ranges: Iterable[tuple[int, int]], stage: str
+) -> dict[str, dict[str, int]]:
+    """``zsmalloc stats --kernel PRESET --json`` for ``image`` at ``stage``: its mm_stat, io_stat, bd_stat."""
     cmd = [
         sys.executable, "-c", "from zsmalloc.cli import main; main(prog_name='zsmalloc')",
-        "stats", "--image", str(image), "--algorithm", algorithm, "--json",
+        "stats", "--image", str(image), "--algorithm", algorithm, "--kernel", preset, "--json",
     ]  # fmt: skip
-    cmd += ["--kernel", series] if series in KERNELS else ["--chain-size", str(chain_size)]
     spec = ",".join(f"{first}:{count}" for first, count in ranges)
     if stage in ("discard", "compact") and spec:
         cmd += ["--discard-ranges", spec]
@@ -183,26 +199,15 @@ def sample_pages(n_pages: int, count: int, seed: int) -> tuple[int, ...]:
     return tuple(sorted(random.Random(seed).sample(range(n_pages), min(count, n_pages))))
 
 
-def our_objects(
-    image: Path, algorithm: str, series: str, chain_size: int, samples: Iterable[int]
-) -> list[bytes]:
+def our_objects(image: Path, algorithm: str, preset: str, samples: Iterable[int]) -> list[bytes]:
     """The objects our device stores for the sampled pages that the kernel would decompress.
 
-    Each page goes into a device configured as ``zsmalloc stats`` configures
-    it; same-filled and huge pages, which are not stored compressed, are
-    left out, as the kernel's decompressor never sees them.
+    Each page goes into a device configured as ``zsmalloc stats --kernel
+    PRESET`` configures it; same-filled and huge pages, which are not stored
+    compressed, are left out, as the kernel's decompressor never sees them.
     """
-    preset = series in KERNELS
     objects = []
-    with (
-        image.open("rb") as f,
-        ZramDevice(
-            PAGE,
-            algorithm=algorithm,
-            kernel=series if preset else None,
-            chain_size=None if preset else chain_size,
-        ) as dev,
-    ):
+    with image.open("rb") as f, ZramDevice(PAGE, algorithm=algorithm, kernel=preset) as dev:
         for index in samples:
             f.seek(index * PAGE)
             dev.write_page(0, f.read(PAGE).ljust(PAGE, b"\0"))
@@ -284,6 +289,8 @@ class Comparison:
     package: str
     release: str
     chain_size: int
+    #: the kernel preset our side ran with (:data:`MODELS`)
+    preset: str
     pages: dict[str, int]
     discards: dict[str, int]
     rows: list[Row] = field(default_factory=list)
@@ -350,6 +357,7 @@ def run_comparison(
     kinds = list(images) if images is not None else list(kinds)
     algorithms = list(algorithms)
     kernel = debian.fetch_kernel(series)
+    preset = model_of(series, kernel.chain_size())
     busybox = debian.fetch_busybox()
     wanted = ["zram", *(a for a in algorithms if a in kernel.modules)]  # crypto/ALG.ko before 6.12
     order = kernel.module_order(wanted)
@@ -402,14 +410,7 @@ def run_comparison(
         start = time.monotonic()
         ours = {
             name: {
-                stage: our_stats(
-                    images[name.rsplit("-", 1)[0]],
-                    run.algorithm,
-                    series,
-                    kernel.chain_size(),
-                    run.discards,
-                    stage,
-                )
+                stage: our_stats(images[name.rsplit("-", 1)[0]], run.algorithm, preset, run.discards, stage)
                 for stage in STAGES
             }
             for name, run in runs.items()
@@ -439,7 +440,7 @@ def run_comparison(
                 continue
             kind = name.rsplit("-", 1)[0]
             captured = report.objects(name)
-            stored = our_objects(images[kind], run.algorithm, series, kernel.chain_size(), run.samples)
+            stored = our_objects(images[kind], run.algorithm, preset, run.samples)
             same = sum(a == b for a, b in zip(captured, stored, strict=False))
             rows += [
                 Row(kind, run.algorithm, "fill", "objects", "count", len(captured), len(stored)),
@@ -449,6 +450,7 @@ def run_comparison(
             kernel.package,
             report.release or kernel.release,
             kernel.chain_size(),
+            preset,
             n_pages,
             {kind: sum(c for _, c in discard_ranges(n, seed)) for kind, n in n_pages.items()},
             rows,

@@ -31,8 +31,11 @@ one.  What each part of a preset follows::
   and the model (python-zstandard 0.22) are pinned to libzstd 1.5.5, whose
   output is 6.12's on every page compared in a booted 6.12 (``zsmalloc
   kernel-vm``); 6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
-  zstd pages may come out a few bytes apart (libzstd 1.5.7 against 6.12's:
-  11-14% of pages differ, by 1-16 bytes), and 6.1's lib/zstd is 1.4.10
+  zstd pages come out a few bytes apart: in booted 6.16 and 7.2 (which the
+  6.17 preset models, ``zsmalloc.kernelvm.harness.MODELS``) 87-90% of zstd
+  pages get the kernel's size from 1.5.5, and every one from Debian's
+  libzstd 1.5.7 (measured by hand through ctypes, byte-identical on every
+  sampled object).  6.1's lib/zstd is 1.4.10
   (imported in 5.16, a tag made for the kernel): libzstd 1.5.5 gives 6.1's
   size on 30-34% of its zstd pages, and 1.4.9, the last 1.4 release, on
   only 43-69%, so no release reproduces it.
