@@ -68,6 +68,19 @@ def test_stats_of_an_image_match_a_device_fed_by_hand(tmp_path):
     assert out["mm_stat"]["same_pages"] >= 2  # the zero pages in the middle
 
 
+@pytest.mark.parametrize(
+    ("kernel", "warned"),
+    [("6.12", False), ("6.6", False), ("6.17", True), ("6.1", True)],
+)
+def test_stats_warn_where_the_kernels_lib_zstd_compresses_otherwise(tmp_path, kernel, warned):
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"pages of text, compressed by zstd\n" * 500)
+    out = run("stats", "--image", str(image), "--algorithm", "zstd", "--kernel", kernel)
+    assert ("does not reproduce" in out) is warned, out
+    if warned:
+        assert f"kernel {kernel}'s lib/zstd is " in out
+
+
 def test_stats_discard_ranges_free_those_pages_as_blkdiscard_would(tmp_path):
     image = tmp_path / "disk.img"
     image.write_bytes(b"".join(bytes([i % 251 + 1]) * 2048 + bytes(range(256)) * 8 for i in range(40)))

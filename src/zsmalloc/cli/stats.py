@@ -199,10 +199,10 @@ def stats(
         console.print(mm_stat_table(dev.mm_stat().to_dict()))
         preset = f"kernel {kernel} preset" if kernel else "no kernel preset"
         console.print(f"({preset}; compressed by {_compressor(dev.algorithm, libraries)})", highlight=False)
-        their_zstd = KERNELS[kernel].zstd_library if kernel else None
-        if dev.algorithm == "zstd" and their_zstd not in (None, libraries["zstd"]):
+        if kernel and dev.algorithm == "zstd" and libraries["zstd"] not in KERNELS[kernel].zstd_reproduced_by:
             console.print(
-                f"(kernel {kernel}'s lib/zstd is {their_zstd}: its pages may compress a few bytes apart)",
+                f"(kernel {kernel}'s lib/zstd is {KERNELS[kernel].zstd_library}, whose output libzstd "
+                f"{libraries['zstd']} does not reproduce: its pages may compress a few bytes apart)",
                 highlight=False,
             )
         pool = dev.pool

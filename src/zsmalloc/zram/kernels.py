@@ -30,7 +30,9 @@ one.  What each part of a preset follows::
 - zstd's bytes also depend on the libzstd version.  The engine (zstd-sys)
   and the model (python-zstandard 0.22) are pinned to libzstd 1.5.5, whose
   output is 6.12's on every page compared in a booted 6.12 (``zsmalloc
-  kernel-vm``); 6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
+  kernel-vm``), though that kernel's lib/zstd is 1.5.2 (imported in 6.2, so
+  6.6 has it too, with the crypto API's parameters: not booted here);
+  6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
   zstd pages come out a few bytes apart: in booted 6.16 and 7.2 (which the
   6.17 preset models, ``zsmalloc.kernelvm.harness.MODELS``) 87-90% of zstd
   pages get the kernel's size from 1.5.5, and every one from Debian's
@@ -73,15 +75,22 @@ class KernelPreset:
     zstd_frame: str
     #: whether that zram takes a zstd level (algorithm_params)
     zstd_level: bool
-    #: the libzstd version of its lib/zstd, where known: pages compress to the kernel's bytes
-    #: only with the same version (the engine and python-zstandard are pinned to 1.5.5)
+    #: the zstd version of its lib/zstd (the version string in its vmlinux)
     zstd_library: str | None = None
+    #: the libzstd releases whose output is that lib/zstd's, as far as measured against a booted
+    #: kernel or its lib/zstd version (the engine and python-zstandard are pinned to 1.5.5)
+    zstd_reproduced_by: tuple[str, ...] = ()
     #: whether that zram recompresses with a second algorithm (recomp_algorithm, 6.2 on)
     recompress: bool = True
 
 
 def _preset(
-    version: str, zstd_frame: str, zstd_level: bool, zstd_library: str | None, recompress: bool = True
+    version: str,
+    zstd_frame: str,
+    zstd_level: bool,
+    zstd_library: str,
+    reproduced_by: tuple[str, ...],
+    recompress: bool = True,
 ) -> KernelPreset:
     """A preset: the pool of zsmalloc.pool.kernels, and zram's part."""
     pool = POOL_KERNELS[version]
@@ -93,6 +102,7 @@ def _preset(
         zstd_frame,
         zstd_level,
         zstd_library,
+        reproduced_by,
         recompress,
     )
 
@@ -101,10 +111,10 @@ def _preset(
 KERNELS: dict[str, KernelPreset] = {
     p.version: p
     for p in (
-        _preset("6.1", "crypto", False, "1.4.10", recompress=False),
-        _preset("6.6", "crypto", False, None),
-        _preset("6.12", "page", True, "1.5.5"),
-        _preset("6.17", "page", True, "1.5.7"),
+        _preset("6.1", "crypto", False, "1.4.10", (), recompress=False),
+        _preset("6.6", "crypto", False, "1.5.2", ("1.5.5",)),
+        _preset("6.12", "page", True, "1.5.2", ("1.5.5",)),
+        _preset("6.17", "page", True, "1.5.7", ("1.5.7",)),
     )
 }
 
