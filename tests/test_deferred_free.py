@@ -145,6 +145,35 @@ def test_locked_page_defers_the_free(stubbed, locked_page):
     assert pool.read(s.keeper) == b"k" * 100
 
 
+def test_the_deferred_free_takes_each_list_from_its_head(stubbed):
+    """async_free_zspage frees a group-0 list head first, as the kernel walks it:
+    the zspage emptied last goes first, so the frames of the one emptied first
+    are the last freed and the first the page allocator hands out again."""
+    s = stubbed
+    pool = s.pool
+    full = [pool.malloc(REQ) for _ in range(13 - len(s.hs))]  # the first zspage full
+    second = [pool.malloc(REQ) for _ in range(13)]
+    zid_b = zid_of(pool, second[0])
+    assert zid_b != s.zid and {zid_of(pool, h) for h in second} == {zid_b}
+    pfns_b = pool.zspage_pfns(second[0])
+    s.lock(0)
+    assert pool.memory.lock_page(pfns_b[0], timeout=WAIT)
+    try:
+        for h in [*s.hs, *full]:  # the first zspage empties first
+            pool.free(h)
+        for h in second:
+            pool.free(h)
+        assert group0(pool) == [zid_b, s.zid]  # the head: the zspage emptied last
+    finally:
+        pool.memory.unlock_page(pfns_b[0])
+        s.unlock(0)
+    assert pool.flush_deferred() == 2
+    h = pool.malloc(REQ)
+    assert pool.zspage_pfns(h)[0] == s.pfns[-1]  # the last frame freed is the first reused
+    pool.free(h)
+    pool.check()
+
+
 def test_malloc_may_reuse_the_empty_zspage(stubbed):
     s = stubbed
     pool = s.pool

@@ -901,14 +901,18 @@ class Pool(PoolProtocols):
         in ``_deferred_batch`` (which ``check()`` reads under the same locks);
         the page locks are then taken the sleeping way, holding no pool lock,
         and each zspage is freed under its class lock.  ``_deferred_worker_lock``
-        only keeps two runs from taking the same zspages.
+        only keeps two runs from taking the same zspages.  They are freed in
+        the kernel's order: it splices each class's list, from class 0 up, at
+        the front of its batch, so the highest class comes first (as
+        ``self.classes`` runs), and each list from its head (a dict's last
+        key here).
         """
         with self._deferred_worker_lock:
             batch = self._deferred_batch
             taken = []
             for cls in self.classes:
                 with cls.lock:
-                    for zspage in list(cls.fullness_list[ZS_INUSE_RATIO_0]):
+                    for zspage in list(reversed(cls.fullness_list[ZS_INUSE_RATIO_0])):
                         self.remove_zspage(cls, zspage)
                         batch.add(zspage)
                         taken.append(zspage)

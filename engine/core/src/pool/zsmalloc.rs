@@ -1230,15 +1230,15 @@ impl Pool {
     }
 
     /// `async_free_zspage`: free every empty zspage left on a group-0 list;
-    /// returns how many.
+    /// returns how many.  The kernel splices each class's list, from class
+    /// 0 up, at the front of its batch: the highest class is freed first
+    /// (as `classes` runs), each list from its head.
     pub fn async_free_zspage(&self) -> Result<usize, PoolError> {
         let _one_run = self.deferred_worker.lock();
         let mut taken = Vec::new();
         for cls in &self.classes {
             let mut st = cls.state.lock();
-            let mut zids = self.list_zspages(&st, ZS_INUSE_RATIO_0);
-            zids.reverse(); // oldest first, as the model's dict iterates
-            for zid in zids {
+            for zid in self.list_zspages(&st, ZS_INUSE_RATIO_0) {
                 self.remove_zspage(&mut st, zid);
                 self.zs(zid).deferred.store(true, Relaxed);
                 taken.push(zid);
