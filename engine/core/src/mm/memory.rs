@@ -1021,33 +1021,31 @@ impl Memory {
     /// cache lines are fetched while the caller does other work.
     #[inline]
     pub fn prefetch_write(&self, addr: usize, len: usize) {
-        let start = self.span(addr, len) as usize;
         #[cfg(target_arch = "x86_64")]
-        for line in (start & !63..start + len).step_by(64) {
-            // SAFETY: a prefetch is only a hint: it never faults, whatever the
-            // address, and the lines lie inside the arena anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(line as *const i8)
-            }
-        }
+        self.prefetch::<{ std::arch::x86_64::_MM_HINT_ET0 }>(addr, len);
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = start;
+        let _ = self.span(addr, len);
     }
 
     /// A hint that `len` arena bytes at `addr` are about to be read.
     #[inline]
     pub fn prefetch_read(&self, addr: usize, len: usize) {
-        let start = self.span(addr, len) as usize;
         #[cfg(target_arch = "x86_64")]
+        self.prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr, len);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = self.span(addr, len);
+    }
+
+    /// Prefetch every cache line of `len` arena bytes at `addr` with `HINT`.
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    fn prefetch<const HINT: i32>(&self, addr: usize, len: usize) {
+        let start = self.span(addr, len) as usize;
         for line in (start & !63..start + len).step_by(64) {
             // SAFETY: a prefetch is only a hint: it never faults, whatever the
             // address, and the lines lie inside the arena anyway.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line as *const i8)
-            }
+            unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(line as *const i8) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = start;
     }
 
     /// Copy `src` into the arena at `addr`.
