@@ -13,6 +13,7 @@ import threading
 import weakref
 from types import ModuleType
 
+import lz4.block
 import numpy
 import pytest
 import zict
@@ -20,7 +21,7 @@ from zict.tests import utils_test
 
 import zsmalloc.store
 from zsmalloc import PoolClosedError, PoolFullError, Store, _engine
-from zsmalloc.store import COMPRESSIONS, TAIL_PIECES, EngineStore, _pieces
+from zsmalloc.store import COMPRESSIONS, LZ4_BLOCK, TAIL_PIECES, EngineStore, _pieces, decompress
 
 
 @pytest.fixture(params=COMPRESSIONS)
@@ -92,7 +93,7 @@ def test_zict_closing(impl: ModuleType) -> None:
         store["b"] = b"2"
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, 1 << 20])
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096 + 5, LZ4_BLOCK, LZ4_BLOCK + 1, 1 << 20])
 def test_values_of_any_size_and_kind(store: Store, size: int) -> None:
     rng = numpy.random.default_rng(size)
     random = rng.integers(0, 256, size, dtype=numpy.uint8)
@@ -242,6 +243,52 @@ def test_get_compressed_gives_the_stored_payload(store: Store) -> None:
     assert store.get_compressed("same") == ("same", 9000, bytearray(b"\x07"))
     with pytest.raises(KeyError):
         store.get_compressed("missing")
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_the_model_and_the_engine_store_the_same_payloads(compression: str) -> None:
+    from zsmalloc import engine, model
+
+    rng = random.Random(12)
+    words = [b"zspage ", b"handle ", b"class ", b"migrate ", b"isolate ", b"putback "]
+    text = b"".join(rng.choice(words) for _ in range(160_000))
+    values = {
+        n: text[:n]
+        for n in (100, 4096, LZ4_BLOCK - 1, LZ4_BLOCK, LZ4_BLOCK + 1, 3 * LZ4_BLOCK + 17, len(text))
+    }
+    values["noise"] = os.urandom(3 * LZ4_BLOCK)  # blocks that do not pay: kept raw
+    with Store(compression, pool=model.Pool()) as ours, Store(compression, pool=engine.Pool()) as theirs:
+        assert type(ours) is Store and type(theirs) is EngineStore
+        ours.update(values)
+        theirs.update(values)
+        for key, value in values.items():
+            payload = ours.get_compressed(key)
+            assert theirs.get_compressed(key) == payload, key
+            assert decompress(*payload) == value and theirs[key] == ours[key] == value, key
+        assert ours.compressed_nbytes == theirs.compressed_nbytes
+        assert ours.get_compressed("noise")[0] == "raw"
+        if compression == "lz4":
+            payload = ours.get_compressed(3 * LZ4_BLOCK + 17)[2]
+            first = int.from_bytes(payload[:4], "little")  # the first block's length, then the block
+            block = payload[4 : 4 + first]
+            assert lz4.block.decompress(block, uncompressed_size=LZ4_BLOCK) == text[:LZ4_BLOCK]
+        ours.pool.check()
+        theirs.pool.check()
+
+
+@pytest.mark.parametrize("damage", ["length", "block", "trailing"])
+def test_a_damaged_lz4_payload_is_an_error(damage: str) -> None:
+    value = b"".join(b"block %d " % (i % 977) for i in range(40_000))
+    payload = bytearray(zsmalloc.store._lz4_compress(memoryview(value)))
+    assert decompress("lz4", len(value), payload) == value
+    if damage == "length":
+        payload[:4] = (len(payload)).to_bytes(4, "little")
+    elif damage == "block":
+        payload[4:40] = bytes(36)
+    else:
+        payload += b"\x00"
+    with pytest.raises(ValueError):
+        decompress("lz4", len(value), payload)
 
 
 def test_batch_calls(store: Store) -> None:

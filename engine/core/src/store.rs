@@ -12,7 +12,26 @@
 //!   kind: same (no object: every byte equal), raw (the payload is the
 //!   value: it did not compress), lz4 (a block, no size prefix), zstd (a
 //!   standard frame, level 3)
+//!
+//!   lz4, a value of more than LZ4_BLOCK (256 KiB): its blocks of 256 KiB,
+//!   each compressed with the 64 KiB before it (LZ4_DICT) as its dictionary
+//!   +-----+----------------+-----+----------------+-- ... --+-----+-------+
+//!   | len | block 0        | len | block 1        |         | len | last  |
+//!   +-----+----------------+-----+----------------+-- ... --+-----+-------+
+//!    u32 LE, the block's compressed length
 //! ```
+//!
+//! Blocks keep a large value's working memory to one block: its payload is
+//! written to its chunks as it is compressed (`PieceWriter`) and read back
+//! a block at a time (`PayloadReader`), so no buffer the size of the value
+//! or of its payload is ever made (for 1 MiB values, a buffer of 1 MiB per
+//! value, freed, kept glibc's heap 1 MiB larger for good).  With the 64 KiB
+//! before as dictionary a match may reach back across the seam as far as in
+//! one block (lz4's window is 64 KiB).  On bench_store's 1 MiB values of
+//! kernel-build pages: payloads 0.01% larger than one block's (0.95% for
+//! independent blocks) for 3% more time; blocks of 64 KiB cost 33% more time
+//! (lz4 compresses with a dictionary more slowly, and blocks of 64 KiB are
+//! all seams).
 //!
 //! The formats are those of `src/zsmalloc/store.py` (python-lz4's block
 //! without its size prefix, python-zstandard's frame), so either side reads
@@ -23,15 +42,18 @@
 //! ..., 32 bytes with the object's 8-byte handle header), the last one
 //! padded.  A tail in a class of its own would leave that class a part-used
 //! zspage per few values: with a thousand 64 KiB values the pool held 9.4%
-//! more pages than payload, and 0.5% with the pieces.  Per thread: the LZ4 state, the zstd contexts and a
-//! scratch buffer, kept across calls (no allocation per value once warm).
+//! more pages than payload, and 0.5% with the pieces.  Per thread: the LZ4 state, the zstd contexts, a
+//! scratch buffer and a list of handles, kept across calls (no allocation per value once warm
+//! but its entry's list of more than two handles).
 
 use std::cell::RefCell;
 use std::ffi::c_int;
 
 use zstd_safe::{CCtx, CParameter, DCtx};
 
-use crate::lz4::{LZ4_compress_fast_extState, LZ4_sizeofState};
+use crate::lz4::{
+    LZ4_compress_fast_continue, LZ4_decompress_safe_usingDict, LZ4_initStream, LZ4_loadDict, LZ4_sizeofState,
+};
 use crate::pool::size_class::ZS_HANDLE_SIZE;
 use crate::pool::{Pool, PoolError};
 
@@ -49,10 +71,14 @@ pub const TAIL_PIECES: [usize; 7] = {
     p
 };
 const ZSTD_LEVEL: i32 = 3;
-/// A thread's scratch buffer is kept between values up to this size; one grown past it
-/// for a large value is given back after that value (else every thread that once stored
-/// a value of N bytes would hold N bytes for good: 1 MiB of RSS for 1 MiB values)
-const SCRATCH_KEEP: usize = 256 << 10;
+/// An lz4 value longer than this is compressed in blocks of this size (see the header).
+pub const LZ4_BLOCK: usize = 256 << 10;
+/// Each block after the first is compressed with the bytes this far before it as its dictionary.
+pub const LZ4_DICT: usize = 64 << 10;
+/// A thread's scratch buffer is kept between values up to this size (an lz4 block's
+/// bound fits); one grown past it for a large zstd value is given back after that value
+/// (else every thread that once stored a value of N bytes would hold N bytes for good)
+const SCRATCH_KEEP: usize = LZ4_BLOCK + (8 << 10);
 
 /// How a value is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -169,10 +195,13 @@ impl Iterator for Pieces {
 
 /// One thread's working memory.
 struct Scratch {
+    /// an LZ4_stream_t (LZ4_sizeofState bytes, 8-aligned)
     lz4: Vec<u64>,
     zc: CCtx<'static>,
     zd: DCtx<'static>,
     buf: Vec<u8>,
+    /// the handles of a value being written in blocks
+    handles: Vec<u64>,
 }
 
 thread_local! {
@@ -192,6 +221,7 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
                 zc,
                 zd: DCtx::create(),
                 buf: Vec::new(),
+                handles: Vec::new(),
             }
         });
         let out = f(s);
@@ -216,19 +246,7 @@ fn compress(s: &mut Scratch, kind: Kind, value: &[u8]) -> Option<usize> {
             // SAFETY: a pure function of its argument
             let bound = unsafe { lz4_sys::LZ4_compressBound(n) } as usize;
             s.buf.resize(bound.max(s.buf.len()), 0);
-            // SAFETY: the state is LZ4_sizeofState() bytes, 8-aligned (the call
-            // initialises it); src and dst are valid for the lengths given
-            let out = unsafe {
-                LZ4_compress_fast_extState(
-                    s.lz4.as_mut_ptr().cast(),
-                    value.as_ptr().cast(),
-                    s.buf.as_mut_ptr().cast(),
-                    n,
-                    bound as c_int,
-                    1,
-                )
-            };
-            usize::try_from(out).ok().filter(|&m| m > 0 && m < value.len())
+            lz4_block(&mut s.lz4, value, None, &mut s.buf[..bound]).filter(|&m| m < value.len())
         }
         Kind::Zstd => {
             let bound = zstd_safe::compress_bound(value.len());
@@ -239,6 +257,32 @@ fn compress(s: &mut Scratch, kind: Kind, value: &[u8]) -> Option<usize> {
     }
 }
 
+/// Compress `block` into `dst` (at least its LZ4_compressBound long) as python-lz4's
+/// `lz4.block.compress(block, store_size=False, dict=before)` does (a fresh stream, the
+/// dictionary loaded, LZ4_compress_fast_continue), so that the model's payloads and ours
+/// are the same bytes: the compressed length.
+fn lz4_block(state: &mut [u64], block: &[u8], before: Option<&[u8]>, dst: &mut [u8]) -> Option<usize> {
+    let (src_len, dst_len) = (c_int::try_from(block.len()).ok()?, c_int::try_from(dst.len()).ok()?);
+    // SAFETY: `state` is LZ4_sizeofState() bytes, 8-aligned, which LZ4_initStream resets
+    // into a stream; the dictionary stays in place (borrowed) through the compression; src
+    // and dst are valid for the lengths given, which the call never passes
+    let n = unsafe {
+        let stream = LZ4_initStream(state.as_mut_ptr().cast(), std::mem::size_of_val(state));
+        if let Some(d) = before {
+            LZ4_loadDict(stream, d.as_ptr().cast(), c_int::try_from(d.len()).ok()?);
+        }
+        LZ4_compress_fast_continue(
+            stream,
+            block.as_ptr().cast(),
+            dst.as_mut_ptr().cast(),
+            src_len,
+            dst_len,
+            1,
+        )
+    };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// Store `value`, compressed with `compression` (Lz4, Zstd or Raw for none).
 /// On an error every chunk already made is freed again.
 pub fn put(pool: &Pool, compression: Kind, value: &[u8]) -> Result<Stored, PoolError> {
@@ -247,23 +291,32 @@ pub fn put(pool: &Pool, compression: Kind, value: &[u8]) -> Result<Stored, PoolE
         return Ok(Stored { kind: Kind::Same, nbytes, stored: 0, fill, handles: Handles::NONE });
     }
     with_scratch(|s| {
-        let (kind, stored) = match compress(s, compression, value) {
-            Some(m) => (compression, m),
-            None => (Kind::Raw, value.len()),
-        };
-        let payload = if kind == Kind::Raw { value } else { &s.buf[..stored] };
-        let n = pieces(stored as u64).count();
-        let handles = if n <= 2 {
-            let mut inline = [0u64; 2];
-            write_pieces(pool, payload, &mut inline)?;
-            Handles::Inline(n as u8, inline)
-        } else {
-            let mut heap = vec![0u64; n].into_boxed_slice();
-            write_pieces(pool, payload, &mut heap)?;
-            Handles::Heap(heap)
-        };
-        Ok(Stored { kind, nbytes, stored: stored as u64, fill: 0, handles })
+        if compression == Kind::Lz4 && value.len() > LZ4_BLOCK {
+            if let Some((stored, handles)) = put_lz4_blocks(pool, s, value)? {
+                return Ok(Stored { kind: Kind::Lz4, nbytes, stored, fill: 0, handles });
+            }
+            return put_payload(pool, Kind::Raw, nbytes, value);
+        }
+        match compress(s, compression, value) {
+            Some(m) => put_payload(pool, compression, nbytes, &s.buf[..m]),
+            None => put_payload(pool, Kind::Raw, nbytes, value),
+        }
     })
+}
+
+/// The entry of a value of `nbytes` whose payload is `payload`, written to its pieces.
+fn put_payload(pool: &Pool, kind: Kind, nbytes: u64, payload: &[u8]) -> Result<Stored, PoolError> {
+    let n = pieces(payload.len() as u64).count();
+    let handles = if n <= 2 {
+        let mut inline = [0u64; 2];
+        write_pieces(pool, payload, &mut inline)?;
+        Handles::Inline(n as u8, inline)
+    } else {
+        let mut heap = vec![0u64; n].into_boxed_slice();
+        write_pieces(pool, payload, &mut heap)?;
+        Handles::Heap(heap)
+    };
+    Ok(Stored { kind, nbytes, stored: payload.len() as u64, fill: 0, handles })
 }
 
 /// Malloc and write the objects of `payload`'s pieces, their handles into `handles`
@@ -285,6 +338,154 @@ fn write_pieces(pool: &Pool, payload: &[u8], handles: &mut [u64]) -> Result<(), 
     Ok(())
 }
 
+/// lz4's payload of a value of more than one block, compressed and written block by
+/// block: (its length, the handles of its pieces), or None if it is no smaller than the
+/// value (nothing is left in the pool then).  On an error every object made is freed again.
+fn put_lz4_blocks(pool: &Pool, s: &mut Scratch, value: &[u8]) -> Result<Option<(u64, Handles)>, PoolError> {
+    let Scratch { lz4, buf, handles, .. } = s;
+    handles.clear();
+    // SAFETY: a pure function of its argument
+    let bound = unsafe { lz4_sys::LZ4_compressBound(LZ4_BLOCK as c_int) } as usize;
+    buf.resize(bound.max(buf.len()), 0);
+    let mut w = PieceWriter { pool, handles, carry: [0; CHUNK], filled: 0 };
+    let written = (|| {
+        for (i, block) in value.chunks(LZ4_BLOCK).enumerate() {
+            let before = (i > 0).then(|| &value[i * LZ4_BLOCK - LZ4_DICT..i * LZ4_BLOCK]);
+            let n = lz4_block(lz4, block, before, &mut buf[..bound])
+                .ok_or_else(|| PoolError::Value("lz4 could not compress a block".into()))?;
+            w.push(&(n as u32).to_le_bytes())?;
+            w.push(&buf[..n])?;
+            if w.len() >= value.len() as u64 {
+                return Ok(None);
+            }
+        }
+        w.finish().map(Some)
+    })();
+    match written {
+        Ok(Some(stored)) => Ok(Some((stored, Handles::from(&w.handles[..])))),
+        Ok(None) => free(pool, w.handles).map(|()| None),
+        Err(e) => {
+            let _ = free(pool, w.handles);
+            Err(e)
+        }
+    }
+}
+
+/// A payload written to its pieces as it comes: each full chunk as soon as it is, the
+/// tail's pieces at the end (`pieces` puts the full chunks first).
+struct PieceWriter<'a> {
+    pool: &'a Pool,
+    /// the objects made so far, in order
+    handles: &'a mut Vec<u64>,
+    /// the bytes not yet in an object
+    carry: [u8; CHUNK],
+    filled: usize,
+}
+
+impl PieceWriter<'_> {
+    fn len(&self) -> u64 {
+        (self.handles.len() * CHUNK + self.filled) as u64
+    }
+
+    fn push(&mut self, mut bytes: &[u8]) -> Result<(), PoolError> {
+        while !bytes.is_empty() {
+            if self.filled == 0 && bytes.len() >= CHUNK {
+                write_object(self.pool, self.handles, CHUNK, &bytes[..CHUNK])?;
+                bytes = &bytes[CHUNK..];
+                continue;
+            }
+            let n = (CHUNK - self.filled).min(bytes.len());
+            self.carry[self.filled..self.filled + n].copy_from_slice(&bytes[..n]);
+            self.filled += n;
+            bytes = &bytes[n..];
+            if self.filled == CHUNK {
+                write_object(self.pool, self.handles, CHUNK, &self.carry)?;
+                self.filled = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the tail; the payload's length.
+    fn finish(&mut self) -> Result<u64, PoolError> {
+        let stored = self.len();
+        let mut at = 0;
+        for (size, used) in pieces(stored).skip(self.handles.len()) {
+            write_object(self.pool, self.handles, size, &self.carry[at..at + used])?;
+            at += used;
+        }
+        Ok(stored)
+    }
+}
+
+/// Malloc an object of `size`, note its handle, write `bytes` to it.
+fn write_object(pool: &Pool, handles: &mut Vec<u64>, size: usize, bytes: &[u8]) -> Result<(), PoolError> {
+    let h = pool.zs_malloc(size)?;
+    handles.push(h);
+    pool.zs_obj_write(h, bytes, 0)
+}
+
+/// A payload read from its pieces as it is wanted: an object that the read wants whole
+/// is copied straight to it, one it wants part of through `piece`.
+struct PayloadReader<'a> {
+    pool: &'a Pool,
+    handles: std::slice::Iter<'a, u64>,
+    pieces: Pieces,
+    piece: [u8; CHUNK],
+    at: usize,
+    len: usize,
+    left: u64,
+    e: &'a Stored,
+}
+
+impl<'a> PayloadReader<'a> {
+    /// The reader of `e`'s payload, once its pieces are checked against its objects.
+    fn new(pool: &'a Pool, e: &'a Stored) -> Result<PayloadReader<'a>, PoolError> {
+        if !pieces_are(e.stored, e.handles.len()) {
+            return Err(corrupt(
+                e,
+                format!("of {} bytes of payload has {} objects", e.stored, e.handles.len()),
+            ));
+        }
+        let (handles, pieces) = (e.handles.as_slice().iter(), pieces(e.stored));
+        Ok(PayloadReader { pool, handles, pieces, piece: [0; CHUNK], at: 0, len: 0, left: e.stored, e })
+    }
+
+    /// The next `dst.len()` bytes of the payload (an error past its end).
+    fn read(&mut self, mut dst: &mut [u8]) -> Result<(), PoolError> {
+        if dst.len() as u64 > self.left {
+            return Err(corrupt(self.e, "is shorter than its blocks say".into()));
+        }
+        self.left -= dst.len() as u64;
+        while !dst.is_empty() {
+            if self.at == self.len {
+                let (Some(&h), Some((size, used))) = (self.handles.next(), self.pieces.next()) else {
+                    return Err(corrupt(self.e, "is shorter than its blocks say".into()));
+                };
+                let obj = self.pool.zs_obj_read_begin(h, 0, None, "read")?;
+                if obj.len() != size {
+                    return Err(corrupt(
+                        self.e,
+                        format!("has an object of {} bytes where its piece is {size}", obj.len()),
+                    ));
+                }
+                if used == size && dst.len() >= used {
+                    obj.copy_to(&mut dst[..used]);
+                    dst = &mut dst[used..];
+                    continue;
+                }
+                obj.copy_to(&mut self.piece[..size]);
+                (self.at, self.len) = (0, used);
+            }
+            let n = (self.len - self.at).min(dst.len());
+            dst[..n].copy_from_slice(&self.piece[self.at..self.at + n]);
+            self.at += n;
+            dst = &mut dst[n..];
+        }
+        Ok(())
+    }
+}
+
 /// Free a value's chunks (those still live; an error for the first that is not).
 pub fn free(pool: &Pool, handles: &[u64]) -> Result<(), PoolError> {
     let mut first = Ok(());
@@ -304,29 +505,10 @@ fn corrupt(e: &Stored, why: String) -> PoolError {
 
 /// The payload of `e` (not a Same value) into `into` (exactly `e.stored` long): its pieces, in order.
 pub fn read_payload(pool: &Pool, e: &Stored, into: &mut [u8]) -> Result<(), PoolError> {
-    if into.len() as u64 != e.stored || !pieces_are(e.stored, e.handles.len()) {
-        return Err(corrupt(e, format!("of {} bytes of payload has {} objects", e.stored, e.handles.len())));
+    if into.len() as u64 != e.stored {
+        return Err(corrupt(e, format!("of {} bytes of payload read into {}", e.stored, into.len())));
     }
-    let mut at = 0;
-    for (&h, (size, used)) in e.handles.as_slice().iter().zip(pieces(e.stored)) {
-        let obj = pool.zs_obj_read_begin(h, 0, None, "read")?;
-        if obj.len() != size {
-            return Err(corrupt(
-                e,
-                format!("has an object of {} bytes where its piece is {size}", obj.len()),
-            ));
-        }
-        if used == size {
-            obj.copy_to(&mut into[at..at + used]);
-        } else {
-            // the padded last piece of a tail: the smallest piece, copied whole then cut
-            let mut pad = [0u8; TAIL_PIECES[TAIL_PIECES.len() - 1]];
-            obj.copy_to(&mut pad[..size]);
-            into[at..at + used].copy_from_slice(&pad[..used]);
-        }
-        at += used;
-    }
-    Ok(())
+    PayloadReader::new(pool, e)?.read(into)
 }
 
 /// The value of `e` into `out` (exactly `e.nbytes` long).
@@ -345,6 +527,7 @@ pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
             Ok(())
         }
         Kind::Raw => read_payload(pool, e, out),
+        Kind::Lz4 if out.len() > LZ4_BLOCK => with_scratch(|s| get_lz4_blocks(pool, e, &mut s.buf, out)),
         Kind::Lz4 | Kind::Zstd => with_scratch(|s| {
             s.buf.resize(stored.max(s.buf.len()), 0);
             read_payload(pool, e, &mut s.buf[..stored])?;
@@ -374,6 +557,46 @@ pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
     }
 }
 
+/// The value of an lz4 entry of more than one block into `out`, a block at a time,
+/// each decompressed with the LZ4_DICT bytes before it (in `out`) as its dictionary.
+fn get_lz4_blocks(pool: &Pool, e: &Stored, buf: &mut Vec<u8>, out: &mut [u8]) -> Result<(), PoolError> {
+    // SAFETY: a pure function of its argument
+    let bound = unsafe { lz4_sys::LZ4_compressBound(LZ4_BLOCK as c_int) } as usize;
+    buf.resize(bound.max(buf.len()), 0);
+    let mut r = PayloadReader::new(pool, e)?;
+    for start in (0..out.len()).step_by(LZ4_BLOCK) {
+        let mut len = [0u8; 4];
+        r.read(&mut len)?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n > bound {
+            return Err(corrupt(e, format!("has a block of {n} bytes")));
+        }
+        r.read(&mut buf[..n])?;
+        let (done, rest) = out.split_at_mut(start);
+        let dict = &done[start.saturating_sub(LZ4_DICT)..];
+        let want = rest.len().min(LZ4_BLOCK);
+        // SAFETY: the source, the destination and the dictionary (the bytes before, already
+        // decompressed) are valid for the lengths given; the call never reads or writes past them
+        let m = unsafe {
+            LZ4_decompress_safe_usingDict(
+                buf.as_ptr().cast(),
+                rest.as_mut_ptr().cast(),
+                n as c_int,
+                want as c_int,
+                dict.as_ptr().cast(),
+                dict.len() as c_int,
+            )
+        };
+        if usize::try_from(m).ok() != Some(want) {
+            return Err(corrupt(e, format!("has a block that does not decompress to {want} bytes")));
+        }
+    }
+    if r.left != 0 {
+        return Err(corrupt(e, format!("has {} bytes past its blocks", r.left)));
+    }
+    Ok(())
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -382,21 +605,25 @@ mod tests {
     use crate::pool::PoolConfig;
     use crate::sync::Arc;
 
+    /// `n` bytes of xorshift noise from `seed`.
+    fn noise(mut seed: u32, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn values_of_every_kind_come_back() {
         let mem = Arc::new(Memory::new(2048, PCP_HIGH, PCP_BATCH).unwrap());
         let pool =
             Pool::new(PoolConfig { background_work: false, ..PoolConfig::new("store") }, mem, true).unwrap();
         let text: Vec<u8> = (0..300_000).map(|i| b"values in a store "[i % 18]).collect();
-        let mut x = 7u32;
-        let noise: Vec<u8> = (0..10_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let noise = noise(7, 10_000);
         for (value, comp, kind) in [
             (text.clone(), Kind::Lz4, Kind::Lz4),
             (text.clone(), Kind::Zstd, Kind::Zstd),
@@ -428,6 +655,56 @@ mod tests {
         // sizes that do not match the chunks are refused before anything is sized by them
         let bogus = Stored { stored: 1 << 60, ..e.clone() };
         assert!(matches!(get(&pool, &bogus, &mut out), Err(PoolError::Value(_))));
+    }
+
+    #[test]
+    fn a_large_lz4_value_is_kept_in_blocks_with_no_buffer_of_its_size() {
+        let mem = Arc::new(Memory::new(4096, PCP_HIGH, PCP_BATCH).unwrap());
+        let pool =
+            Pool::new(PoolConfig { background_work: false, ..PoolConfig::new("store") }, mem, true).unwrap();
+        let scratch_len = || SCRATCH.with(|c| c.borrow().as_ref().map_or(0, |s| s.buf.len()));
+        // text with a repeat 40 KiB back, so that blocks gain from the bytes before
+        let vocabulary =
+            ["zspage ", "handle ", "size_class ", "migrate ", "isolate ", "putback ", "zs_free "];
+        let words: Vec<u8> =
+            noise(1, 6_000).iter().flat_map(|&b| vocabulary[b as usize % 7].bytes()).take(40_000).collect();
+        let text: Vec<u8> = words.iter().cycle().take(1 << 20).copied().collect();
+        for len in [LZ4_BLOCK + 1, 2 * LZ4_BLOCK, 3 * LZ4_BLOCK + 17, 1 << 20] {
+            let value = &text[..len];
+            let e = put(&pool, Kind::Lz4, value).unwrap();
+            assert_eq!(e.kind, Kind::Lz4);
+            assert!(e.stored < len as u64 / 2, "{len}: {}", e.stored);
+            assert_eq!(e.handles.len(), pieces(e.stored).count());
+            assert!(scratch_len() <= SCRATCH_KEEP, "a buffer of {} bytes", scratch_len());
+            let mut out = vec![0u8; len];
+            get(&pool, &e, &mut out).unwrap();
+            assert!(out == value, "{len}");
+            assert!(scratch_len() <= SCRATCH_KEEP);
+            // each block's length, then the block
+            let mut payload = vec![0u8; e.stored as usize];
+            read_payload(&pool, &e, &mut payload).unwrap();
+            let (mut at, mut blocks) = (0, 0);
+            while at < payload.len() {
+                at += 4 + u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+                blocks += 1;
+            }
+            assert_eq!((at, blocks), (payload.len(), len.div_ceil(LZ4_BLOCK)));
+            free(&pool, e.handles.as_slice()).unwrap();
+        }
+        assert_eq!(pool.len(), 0);
+        // a large value that does not compress is kept raw, its blocks' objects freed again
+        let noise = noise(3, 3 * LZ4_BLOCK);
+        let e = put(&pool, Kind::Lz4, &noise).unwrap();
+        assert_eq!((e.kind, e.stored, pool.len()), (Kind::Raw, noise.len() as u64, e.handles.len()));
+        free(&pool, e.handles.as_slice()).unwrap();
+        // a damaged block length or block is an error, not a panic
+        let e = put(&pool, Kind::Lz4, &text[..3 * LZ4_BLOCK]).unwrap();
+        let mut out = vec![0u8; 3 * LZ4_BLOCK];
+        pool.zs_obj_write(e.handles.as_slice()[0], &[0xff; 4], 0).unwrap();
+        assert!(matches!(get(&pool, &e, &mut out), Err(PoolError::Value(_))));
+        pool.zs_obj_write(e.handles.as_slice()[0], &[0x10, 0, 0, 0, 0xff, 0xff], 0).unwrap();
+        assert!(matches!(get(&pool, &e, &mut out), Err(PoolError::Value(_))));
+        free(&pool, e.handles.as_slice()).unwrap();
     }
 
     #[test]

@@ -79,9 +79,7 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterator, Mapping, MutableMapping
 from typing import Literal, NamedTuple, Protocol, cast
 
-import lz4.block
 import zict
-import zstandard
 from dask.typing import Key
 from distributed.metrics import context_meter
 from distributed.protocol import deserialize_bytes, serialize_bytelist
@@ -90,6 +88,7 @@ from distributed.spill import AnyKeyFile, PickleError, SpillBuffer, SpilledSize
 from distributed.utils import RateLimiterFilter
 
 import zsmalloc
+from zsmalloc.store import decompress
 
 logger = logging.getLogger(__name__)
 # as distributed.spill does: a full or failing disk is said once in a while, not per value
@@ -268,22 +267,9 @@ class _Tiers(MutableMapping[Key, object]):
 
 def _decode(kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray | memoryview:
     """The serialized value of a spill file, writable (distributed deserializes numpy frames in place)."""
-    if kind == "raw":
-        return payload if isinstance(payload, bytearray) else bytearray(payload)
-    if kind == "same":
-        return bytearray(payload) * nbytes
-    if kind == "lz4":
-        return bytearray(lz4.block.decompress(payload, uncompressed_size=nbytes))
-    out = bytearray(nbytes)
-    view = memoryview(out)
-    got = 0
-    with zstandard.ZstdDecompressor().stream_reader(payload) as reader:
-        while got < nbytes:
-            n = reader.readinto(view[got:])
-            if not n:
-                raise ValueError(f"a spill file holds {got} bytes of the {nbytes} it should")
-            got += n
-    return out
+    if kind == "raw" and isinstance(payload, bytearray):
+        return payload
+    return decompress(kind, nbytes, payload)
 
 
 class _TierView(Mapping[Key, object]):

@@ -1163,8 +1163,8 @@ impl Memory {
     }
 }
 
-/// Frames faulted in at once by `populate_ahead` (256 KiB).
-const POPULATE_AHEAD: usize = 64;
+/// Frames faulted in at once by `populate_ahead` (64 KiB).
+const POPULATE_AHEAD: usize = 16;
 
 fn take_hwm_frame(a: &mut Alloc) -> u32 {
     let pfn = a.hwm as u32;
