@@ -115,17 +115,23 @@ def _measure(scenario: str, seeds: tuple[int, ...], png: bool) -> dict:
 
 
 def _ratio_target(block: dict, order: int, quick: bool) -> dict:
-    ratios = []
+    ratios: list[float | None] = []
+    neither = []  # seeds on which no mode served a request of this order: no ratio
     for r in block["runs"]:
         a, b = (
             r["summary"]["mainline"]["success"][str(order)],
             r["summary"]["unmovable"]["success"][str(order)],
         )
-        ratios.append(None if a is None or b is None else (float("inf") if b == 0 else a / b))
+        if a == 0 and b == 0:
+            neither.append(r["seed"])
+        ratios.append(None if a is None or b is None or a == b == 0 else (float("inf") if b == 0 else a / b))
     med, lo, hi = _median_range(ratios)
+    config = f"{block['scenario']['name']}, seeds {', '.join(map(str, block['seeds']))}"
+    if neither:
+        config += f" (none served in either mode, no ratio: seed {', '.join(map(str, neither))})"
     return {
         "name": f"order-{order} success, mainline / unmovable (median over seeds)",
-        "config": f"{block['scenario']['name']}, seeds {', '.join(map(str, block['seeds']))}",
+        "config": config,
         "value": f"{fmt(med, 2)}x ({fmt(lo, 2)}-{fmt(hi, 2)})",
         "limit": f">= {RATIO}x",
         "ok": None if quick or med is None else med >= RATIO,

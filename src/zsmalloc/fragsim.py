@@ -107,8 +107,8 @@ def _standard() -> Scenario:
         description=(
             "a 1 GiB zone: zram filled to 40% of it (kernel-build sizes), anonymous memory at 30%, "
             "unmovable and reclaimable kernel memory at 5% and 3%, all churning; network buffers "
-            "and slab (orders 2-4, unmovable, direct compaction) and transparent huge pages "
-            "(order 9, movable, direct compaction) throughout"
+            "and slab (orders 2-4, unmovable, no direct compaction: a failure wakes kcompactd) and "
+            "transparent huge pages (order 9, movable, direct compaction) throughout"
         ),
         zone_mib=1024,
         seed=1,
@@ -117,10 +117,14 @@ def _standard() -> Scenario:
         anon=Level(0.30, 0.02),
         kernel=Level(0.05, 0.01),
         reclaimable=Level(0.03, 0.01),
+        # the kernel's own requests of orders 2-4 do not stall in direct compaction: SLUB's
+        # attempt at a cache's higher order (allocate_slab) clears __GFP_RECLAIM and falls
+        # back to the minimum order, and the network stack's page frags (skb_page_frag_refill,
+        # sk_page_frag_refill) clear __GFP_DIRECT_RECLAIM; a failure here only wakes kcompactd
         requests=(
-            Request(2, "unmovable", 4.0, 2),
-            Request(3, "unmovable", 4.0, 5),
-            Request(4, "unmovable", 1.0, 5),
+            Request(2, "unmovable", 4.0, 2, direct_compaction=False),
+            Request(3, "unmovable", 4.0, 5, direct_compaction=False),
+            Request(4, "unmovable", 1.0, 5, direct_compaction=False),
             Request(9, "movable", 0.5, 40),
         ),
         page_cache=True,
@@ -143,9 +147,9 @@ SCENARIOS: dict[str, Scenario] = {
             "compact (60 a tick, held 2 ticks: network receive buffers)"
         ),
         requests=(
-            Request(2, "unmovable", 4.0, 2),
+            Request(2, "unmovable", 4.0, 2, direct_compaction=False),
             Request(3, "unmovable", 60.0, 2, direct_compaction=False),
-            Request(4, "unmovable", 1.0, 5),
+            Request(4, "unmovable", 1.0, 5, direct_compaction=False),
             Request(9, "movable", 0.5, 40),
         ),
     ),
