@@ -137,6 +137,9 @@ class Lz4Layer:
     def get_compressed(self, key: Any) -> tuple[str, int, bytearray]:
         return "lz4", self._lengths[key], bytearray(self.func[key])
 
+    def decompress(self, kind: str, nbytes: int, payload: Any) -> bytearray:
+        return bytearray(lz4.block.decompress(payload, uncompressed_size=nbytes))
+
     @property
     def memory_used(self) -> int:
         return self._nbytes

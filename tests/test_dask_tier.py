@@ -174,6 +174,16 @@ def test_compression_choices(tmp_path: Path, pool) -> None:
     assert sizes["zstd"] < sizes["lz4"] < sizes["none"]
 
 
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "none"])
+def test_large_values_come_back_from_disk(tmp_path: Path, pool, codec: str) -> None:
+    buf = make(tmp_path, pool, target=0, compressed_target=0, compression=codec)  # straight to disk
+    values = {i: chunk(i, rows=256) for i in range(3)}  # 1 MiB: an lz4 payload of several blocks
+    for k, v in values.items():
+        buf[k] = v
+    assert spill_files_bytes(tmp_path) > 0 and not buf.tiers.layer
+    assert all((buf[k] == v).all() for k, v in values.items())
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -439,6 +439,12 @@ class Store(MutableMapping[K, bytes]):
             self._read_chunks(e, memoryview(out))
             return e.kind, e.nbytes, out
 
+    @staticmethod
+    def decompress(kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray:
+        """The value of ``(kind, nbytes, payload)`` as ``get_compressed`` gave it
+        (``zsmalloc.store.decompress``)."""
+        return decompress(kind, nbytes, payload)
+
     def set_many(self, items: Mapping[K, bytes] | Iterable[tuple[K, bytes]]) -> None:
         """Store every (key, value) of ``items``, as ``update`` does.
 

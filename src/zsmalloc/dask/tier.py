@@ -49,7 +49,8 @@ array of 8 MiB:
   object to any other reader instead of a second copy.
 - The disk is reached only from the Store: a value goes there as the Store
   holds it (``Store.get_compressed``: the zstd frame, copied out of the pool,
-  neither decompressed nor compressed again), so the disk sees fewer bytes
+  neither decompressed nor compressed again; ``Store.decompress`` reads it
+  back), so the disk sees fewer bytes
   than distributed's lz4 spill, for the cost of a copy.  When the disk is
   full (``max_spill``) or fails, the value stays in the Store, over its
   budget, and that is logged: compressed in RAM is still smaller than the
@@ -88,7 +89,6 @@ from distributed.spill import AnyKeyFile, PickleError, SpillBuffer, SpilledSize
 from distributed.utils import RateLimiterFilter
 
 import zsmalloc
-from zsmalloc.store import decompress
 
 logger = logging.getLogger(__name__)
 # as distributed.spill does: a full or failing disk is said once in a while, not per value
@@ -115,6 +115,10 @@ class CompressedLayer(Protocol):
 
     def get_compressed(self, key: Key) -> tuple[str, int, bytearray]:
         """``(kind, nbytes, payload)`` as ``zsmalloc.Store.get_compressed`` gives it."""
+        ...
+
+    def decompress(self, kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray:
+        """The value of a payload ``get_compressed`` gave (once on disk), writable."""
         ...
 
     @property
@@ -202,8 +206,14 @@ class _Tiers(MutableMapping[Key, object]):
                 context_meter.digest_metric("disk-read", 1, "count")
                 context_meter.digest_metric("disk-read", len(payload), "bytes")
                 with context_meter.meter("decompress", "seconds"):
-                    buf = _decode(kind, weight.nbytes, payload)
+                    buf = self._decode(kind, weight.nbytes, payload)
         return deserialize_bytes(buf)
+
+    def _decode(self, kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray:
+        """The serialized value of a spill file, writable (distributed deserializes numpy frames in place)."""
+        if kind == "raw" and isinstance(payload, bytearray):
+            return payload
+        return self.layer.decompress(kind, nbytes, payload)
 
     def __delitem__(self, key: Key) -> None:
         with self._lock:
@@ -263,13 +273,6 @@ class _Tiers(MutableMapping[Key, object]):
         """Close the Store and the spill files."""
         self.layer.close()
         self._file.close()
-
-
-def _decode(kind: str, nbytes: int, payload: bytes | bytearray | memoryview) -> bytearray | memoryview:
-    """The serialized value of a spill file, writable (distributed deserializes numpy frames in place)."""
-    if kind == "raw" and isinstance(payload, bytearray):
-        return payload
-    return decompress(kind, nbytes, payload)
 
 
 class _TierView(Mapping[Key, object]):
