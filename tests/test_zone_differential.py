@@ -30,8 +30,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from zsmalloc import CorruptionError, ZsmallocError, engine, model
-from zsmalloc.errors import ZoneError
+from zsmalloc import CorruptionError, ZoneError, ZsmallocError, engine, model
 from zsmalloc.mm.zone import (
     MAX_PAGE_ORDER,
     MIGRATETYPES,

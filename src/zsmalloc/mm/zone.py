@@ -61,7 +61,8 @@ PAGEBLOCK_ORDER = 9
 PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
 #: after this many failures in a row, compaction runs once in 64 tries
 COMPACT_MAX_DEFER_SHIFT = 6
-#: the largest zone: the engine links its free lists through 32-bit pfns, with one value for "none"
+#: a zone has fewer pages than this: the engine links its free lists through 32-bit pfns,
+#: with this value for "none"
 MAX_ZONE_PAGES = (1 << 32) - 1
 
 UNMOVABLE = "unmovable"
@@ -96,14 +97,15 @@ class Watermarks:
         """As ``__setup_per_zone_wmarks`` sets them for a lone zone of ``managed`` pages.
 
         min comes from ``min_free_kbytes`` (sqrt(16 * lowmem KiB), clamped to
-        128 KiB..256 MiB); low and high lie a further max(min / 4,
-        managed * watermark_scale_factor / 10000) apart, with the default
-        scale factor of 10.
+        128 KiB..256 MiB), and is at most a quarter of the zone (the
+        engine's bound, for zones smaller than any machine's); low and high
+        lie a further max(min / 4, managed * watermark_scale_factor / 10000)
+        apart, with the default scale factor of 10.
         """
         min_free_kbytes = min(max(math.isqrt(managed * 4 * 16), 128), 262_144)
-        low_mark = min(min_free_kbytes // 4, managed // 4)
-        step = max(low_mark // 4, managed * 10 // 10_000)
-        return cls(min=low_mark, low=low_mark + step, high=low_mark + 2 * step)
+        min_pages = min(min_free_kbytes // 4, managed // 4)
+        step = max(min_pages // 4, managed * 10 // 10_000)
+        return cls(min=min_pages, low=min_pages + step, high=min_pages + 2 * step)
 
 
 @dataclass(frozen=True)
@@ -556,8 +558,9 @@ class Zone:
     def compaction_deferred(self, order: int) -> bool:
         """``compaction_deferred``: skip this compaction?
 
-        After a failure at ``order`` or below it, only one attempt in
-        2^compact_defer_shift goes ahead; each call counts as an attempt.
+        Once a compaction has failed, a request of the order that failed or
+        above goes ahead only once in 2^compact_defer_shift calls; each call
+        counts as an attempt.
         """
         _order_arg(order)
         if order < self.compact_order_failed:
