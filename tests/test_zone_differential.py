@@ -252,7 +252,8 @@ TestZoneDifferential = ZoneDifferential.TestCase
 
 
 @pytest.mark.parametrize(
-    ("seed", "nr_pages"), [(1, 4 * PAGEBLOCK_NR_PAGES), (2, 3 * PAGEBLOCK_NR_PAGES + 77)]
+    ("seed", "nr_pages"),
+    [(1, 4 * PAGEBLOCK_NR_PAGES), (2, 3 * PAGEBLOCK_NR_PAGES + 77), (3, 8 * PAGEBLOCK_NR_PAGES)],
 )
 def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
     rng = random.Random(seed)
@@ -265,7 +266,7 @@ def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
         assert m == e, f"{name}{args}: model {m}, engine {e}"
         return m
 
-    for step in range(3000):
+    for step in range(8000):
         r = rng.random()
         if r < 0.55 or not held:
             order = rng.choice([0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 9])
@@ -291,7 +292,7 @@ def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
             order = rng.randrange(NR_PAGE_ORDERS)
             call = rng.choice(["compaction_deferred", "defer_compaction", "compaction_defer_reset"])
             same(call, order, *([rng.random() < 0.5] if call == "compaction_defer_reset" else []))
-        if step % 150 == 0:
+        if step % 250 == 0:
             assert_same(*zones)
     assert_same(*zones)
     events = zones[0].events
@@ -493,6 +494,17 @@ def test_one_gib_watermarks_match_the_kernel() -> None:
     # factor's 0.1% of 262144 pages (262) beats min / 4 (256)
     assert Watermarks.for_zone(262_144) == Watermarks(min=1024, low=1286, high=1548)
     assert engine.Zone(262_144).watermarks == model.Zone(262_144).watermarks == Watermarks(1024, 1286, 1548)
+
+
+@pytest.mark.parametrize("nr_pages", [1, 2, 3, 511, 513, 1023, 1025, 1537, 4095])
+def test_new_zones_of_any_size_agree(nr_pages: int) -> None:
+    assert_same(model.Zone(nr_pages), engine.Zone(nr_pages))
+
+
+def test_the_watermarks_of_every_size_agree() -> None:
+    """``for_zone``'s integer square root against the engine's float one, and its clamps."""
+    sizes = [*range(1, 3000, 7), 65_536, 1 << 20, 3 << 20]
+    assert [model.Zone(n).watermarks for n in sizes] == [engine.Zone(n).watermarks for n in sizes]
 
 
 def test_the_models_check_finds_damage() -> None:
