@@ -34,16 +34,14 @@ fn mt_name(mt: MigrateType) -> String {
 }
 
 fn mt_arg(mt: &Bound<'_, PyAny>) -> PyResult<MigrateType> {
-    let name = mt.extract::<String>().ok();
-    MIGRATE_TYPES.into_iter().find(|&m| name.as_deref() == Some(mt_name(m).as_str())).map_or_else(
-        || {
-            Err(zone_error(
-                mt.py(),
-                format!("migratetype must be unmovable, movable or reclaimable, not {}", mt.repr()?),
-            ))
-        },
-        Ok,
-    )
+    let name = mt.extract::<String>().unwrap_or_default();
+    match MIGRATE_TYPES.into_iter().find(|&m| mt_name(m) == name) {
+        Some(m) => Ok(m),
+        None => Err(zone_error(
+            mt.py(),
+            format!("migratetype must be unmovable, movable or reclaimable, not {}", mt.repr()?),
+        )),
+    }
 }
 
 fn order_arg(py: Python<'_>, order: i64) -> PyResult<usize> {
