@@ -49,6 +49,7 @@ from zsmalloc.errors import (
     PoolClosedError,
     PoolFullError,
     WouldSleepError,
+    ZoneError,
     ZsmallocError,
 )
 from zsmalloc.pool import (
@@ -103,6 +104,7 @@ __all__ = [
     "PoolStats",
     "Store",
     "WouldSleepError",
+    "ZoneError",
     "ZsmallocError",
     "__version__",
     "backend",

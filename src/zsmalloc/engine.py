@@ -31,8 +31,10 @@ from zsmalloc.pool.kernels import pool_shape
 from zsmalloc.pool.stats import ClassStats, PoolStats
 
 Memory = _engine.Memory
+#: the zone's buddy allocator (zsmalloc_core::mm::zone), with the API of ``zsmalloc.model.Zone``
+Zone = _engine.Zone
 
-__all__ = ["Memory", "Pool"]
+__all__ = ["Memory", "Pool", "Zone"]
 
 
 class Pool(_engine.Pool, PoolProtocols):

@@ -51,5 +51,12 @@ class PoolClosedError(ZsmallocError, RuntimeError):
     """The pool was closed; its memory is gone."""
 
 
+class ZoneError(ZsmallocError, RuntimeError):
+    """A call that a zone's buddy allocator (:mod:`zsmalloc.mm.zone`, ``_engine.Zone``) refuses:
+    an order outside 0..10, a pfn outside the zone, an unknown migratetype, a free of what
+    is not an allocated block's head or of another order, or an allocation that the
+    watermark or the free lists cannot serve.  The zone is left as it was."""
+
+
 class CorruptionError(ZsmallocError, AssertionError):
     """``check()`` found state that contradicts the allocator's invariants."""

@@ -12,10 +12,12 @@
 //! detached thread to finish its work; it cannot deadlock.
 //!
 //! Errors are the classes of `zsmalloc.errors`, looked up once.  The zram
-//! device's binding is the submodule `zram`, the Store's index and hot path `store`.
+//! device's binding is the submodule `zram`, the Store's index and hot path `store`,
+//! the zone's buddy allocator (for the differential test of its model) `zone`.
 
 mod fragsim;
 mod store;
+mod zone;
 mod zram;
 
 use std::ffi::{c_int, c_void};
@@ -1574,6 +1576,7 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(zram::codec_versions, m)?)?;
     m.add_function(wrap_pyfunction!(fragsim::fragsim_run, m)?)?;
     m.add_class::<store::PyStoreIndex>()?;
+    m.add_class::<zone::PyZone>()?;
     m.add("PAGE_SIZE", PAGE_SIZE)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

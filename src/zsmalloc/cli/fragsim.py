@@ -160,7 +160,7 @@ def fragsim_cmd(
     if seed is not None:
         sc = replace(sc, seed=seed)
     if backend != "engine" and not as_json:
-        console.print(f"(the simulation runs on the engine; ZSMALLOC_BACKEND={backend} has no zone model)")
+        console.print(f"(the simulation runs on the engine; ZSMALLOC_BACKEND={backend} has no model of it)")
     modes = modes or MODES
     sizes = object_sizes(sc)
     result = FragsimResult(sc)

@@ -9,8 +9,11 @@ What lives where: ``memory.py`` (the arena, descriptors, page locks, the page
 allocator, and ``Memory``'s public methods), ``migrate.py`` (the migration
 core, mainline 6.17 names: ``isolate_movable_ops_page``,
 ``PageMovableOpsIsolated``), ``compaction.py`` (evacuation and arena
-compaction), ``background.py`` (kcompactd's stand-in).  Lock order: page
-lock -> the owner's locks (inside its callbacks) -> the Memory's lock.
+compaction), ``background.py`` (kcompactd's stand-in), ``zone.py`` (a zone's
+buddy allocator, the model of the engine's page-allocator mode that the
+fragmentation simulation runs on; ``zsmalloc.engine.Zone`` is the engine's).
+Lock order: page lock -> the owner's locks (inside its callbacks) -> the
+Memory's lock.
 """
 
 from zsmalloc.mm.background import BackgroundMigration
@@ -24,6 +27,7 @@ from zsmalloc.mm.migrate import (
     MigrateResult,
     MovableOps,
 )
+from zsmalloc.mm.zone import Zone
 
 __all__ = [
     "EAGAIN",
@@ -40,4 +44,5 @@ __all__ = [
     "PG_isolated",
     "PG_locked",
     "PG_movable",
+    "Zone",
 ]

@@ -268,6 +268,24 @@ impl Zone {
         self.free_area[order].nr_free[mt as usize]
     }
 
+    /// The pfns on one order's list of `mt`, head first (the order
+    /// `__rmqueue_smallest` would take them in).
+    pub fn free_list(&self, order: usize, mt: MigrateType) -> Vec<u32> {
+        let mut pfns = Vec::with_capacity(self.free_area[order].nr_free[mt as usize]);
+        let mut pfn = self.free_area[order].head[mt as usize];
+        while pfn != NONE {
+            pfns.push(pfn);
+            pfn = self.next[pfn as usize];
+        }
+        pfns
+    }
+
+    /// The compaction deferral: (`compact_considered`,
+    /// `compact_defer_shift`, `compact_order_failed`).
+    pub fn compact_defer_state(&self) -> (u32, u32, usize) {
+        (self.compact_considered, self.compact_defer_shift, self.compact_order_failed)
+    }
+
     // free lists
 
     fn add_to_free_list(&mut self, pfn: u32, order: usize, mt: MigrateType, tail: bool) {
@@ -1011,6 +1029,31 @@ mod tests {
     }
 
     #[test]
+    fn a_free_list_is_listed_head_first() {
+        let mut z = Zone::new(2 * PAGEBLOCK_NR_PAGES).unwrap();
+        assert_eq!(z.free_list(MAX_PAGE_ORDER, MigrateType::Movable), vec![0]);
+        let a = z.alloc_pages(0, MigrateType::Movable, 0).unwrap();
+        // the split left one block of each order 0..9 at the head of its list
+        for order in 0..MAX_PAGE_ORDER {
+            assert_eq!(z.free_list(order, MigrateType::Movable), vec![1 << order]);
+        }
+        let b = z.alloc_pages(2, MigrateType::Movable, 0).unwrap();
+        let c = z.alloc_pages(2, MigrateType::Movable, 0).unwrap();
+        assert_eq!((a, b, c), (0, 4, 8));
+        // freed, b cannot merge (its buddy c is held): it goes to the head,
+        // before the order-2 block split off c's order-3 block
+        z.free_pages(b, 2).unwrap();
+        assert_eq!(z.free_list(2, MigrateType::Movable), vec![4, 12]);
+        assert_eq!(z.free_list(2, MigrateType::Unmovable), Vec::<u32>::new());
+        for order in 0..NR_PAGE_ORDERS {
+            for mt in MIGRATE_TYPES {
+                assert_eq!(z.free_list(order, mt).len(), z.nr_free(order, mt));
+            }
+        }
+        z.check().unwrap();
+    }
+
+    #[test]
     fn compaction_deferral_backs_off_and_resets() {
         let mut z = zone();
         assert!(!z.compaction_deferred(9));
@@ -1019,7 +1062,9 @@ mod tests {
         // two failures: one try in four goes ahead
         let runs: Vec<bool> = (0..8).map(|_| !z.compaction_deferred(9)).collect();
         assert_eq!(runs, [false, false, false, true, true, true, true, true]);
+        assert_eq!(z.compact_defer_state(), (4, 2, 0));
         z.compaction_defer_reset(9, true);
+        assert_eq!(z.compact_defer_state(), (0, 0, 10));
         assert!(!z.compaction_deferred(9));
         // a failure at 9 after a success there defers 9 but not the orders below
         z.defer_compaction(9);
