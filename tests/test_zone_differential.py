@@ -483,9 +483,13 @@ def test_isolating_a_free_block_makes_it_movable_order_zero_pages(Impl: Any) -> 
     z.check()
     # the last free merged up to max order: to the list's head
     assert z.free_list(MAX_PAGE_ORDER, "movable") == [0, 1024]
-    # below the low watermark plus the block, isolation is refused
-    z.set_watermarks(Watermarks(z.nr_pages, z.nr_pages, z.nr_pages))
+    # the mark is the min watermark plus the block, as for an allocation of it
+    # (__isolate_free_page), whatever the low and high ones say
+    free = z.nr_free_pages
+    z.set_watermarks(Watermarks(free - (1 << MAX_PAGE_ORDER), free, free))
     assert z.isolate_free_page(0) is None
+    z.set_watermarks(Watermarks(free - (1 << MAX_PAGE_ORDER) - 1, free, free))
+    assert z.isolate_free_page(0) == MAX_PAGE_ORDER
     z.check()
 
 

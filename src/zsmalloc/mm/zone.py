@@ -515,7 +515,8 @@ class Zone:
     def isolate_free_page(self, pfn: int) -> int | None:
         """``__isolate_free_page``: take the free block at ``pfn`` for compaction.
 
-        Only if the zone stays above the low watermark.  A block of half a
+        Only if the zone stays above the min watermark (as an allocation of
+        the block would: ``_watermark[WMARK_MIN] + (1 << order)`` at order 0).  A block of half a
         pageblock or more turns the pageblocks it spans movable, with their
         other free blocks.  The block becomes 2^order order-0 pages, pfn to
         pfn + 2^order - 1, allocated as movable (compaction's migration
@@ -526,7 +527,7 @@ class Zone:
         order = self.free_blocks.get(pfn)
         if order is None:
             return None
-        if not self._watermark_ok(0, self._watermarks.low + (1 << order)):
+        if not self._watermark_ok(0, self._watermarks.min + (1 << order)):
             return None
         mt = self.pageblock_mt[pfn >> PAGEBLOCK_ORDER]
         self._del_page_from_free_list(pfn, order, mt)

@@ -660,13 +660,14 @@ impl Zone {
     }
 
     /// `__isolate_free_page`: take the free block at `pfn` off its list for
-    /// compaction if the zone stays above the low watermark; a block of
+    /// compaction if the zone stays above the min watermark (as an
+    /// allocation of the block would: WMARK_MIN + 2^order at order 0); a block of
     /// pageblock order or more turns its pageblocks movable.  The block is
     /// split into order-0 pages allocated as movable; their pfns are pushed
     /// to `out`.
     pub fn isolate_free_page(&mut self, pfn: u32, out: &mut Vec<u32>) -> Option<usize> {
         let order = self.buddy_order(pfn)?;
-        if !self.zone_watermark_ok(0, self.watermarks.low + (1 << order)) {
+        if !self.zone_watermark_ok(0, self.watermarks.min + (1 << order)) {
             return None;
         }
         let mt = self.pageblock_migratetype(pfn);
