@@ -2,11 +2,13 @@
 //! inside the engine (no Python on either side): the physical limit of a
 //! batched write is the codec's own time.
 //!
-//! `zram_write PAGES_FILE [ALGORITHM] [ROUNDS] [BATCH]`: PAGES_FILE holds
-//! whole 4 KiB pages.  Each round times, in turn, the codec compressing
-//! every page into one buffer, and a fresh device storing every page with
-//! `write_pages` in batches of BATCH pages (default 64); it prints one JSON
-//! object with the seconds of each round.  `benchmarks/bench_zram.py` runs it.
+//! `zram_write PAGES_FILE [ALGORITHM] [ROUNDS] [BATCH] [THREADS]`: PAGES_FILE
+//! holds whole 4 KiB pages.  Each round times, in turn, the codec
+//! compressing every page into one buffer, and a fresh device storing every
+//! page with `write_pages` in batches of BATCH pages (default 64), from
+//! THREADS threads (default 1; thread t takes batches t, t + THREADS, ...);
+//! it prints one JSON object with the seconds of each round.
+//! `benchmarks/bench_zram.py` runs it.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,6 +37,7 @@ fn main() {
     let algorithm: Algorithm = args.get(2).map_or("lz4", String::as_str).parse().expect("an algorithm");
     let rounds: usize = args.get(3).map_or(5, |s| s.parse().expect("rounds"));
     let batch: usize = args.get(4).map_or(64, |s| s.parse().expect("batch"));
+    let threads: usize = args.get(5).map_or(1, |s| s.parse().expect("threads"));
     let n = data.len() / PAGE_SIZE;
     let codec = Codec::new(&CodecSpec::new(algorithm)).expect("a codec");
     let (mut codec_s, mut write_s, mut stored) = (Vec::new(), Vec::new(), 0);
@@ -50,15 +53,24 @@ fn main() {
 
         let z = device(n, algorithm);
         let t0 = Instant::now();
-        for (i, chunk) in data[..n * PAGE_SIZE].chunks(batch * PAGE_SIZE).enumerate() {
-            z.write_pages(i * batch, chunk).expect("a write");
-        }
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let (z, data) = (&z, &data);
+                s.spawn(move || {
+                    for (i, chunk) in data[..n * PAGE_SIZE].chunks(batch * PAGE_SIZE).enumerate() {
+                        if i % threads == t {
+                            z.write_pages(i * batch, chunk).expect("a write");
+                        }
+                    }
+                });
+            }
+        });
         write_s.push(t0.elapsed().as_secs_f64());
         stored = z.mm_stat().compr_data_size;
         z.check().expect("a consistent device");
     }
     println!(
-        "{{\"pages\": {n}, \"algorithm\": \"{}\", \"batch\": {batch}, \"codec_s\": {codec_s:?}, \"write_s\": {write_s:?}, \"compr_data_size\": {stored}}}",
+        "{{\"pages\": {n}, \"algorithm\": \"{}\", \"batch\": {batch}, \"threads\": {threads}, \"codec_s\": {codec_s:?}, \"write_s\": {write_s:?}, \"compr_data_size\": {stored}}}",
         algorithm.name()
     );
 }

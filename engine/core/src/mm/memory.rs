@@ -32,7 +32,11 @@
 //!
 //! Locking: `alloc` (the model's `Memory._lock`) guards the allocator, the
 //! refcounts and the page-lock transitions that must be all-or-none; it is a
-//! leaf.  The page lock is the PG_locked bit: `trylock_page` never waits,
+//! leaf but for `populate`, which is taken before it (populate -> alloc) and
+//! held over a `populate_ahead`'s madvise, outside `alloc`, so that faulting
+//! frames in does not hold up other threads' allocations; `shrink_arena`
+//! takes it so that no madvise in flight faults in what it gives back.
+//! The page lock is the PG_locked bit: `trylock_page` never waits,
 //! `lock_page` sleeps on `page_cond` until the bit is clear.
 
 use std::cmp::Reverse;
@@ -167,10 +171,22 @@ pub(super) struct Alloc {
     populated: usize,
     /// false once the kernel refused MADV_POPULATE_WRITE (before 5.14)
     can_populate: bool,
+    /// frames to fault in once the lock is dropped (`populate`)
+    ahead: Option<Ahead>,
+    /// bumped by every `shrink_arena` that lowers the mark: a range taken before is stale
+    populate_gen: u64,
     /// the buddy allocator of a zoned Memory
     pub(super) zone: Option<Zone>,
     /// free frames the zone compaction isolated as migration targets
     pub(super) captured: Vec<u32>,
+}
+
+/// Frames `[from, to)` to fault in, taken under the allocator lock in generation `gen`.
+#[derive(Clone, Copy, Debug)]
+struct Ahead {
+    from: usize,
+    to: usize,
+    gen: u64,
 }
 
 /// A point-in-time copy of the allocator's counters.
@@ -188,6 +204,8 @@ pub struct Memory {
     capacity: usize,
     descs: Table<PageDesc>,
     pub(super) alloc: Mutex<Alloc>,
+    /// held over a populate_ahead's madvise and by shrink_arena (see the header)
+    populate: Mutex<()>,
     page_wait: Mutex<()>,
     page_cond: Condvar,
     page_waiters: AtomicUsize,
@@ -255,6 +273,8 @@ impl Memory {
                 hwm,
                 populated: hwm,
                 can_populate: zone.is_none(),
+                ahead: None,
+                populate_gen: 0,
                 excluded: Vec::new(),
                 nr_used: 0,
                 ev: [0; 5],
@@ -266,6 +286,7 @@ impl Memory {
                 zone,
                 captured: Vec::new(),
             }),
+            populate: Mutex::new(()),
             page_wait: Mutex::new(()),
             page_cond: Condvar::new(),
             page_waiters: AtomicUsize::new(0),
@@ -328,15 +349,23 @@ impl Memory {
 
     /// One frame with refcount 1.
     pub fn alloc_page(&self) -> Result<u32, MmError> {
-        let mut a = self.alloc.lock();
-        self.alloc_frame(&mut a, 0, None, MigrateType::Movable).map(|(pfn, _)| pfn)
+        self.alloc_one(0, None)
     }
 
     /// A frame whose pfn lies in `[lo, hi)`, lowest free first.
     pub fn alloc_page_in(&self, lo: usize, hi: Option<usize>) -> Result<u32, MmError> {
-        let hi = hi.map_or(self.capacity, |h| h.min(self.capacity));
-        let mut a = self.alloc.lock();
-        self.alloc_frame(&mut a, lo, Some(hi), MigrateType::Movable).map(|(pfn, _)| pfn)
+        self.alloc_one(lo, Some(hi.map_or(self.capacity, |h| h.min(self.capacity))))
+    }
+
+    /// `alloc_frame` under the allocator lock, then the frames it took to fault in ahead.
+    pub(super) fn alloc_one(&self, lo: usize, hi: Option<usize>) -> Result<u32, MmError> {
+        let (got, ahead) = {
+            let mut a = self.alloc.lock();
+            let got = self.alloc_frame(&mut a, lo, hi, MigrateType::Movable);
+            (got, a.ahead.take())
+        };
+        self.populate(ahead);
+        got.map(|(pfn, _)| pfn)
     }
 
     /// Fill `out` with frames (not contiguous), all or none, under one hold
@@ -351,18 +380,26 @@ impl Memory {
     /// the lowest-frame-first allocator.
     pub fn alloc_pages_mt(&self, out: &mut [u32], mt: MigrateType) -> Result<(), MmError> {
         let mut a = self.alloc.lock();
+        let result = self.alloc_pages_locked(&mut a, out, mt);
+        let ahead = a.ahead.take();
+        drop(a);
+        self.populate(ahead);
+        result
+    }
+
+    fn alloc_pages_locked(&self, a: &mut Alloc, out: &mut [u32], mt: MigrateType) -> Result<(), MmError> {
         let (hwm, used_max) = (a.hwm, a.ev[NR_USED_MAX]);
         let mut sources = std::mem::take(&mut a.sources); // kept for its capacity: no allocation
         sources.clear();
         let mut result = Ok(());
         for i in 0..out.len() {
-            match self.alloc_frame(&mut a, 0, None, mt) {
+            match self.alloc_frame(a, 0, None, mt) {
                 Ok((pfn, src)) => {
                     out[i] = pfn;
                     sources.push(src);
                 }
                 Err(e) => {
-                    self.undo_alloc(&mut a, &out[..i], &sources, hwm);
+                    self.undo_alloc(a, &out[..i], &sources, hwm);
                     a.ev[NR_USED_MAX] = used_max;
                     result = Err(e);
                     break;
@@ -657,7 +694,10 @@ impl Memory {
     /// Lower the high-water mark to just above the highest frame in use;
     /// returns how many free frames were dropped.
     pub fn shrink_arena(&self) -> usize {
-        let dropped = self.shrink_arena_locked(&mut self.alloc.lock());
+        let dropped = {
+            let _held = self.populate.lock(); // no madvise faults in what this gives back
+            self.shrink_arena_locked(&mut self.alloc.lock())
+        };
         if dropped >= TRIM_HEAP_FRAMES {
             trim_process_heap(); // the shrunk descriptor table and frame heap left free heap memory
         }
@@ -687,6 +727,7 @@ impl Memory {
         self.dontneed(new_hwm, a.hwm.max(a.populated) - new_hwm);
         a.hwm = new_hwm;
         a.populated = new_hwm;
+        a.populate_gen += 1;
         self.descs.release_from(new_hwm);
         dropped
     }
@@ -1136,30 +1177,45 @@ impl MemoryHold<'_> {
 
 impl Memory {
     /// A fresh frame (never used, or given back) is about to be written:
-    /// fault it in with the next POPULATE_AHEAD frames in one madvise,
-    /// rather than one page fault each (the faults were a fifth of zram's
-    /// write path on a growing pool).  At most POPULATE_AHEAD - 1 frames
-    /// are resident before their use; `shrink_arena` gives them back.
+    /// take it with the next POPULATE_AHEAD frames to fault in with one
+    /// madvise once the allocator lock is dropped (`populate`), rather
+    /// than one page fault each (the faults were a fifth of zram's write
+    /// path on a growing pool).  At most POPULATE_AHEAD - 1 frames are
+    /// resident before their use; `shrink_arena` gives them back.
     fn populate_ahead(&self, a: &mut Alloc, pfn: usize) {
         if pfn < a.populated || !a.can_populate {
             return;
         }
-        let end = (pfn + POPULATE_AHEAD).min(self.capacity);
-        // SAFETY: [pfn, end) lies inside the arena (end <= capacity); the
-        // frames from pfn up are free or being handed out under the
-        // allocator lock we hold: nobody reads or writes them, and
-        // populating only faults in the zero pages they already read as.
+        let to = (pfn + POPULATE_AHEAD).min(self.capacity);
+        // the ranges of one hold come in ascending order: one madvise covers them
+        let from = a.ahead.filter(|r| r.gen == a.populate_gen).map_or(pfn, |r| r.from);
+        a.ahead = Some(Ahead { from, to, gen: a.populate_gen });
+        a.populated = to;
+    }
+
+    /// Fault in the frames `populate_ahead` took, without the allocator lock,
+    /// unless a `shrink_arena` gave them back meanwhile.
+    fn populate(&self, ahead: Option<Ahead>) {
+        let Some(r) = ahead else { return };
+        let _held = self.populate.lock();
+        if self.alloc.lock().populate_gen != r.gen {
+            return;
+        }
+        // SAFETY: [from, to) lies inside the arena (to <= capacity).  Its
+        // frames are free or handed out; MADV_POPULATE_WRITE only faults in
+        // pages not yet present, as the zero pages they already read as, and
+        // leaves present ones (and what their owners write meanwhile) alone.
+        // No shrink_arena gives them back while we hold `populate`.
         let rc = unsafe {
             libc::madvise(
-                self.arena.as_ptr().add(pfn << PAGE_SHIFT).cast(),
-                (end - pfn) << PAGE_SHIFT,
+                self.arena.as_ptr().add(r.from << PAGE_SHIFT).cast(),
+                (r.to - r.from) << PAGE_SHIFT,
                 libc::MADV_POPULATE_WRITE,
             )
         };
         if rc != 0 {
-            a.can_populate = false;
+            self.alloc.lock().can_populate = false;
         }
-        a.populated = end;
     }
 }
 
@@ -1313,19 +1369,21 @@ mod tests {
         assert_eq!(m.alloc_page().unwrap(), 0);
     }
 
+    /// The arena's frames that are resident (mincore).
+    fn resident(m: &Memory) -> usize {
+        let mut vec = vec![0u8; m.capacity()];
+        // SAFETY: the arena is mapped for capacity frames; mincore writes
+        // one byte per page into a vector of that many
+        let rc = unsafe {
+            libc::mincore(m.arena.as_ptr().cast(), m.capacity() << PAGE_SHIFT, vec.as_mut_ptr().cast())
+        };
+        assert_eq!(rc, 0);
+        vec.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
     #[test]
     fn populate_ahead_faults_frames_in_and_shrink_gives_them_back() {
         let m = mem(4 * POPULATE_AHEAD);
-        let resident = |m: &Memory| -> usize {
-            let mut vec = vec![0u8; m.capacity()];
-            // SAFETY: the arena is mapped for capacity frames; mincore writes
-            // one byte per page into a vector of that many
-            let rc = unsafe {
-                libc::mincore(m.arena.as_ptr().cast(), m.capacity() << PAGE_SHIFT, vec.as_mut_ptr().cast())
-            };
-            assert_eq!(rc, 0);
-            vec.iter().filter(|&&b| b & 1 != 0).count()
-        };
         assert_eq!(resident(&m), 0);
         let p = m.alloc_page().unwrap();
         if !m.alloc.lock().can_populate {
@@ -1337,6 +1395,28 @@ mod tests {
         m.drain_pages();
         assert_eq!(m.hwm(), 0);
         assert_eq!(resident(&m), 0, "the frames faulted in ahead went back with the arena's top");
+    }
+
+    #[test]
+    fn frames_taken_to_fault_in_before_a_shrink_are_not_faulted_in_after_it() {
+        let m = mem(4 * POPULATE_AHEAD);
+        let (p, ahead) = {
+            let mut a = m.alloc.lock();
+            let (p, _) = m.alloc_frame(&mut a, 0, None, MigrateType::Movable).unwrap();
+            (p, a.ahead.take())
+        };
+        if !m.alloc.lock().can_populate {
+            return; // a kernel before 5.14: nothing taken ahead
+        }
+        assert_eq!(ahead.map(|r| (r.from, r.to)), Some((0, POPULATE_AHEAD)));
+        m.put_page(p).unwrap();
+        m.drain_pages(); // the mark goes back to 0: the range is stale
+        m.populate(ahead);
+        assert_eq!(resident(&m), 0);
+        // a range taken and populated now is faulted in
+        let p = m.alloc_page().unwrap();
+        assert_eq!(resident(&m), POPULATE_AHEAD);
+        m.put_page(p).unwrap();
     }
 
     #[test]

@@ -41,7 +41,6 @@ use crate::sync::AtomicU64;
 use crate::sync::Ordering::Relaxed;
 
 use super::memory::{Memory, MmError, PG_ISOLATED, PG_LOCKED, PG_MOVABLE};
-use super::zone::MigrateType;
 
 pub const MIGRATEPAGE_SUCCESS: i32 = 0;
 pub const EAGAIN: i32 = -11;
@@ -292,13 +291,10 @@ impl Memory {
             Target::Range(lo, hi) => (lo, Some(hi)),
             Target::Below => (0, Some(src as usize)),
         };
-        let dst = {
-            let mut a = self.alloc.lock();
-            if target == Target::Captured {
-                self.take_captured(&mut a)
-            } else {
-                self.alloc_frame(&mut a, lo, hi, MigrateType::Movable).map(|(pfn, _)| pfn).ok()
-            }
+        let dst = if target == Target::Captured {
+            self.take_captured(&mut self.alloc.lock())
+        } else {
+            self.alloc_one(lo, hi).ok()
         };
         let dst = match dst {
             Some(dst) => dst,
