@@ -692,6 +692,14 @@ mod tests {
             free(&pool, e.handles.as_slice()).unwrap();
         }
         assert_eq!(pool.len(), 0);
+        // blocks whose payload is one object of less than a chunk
+        let tiny: Vec<u8> = b"ab".iter().copied().cycle().take(LZ4_BLOCK + 5000).collect();
+        let e = put(&pool, Kind::Lz4, &tiny).unwrap();
+        assert!(e.stored < CHUNK as u64 && e.handles.len() == 1, "{e:?}");
+        let mut out = vec![0u8; tiny.len()];
+        get(&pool, &e, &mut out).unwrap();
+        assert!(out == tiny);
+        free(&pool, e.handles.as_slice()).unwrap();
         // a large value that does not compress is kept raw, its blocks' objects freed again
         let noise = noise(3, 3 * LZ4_BLOCK);
         let e = put(&pool, Kind::Lz4, &noise).unwrap();
