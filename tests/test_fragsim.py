@@ -78,6 +78,24 @@ def test_unmovable_pages_claim_pageblocks_of_their_own(tiny_result: fragsim.Frag
     assert unmovable["alloc_fallbacks"] >= unmovable["blocks_claimed"]
 
 
+def test_fallbacks_boost_the_watermarks_and_kswapd_drops_the_boosts(
+    tiny_result: fragsim.FragsimResult,
+) -> None:
+    assert TINY.watermark_boost_factor == 15_000
+    summary = tiny_result.summary()
+    for mode, s in summary.items():
+        totals = tiny_result.runs[mode].totals()
+        # each claim a fallback tries of a small block's pageblock boosts (one request may try
+        # several orders); kswapd drops the boost it finds, once a tick at most
+        assert totals["alloc_fallbacks"] > 0 and totals["watermark_boosts"] > 0, (mode, totals)
+        assert 0 < totals["boosts_reclaimed"] <= min(totals["watermark_boosts"], TINY.ticks), (mode, totals)
+        assert s["watermark_boosts"] <= totals["watermark_boosts"]
+    off = fragsim.run_mode(replace(TINY, watermark_boost_factor=0), "unmovable", fragsim.object_sizes(TINY))
+    off_totals = off.totals()
+    assert off_totals["watermark_boosts"] == off_totals["boosts_reclaimed"] == 0
+    assert off.intervals != tiny_result.runs["unmovable"].intervals
+
+
 def test_the_same_seed_gives_the_same_run(tiny_result: fragsim.FragsimResult) -> None:
     again = fragsim.run_mode(TINY, "mainline", fragsim.object_sizes(TINY))
     assert again.intervals == tiny_result.runs["mainline"].intervals
@@ -127,7 +145,11 @@ def test_scenarios_from_dicts_fill_in_and_refuse() -> None:
     sc = scenario_from_dict({"zone_mib": 32, "zram": {"share": 0.3, "churn": 0.01}}, name="mine")
     assert (sc.name, sc.zone_mib, sc.zram) == ("mine", 32, Level(0.3, 0.01))
     assert sc.requests == SCENARIOS["standard"].requests
+    assert sc.watermark_boost_factor == 15_000
+    assert scenario_from_dict({"watermark_boost_factor": 0}).watermark_boost_factor == 0
     bad = [
+        {"watermark_boost_factor": -1},
+        {"watermark_boost_factor": 1.5},
         {"zone_mb": 32},
         {"zone_mib": 2},
         {"zone_mib": True},
