@@ -29,9 +29,9 @@
 //! request that has too few free pages for compaction reclaims them first.
 //! A request that fails wakes kcompactd and, if its kind may, runs direct
 //! compaction first (`compaction_deferred`, `compact_zone` in async mode,
-//! the allocation again).  kcompactd runs once a tick while woken, in
-//! sync-light mode, as `kcompactd_do_work` does for the highest order that
-//! failed; zsmalloc's shrinker (`zs_compact`) runs every few ticks.
+//! the allocation again).  kcompactd runs after the requests while woken,
+//! in sync-light mode, as `kcompactd_do_work` does for the highest order
+//! that failed; zsmalloc's shrinker (`zs_compact`) runs every few ticks.
 //!
 //! Watermark boosting: a fallback that tries to claim the pageblock of a
 //! block smaller than a pageblock boosts the zone's watermarks
@@ -173,8 +173,9 @@ pub struct Interval {
     /// mm_page_alloc_extfrag events)
     pub alloc_fallbacks: u64,
     pub blocks_claimed: u64,
-    /// fallbacks that boosted the watermarks (`boost_watermark`), and
-    /// kswapd runs that dropped a boost
+    /// claims of a pageblock tried by a fallback that boosted the
+    /// watermarks (`boost_watermark`; one request may try several orders,
+    /// each a boost), and kswapd runs that dropped a boost
     pub watermark_boosts: u64,
     pub boosts_reclaimed: u64,
     /// the zone at the end of the interval
