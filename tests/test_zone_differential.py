@@ -4,14 +4,19 @@ A Hypothesis state machine, and seeded random runs long enough to fill the
 zone, drive ``zsmalloc.model.Zone`` and ``zsmalloc.engine.Zone`` with the
 same calls: ``alloc_pages`` of every order and migratetype above every
 watermark, ``free_pages`` of held blocks and of made-up, freed and misnamed
-ones, ``isolate_free_page``, the compaction deferral, new watermarks, and
-the queries with arguments in and out of range.  Every call must give the
+ones, ``isolate_free_page``, the compaction deferral, new watermarks, the
+watermark boost (fallbacks that boost it, the flag taken and the boost
+lowered as kswapd does, new boost factors), and the queries with arguments
+in and out of range.  Every call must give the
 same result, or raise the same error with the same message, on both.  After
 every step the two zones' whole state must be equal: free pages, events,
-watermarks, the deferral counters, every pageblock's migratetype, every
+watermarks, the boost, its flag and its factor, the deferral counters, every pageblock's migratetype, every
 free list's pfns in order, every pfn's block, the extfrag indices and
 ``contig_page_info`` of every order, ``suitable_page_free`` and
-``zone_watermark_ok``; and ``check()`` must pass on both.
+``zone_watermark_ok``; and ``check()`` must pass on both.  The state
+machine and the churns must have boosted the watermark, taken the flag and
+lowered the boost (asserted), and the churn of a zone too small to boost
+must not have boosted.
 
 Then plain tests of the invariants on each implementation: the free lists
 per order and migratetype, no overlap between free and allocated blocks,
@@ -23,12 +28,20 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from zsmalloc import CorruptionError, ZoneError, ZsmallocError, engine, model
 from zsmalloc.mm.zone import (
@@ -63,6 +76,9 @@ def state(zone: AnyZone) -> dict[str, Any]:
         "nr_free_pages": zone.nr_free_pages,
         "nr_pageblocks": zone.nr_pageblocks,
         "watermarks": zone.watermarks,
+        "watermark_boost": zone.watermark_boost,
+        "watermark_boosted": zone.watermark_boosted,
+        "watermark_boost_factor": zone.watermark_boost_factor,
         "events": zone.events,
         "compact_defer_state": zone.compact_defer_state(),
         "pageblock_types": zone.pageblock_types(),
@@ -99,6 +115,8 @@ def free_heads(zone: AnyZone) -> list[int]:
 
 MARKS = st.one_of(st.sampled_from(["zero", "min", "low", "high"]), st.integers(0, 2200))
 SMALL_ORDERS = st.sampled_from([0, 0, 0, 0, 1, 2, 3, 4, 5, 8, 9, 10])
+#: what the state machine's runs reached, summed over its examples
+REACHED: Counter[str] = Counter()
 
 
 class ZoneDifferential(RuleBasedStateMachine):
@@ -108,7 +126,12 @@ class ZoneDifferential(RuleBasedStateMachine):
         self.held: list[tuple[int, int]] = []
         self.freed: list[tuple[int, int]] = []
 
-    @initialize(nr_pages=st.sampled_from(ZONE_SIZES))
+    def teardown(self) -> None:
+        if self.zones:
+            REACHED["boosts"] += self.zones[0].events.watermark_boosts
+
+    # the zone of four pageblocks, the one size here that boosts, twice as often
+    @initialize(nr_pages=st.sampled_from((*ZONE_SIZES, 4 * PAGEBLOCK_NR_PAGES)))
     def new_zones(self, nr_pages: int) -> None:
         self.zones = (model.Zone(nr_pages), engine.Zone(nr_pages))
 
@@ -211,6 +234,55 @@ class ZoneDifferential(RuleBasedStateMachine):
         self.same("set_watermarks", Watermarks(*marks))
 
     @rule(
+        kept=st.sampled_from(MIGRATETYPES),
+        every=st.integers(2, 8),
+        n=st.integers(1, 40),
+        lower=st.sampled_from(["boost", "half", "none", "no kswapd"]),
+    )
+    def fill_then_fall_back(self, kept: str, every: int, n: int, lower: str) -> None:
+        """Fill the zone with order-0 pages of one type, give back every few, then ask
+        for another type: its fallbacks find only blocks smaller than a pageblock, and
+        try to claim their pageblocks, boosting the watermark where the zone may; then,
+        mostly, kswapd."""
+        # a type whose requests try to claim the pageblocks of small blocks (not movable)
+        asking = "reclaimable" if kept == "unmovable" else "unmovable"
+        mine = []
+        while True:
+            kind, pfn = self.same("alloc_pages", 0, kept, 0)
+            if kind != "ok":
+                break
+            mine.append((pfn, 0))
+        self.held.extend(mine)
+        for pfn, order in mine[::every]:
+            assert self.same("free_pages", pfn, order) == ("ok", None)
+            self.forget(pfn, order)
+        for _ in range(n):
+            kind, pfn = self.same("alloc_pages", 0, asking, 0)
+            if kind == "ok":
+                self.held.append((pfn, 0))
+        if lower != "no kswapd":
+            self.kswapd(lower)
+
+    @rule(lower=st.sampled_from(["boost", "half", "none"]))
+    def kswapd(self, lower: str) -> None:
+        """kswapd as ``balance_pgdat`` treats a boost: the flag taken, the boost lowered."""
+        if self.same("take_boosted_watermark")[1] is True:
+            REACHED["flags_taken"] += 1
+        boost = self.zones[0].watermark_boost
+        pages = {"boost": boost, "half": boost // 2, "none": 0}[lower]
+        if pages:
+            REACHED["lowered"] += 1
+        self.same("lower_watermark_boost", pages)
+
+    @rule(pages=st.integers(-1, 1200))
+    def lower_watermark_boost(self, pages: int) -> None:
+        self.same("lower_watermark_boost", pages)
+
+    @rule(factor=st.one_of(st.sampled_from([0, 1, 100, 15_000]), st.integers(-1, 40_000)))
+    def set_watermark_boost_factor(self, factor: int) -> None:
+        self.same("set_watermark_boost_factor", factor)
+
+    @rule(
         order=st.integers(-2, MAX_PAGE_ORDER + 2),
         mt=st.sampled_from([*MIGRATETYPES, "highatomic", "Movable"]),
         mark=st.integers(-1, 2200),
@@ -238,13 +310,19 @@ class ZoneDifferential(RuleBasedStateMachine):
             assert_same(*self.zones)
 
 
-ZoneDifferential.TestCase.settings = settings(
-    max_examples=60,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-TestZoneDifferential = ZoneDifferential.TestCase
+def test_the_zones_agree_step_by_step() -> None:
+    REACHED.clear()
+    run_state_machine_as_test(
+        ZoneDifferential,
+        settings=settings(
+            max_examples=60,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+    # the runs boosted the watermark, and took the flag and lowered the boost as kswapd does
+    assert REACHED["boosts"] > 0 and REACHED["flags_taken"] > 0 and REACHED["lowered"] > 0, REACHED
 
 
 # ----------------------------------------------------------------------
@@ -259,7 +337,7 @@ def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
     rng = random.Random(seed)
     zones = (model.Zone(nr_pages), engine.Zone(nr_pages))
     held: list[tuple[int, int]] = []
-    seen = {"isolated": 0, "refused": 0}
+    seen = {"isolated": 0, "refused": 0, "flags_taken": 0, "lowered": 0}
 
     def same(name: str, *args: Any) -> tuple[str, Any]:
         m, e = (outcome(lambda z=z: getattr(z, name)(*args)) for z in zones)
@@ -280,6 +358,14 @@ def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
         elif r < 0.93:
             pfn, order = held.pop(rng.randrange(len(held)))
             assert same("free_pages", pfn, order) == ("ok", None)
+        elif r < 0.95:
+            # kswapd: the flag taken, the boost lowered by what it found, or by part of it
+            if same("take_boosted_watermark")[1] is True:
+                seen["flags_taken"] += 1
+            boost = zones[0].watermark_boost
+            if boost:
+                seen["lowered"] += 1
+                same("lower_watermark_boost", rng.choice([boost, rng.randrange(boost + 1)]))
         elif r < 0.97:
             heads = free_heads(zones[0])
             if heads:
@@ -296,9 +382,14 @@ def test_a_long_churn_agrees_step_by_step(seed: int, nr_pages: int) -> None:
             assert_same(*zones)
     assert_same(*zones)
     events = zones[0].events
-    # the run reached what it is for: fallbacks that claimed pageblocks, refusals, isolations
+    # the run reached what it is for: fallbacks that claimed pageblocks, refusals, isolations,
+    # and in a zone of four pageblocks or more, boosts that kswapd took and lowered
     assert events.alloc_fallback > 0 and events.blocks_claimed > 0, events
     assert seen["refused"] > 0 and seen["isolated"] > 0, seen
+    if nr_pages >= 4 * PAGEBLOCK_NR_PAGES:
+        assert events.watermark_boosts > 0 and seen["flags_taken"] > 0 and seen["lowered"] > 0, (events, seen)
+    else:
+        assert events.watermark_boosts == 0 and not seen["flags_taken"], (events, seen)
     for pfn, order in held:
         same("free_pages", pfn, order)
     assert_same(*zones)
@@ -448,6 +539,8 @@ def test_bad_calls_are_refused_and_change_nothing(Impl: Any) -> None:
         (lambda: z.isolate_free_page(2048), "pfn 2048 is outside the zone"),
         (lambda: z.nr_free(-1, "movable"), "order -1 is outside 0..10"),
         (lambda: z.set_watermarks(Watermarks(-1, 0, 0)), "min must be >= 0, not -1"),
+        (lambda: z.lower_watermark_boost(-1), "pages must be >= 0, not -1"),
+        (lambda: z.set_watermark_boost_factor(-5), "factor must be >= 0, not -5"),
     ]
     for call, message in bad:
         with pytest.raises(ZoneError, match=re.escape(message)):
@@ -490,6 +583,91 @@ def test_isolating_a_free_block_makes_it_movable_order_zero_pages(Impl: Any) -> 
     assert z.isolate_free_page(0) is None
     z.set_watermarks(Watermarks(free - (1 << MAX_PAGE_ORDER) - 1, free, free))
     assert z.isolate_free_page(0) == MAX_PAGE_ORDER
+    z.check()
+
+
+def order8_filled(Impl: Any, pageblocks: int, freed: int) -> AnyZone:
+    """A zone filled with movable order-8 blocks, one of them given back in each of the
+    first ``freed`` pageblocks: every free block is smaller than a pageblock."""
+    z = Impl(pageblocks * PAGEBLOCK_NR_PAGES)
+    held = [z.alloc_pages(8, "movable", 0) for _ in range(2 * pageblocks)]
+    assert z.nr_free_pages == 0
+    for b in range(freed):
+        z.free_pages(held[2 * b], 8)
+    return z
+
+
+def test_a_claim_of_a_block_smaller_than_a_pageblock_boosts_the_watermark(Impl: Any) -> None:
+    # 1 GiB: _watermark[HIGH] 1548, so the boost may reach mult_frac(1548, 15000, 10000) = 2322
+    z = order8_filled(Impl, 512, 6)
+    raw = z.watermarks
+    assert raw == Watermarks(1024, 1286, 1548)
+    assert (z.watermark_boost, z.watermark_boosted, z.watermark_boost_factor) == (0, False, 15_000)
+    boosts = []
+    for _ in range(6):
+        # each falls back to a movable pageblock's free order-8 block and claims the pageblock
+        z.alloc_pages(8, "unmovable", 0)
+        boosts.append(z.watermark_boost)
+    assert boosts == [512, 1024, 1536, 2048, 2322, 2322]
+    assert (z.events.watermark_boosts, z.events.blocks_claimed) == (6, 6)
+    assert z.watermarks == Watermarks(1024 + 2322, 1286 + 2322, 1548 + 2322)
+    assert z.watermark_boosted
+    assert z.take_boosted_watermark() and not z.take_boosted_watermark()
+    z.lower_watermark_boost(1000)
+    assert z.watermark_boost == 1322
+    z.lower_watermark_boost(5000)
+    assert z.watermark_boost == 0 and z.watermarks == raw
+    z.check()
+
+
+def test_boosting_needs_four_pageblocks_a_factor_and_a_sub_pageblock_claim(Impl: Any) -> None:
+    small = order8_filled(Impl, 3, 2)
+    small.alloc_pages(8, "unmovable", 0)
+    assert small.events.blocks_claimed == 1
+    assert (small.watermark_boost, small.watermark_boosted) == (0, False)
+    off = order8_filled(Impl, 4, 2)
+    off.set_watermark_boost_factor(0)
+    off.alloc_pages(8, "unmovable", 0)
+    assert (off.watermark_boost, off.events.watermark_boosts) == (0, 0)
+    # 134 * 1 // 10000 is 0: no boost; 134 * 100 // 10000 is 1, raised to a pageblock
+    tiny = order8_filled(Impl, 4, 2)
+    tiny.set_watermark_boost_factor(1)
+    tiny.alloc_pages(8, "unmovable", 0)
+    assert tiny.watermark_boost == 0
+    tiny.set_watermark_boost_factor(100)
+    tiny.alloc_pages(8, "unmovable", 0)
+    assert tiny.watermark_boost == PAGEBLOCK_NR_PAGES
+    # a whole free pageblock is claimed without a boost
+    fresh = Impl(4 * PAGEBLOCK_NR_PAGES)
+    fresh.alloc_pages(0, "unmovable", 0)
+    assert fresh.events.blocks_claimed == 2 and fresh.watermark_boost == 0
+    # a claim that fails (one free page, nothing alike) boosts all the same, then steals
+    full = Impl(4 * PAGEBLOCK_NR_PAGES)
+    pages = [full.alloc_pages(0, "movable", 0) for _ in range(4 * PAGEBLOCK_NR_PAGES)]
+    full.free_pages(pages[100], 0)
+    assert full.alloc_pages(0, "unmovable", 0) == pages[100]
+    assert full.events == type(full.events)(1, 0, 0, 1)
+    assert full.watermark_boosted and full.watermark_boost == PAGEBLOCK_NR_PAGES
+
+
+def test_the_boost_raises_the_marks_but_not_isolations(Impl: Any) -> None:
+    z = Impl(4 * PAGEBLOCK_NR_PAGES)
+    held = [z.alloc_pages(8, "movable", 0) for _ in range(8)]
+    z.free_pages(held[0], 8)
+    z.alloc_pages(8, "unmovable", 0)
+    w = z.watermarks
+    assert z.watermark_boost == PAGEBLOCK_NR_PAGES and w == Watermarks(602, 624, 646)
+    z.free_pages(held[4], 8)
+    z.free_pages(held[6], 8)
+    assert z.nr_free_pages == 512
+    with pytest.raises(ZoneError, match="above the watermark"):
+        z.alloc_pages(0, "movable", w.min)
+    # __isolate_free_page reads _watermark[WMARK_MIN], without the boost: 512 > 90 + 256
+    assert z.isolate_free_page(z.free_list(8, "movable")[0]) == 8
+    # new marks start the boost from 0; the flag stays until taken
+    z.set_watermarks(Watermarks(1, 2, 3))
+    assert z.watermark_boost == 0 and z.watermarks == Watermarks(1, 2, 3)
+    assert z.take_boosted_watermark()
     z.check()
 
 

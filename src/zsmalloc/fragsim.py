@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from zsmalloc import _engine
+from zsmalloc.mm.zone import WATERMARK_BOOST_FACTOR
 from zsmalloc.workloads import get_mix
 
 #: zsmalloc's pages in each run, in the order they are run and reported
@@ -83,6 +84,9 @@ class Scenario:
     pool_compact_every: int
     maps_at: tuple[int, ...]
     chain_size: int = 8
+    #: ``vm.watermark_boost_factor``: a fallback into a pageblock of another type boosts the
+    #: watermarks by a pageblock, up to this many ten-thousandths of the high watermark (0: never)
+    watermark_boost_factor: int = WATERMARK_BOOST_FACTOR
     description: str = ""
 
     @property
@@ -241,6 +245,9 @@ def scenario_from_dict(d: dict[str, Any], name: str = "custom") -> Scenario:
         d.get("pool_compact_every", base.pool_compact_every), "pool_compact_every", 0, 1 << 24
     )
     values["chain_size"] = _int(d.get("chain_size", base.chain_size), "chain_size", 4, 16)
+    values["watermark_boost_factor"] = _int(
+        d.get("watermark_boost_factor", base.watermark_boost_factor), "watermark_boost_factor", 0, 1 << 31
+    )
     cache = d.get("page_cache", base.page_cache)
     if not isinstance(cache, bool):
         raise ScenarioError("page_cache must be true or false")
@@ -303,6 +310,8 @@ class ModeRun:
             "reclaimed",
             "alloc_fallbacks",
             "blocks_claimed",
+            "watermark_boosts",
+            "boosts_reclaimed",
         ):
             out[key] = sum(iv[key] for iv in ivs)
         return out
@@ -338,6 +347,8 @@ class FragsimResult:
                 "pages_migrated": t["pages_migrated"],
                 "alloc_fallbacks": t["alloc_fallbacks"],
                 "blocks_claimed": t["blocks_claimed"],
+                "watermark_boosts": t["watermark_boosts"],
+                "boosts_reclaimed": t["boosts_reclaimed"],
                 "zspages_migrated": t["zspages_migrated"],
                 "unusable_index": {o: last["unusable_index"][o] / 1000 for o in self.scenario.orders()},
                 "fragmentation_index": {
@@ -396,6 +407,7 @@ def run_mode(
         report_every=sc.report_every,
         maps_at=list(sc.maps_at),
         chain_size=sc.chain_size,
+        watermark_boost_factor=sc.watermark_boost_factor,
         progress=progress,
     )
     return ModeRun(mode, out["intervals"], out["maps"], out["objects_checked"], time.perf_counter() - t0)

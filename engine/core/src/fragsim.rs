@@ -24,16 +24,31 @@
 //! high-order requests arrive; kswapd reclaims the cache up to the high
 //! watermark when the zone is below the low one, and the cache grows into
 //! what is free above the high one.  An order-0 allocation that fails
-//! reclaims 32 cache pages and tries again (direct reclaim); so does a
-//! high-order request that has too few free pages for compaction.  A request that fails wakes kcompactd and,
-//! if its kind may, runs direct compaction first (`compaction_deferred`,
-//! `compact_zone` in async mode, the allocation again).  kcompactd runs
-//! once a tick while woken, in sync-light mode, as `kcompactd_do_work`
-//! does for the highest order that failed; zsmalloc's shrinker
-//! (`zs_compact`) runs every few ticks.  Every few ticks the simulation
-//! records an interval: the requests of each order and how many were
-//! served, compaction stalls and successes, pages migrated, the zone's
-//! indices and free lists.
+//! reclaims 32 cache pages and tries again, as long as reclaim makes
+//! progress (direct reclaim and the slowpath's retries); a high-order
+//! request that has too few free pages for compaction reclaims them first.
+//! A request that fails wakes kcompactd and, if its kind may, runs direct
+//! compaction first (`compaction_deferred`, `compact_zone` in async mode,
+//! the allocation again).  kcompactd runs after the requests while woken,
+//! in sync-light mode, as `kcompactd_do_work` does for the highest order
+//! that failed; zsmalloc's shrinker (`zs_compact`) runs every few ticks.
+//!
+//! Watermark boosting: a fallback that tries to claim the pageblock of a
+//! block smaller than a pageblock boosts the zone's watermarks
+//! (`boost_watermark`, with the scenario's `vm.watermark_boost_factor`),
+//! and every watermark here includes the boost (`wmark_pages`).  Such an
+//! allocation also wakes kswapd (ZONE_BOOSTED_WATERMARK, `wakeup_kswapd`),
+//! which then runs after that user's turn (zram, anon, the kernel's users)
+//! or at the tick's end, whatever the free memory (`balance_pgdat`): below
+//! the high watermark, boost included, it reclaims up to it; above it, the
+//! boost's pages (`nr_boost_reclaim`).  Then it drops the boost it found
+//! and wakes kcompactd at pageblock order: kcompactd runs in its turn
+//! after the requests, and at once after the tick's last kswapd, before
+//! the cache grows back into what kswapd freed.
+//!
+//! Every few ticks the simulation records an interval: the requests of
+//! each order and how many were served, compaction stalls and successes,
+//! pages migrated, watermark boosts, the zone's indices and free lists.
 //!
 //! The anonymous, kernel and reclaimable pages hold no bytes (migrating
 //! one copies nothing); zsmalloc's pages are real memory, written and
@@ -45,6 +60,7 @@ use crate::mm::compaction::CompactStatus;
 use crate::mm::migrate::{MigrateMode, MovableOps, MIGRATEPAGE_SUCCESS};
 use crate::mm::zone::{
     MigrateType, Watermarks, Zone, ZoneEvents, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES,
+    PAGEBLOCK_ORDER,
 };
 use crate::mm::{Memory, MmError};
 use crate::pool::{Pool, PoolConfig, PoolError, Protocol};
@@ -124,6 +140,8 @@ pub struct Scenario {
     /// ticks at which a pageblock map is kept
     pub maps_at: Vec<usize>,
     pub chain_size: usize,
+    /// `vm.watermark_boost_factor` (ten-thousandths of the high watermark; 0: no boosting)
+    pub watermark_boost_factor: usize,
 }
 
 /// One interval's record.
@@ -155,6 +173,11 @@ pub struct Interval {
     /// mm_page_alloc_extfrag events)
     pub alloc_fallbacks: u64,
     pub blocks_claimed: u64,
+    /// claims of a pageblock tried by a fallback that boosted the
+    /// watermarks (`boost_watermark`; one request may try several orders,
+    /// each a boost), and kswapd runs that dropped a boost
+    pub watermark_boosts: u64,
+    pub boosts_reclaimed: u64,
     /// the zone at the end of the interval
     pub free_pages: usize,
     pub pool_pages: usize,
@@ -328,6 +351,7 @@ pub fn run(
     let err = |e: MmError| e.to_string();
     let perr = |e: PoolError| e.to_string();
     let mem = Arc::new(Memory::new_zoned(sc.zone_pages).map_err(err)?);
+    mem.with_zone_mut(|z| z.set_watermark_boost_factor(sc.watermark_boost_factor)).expect("a zoned Memory");
     let config = PoolConfig {
         chain_size: sc.chain_size,
         migration: if mode == Mode::Seed2016 { Protocol::Seed2016 } else { Protocol::Mainline },
@@ -430,9 +454,11 @@ impl Sim<'_> {
         let filling = tick <= self.sc.fill_ticks;
         let ramp = if filling { tick as f64 / self.sc.fill_ticks as f64 } else { 1.0 };
         self.zram_tick(filling, ramp)?;
+        self.kswapd_if_boosted();
         let anon = self.anon.clone();
         let target = (self.level(self.sc.anon) as f64 * ramp) as usize;
         self.order0_anon(&anon, target, if filling { 0.0 } else { self.sc.anon.churn });
+        self.kswapd_if_boosted();
         for (i, (mt, level)) in
             [(MigrateType::Unmovable, self.sc.kernel), (MigrateType::Reclaimable, self.sc.reclaimable)]
                 .into_iter()
@@ -442,10 +468,13 @@ impl Sim<'_> {
             self.order0_plain(&mut pages, mt, (self.level(level) as f64 * ramp) as usize, level.churn);
             self.plain[i] = pages;
         }
+        self.kswapd_if_boosted();
         self.expire_held(tick);
         self.requests(tick);
         self.kcompactd();
-        self.kswapd();
+        if self.kswapd() {
+            self.kcompactd();
+        }
         if self.sc.page_cache {
             self.grow_cache();
         }
@@ -481,7 +510,7 @@ impl Sim<'_> {
         let size = self.sizes[self.next_size % self.sizes.len()];
         self.next_size += 1;
         let mut handle = self.pool.zs_malloc(size as usize);
-        if matches!(handle, Err(PoolError::NoFrame(..))) && self.reclaim(SWAP_CLUSTER_MAX) > 0 {
+        while matches!(handle, Err(PoolError::NoFrame(..))) && self.reclaim(SWAP_CLUSTER_MAX) > 0 {
             handle = self.pool.zs_malloc(size as usize);
         }
         let handle = match handle {
@@ -533,18 +562,20 @@ impl Sim<'_> {
         }
     }
 
+    /// An order-0 page at the min watermark; direct reclaim and the
+    /// allocation again while reclaim makes progress (the slowpath's
+    /// retries, `should_reclaim_retry`).
     fn alloc0(&mut self, mt: MigrateType) -> Option<u32> {
         let min = self.watermarks().min;
-        if let Ok(pfn) = self.mem.alloc_block(0, mt, min) {
-            return Some(pfn);
-        }
-        if self.reclaim(SWAP_CLUSTER_MAX) > 0 {
+        loop {
             if let Ok(pfn) = self.mem.alloc_block(0, mt, min) {
                 return Some(pfn);
             }
+            if self.reclaim(SWAP_CLUSTER_MAX) == 0 {
+                self.cur.order0_failed += 1;
+                return None;
+            }
         }
-        self.cur.order0_failed += 1;
-        None
     }
 
     fn watermarks(&self) -> Watermarks {
@@ -568,11 +599,40 @@ impl Sim<'_> {
         done
     }
 
-    /// kswapd: below the low watermark, reclaim up to the high one.
-    fn kswapd(&mut self) {
+    /// kswapd (`balance_pgdat` at order 0): woken below the low watermark,
+    /// or by an allocation that found the watermark boosted
+    /// (ZONE_BOOSTED_WATERMARK, `wakeup_kswapd`).  Below the high watermark
+    /// it reclaims up to it (an unbalanced node: the boosted reclaim gives
+    /// way to the normal one); above it, the boost's pages
+    /// (`nr_boost_reclaim`).  A boost it found is then dropped and
+    /// kcompactd woken at pageblock order: true if it was.
+    fn kswapd(&mut self) -> bool {
+        let woken = self.mem.with_zone_mut(|z| z.take_boosted_watermark()).expect("a zoned Memory");
         let (w, free) = (self.watermarks(), self.nr_free());
-        if free < w.low {
+        if free >= w.low && !woken {
+            return false;
+        }
+        let boost = self.mem.with_zone(|z| z.watermark_boost()).expect("a zoned Memory");
+        if free < w.high {
             self.reclaim(w.high - free);
+        } else {
+            self.reclaim(boost);
+        }
+        if boost == 0 {
+            return false;
+        }
+        self.mem.with_zone_mut(|z| z.lower_watermark_boost(boost)).expect("a zoned Memory");
+        self.cur.boosts_reclaimed += 1;
+        self.kcompactd_order = Some(self.kcompactd_order.map_or(PAGEBLOCK_ORDER, |o| o.max(PAGEBLOCK_ORDER)));
+        true
+    }
+
+    /// kswapd between the users' turns, if an allocation has found the
+    /// watermark boosted: it does not wait for the tick's end, as the
+    /// boost raises every mark until it has run.
+    fn kswapd_if_boosted(&mut self) {
+        if self.mem.with_zone(|z| z.watermark_boosted()).expect("a zoned Memory") {
+            self.kswapd();
         }
     }
 
@@ -699,6 +759,7 @@ impl Sim<'_> {
         let ev = self.mem.with_zone(|z| z.events()).expect("a zoned Memory");
         iv.alloc_fallbacks = ev.alloc_fallback - self.zone_events.alloc_fallback;
         iv.blocks_claimed = ev.blocks_claimed - self.zone_events.blocks_claimed;
+        iv.watermark_boosts = ev.watermark_boosts - self.zone_events.watermark_boosts;
         self.zone_events = ev;
         self.mem.with_zone(|z| {
             iv.free_pages = z.nr_free_pages();
@@ -764,6 +825,7 @@ pub fn zone_block_map(z: &Zone, tick: usize) -> BlockMap {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::mm::zone::WATERMARK_BOOST_FACTOR;
 
     fn small() -> Scenario {
         Scenario {
@@ -796,6 +858,7 @@ mod tests {
             report_every: 10,
             maps_at: vec![20, 80],
             chain_size: 8,
+            watermark_boost_factor: WATERMARK_BOOST_FACTOR,
         }
     }
 
@@ -833,11 +896,31 @@ mod tests {
             let claimed: u64 = out.intervals.iter().map(|i| i.blocks_claimed).sum();
             let fallbacks: u64 = out.intervals.iter().map(|i| i.alloc_fallbacks).sum();
             assert!(claimed > 0 && fallbacks > 0, "{mode:?}: {claimed} claimed, {fallbacks} fallbacks");
+            // some of those fallbacks boosted the watermarks, and kswapd dropped the boosts
+            let boosts: u64 = out.intervals.iter().map(|i| i.watermark_boosts).sum();
+            let dropped: u64 = out.intervals.iter().map(|i| i.boosts_reclaimed).sum();
+            assert!(
+                boosts > 0 && dropped > 0 && dropped <= boosts,
+                "{mode:?}: {boosts} boosts, {dropped} dropped"
+            );
             results.push(out);
         }
         // the same seed gives the same run
         let again = run(&sc, Mode::Mainline, &sizes(), &mut |_| true).unwrap();
         assert_eq!(again, results[0]);
+    }
+
+    #[test]
+    fn a_boost_factor_of_zero_turns_boosting_off() {
+        let boosted = run(&small(), Mode::Unmovable, &sizes(), &mut |_| true).unwrap();
+        let sc = Scenario { watermark_boost_factor: 0, ..small() };
+        let off = run(&sc, Mode::Unmovable, &sizes(), &mut |_| true).unwrap();
+        let total = |o: &Outcome, f: fn(&Interval) -> u64| o.intervals.iter().map(f).sum::<u64>();
+        assert_eq!(total(&off, |i| i.watermark_boosts), 0);
+        assert_eq!(total(&off, |i| i.boosts_reclaimed), 0);
+        assert!(total(&boosted, |i| i.watermark_boosts) > 0);
+        // kswapd's boosted reclaim: more pages reclaimed
+        assert!(total(&boosted, |i| i.reclaimed) > total(&off, |i| i.reclaimed));
     }
 
     #[test]

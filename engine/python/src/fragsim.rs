@@ -40,6 +40,8 @@ fn interval_dict<'py>(py: Python<'py>, iv: &Interval) -> PyResult<Bound<'py, PyD
     d.set_item("reclaimed", iv.reclaimed)?;
     d.set_item("alloc_fallbacks", iv.alloc_fallbacks)?;
     d.set_item("blocks_claimed", iv.blocks_claimed)?;
+    d.set_item("watermark_boosts", iv.watermark_boosts)?;
+    d.set_item("boosts_reclaimed", iv.boosts_reclaimed)?;
     d.set_item("free_pages", iv.free_pages)?;
     d.set_item("pool_pages", iv.pool_pages)?;
     d.set_item("anon_pages", iv.anon_pages)?;
@@ -76,7 +78,8 @@ fn map_dict<'py>(py: Python<'py>, m: &BlockMap) -> PyResult<Bound<'py, PyDict>> 
 #[pyfunction]
 #[pyo3(signature = (
     mode, sizes, *, zone_pages, seed, zram, anon, kernel, reclaimable, requests, page_cache,
-    fill_ticks, churn_ticks, pool_compact_every, report_every, maps_at, chain_size, progress=None
+    fill_ticks, churn_ticks, pool_compact_every, report_every, maps_at, chain_size,
+    watermark_boost_factor, progress=None
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn fragsim_run<'py>(
@@ -97,6 +100,7 @@ pub fn fragsim_run<'py>(
     report_every: usize,
     maps_at: Vec<usize>,
     chain_size: usize,
+    watermark_boost_factor: usize,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let mode = Mode::from_name(mode).ok_or_else(|| {
@@ -124,6 +128,7 @@ pub fn fragsim_run<'py>(
         report_every,
         maps_at,
         chain_size,
+        watermark_boost_factor,
     };
     let mut stopped: Option<PyErr> = None;
     let result = py.detach(|| {

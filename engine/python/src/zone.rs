@@ -59,7 +59,8 @@ fn count_arg(py: Python<'_>, name: &str, value: i64) -> PyResult<usize> {
 }
 
 /// A zone's buddy allocator: free lists per order and migratetype,
-/// pageblocks, fallback with claiming, watermarks, compaction deferral.
+/// pageblocks, fallback with claiming, watermarks and their boost,
+/// compaction deferral.
 #[pyclass(module = "zsmalloc._engine", name = "Zone")]
 pub struct PyZone {
     inner: Zone,
@@ -119,9 +120,43 @@ impl PyZone {
     }
 
     #[getter]
+    fn watermark_boost(&self) -> usize {
+        self.inner.watermark_boost()
+    }
+
+    #[getter]
+    fn watermark_boosted(&self) -> bool {
+        self.inner.watermark_boosted()
+    }
+
+    fn take_boosted_watermark(&mut self) -> bool {
+        self.inner.take_boosted_watermark()
+    }
+
+    fn lower_watermark_boost(&mut self, py: Python<'_>, pages: i64) -> PyResult<()> {
+        self.inner.lower_watermark_boost(count_arg(py, "pages", pages)?);
+        Ok(())
+    }
+
+    #[getter]
+    fn watermark_boost_factor(&self) -> usize {
+        self.inner.watermark_boost_factor()
+    }
+
+    fn set_watermark_boost_factor(&mut self, py: Python<'_>, factor: i64) -> PyResult<()> {
+        self.inner.set_watermark_boost_factor(count_arg(py, "factor", factor)?);
+        Ok(())
+    }
+
+    #[getter]
     fn events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.inner.events();
-        py.import(MODEL)?.getattr("ZoneEvents")?.call1((e.alloc_fallback, e.blocks_claimed, e.alloc_fail))
+        py.import(MODEL)?.getattr("ZoneEvents")?.call1((
+            e.alloc_fallback,
+            e.blocks_claimed,
+            e.alloc_fail,
+            e.watermark_boosts,
+        ))
     }
 
     fn pageblock_migratetype(&self, py: Python<'_>, pfn: i64) -> PyResult<String> {

@@ -4,8 +4,8 @@ What this owns: the frames of one zone, pfn 0 to ``nr_pages - 1``, cut into
 free and allocated blocks of 2^order frames (order 0-10); one free list per
 order and migratetype (unmovable, movable, reclaimable); the migratetype of
 every pageblock of 512 frames; the fallback from one migratetype to another,
-with the claiming of whole pageblocks; the watermarks; the compaction
-deferral counters; and the fragmentation figures of
+with the claiming of whole pageblocks; the watermarks and their boost; the
+compaction deferral counters; and the fragmentation figures of
 /sys/kernel/debug/extfrag and /proc/pagetypeinfo (mm/vmstat.c).  It knows
 nothing of its users: the engine's fragmentation simulation runs zsmalloc
 beside other users on it, and ``zsmalloc._engine.Zone`` is the same zone,
@@ -33,9 +33,26 @@ pageblock's migratetype; ``__rmqueue`` tries the requested type
 (``__rmqueue_smallest``), then claims a whole pageblock of another type from
 the largest free block down (``__rmqueue_claim``, ``try_to_claim_block``),
 then steals the smallest block of another type without claiming its
-pageblock (``__rmqueue_steal``).  Left out, as there: per-cpu lists, CMA,
-MIGRATE_HIGHATOMIC, watermark boosting, ALLOC_NOFRAGMENT (set only when a
-lower zone exists, and this is the only zone) and free-page shuffling.
+pageblock (``__rmqueue_steal``).
+
+Watermark boosting, as there (since 5.0; ``vm.watermark_boost_factor``,
+15000 by default): a fallback that tries to claim the pageblock of a block
+smaller than a pageblock (``try_to_claim_block``, claimed or not) raises
+``watermark_boost`` by a pageblock, up to the factor's share of the high
+watermark and at least a pageblock (``boost_watermark``; not in zones of
+fewer than four pageblocks), and sets ZONE_BOOSTED_WATERMARK.  The marks
+that allocations and compaction are held to include the boost (``wmark_pages``:
+:attr:`Zone.watermarks`); ``__isolate_free_page`` and ``boost_watermark``
+read them without it (``_watermark[]``).  The kernel tests and clears the
+flag at the end of ``rmqueue`` and wakes kswapd; the zone's owner, which has
+the kswapd, does that here (:meth:`Zone.take_boosted_watermark`) and lowers
+the boost once kswapd has reclaimed (:meth:`Zone.lower_watermark_boost`, as
+``balance_pgdat`` does).
+
+Left out, as there: per-cpu lists, CMA, MIGRATE_HIGHATOMIC, ALLOC_NOFRAGMENT
+(set only when a lower zone exists, and this is the only zone), free-page
+shuffling, and the boost's exception for ``__GFP_HIGH`` order-0 requests at
+the min watermark (``zone_watermark_fast``).
 
 The methods have the kernel's names and make the engine's decisions one for
 one: the same list ends, the same pfns, the same claims, the same counts.
@@ -61,6 +78,9 @@ PAGEBLOCK_ORDER = 9
 PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
 #: after this many failures in a row, compaction runs once in 64 tries
 COMPACT_MAX_DEFER_SHIFT = 6
+#: the default ``vm.watermark_boost_factor``: the boost may reach 150% of the high watermark
+#: (in ten-thousandths)
+WATERMARK_BOOST_FACTOR = 15_000
 #: a zone has fewer pages than this: the engine links its free lists through 32-bit pfns,
 #: with this value for "none"
 MAX_ZONE_PAGES = (1 << 32) - 1
@@ -86,7 +106,8 @@ def _title(mt: str) -> str:
 
 @dataclass(frozen=True)
 class Watermarks:
-    """The three watermarks, in pages (``zone->_watermark[]``)."""
+    """The three watermarks, in pages: ``zone->_watermark[]``, or with the boost added,
+    what ``wmark_pages`` gives."""
 
     min: int
     low: int
@@ -127,6 +148,8 @@ class ZoneEvents:
     blocks_claimed: int = 0
     #: requests refused by the watermark or for want of a block
     alloc_fail: int = 0
+    #: ``boost_watermark`` calls that boosted (a count the kernel does not keep)
+    watermark_boosts: int = 0
 
 
 class Zone:
@@ -147,10 +170,16 @@ class Zone:
         self.allocated: dict[int, tuple[int, str]] = {}
         self.pageblock_mt: list[str] = [MOVABLE] * -(-nr_pages // PAGEBLOCK_NR_PAGES)
         self._nr_free_pages = 0
+        # _watermark[], without the boost
         self._watermarks = Watermarks.for_zone(nr_pages)
+        self._watermark_boost = 0
+        self._watermark_boost_factor = WATERMARK_BOOST_FACTOR
+        # ZONE_BOOSTED_WATERMARK in zone->flags
+        self._boosted_watermark = False
         self._alloc_fallback = 0
         self._blocks_claimed = 0
         self._alloc_fail = 0
+        self._watermark_boosts = 0
         # the compaction deferral (zone->compact_*)
         self.compact_considered = 0
         self.compact_defer_shift = 0
@@ -182,16 +211,61 @@ class Zone:
 
     @property
     def watermarks(self) -> Watermarks:
-        return self._watermarks
+        """The marks allocations and compaction are held to: ``_watermark[]`` plus the boost
+        (``wmark_pages``)."""
+        w, b = self._watermarks, self._watermark_boost
+        return Watermarks(w.min + b, w.low + b, w.high + b)
 
     def set_watermarks(self, watermarks: Watermarks) -> None:
+        """New ``_watermark[]``; the boost starts again from 0, as ``__setup_per_zone_wmarks``
+        leaves it."""
         for name in ("min", "low", "high"):
             _count_arg(name, getattr(watermarks, name))
         self._watermarks = Watermarks(watermarks.min, watermarks.low, watermarks.high)
+        self._watermark_boost = 0
+
+    @property
+    def watermark_boost(self) -> int:
+        """``zone->watermark_boost``, in pages."""
+        return self._watermark_boost
+
+    @property
+    def watermark_boosted(self) -> bool:
+        """Whether ZONE_BOOSTED_WATERMARK is set: a boost since the flag was last taken."""
+        return self._boosted_watermark
+
+    def take_boosted_watermark(self) -> bool:
+        """``rmqueue``'s test and clear of ZONE_BOOSTED_WATERMARK.
+
+        True if a fallback boosted the watermark since the last call: the
+        caller is to wake kswapd (``wakeup_kswapd``).  The kernel makes the
+        test at the end of every allocation that may wake kswapd
+        (ALLOC_KSWAPD); here the zone's owner, which has the kswapd, makes it.
+        """
+        boosted, self._boosted_watermark = self._boosted_watermark, False
+        return boosted
+
+    def lower_watermark_boost(self, pages: int) -> None:
+        """kswapd has reclaimed for the boost it found when it started:
+        ``watermark_boost -= min(watermark_boost, pages)`` (``balance_pgdat``)."""
+        _count_arg("pages", pages)
+        self._watermark_boost -= min(self._watermark_boost, pages)
+
+    @property
+    def watermark_boost_factor(self) -> int:
+        """``vm.watermark_boost_factor``, in ten-thousandths of the high watermark."""
+        return self._watermark_boost_factor
+
+    def set_watermark_boost_factor(self, factor: int) -> None:
+        """A new ``vm.watermark_boost_factor`` (0: no boosting); the boost already made stays."""
+        _count_arg("factor", factor)
+        self._watermark_boost_factor = factor
 
     @property
     def events(self) -> ZoneEvents:
-        return ZoneEvents(self._alloc_fallback, self._blocks_claimed, self._alloc_fail)
+        return ZoneEvents(
+            self._alloc_fallback, self._blocks_claimed, self._alloc_fail, self._watermark_boosts
+        )
 
     def pageblock_migratetype(self, pfn: int) -> str:
         """``get_pfnblock_migratetype``."""
@@ -395,11 +469,31 @@ class Zone:
         for i in range(1 << max(order - PAGEBLOCK_ORDER, 0)):
             self._set_pageblock_migratetype(pfn + i * PAGEBLOCK_NR_PAGES, mt)
 
+    def _boost_watermark(self) -> bool:
+        """``boost_watermark``: raise the boost by a pageblock.
+
+        Up to ``watermark_boost_factor`` ten-thousandths of the high
+        watermark (``_watermark[WMARK_HIGH]``), but at least a pageblock.
+        False, and no boost, when the factor is 0, the zone has fewer than
+        four pageblocks' pages (every page of it is managed), or that share
+        of the high watermark is 0.
+        """
+        if self._watermark_boost_factor == 0 or self._nr_pages < PAGEBLOCK_NR_PAGES * 4:
+            return False
+        max_boost = self._watermarks.high * self._watermark_boost_factor // 10_000
+        if max_boost == 0:
+            return False
+        max_boost = max(max_boost, PAGEBLOCK_NR_PAGES)
+        self._watermark_boost = min(self._watermark_boost + PAGEBLOCK_NR_PAGES, max_boost)
+        return True
+
     def _try_to_claim_block(self, pfn: int, current: int, order: int, start: str, block: str) -> int | None:
         """``try_to_claim_block``: take over the pageblock of the free block at ``pfn`` for ``start``.
 
-        A block of pageblock order or more is claimed whole.  A smaller one's
-        pageblock is claimed when at least half of it is free or alike
+        A block of pageblock order or more is claimed whole.  A smaller one
+        first boosts the watermark (claimed or not: kswapd is to reclaim
+        more, so that fewer fallbacks follow), and its pageblock is claimed
+        when at least half of it is free or alike
         (movable pages for a movable request; for another type's request
         into a movable pageblock, the pages allocated as anything but
         movable), and the allocation is then served from it.
@@ -410,6 +504,10 @@ class Zone:
             self._expand(pfn, order, current, start)
             self._blocks_claimed += 1 << (current - PAGEBLOCK_ORDER)
             return pfn
+        # every allocation here may wake kswapd (ALLOC_KSWAPD)
+        if self._boost_watermark():
+            self._boosted_watermark = True
+            self._watermark_boosts += 1
         counted = self._prep_move_freepages_block(pfn)
         if counted is None:
             return None
@@ -516,7 +614,8 @@ class Zone:
         """``__isolate_free_page``: take the free block at ``pfn`` for compaction.
 
         Only if the zone stays above the min watermark (as an allocation of
-        the block would: ``_watermark[WMARK_MIN] + (1 << order)`` at order 0).  A block of half a
+        the block would: ``_watermark[WMARK_MIN] + (1 << order)`` at order 0,
+        the mark without the boost).  A block of half a
         pageblock or more turns the pageblocks it spans movable, with their
         other free blocks.  The block becomes 2^order order-0 pages, pfn to
         pfn + 2^order - 1, allocated as movable (compaction's migration

@@ -26,11 +26,29 @@
 //! (`__rmqueue_smallest`), then claims a whole pageblock of another type
 //! from the largest free block down (`__rmqueue_claim`,
 //! `try_to_claim_block`), then steals the smallest block of another type
-//! without claiming it (`__rmqueue_steal`).  Left out: per-cpu lists (the
-//! simulation's allocations go straight to the buddy lists), CMA,
-//! MIGRATE_HIGHATOMIC, watermark boosting, ALLOC_NOFRAGMENT (it is set
-//! only when a lower zone exists, and this is the only zone), and free-page
-//! shuffling.
+//! without claiming it (`__rmqueue_steal`).
+//!
+//! Watermark boosting (since 5.0, `vm.watermark_boost_factor`, 15000 by
+//! default): a fallback that tries to claim the pageblock of a block
+//! smaller than a pageblock (`try_to_claim_block`, whether the claim then
+//! succeeds or not) raises `watermark_boost` by a pageblock, up to the
+//! factor's share of the high watermark and at least a pageblock
+//! (`boost_watermark`; not in zones of fewer than four pageblocks), and sets
+//! the zone's ZONE_BOOSTED_WATERMARK flag.  Every watermark an allocation
+//! or a compaction is held to includes the boost (`wmark_pages`:
+//! [`Zone::watermarks`]); `__isolate_free_page` and `boost_watermark`
+//! itself use the marks without it (`_watermark[]`).  The kernel tests and
+//! clears the flag at the end of `rmqueue` and wakes kswapd; this zone
+//! knows nothing of kswapd, so its owner does that test and clear
+//! ([`Zone::take_boosted_watermark`]) and lowers the boost when its kswapd
+//! has reclaimed ([`Zone::lower_watermark_boost`], as `balance_pgdat` does).
+//!
+//! Left out: per-cpu lists (the simulation's allocations go straight to the
+//! buddy lists), CMA, MIGRATE_HIGHATOMIC, ALLOC_NOFRAGMENT (it is set only
+//! when a lower zone exists, and this is the only zone), free-page
+//! shuffling, and the boost's exception for `__GFP_HIGH` order-0 requests
+//! at the min watermark (`zone_watermark_fast`: there are no such flags
+//! here).
 //!
 //! The zone is plain data: its owner serialises calls (the Memory holds it
 //! under its allocator lock).
@@ -46,6 +64,9 @@ pub const PAGEBLOCK_NR_PAGES: usize = 1 << PAGEBLOCK_ORDER;
 pub const PAGE_ALLOC_COSTLY_ORDER: usize = 3;
 /// After this many failures in a row, compaction runs once in 64 tries.
 pub const COMPACT_MAX_DEFER_SHIFT: u32 = 6;
+/// The default `vm.watermark_boost_factor`: the boost may reach 150% of
+/// the high watermark (in ten-thousandths).
+pub const WATERMARK_BOOST_FACTOR: usize = 15_000;
 
 const NONE: u32 = u32::MAX;
 
@@ -84,7 +105,8 @@ impl MigrateType {
     }
 }
 
-/// The three watermarks, in pages (`zone->_watermark[]`).
+/// The three watermarks, in pages: `zone->_watermark[]`, or with the
+/// boost added, what `wmark_pages` gives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Watermarks {
     pub min: usize,
@@ -159,6 +181,8 @@ pub struct ZoneEvents {
     pub blocks_claimed: u64,
     /// requests refused by the watermark or for want of a block
     pub alloc_fail: u64,
+    /// `boost_watermark` calls that boosted (a count the kernel does not keep)
+    pub watermark_boosts: u64,
 }
 
 /// A zone of `nr_pages` frames from pfn 0.
@@ -172,7 +196,14 @@ pub struct Zone {
     pageblock_mt: Vec<u8>,
     free_area: [FreeArea; NR_PAGE_ORDERS],
     nr_free_pages: usize,
+    /// `_watermark[]`: without the boost
     watermarks: Watermarks,
+    /// `watermark_boost`, in pages
+    watermark_boost: usize,
+    /// `vm.watermark_boost_factor`
+    watermark_boost_factor: usize,
+    /// ZONE_BOOSTED_WATERMARK in `zone->flags`
+    boosted_watermark: bool,
     events: ZoneEvents,
     // the compaction deferral (zone->compact_*)
     compact_considered: u32,
@@ -197,6 +228,9 @@ impl Zone {
             free_area: [FreeArea::EMPTY; NR_PAGE_ORDERS],
             nr_free_pages: 0,
             watermarks: Watermarks::for_zone(nr_pages),
+            watermark_boost: 0,
+            watermark_boost_factor: WATERMARK_BOOST_FACTOR,
+            boosted_watermark: false,
             events: ZoneEvents::default(),
             compact_considered: 0,
             compact_defer_shift: 0,
@@ -224,12 +258,57 @@ impl Zone {
         self.nr_free_pages
     }
 
+    /// The marks allocations and compaction are held to: `_watermark[]`
+    /// plus the boost, as `wmark_pages` (`min_wmark_pages`,
+    /// `low_wmark_pages`, `high_wmark_pages`) gives them.
     pub fn watermarks(&self) -> Watermarks {
-        self.watermarks
+        let b = self.watermark_boost;
+        let w = self.watermarks;
+        Watermarks { min: w.min + b, low: w.low + b, high: w.high + b }
     }
 
+    /// New `_watermark[]`; the boost starts again from 0, as
+    /// `__setup_per_zone_wmarks` leaves it.
     pub fn set_watermarks(&mut self, w: Watermarks) {
         self.watermarks = w;
+        self.watermark_boost = 0;
+    }
+
+    /// `zone->watermark_boost`, in pages.
+    pub fn watermark_boost(&self) -> usize {
+        self.watermark_boost
+    }
+
+    /// Whether ZONE_BOOSTED_WATERMARK is set: a boost since the flag was
+    /// last taken.
+    pub fn watermark_boosted(&self) -> bool {
+        self.boosted_watermark
+    }
+
+    /// `rmqueue`'s test and clear of ZONE_BOOSTED_WATERMARK: true if a
+    /// fallback boosted the watermark since the last call, and the caller
+    /// is to wake kswapd (`wakeup_kswapd`).  The kernel makes it at the end
+    /// of every allocation that may wake kswapd (ALLOC_KSWAPD); the zone's
+    /// owner, which has the kswapd, makes it here.
+    pub fn take_boosted_watermark(&mut self) -> bool {
+        std::mem::take(&mut self.boosted_watermark)
+    }
+
+    /// kswapd has reclaimed for the boost it found when it started:
+    /// `watermark_boost -= min(watermark_boost, pages)` (`balance_pgdat`).
+    pub fn lower_watermark_boost(&mut self, pages: usize) {
+        self.watermark_boost -= self.watermark_boost.min(pages);
+    }
+
+    /// `vm.watermark_boost_factor`, in ten-thousandths of the high watermark.
+    pub fn watermark_boost_factor(&self) -> usize {
+        self.watermark_boost_factor
+    }
+
+    /// A new `vm.watermark_boost_factor` (0: no boosting); the boost
+    /// already made stays, as with the sysctl.
+    pub fn set_watermark_boost_factor(&mut self, factor: usize) {
+        self.watermark_boost_factor = factor;
     }
 
     pub fn events(&self) -> ZoneEvents {
@@ -496,9 +575,31 @@ impl Zone {
         }
     }
 
+    /// `boost_watermark`: raise the boost by a pageblock, up to
+    /// `watermark_boost_factor` ten-thousandths of the high watermark (but
+    /// at least a pageblock); false, and no boost, when the factor is 0,
+    /// the zone has fewer than four pageblocks' pages (every page of this
+    /// zone is managed), or that share of the high watermark is 0.
+    fn boost_watermark(&mut self) -> bool {
+        if self.watermark_boost_factor == 0 || PAGEBLOCK_NR_PAGES * 4 > self.nr_pages {
+            return false;
+        }
+        // mult_frac(high, factor, 10000), which cannot overflow in u128
+        let share = self.watermarks.high as u128 * self.watermark_boost_factor as u128 / 10_000;
+        let max_boost = usize::try_from(share).unwrap_or(usize::MAX);
+        if max_boost == 0 {
+            return false;
+        }
+        let max_boost = max_boost.max(PAGEBLOCK_NR_PAGES);
+        self.watermark_boost = (self.watermark_boost + PAGEBLOCK_NR_PAGES).min(max_boost);
+        true
+    }
+
     /// `try_to_claim_block`: take over the pageblock of the free block at
     /// `pfn` for `start` when enough of it is free or alike, then allocate
-    /// from it.
+    /// from it.  A block smaller than a pageblock boosts the watermark
+    /// first, claimed or not, to have kswapd reclaim more and so make
+    /// fewer fallbacks later.
     fn try_to_claim_block(
         &mut self,
         pfn: u32,
@@ -513,6 +614,11 @@ impl Zone {
             self.expand(pfn, order, current, start);
             self.events.blocks_claimed += 1 << (current - PAGEBLOCK_ORDER);
             return Some(pfn);
+        }
+        // every allocation here may wake kswapd (ALLOC_KSWAPD)
+        if self.boost_watermark() {
+            self.boosted_watermark = true;
+            self.events.watermark_boosts += 1;
         }
         let (block_start, free, movable) = self.prep_move_freepages_block(pfn)?;
         let alike = if start == MigrateType::Movable {
@@ -661,7 +767,8 @@ impl Zone {
 
     /// `__isolate_free_page`: take the free block at `pfn` off its list for
     /// compaction if the zone stays above the min watermark (as an
-    /// allocation of the block would: WMARK_MIN + 2^order at order 0); a block of
+    /// allocation of the block would: WMARK_MIN + 2^order at order 0; the
+    /// kernel reads `_watermark[WMARK_MIN]`, without the boost); a block of
     /// pageblock order or more turns its pageblocks movable.  The block is
     /// split into order-0 pages allocated as movable; their pfns are pushed
     /// to `out`.
@@ -1071,6 +1178,132 @@ mod tests {
         z.defer_compaction(9);
         assert!(z.compaction_deferred(9));
         assert!(!z.compaction_deferred(3));
+    }
+
+    /// A zone of `pageblocks` pageblocks filled with movable order-8
+    /// blocks, one order-8 block freed in each of the first `freed`
+    /// pageblocks: every free block is smaller than a pageblock.
+    fn order8_filled(pageblocks: usize, freed: usize) -> Zone {
+        let mut z = Zone::new(pageblocks * PAGEBLOCK_NR_PAGES).unwrap();
+        let held: Vec<u32> =
+            (0..2 * pageblocks).map(|_| z.alloc_pages(8, MigrateType::Movable, 0).unwrap()).collect();
+        assert_eq!(z.nr_free_pages(), 0);
+        for b in 0..freed {
+            z.free_pages(held[2 * b], 8).unwrap();
+        }
+        z.check().unwrap();
+        z
+    }
+
+    #[test]
+    fn a_claim_of_a_block_smaller_than_a_pageblock_boosts_the_watermark() {
+        // 1 GiB: _watermark[HIGH] 1548, so the boost may reach
+        // mult_frac(1548, 15000, 10000) = 2322 pages
+        let mut z = order8_filled(512, 6);
+        let raw = z.watermarks();
+        assert_eq!(raw, Watermarks { min: 1024, low: 1286, high: 1548 });
+        assert_eq!((z.watermark_boost(), z.watermark_boosted()), (0, false));
+        let mut boosts = Vec::new();
+        for _ in 0..6 {
+            // each request falls back to a free order-8 block of a movable
+            // pageblock and claims the pageblock (256 free pages of 512)
+            z.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+            boosts.push(z.watermark_boost());
+        }
+        assert_eq!(boosts, [512, 1024, 1536, 2048, 2322, 2322]);
+        assert_eq!(z.events().watermark_boosts, 6);
+        assert_eq!(z.events().blocks_claimed, 6);
+        assert!(z.watermark_boosted());
+        // every mark allocations see carries the boost
+        assert_eq!(z.watermarks(), Watermarks { min: 1024 + 2322, low: 1286 + 2322, high: 1548 + 2322 });
+        // the owner takes the flag (rmqueue's test and clear) once
+        assert!(z.take_boosted_watermark());
+        assert!(!z.take_boosted_watermark());
+        // kswapd lowers the boost by what it found, never below 0
+        z.lower_watermark_boost(1000);
+        assert_eq!(z.watermark_boost(), 1322);
+        z.lower_watermark_boost(5000);
+        assert_eq!(z.watermark_boost(), 0);
+        assert_eq!(z.watermarks(), raw);
+        z.check().unwrap();
+    }
+
+    #[test]
+    fn a_claim_that_fails_still_boosts_and_a_whole_pageblock_does_not() {
+        // one free movable page in a full zone: the unmovable request tries
+        // to claim its pageblock (1 free page, nothing alike: refused),
+        // then steals the page
+        let mut z = Zone::new(4 * PAGEBLOCK_NR_PAGES).unwrap();
+        let pages: Vec<u32> =
+            (0..4 * PAGEBLOCK_NR_PAGES).map(|_| z.alloc_pages(0, MigrateType::Movable, 0).unwrap()).collect();
+        z.free_pages(pages[100], 0).unwrap();
+        let p = z.alloc_pages(0, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!(p, pages[100]);
+        assert_eq!(z.events().blocks_claimed, 0);
+        assert_eq!(z.events().alloc_fallback, 1);
+        // high 134 here: max(512, 201) caps the boost at one pageblock
+        assert_eq!(z.watermark_boost(), PAGEBLOCK_NR_PAGES);
+        assert!(z.watermark_boosted());
+        z.check().unwrap();
+        // a block of pageblock order or more is claimed whole, without a boost
+        let mut fresh = zone();
+        fresh.alloc_pages(0, MigrateType::Unmovable, 0).unwrap();
+        assert!(fresh.events().blocks_claimed >= 1);
+        assert_eq!((fresh.watermark_boost(), fresh.watermark_boosted()), (0, false));
+        assert_eq!(fresh.events().watermark_boosts, 0);
+    }
+
+    #[test]
+    fn no_boost_in_a_small_zone_or_with_the_factor_at_zero() {
+        // fewer than four pageblocks' pages
+        let mut small = order8_filled(3, 2);
+        small.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!(small.events().blocks_claimed, 1);
+        assert_eq!((small.watermark_boost(), small.watermark_boosted()), (0, false));
+        // the factor at 0 turns boosting off
+        let mut off = order8_filled(4, 2);
+        off.set_watermark_boost_factor(0);
+        off.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!((off.watermark_boost(), off.events().watermark_boosts), (0, 0));
+        // a factor whose share of the high watermark rounds to 0 boosts nothing
+        // (134 * 1 / 10000); 100 gives 1 page, raised to a pageblock
+        let mut tiny = order8_filled(4, 2);
+        tiny.set_watermark_boost_factor(1);
+        tiny.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!(tiny.watermark_boost(), 0);
+        tiny.set_watermark_boost_factor(100);
+        tiny.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!(tiny.watermark_boost(), PAGEBLOCK_NR_PAGES);
+        assert_eq!(tiny.watermark_boost_factor(), 100);
+    }
+
+    #[test]
+    fn the_boost_raises_the_marks_but_not_isolations_and_new_marks_drop_it() {
+        let mut z = Zone::new(4 * PAGEBLOCK_NR_PAGES).unwrap();
+        let held: Vec<u32> = (0..8).map(|_| z.alloc_pages(8, MigrateType::Movable, 0).unwrap()).collect();
+        z.free_pages(held[0], 8).unwrap();
+        z.alloc_pages(8, MigrateType::Unmovable, 0).unwrap();
+        assert_eq!(z.watermark_boost(), PAGEBLOCK_NR_PAGES);
+        // nothing free; raw marks 90/112/134, boosted 602/624/646
+        let w = z.watermarks();
+        assert_eq!(w, Watermarks { min: 602, low: 624, high: 646 });
+        // two order-8 blocks of pageblock 2 back: 512 free, below the boosted min
+        z.free_pages(held[4], 8).unwrap();
+        z.free_pages(held[6], 8).unwrap();
+        assert_eq!(z.nr_free_pages(), 512);
+        assert!(z.alloc_pages(0, MigrateType::Movable, w.min).is_err());
+        assert!(!z.zone_watermark_ok(0, w.min));
+        // __isolate_free_page reads the min mark without the boost: 512 > 90 + 256
+        let head = z.free_list(8, MigrateType::Movable)[0];
+        let mut out = Vec::new();
+        assert_eq!(z.isolate_free_page(head, &mut out), Some(8));
+        assert_eq!(out.len(), 256);
+        // new marks start the boost again from 0; the flag stays until it is taken
+        z.set_watermarks(Watermarks { min: 1, low: 2, high: 3 });
+        assert_eq!(z.watermark_boost(), 0);
+        assert_eq!(z.watermarks(), Watermarks { min: 1, low: 2, high: 3 });
+        assert!(z.take_boosted_watermark());
+        z.check().unwrap();
     }
 
     #[test]
