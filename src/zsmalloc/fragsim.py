@@ -157,6 +157,15 @@ SCENARIOS: dict[str, Scenario] = {
             Request(9, "movable", 0.5, 40),
         ),
     ),
+    "unboosted": replace(
+        _standard(),
+        name="unboosted",
+        description=(
+            "the standard scenario on an allocator without watermark boosting "
+            "(vm.watermark_boost_factor = 0; boosting came with 5.0: the allocator of 2016)"
+        ),
+        watermark_boost_factor=0,
+    ),
     "small": replace(
         _standard(),
         name="small",
