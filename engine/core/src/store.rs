@@ -268,6 +268,9 @@ fn lz4_block(state: &mut [u64], block: &[u8], before: Option<&[u8]>, dst: &mut [
     // and dst are valid for the lengths given, which the call never passes
     let n = unsafe {
         let stream = LZ4_initStream(state.as_mut_ptr().cast(), std::mem::size_of_val(state));
+        if stream.is_null() {
+            return None; // a state too small or misaligned: never, as sized above
+        }
         if let Some(d) = before {
             LZ4_loadDict(stream, d.as_ptr().cast(), c_int::try_from(d.len()).ok()?);
         }
