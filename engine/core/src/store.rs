@@ -429,12 +429,14 @@ fn write_object(pool: &Pool, handles: &mut Vec<u64>, size: usize, bytes: &[u8]) 
 }
 
 /// A payload read from its pieces as it is wanted: an object that the read wants whole
-/// is copied straight to it, one it wants part of through `piece`.
+/// is copied straight to it, one it wants part of (or the padded last piece of a tail)
+/// through `piece`, the caller's buffer: a chunk long for reads that cut objects, the
+/// smallest piece's length for a read of the whole payload.
 struct PayloadReader<'a> {
     pool: &'a Pool,
     handles: std::slice::Iter<'a, u64>,
     pieces: Pieces,
-    piece: [u8; CHUNK],
+    piece: &'a mut [u8],
     at: usize,
     len: usize,
     left: u64,
@@ -443,7 +445,7 @@ struct PayloadReader<'a> {
 
 impl<'a> PayloadReader<'a> {
     /// The reader of `e`'s payload, once its pieces are checked against its objects.
-    fn new(pool: &'a Pool, e: &'a Stored) -> Result<PayloadReader<'a>, PoolError> {
+    fn new(pool: &'a Pool, e: &'a Stored, piece: &'a mut [u8]) -> Result<PayloadReader<'a>, PoolError> {
         if !pieces_are(e.stored, e.handles.len()) {
             return Err(corrupt(
                 e,
@@ -451,7 +453,7 @@ impl<'a> PayloadReader<'a> {
             ));
         }
         let (handles, pieces) = (e.handles.as_slice().iter(), pieces(e.stored));
-        Ok(PayloadReader { pool, handles, pieces, piece: [0; CHUNK], at: 0, len: 0, left: e.stored, e })
+        Ok(PayloadReader { pool, handles, pieces, piece, at: 0, len: 0, left: e.stored, e })
     }
 
     /// The next `dst.len()` bytes of the payload (an error past its end).
@@ -476,6 +478,9 @@ impl<'a> PayloadReader<'a> {
                     obj.copy_to(&mut dst[..used]);
                     dst = &mut dst[used..];
                     continue;
+                }
+                if size > self.piece.len() {
+                    return Err(corrupt(self.e, format!("has a piece of {size} bytes read in part")));
                 }
                 obj.copy_to(&mut self.piece[..size]);
                 (self.at, self.len) = (0, used);
@@ -511,7 +516,9 @@ pub fn read_payload(pool: &Pool, e: &Stored, into: &mut [u8]) -> Result<(), Pool
     if into.len() as u64 != e.stored {
         return Err(corrupt(e, format!("of {} bytes of payload read into {}", e.stored, into.len())));
     }
-    PayloadReader::new(pool, e)?.read(into)
+    // a whole payload is read object by object but for a tail's padded last piece, the smallest
+    let mut pad = [0u8; TAIL_PIECES[TAIL_PIECES.len() - 1]];
+    PayloadReader::new(pool, e, &mut pad)?.read(into)
 }
 
 /// The value of `e` into `out` (exactly `e.nbytes` long).
@@ -561,12 +568,14 @@ pub fn get(pool: &Pool, e: &Stored, out: &mut [u8]) -> Result<(), PoolError> {
 }
 
 /// The value of an lz4 entry of more than one block into `out`, a block at a time,
-/// each decompressed with the LZ4_DICT bytes before it (in `out`) as its dictionary.
+/// each decompressed with the LZ4_DICT bytes before it (in `out`) as its dictionary;
+/// `buf` holds a block's payload and the piece a block boundary cuts.
 fn get_lz4_blocks(pool: &Pool, e: &Stored, buf: &mut Vec<u8>, out: &mut [u8]) -> Result<(), PoolError> {
     // SAFETY: a pure function of its argument
     let bound = unsafe { lz4_sys::LZ4_compressBound(LZ4_BLOCK as c_int) } as usize;
-    buf.resize(bound.max(buf.len()), 0);
-    let mut r = PayloadReader::new(pool, e)?;
+    buf.resize((bound + CHUNK).max(buf.len()), 0);
+    let (buf, piece) = buf.split_at_mut(bound);
+    let mut r = PayloadReader::new(pool, e, piece)?;
     for start in (0..out.len()).step_by(LZ4_BLOCK) {
         let mut len = [0u8; 4];
         r.read(&mut len)?;
