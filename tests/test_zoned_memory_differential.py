@@ -19,9 +19,10 @@ snapshots with every object's bytes and every descriptor; each pool reads
 its objects back intact, the other owner's tags sit in the pages it now
 holds, and ``check()`` passes on both pools and zones.
 
-Then a plain test on each implementation: with no pinned page, compaction
+Then plain tests on each implementation: with no pinned page, compaction
 makes a free block of the order asked, and the allocation that failed then
-succeeds.
+succeeds; and a zoned Memory refuses what only the arena does (and the
+arena what only a zone does).
 
 The compaction deferral is the caller's (``try_to_compact_pages``; the
 engine's fragsim), not ``compact_zone``'s: it is compared as part of the
@@ -267,3 +268,38 @@ def test_with_no_pinned_page_compaction_makes_a_free_block_of_the_order(impl: An
         assert side.owner.tag_in(p) == tag
     # the allocation that failed succeeds now
     side.mem.alloc_block(order, MOVABLE, 0)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=["model", "engine"])
+def test_a_zoned_memory_refuses_what_only_the_arena_does(impl: Any) -> None:
+    mem = impl.Memory.new_zoned(PAGEBLOCK_NR_PAGES)
+    assert mem.zoned
+    assert mem.hwm == PAGEBLOCK_NR_PAGES  # every frame is the zone's from the start
+    with pytest.raises(ValueError, match="not a zone"):
+        mem.compact()
+    with pytest.raises(ValueError, match="not a zone"):
+        mem.evacuate(0, 10)
+    with pytest.raises(ValueError, match="no frame by pfn range"):
+        mem.alloc_page_in(0, 10)
+    assert mem.shrink_arena() == 0
+    arena = impl.Memory(16, pcp_high=4, pcp_batch=2)
+    assert not arena.zoned
+    with pytest.raises(ValueError, match="needs a zoned Memory"):
+        arena.compact_zone(0, MOVABLE)
+    with pytest.raises(ValueError, match="only a zoned Memory hands out blocks"):
+        arena.alloc_block(1, MOVABLE, 0)
+    with pytest.raises(ValueError, match="only a zoned Memory has a zone"):
+        arena.zone_snapshot()
+    # a block's head stands for the block
+    p = mem.alloc_block(4, UNMOVABLE, 0)
+    assert mem.nr_used == 16
+    assert mem.zone_snapshot().allocated_block(p) == (4, UNMOVABLE)
+    mem.put_page(p)
+    assert mem.nr_used == 0
+    assert mem.zone_snapshot().nr_free_pages == PAGEBLOCK_NR_PAGES
+    # order-0 frames of a migratetype claim a pageblock of that type
+    pfns = mem.alloc_pages_mt(3, UNMOVABLE)
+    assert mem.zone_snapshot().pageblock_types() == [UNMOVABLE]
+    for pfn in pfns:
+        mem.put_page(pfn)
+    assert mem.zone_snapshot().nr_free_pages == PAGEBLOCK_NR_PAGES
