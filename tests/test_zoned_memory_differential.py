@@ -24,9 +24,13 @@ makes a free block of the order asked, and the allocation that failed then
 succeeds; and a zoned Memory refuses what only the arena does (and the
 arena what only a zone does).
 
-The compaction deferral is the caller's (``try_to_compact_pages``; the
-engine's fragsim), not ``compact_zone``'s: it is compared as part of the
-zone's state, and ``tests/test_zone_differential.py`` drives it.
+The compaction deferral is the caller's (``try_to_compact_pages``,
+``kcompactd_do_work``; the engine's fragsim), not ``compact_zone``'s: a
+seeded run makes the fragsim's calls around it on both, through the
+Memory (``compaction_deferred``, async direct compaction and the retry at
+the min watermark, ``defer_compaction`` or ``compaction_defer_reset``, and
+kcompactd's sync-light turn), and compares each decision and, with the
+zone's state, the deferral's counters.
 """
 
 from __future__ import annotations
@@ -303,3 +307,54 @@ def test_a_zoned_memory_refuses_what_only_the_arena_does(impl: Any) -> None:
     for pfn in pfns:
         mem.put_page(pfn)
     assert mem.zone_snapshot().nr_free_pages == PAGEBLOCK_NR_PAGES
+
+
+def direct_compaction(s: Side, order: int) -> tuple[str, bool]:
+    """The fragsim's way with a failed movable request of ``order`` (``__alloc_pages_direct_compact``):
+    the deferral, async compaction, the retry at the min watermark, and the deferral's update."""
+    mem = s.mem
+    if mem.compaction_deferred(order):
+        return "deferred", False
+    r = mem.compact_zone(order, MOVABLE, MigrateMode.ASYNC)
+    try:
+        s.held.append(mem.alloc_block(order, MOVABLE, mem.zone_snapshot().watermarks.min))
+    except OutOfFramesError:
+        if r.status == CompactStatus.COMPLETE:
+            mem.defer_compaction(order)
+        return r.status.name, False
+    mem.compaction_defer_reset(order, True)
+    return r.status.name, True
+
+
+def kcompactd(s: Side, order: int) -> str:
+    """The fragsim's kcompactd_do_work: the deferral, sync-light compaction, the deferral's update."""
+    mem = s.mem
+    if mem.compaction_deferred(order):
+        return "deferred"
+    r = mem.compact_zone(order, UNMOVABLE, MigrateMode.SYNC_LIGHT)
+    if r.status == CompactStatus.SUCCESS:
+        mem.compaction_defer_reset(order, False)
+    elif r.status == CompactStatus.COMPLETE:
+        mem.defer_compaction(order)
+    return r.status.name
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_deferral_around_compact_zone_agrees(seed: int) -> None:
+    run = Run(seed, nr_blocks=8)
+    run.fragment(0.95, False)
+    run.pin(0.3)
+    seen = []
+    for step in range(40):
+        order = run.rng.choice((3, 4, PAGEBLOCK_ORDER))
+        kind, got = run.both(direct_compaction, order)
+        assert kind == "ok", got
+        seen.append(got[0])
+        if step % 4 == 3:
+            kind, status = run.both(kcompactd, PAGEBLOCK_ORDER)
+            assert kind == "ok", status
+            seen.append(status)
+        run.assert_same()  # the zone's state includes the deferral's counters
+        if got[1]:
+            run.fragment(0.95, False)
+    assert {"deferred", CompactStatus.SUCCESS.name, CompactStatus.COMPLETE.name} <= set(seen), seen

@@ -34,7 +34,7 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 use zsmalloc_core::mm::compaction::CompactStatus;
 use zsmalloc_core::mm::memory::{ALLOC_EVENTS, PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::migrate::{EAGAIN, NR_MIGRATE_PASSES, VMSTAT_EVENTS};
-use zsmalloc_core::mm::zone::MigrateType;
+use zsmalloc_core::mm::zone::{MigrateType, Zone};
 use zsmalloc_core::mm::{
     Memory, MigrateMode, MigrateResult, MmError, MovableOps, Target, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED,
     PG_LOCKED, PG_MOVABLE,
@@ -436,6 +436,11 @@ impl PyMemory {
         }
     }
 
+    /// `f` on the zone of a zoned Memory, under the allocator lock.
+    fn zone_mut<R>(&self, f: impl FnOnce(&mut Zone) -> R) -> PyResult<R> {
+        self.inner.with_zone_mut(f).ok_or_else(|| PyValueError::new_err("only a zoned Memory has a zone"))
+    }
+
     /// `alloc_pages_mt` of `n` frames.
     fn alloc_n(&self, py: Python<'_>, n: usize, mt: MigrateType) -> PyResult<Vec<u32>> {
         if n > self.inner.capacity() {
@@ -498,9 +503,25 @@ impl PyMemory {
 
     /// A copy of the zone of a zoned Memory, taken under the allocator lock.
     fn zone_snapshot(&self) -> PyResult<zone::PyZone> {
-        self.inner
-            .with_zone(|z| zone::PyZone::snapshot(z.clone()))
-            .ok_or_else(|| PyValueError::new_err("only a zoned Memory has a zone"))
+        self.zone_mut(|z| zone::PyZone::snapshot(z.clone()))
+    }
+
+    /// The zone's `compaction_deferred(order)`: skip this compaction?
+    fn compaction_deferred(&self, py: Python<'_>, order: i64) -> PyResult<bool> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.compaction_deferred(order))
+    }
+
+    /// The zone's `defer_compaction(order)`: a compaction for `order` failed.
+    fn defer_compaction(&self, py: Python<'_>, order: i64) -> PyResult<()> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.defer_compaction(order))
+    }
+
+    /// The zone's `compaction_defer_reset(order, alloc_success)`: a compaction for `order` succeeded.
+    fn compaction_defer_reset(&self, py: Python<'_>, order: i64, alloc_success: bool) -> PyResult<()> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.compaction_defer_reset(order, alloc_success))
     }
 
     /// A block of `2^order` frames of migratetype `mt` if the zone stays above

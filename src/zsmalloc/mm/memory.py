@@ -76,6 +76,8 @@ import os
 import random
 import threading
 from array import array
+from collections.abc import Callable
+from typing import TypeVar
 
 from zsmalloc.errors import OutOfFramesError, PageStateError, PoolClosedError, WouldSleepError, ZoneError
 from zsmalloc.mm import compaction, migrate
@@ -101,6 +103,8 @@ VMSTAT_EVENTS = (
 )
 
 ALLOC_EVENTS = ("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max")
+
+T = TypeVar("T")
 
 _MAP_NORESERVE = 0x4000
 _MIN_GROWTH = 1024  # descriptor arrays: at least this many entries (buffers > 512 B stay out of pymalloc)
@@ -205,12 +209,32 @@ class Memory:
         """Whether this Memory hands out its frames from a zone."""
         return self._zone is not None
 
-    def zone_snapshot(self) -> Zone:
-        """A copy of the zone of a zoned Memory, taken under the lock."""
-        if self._zone is None:
+    def _zone_call(self, call: Callable[[Zone], T]) -> T:
+        """``call`` on the zone of a zoned Memory, under the lock (the engine's ``with_zone_mut``)."""
+        zone = self._zone
+        if zone is None:
             raise ValueError("only a zoned Memory has a zone")
         with self._lock:
-            return copy.deepcopy(self._zone)
+            return call(zone)
+
+    def zone_snapshot(self) -> Zone:
+        """A copy of the zone of a zoned Memory, taken under the lock."""
+        return self._zone_call(copy.deepcopy)
+
+    def compaction_deferred(self, order: int) -> bool:
+        """The zone's ``compaction_deferred(order)``: skip this compaction?"""
+        _order_arg(order)
+        return self._zone_call(lambda z: z.compaction_deferred(order))
+
+    def defer_compaction(self, order: int) -> None:
+        """The zone's ``defer_compaction(order)``: a compaction for ``order`` failed."""
+        _order_arg(order)
+        self._zone_call(lambda z: z.defer_compaction(order))
+
+    def compaction_defer_reset(self, order: int, alloc_success: bool) -> None:
+        """The zone's ``compaction_defer_reset``: a compaction for ``order`` succeeded."""
+        _order_arg(order)
+        self._zone_call(lambda z: z.compaction_defer_reset(order, alloc_success))
 
     # ------------------------------------------------------------------
     # page allocator
