@@ -31,8 +31,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyTuple};
 
+use zsmalloc_core::mm::compaction::CompactStatus;
 use zsmalloc_core::mm::memory::{ALLOC_EVENTS, PCP_BATCH, PCP_HIGH};
 use zsmalloc_core::mm::migrate::{EAGAIN, NR_MIGRATE_PASSES, VMSTAT_EVENTS};
+use zsmalloc_core::mm::zone::{MigrateType, Zone};
 use zsmalloc_core::mm::{
     Memory, MigrateMode, MigrateResult, MmError, MovableOps, Target, PAGE_SHIFT, PAGE_SIZE, PG_ISOLATED,
     PG_LOCKED, PG_MOVABLE,
@@ -425,6 +427,38 @@ fn migrate_result<'py>(
     Ok(obj)
 }
 
+impl PyMemory {
+    fn wrap(mem: Memory) -> PyMemory {
+        PyMemory {
+            inner: Arc::new(mem),
+            poisoned: AtomicBool::new(false),
+            py_owners: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `f` on the zone of a zoned Memory, under the allocator lock.
+    fn zone_mut<R>(&self, f: impl FnOnce(&mut Zone) -> R) -> PyResult<R> {
+        self.inner.with_zone_mut(f).ok_or_else(|| PyValueError::new_err("only a zoned Memory has a zone"))
+    }
+
+    /// `alloc_pages_mt` of `n` frames.
+    fn alloc_n(&self, py: Python<'_>, n: usize, mt: MigrateType) -> PyResult<Vec<u32>> {
+        if n > self.inner.capacity() {
+            // more than the arena holds: refused before a buffer of n is made
+            return Err(mm_err(
+                py,
+                MmError::OutOfFrames(format!(
+                    "no free frame for {n} pages (capacity {})",
+                    self.inner.capacity()
+                )),
+            ));
+        }
+        let mut out = vec![0u32; n];
+        self.inner.alloc_pages_mt(&mut out, mt).map_err(|e| mm_err(py, e))?;
+        Ok(out)
+    }
+}
+
 #[pymethods]
 impl PyMemory {
     #[new]
@@ -443,10 +477,97 @@ impl PyMemory {
         let mem = Memory::new(capacity as usize, pcp_high as usize, pcp_batch as usize)
             .map_err(|e| Python::attach(|py| mm_err(py, e)))?
             .with_sleep_on_page_lock(sleep_on_page_lock);
-        Ok(PyMemory {
-            inner: Arc::new(mem),
-            poisoned: AtomicBool::new(false),
-            py_owners: std::sync::Mutex::new(Vec::new()),
+        Ok(PyMemory::wrap(mem))
+    }
+
+    /// A Memory whose frames come from one zone's buddy allocator
+    /// (`Memory::new_zoned`): all free at first, every pageblock movable.
+    #[staticmethod]
+    #[pyo3(signature = (capacity, *, sleep_on_page_lock = true))]
+    fn new_zoned(py: Python<'_>, capacity: i64, sleep_on_page_lock: bool) -> PyResult<Self> {
+        if capacity < 1 {
+            return Err(PyValueError::new_err(format!(
+                "capacity must be at least one frame, not {capacity}"
+            )));
+        }
+        let mem = Memory::new_zoned(capacity as usize)
+            .map_err(|e| mm_err(py, e))?
+            .with_sleep_on_page_lock(sleep_on_page_lock);
+        Ok(PyMemory::wrap(mem))
+    }
+
+    #[getter]
+    fn zoned(&self) -> bool {
+        self.inner.is_zoned()
+    }
+
+    /// A copy of the zone of a zoned Memory, taken under the allocator lock.
+    fn zone_snapshot(&self) -> PyResult<zone::PyZone> {
+        self.zone_mut(|z| zone::PyZone::snapshot(z.clone()))
+    }
+
+    /// The zone's `compaction_deferred(order)`: skip this compaction?
+    fn compaction_deferred(&self, py: Python<'_>, order: i64) -> PyResult<bool> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.compaction_deferred(order))
+    }
+
+    /// The zone's `defer_compaction(order)`: a compaction for `order` failed.
+    fn defer_compaction(&self, py: Python<'_>, order: i64) -> PyResult<()> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.defer_compaction(order))
+    }
+
+    /// The zone's `compaction_defer_reset(order, alloc_success)`: a compaction for `order` succeeded.
+    fn compaction_defer_reset(&self, py: Python<'_>, order: i64, alloc_success: bool) -> PyResult<()> {
+        let order = zone::order_arg(py, order)?;
+        self.zone_mut(|z| z.compaction_defer_reset(order, alloc_success))
+    }
+
+    /// A block of `2^order` frames of migratetype `mt` if the zone stays above
+    /// `mark` free pages; its head pfn stands for the block.
+    fn alloc_block(&self, py: Python<'_>, order: i64, mt: &Bound<'_, PyAny>, mark: i64) -> PyResult<u32> {
+        let order = zone::order_arg(py, order)?;
+        let mt = zone::mt_arg(mt)?;
+        let mark = zone::count_arg(py, "mark", mark)?;
+        self.inner.alloc_block(order, mt, mark).map_err(|e| mm_err(py, e))
+    }
+
+    /// `alloc_pages` of a migratetype: where a zoned Memory places the frames.
+    fn alloc_pages_mt(&self, py: Python<'_>, n: usize, mt: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+        self.alloc_n(py, n, zone::mt_arg(mt)?)
+    }
+
+    /// `compact_zone` for a failed request of `order` and `mt` (the GIL released).
+    #[pyo3(signature = (order, mt, mode = 2))]
+    fn compact_zone<'py>(
+        &self,
+        py: Python<'py>,
+        order: i64,
+        mt: &Bound<'py, PyAny>,
+        mode: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        guard(py, &[&self.poisoned], "compact_zone", || {
+            memory_open(py, &self.inner)?;
+            let order = zone::order_arg(py, order)?;
+            let mt = zone::mt_arg(mt)?;
+            let mode = mode_arg(mode)?;
+            let mem = &self.inner;
+            let r = py.detach(|| mem.compact_zone(order, mt, mode)).map_err(|e| mm_err(py, e))?;
+            let module = py.import("zsmalloc.mm.compaction")?;
+            let status = match r.status {
+                CompactStatus::Skipped => "skipped",
+                CompactStatus::Complete => "complete",
+                CompactStatus::Success => "success",
+            };
+            let obj = module.getattr("ZoneCompactResult")?.call0()?;
+            obj.setattr("status", module.getattr("CompactStatus")?.call1((status,))?)?;
+            obj.setattr("migrate", migrate_result(py, "zsmalloc.mm.migrate", "MigrateResult", &r.migrate)?)?;
+            obj.setattr("migrate_isolated", r.migrate_isolated)?;
+            obj.setattr("migrate_scanned", r.migrate_scanned)?;
+            obj.setattr("free_isolated", r.free_isolated)?;
+            obj.setattr("free_scanned", r.free_scanned)?;
+            Ok(obj)
         })
     }
 
@@ -672,19 +793,7 @@ impl PyMemory {
     }
 
     fn alloc_pages(&self, py: Python<'_>, n: usize) -> PyResult<Vec<u32>> {
-        if n > self.inner.capacity() {
-            // more than the arena holds: refused before a buffer of n is made
-            return Err(mm_err(
-                py,
-                MmError::OutOfFrames(format!(
-                    "no free frame for {n} pages (capacity {})",
-                    self.inner.capacity()
-                )),
-            ));
-        }
-        let mut out = vec![0u32; n];
-        self.inner.alloc_pages(&mut out).map_err(|e| mm_err(py, e))?;
-        Ok(out)
+        self.alloc_n(py, n, MigrateType::Movable)
     }
 
     #[pyo3(signature = (lo = 0, hi = None))]

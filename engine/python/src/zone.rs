@@ -29,11 +29,11 @@ fn zone_error(py: Python<'_>, msg: String) -> PyErr {
 }
 
 /// The Python name of a migratetype: "unmovable", "movable", "reclaimable".
-fn mt_name(mt: MigrateType) -> String {
+pub(crate) fn mt_name(mt: MigrateType) -> String {
     mt.name().to_ascii_lowercase()
 }
 
-fn mt_arg(mt: &Bound<'_, PyAny>) -> PyResult<MigrateType> {
+pub(crate) fn mt_arg(mt: &Bound<'_, PyAny>) -> PyResult<MigrateType> {
     let name = mt.extract::<String>().unwrap_or_default();
     match MIGRATE_TYPES.into_iter().find(|&m| mt_name(m) == name) {
         Some(m) => Ok(m),
@@ -44,14 +44,14 @@ fn mt_arg(mt: &Bound<'_, PyAny>) -> PyResult<MigrateType> {
     }
 }
 
-fn order_arg(py: Python<'_>, order: i64) -> PyResult<usize> {
+pub(crate) fn order_arg(py: Python<'_>, order: i64) -> PyResult<usize> {
     if !(0..=MAX_PAGE_ORDER as i64).contains(&order) {
         return Err(zone_error(py, format!("order {order} is outside 0..{MAX_PAGE_ORDER}")));
     }
     Ok(order as usize)
 }
 
-fn count_arg(py: Python<'_>, name: &str, value: i64) -> PyResult<usize> {
+pub(crate) fn count_arg(py: Python<'_>, name: &str, value: i64) -> PyResult<usize> {
     if value < 0 {
         return Err(zone_error(py, format!("{name} must be >= 0, not {value}")));
     }
@@ -68,6 +68,11 @@ pub struct PyZone {
 }
 
 impl PyZone {
+    /// A copy of a zoned Memory's zone, for its queries (`Memory.zone_snapshot`).
+    pub(crate) fn snapshot(inner: Zone) -> PyZone {
+        PyZone { inner, poisoned: AtomicBool::new(false) }
+    }
+
     fn pfn_arg(&self, py: Python<'_>, pfn: i64) -> PyResult<u32> {
         let n = self.inner.nr_pages();
         if pfn < 0 || pfn as u64 >= n as u64 {

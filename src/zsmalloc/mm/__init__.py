@@ -8,10 +8,12 @@ descriptor words and registered movable-page callbacks.
 What lives where: ``memory.py`` (the arena, descriptors, page locks, the page
 allocator, and ``Memory``'s public methods), ``migrate.py`` (the migration
 core, mainline 6.17 names: ``isolate_movable_ops_page``,
-``PageMovableOpsIsolated``), ``compaction.py`` (evacuation and arena
-compaction), ``background.py`` (kcompactd's stand-in), ``zone.py`` (a zone's
-buddy allocator, the model of the engine's page-allocator mode that the
-fragmentation simulation runs on; ``zsmalloc.engine.Zone`` is the engine's).
+``PageMovableOpsIsolated``), ``compaction.py`` (evacuation, arena
+compaction, and a zoned Memory's ``compact_zone``), ``background.py``
+(kcompactd's stand-in), ``zone.py`` (a zone's buddy allocator, the model of
+the engine's page-allocator mode that the fragmentation simulation runs on,
+which ``Memory.new_zoned`` hands frames out of; ``zsmalloc.engine.Zone`` is
+the engine's).
 Lock order: page lock -> the owner's locks (inside its callbacks) -> the
 Memory's lock.
 """

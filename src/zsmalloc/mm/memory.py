@@ -53,6 +53,14 @@ only look freed: its RSS drops while the memory stays allocated as shmem.)
 A frame comes with unspecified contents, like the kernel's ``alloc_page``
 without ``__GFP_ZERO``.
 
+A zoned Memory (``Memory.new_zoned``, the model of the engine's, for the
+fragmentation simulation) hands frames out of a zone's buddy allocator
+instead (:class:`zsmalloc.mm.zone.Zone`): order-0 frames and blocks of any
+order, each of a migratetype; there is no hot list, and every pfn counts as
+handed out (the high-water mark is the capacity).  Frames the zone
+compaction's free scanner took are held in ``_captured`` until a migration
+uses them (``take_captured``) or they go back.
+
 Locking: ``_lock`` guards the allocator, the refcounts and every
 read-modify-write of a flags byte.  It is a leaf lock: nothing is acquired
 while holding it.  The page lock (PG_locked) is the kernel's: ``lock_page``
@@ -61,19 +69,23 @@ sleeps until the bit is clear, ``trylock_page`` never waits.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import mmap
 import os
 import random
 import threading
 from array import array
+from collections.abc import Callable
+from typing import TypeVar
 
-from zsmalloc.errors import OutOfFramesError, PageStateError, PoolClosedError, WouldSleepError
+from zsmalloc.errors import OutOfFramesError, PageStateError, PoolClosedError, WouldSleepError, ZoneError
 from zsmalloc.mm import compaction, migrate
-from zsmalloc.mm.compaction import CompactResult, EvacuateResult
+from zsmalloc.mm.compaction import CompactResult, EvacuateResult, ZoneCompactResult
 from zsmalloc.mm.constants import PAGE_SHIFT, PAGE_SIZE, PG_isolated, PG_locked, PG_movable
 from zsmalloc.mm.counters import Counters
 from zsmalloc.mm.migrate import NR_MIGRATE_PASSES, MigrateMode, MigrateResult, MovableOps, Target
+from zsmalloc.mm.zone import MOVABLE, Zone, _count_arg, _mt_arg, _order_arg
 
 # Linux's MAP_NORESERVE; the mmap module does not export it.  Without it a
 # large capacity would be refused by the kernel's overcommit heuristic.
@@ -91,6 +103,8 @@ VMSTAT_EVENTS = (
 )
 
 ALLOC_EVENTS = ("nr_alloc", "nr_free", "nr_alloc_fail", "nr_drained", "nr_used_max")
+
+T = TypeVar("T")
 
 _MAP_NORESERVE = 0x4000
 _MIN_GROWTH = 1024  # descriptor arrays: at least this many entries (buffers > 512 B stay out of pymalloc)
@@ -169,6 +183,58 @@ class Memory:
         self._fail_probability = 0.0
         self._fail_rng = random.Random(0)
         self._closed = False
+        #: the buddy allocator of a zoned Memory
+        self._zone: Zone | None = None
+        #: free frames the zone compaction isolated as migration targets
+        self._captured: list[int] = []
+
+    @classmethod
+    def new_zoned(cls, capacity: int, *, sleep_on_page_lock: bool = True) -> Memory:
+        """A Memory whose frames come from one zone's buddy allocator, all of
+        them free at first, every pageblock movable."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least one frame, not {capacity}")
+        try:
+            zone = Zone(capacity)
+        except ZoneError as exc:
+            raise ValueError(str(exc)) from None
+        mem = cls(capacity, pcp_high=0, pcp_batch=1, sleep_on_page_lock=sleep_on_page_lock)
+        mem._zone = zone
+        mem._grow_descriptors(capacity)  # a zone owns every frame from the start
+        mem.hwm = capacity
+        return mem
+
+    @property
+    def zoned(self) -> bool:
+        """Whether this Memory hands out its frames from a zone."""
+        return self._zone is not None
+
+    def _zone_call(self, call: Callable[[Zone], T]) -> T:
+        """``call`` on the zone of a zoned Memory, under the lock (the engine's ``with_zone_mut``)."""
+        zone = self._zone
+        if zone is None:
+            raise ValueError("only a zoned Memory has a zone")
+        with self._lock:
+            return call(zone)
+
+    def zone_snapshot(self) -> Zone:
+        """A copy of the zone of a zoned Memory, taken under the lock."""
+        return self._zone_call(copy.deepcopy)
+
+    def compaction_deferred(self, order: int) -> bool:
+        """The zone's ``compaction_deferred(order)``: skip this compaction?"""
+        _order_arg(order)
+        return self._zone_call(lambda z: z.compaction_deferred(order))
+
+    def defer_compaction(self, order: int) -> None:
+        """The zone's ``defer_compaction(order)``: a compaction for ``order`` failed."""
+        _order_arg(order)
+        self._zone_call(lambda z: z.defer_compaction(order))
+
+    def compaction_defer_reset(self, order: int, alloc_success: bool) -> None:
+        """The zone's ``compaction_defer_reset``: a compaction for ``order`` succeeded."""
+        _order_arg(order)
+        self._zone_call(lambda z: z.compaction_defer_reset(order, alloc_success))
 
     # ------------------------------------------------------------------
     # page allocator
@@ -185,19 +251,28 @@ class Memory:
         the counters are restored, so the failed call changes nothing but
         ``nr_alloc_fail``.
         """
+        return self.alloc_pages_mt(n, MOVABLE)
+
+    def alloc_pages_mt(self, n: int, mt: str) -> list[int]:
+        """``alloc_pages`` of a migratetype (the gfp flags' __GFP_MOVABLE or not):
+        it places the frames in a zoned Memory, and means nothing to the
+        lowest-frame-first allocator."""
+        _mt_arg(mt)
         with self._lock:
             hwm, used_max = self.hwm, self.events["nr_used_max"]
             pcp_before = self._pcp[:]  # where each frame came from, should the call fail
             pfns: list[int] = []
             try:
                 for _ in range(n):
-                    pfns.append(self._alloc_frame())
+                    pfns.append(self._alloc_frame(mt=mt))
             except OutOfFramesError:
                 on_pcp = set(pcp_before)
                 fresh = []
                 for pfn in reversed(pfns):  # undo in reverse: the hot list gets its order back
                     self.refcount[pfn] = 0
-                    if pfn in on_pcp:
+                    if self._zone is not None:
+                        self._zone.free_pages(pfn, 0)
+                    elif pfn in on_pcp:
                         self._pcp.append(pfn)
                     elif pfn < hwm:
                         heapq.heappush(self._free, pfn)
@@ -224,7 +299,10 @@ class Memory:
         with self._lock:
             return self._alloc_frame(lo, hi)
 
-    def _alloc_frame(self, lo: int = 0, hi: int = -1) -> int:
+    def _alloc_frame(self, lo: int = 0, hi: int = -1, mt: str = MOVABLE) -> int:
+        """One frame from ``[lo, hi)`` (lowest free first), or from anywhere when
+        ``hi`` is negative (in a zoned Memory: from the zone, of migratetype
+        ``mt``, above the min watermark; a zone serves no ranges)."""
         if self._fail_next or self._fail_probability:
             if self._fail_next:
                 self._fail_next -= 1
@@ -233,7 +311,15 @@ class Memory:
             if self._fail_rng.random() < self._fail_probability:
                 self.events["nr_alloc_fail"] += 1
                 raise OutOfFramesError("page allocation failed (injected)")
-        if hi < 0 and not self._excluded:
+        zone = self._zone
+        if zone is not None:
+            if lo > 0 or hi >= 0:
+                raise ValueError("a zoned Memory hands out no frame by pfn range")
+            try:
+                pfn = zone.alloc_pages(0, mt, zone.watermarks.min)
+            except ZoneError:
+                pfn = -1
+        elif hi < 0 and not self._excluded:
             if self._pcp:
                 pfn = self._pcp.pop()
             elif self._free:
@@ -247,12 +333,41 @@ class Memory:
         if pfn < 0:
             self.events["nr_alloc_fail"] += 1
             raise OutOfFramesError(f"no free frame (capacity {self.capacity}, {self.nr_used} in use)")
+        return self._hand_out(pfn, 1)
+
+    def _hand_out(self, pfn: int, nr_pages: int) -> int:
+        """``pfn``, heading ``nr_pages`` frames, is in use now: refcount 1, and counted."""
         self.refcount[pfn] = 1
         self.events["nr_alloc"] += 1
-        self.nr_used += 1
+        self.nr_used += nr_pages
         if self.nr_used > self.events["nr_used_max"]:
             self.events["nr_used_max"] = self.nr_used
         return pfn
+
+    def alloc_block(self, order: int, mt: str, mark: int) -> int:
+        """A block of ``2^order`` frames of migratetype ``mt`` from a zoned Memory,
+        if the zone stays above ``mark`` free pages: its head frame has
+        refcount 1 and stands for the block (``put_page`` of the head frees it all)."""
+        _order_arg(order)
+        _mt_arg(mt)
+        _count_arg("mark", mark)
+        zone = self._zone
+        if zone is None:
+            raise ValueError("only a zoned Memory hands out blocks")
+        with self._lock:
+            try:
+                pfn = zone.alloc_pages(order, mt, mark)
+            except ZoneError as exc:
+                self.events["nr_alloc_fail"] += 1
+                raise OutOfFramesError(str(exc)) from None
+            return self._hand_out(pfn, 1 << order)
+
+    def take_captured(self) -> int | None:
+        """A frame the zone compaction captured, now a migration's destination
+        (``compaction_alloc``); the caller holds the lock."""
+        if not self._captured:
+            return None
+        return self._hand_out(self._captured.pop(), 1)
 
     def _take_hwm_frame(self) -> int:
         pfn = self.hwm
@@ -340,8 +455,15 @@ class Memory:
         self.index[pfn] = 0
         self.next[pfn] = 0
         self.first_obj_offset[pfn] = 0
-        self.nr_used -= 1
         self.events["nr_free"] += 1
+        zone = self._zone
+        if zone is not None:
+            block = zone.allocated_block(pfn)  # the head of a block gives back the whole block
+            order = 0 if block is None else block[0]
+            zone.free_pages(pfn, order)
+            self.nr_used -= 1 << order
+            return
+        self.nr_used -= 1
         pcp = self._pcp
         pcp.append(pfn)
         if len(pcp) > self.pcp_high:
@@ -696,6 +818,14 @@ class Memory:
         """Move in-use movable frames down into free frames, then lower the high-water mark."""
         self._check_open()
         return compaction.compact(self, mode)
+
+    def compact_zone(self, order: int, mt: str, mode: MigrateMode = MigrateMode.SYNC) -> ZoneCompactResult:
+        """``compact_zone`` for a failed request of ``order`` and ``mt`` on a zoned
+        Memory: the two scanners until a free block of ``order`` exists or they meet."""
+        self._check_open()
+        _order_arg(order)
+        _mt_arg(mt)
+        return compaction.compact_zone(self, order, mt, mode)
 
     def shrink_arena(self) -> int:
         """Lower the high-water mark to just above the highest frame in use.

@@ -60,7 +60,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Literal, Protocol
 
 from zsmalloc.errors import OutOfFramesError, PageStateError
 from zsmalloc.mm.constants import PG_isolated, PG_locked, PG_movable
@@ -74,8 +74,11 @@ EBUSY = -16
 ENOMEM = -12
 NR_MIGRATE_PASSES = 10  # the kernel's NR_MAX_MIGRATE_PAGES_RETRY
 
-#: where destination pages come from: a pfn range [lo, hi), or one per source pfn
-Target = tuple[int, int] | Callable[[int], tuple[int, int]] | None
+#: the destinations are the free frames the zone compaction's free scanner
+#: captured (``compaction_alloc``); none left is -ENOMEM
+CAPTURED: Final = "captured"
+#: where destination pages come from: a pfn range [lo, hi), one per source pfn, or the captured frames
+Target = tuple[int, int] | Callable[[int], tuple[int, int]] | Literal["captured"] | None
 
 
 class MigrateMode(enum.IntEnum):
@@ -250,6 +253,12 @@ def unmap_and_move(
 
 def alloc_migration_target(mem: Memory, src: int, target: Target) -> int:
     """A free frame for ``src`` to move to, from the ``target`` range; OutOfFramesError if none."""
+    if target == CAPTURED:
+        with mem._lock:
+            dst = mem.take_captured()
+        if dst is None:
+            raise OutOfFramesError("no captured frame left")
+        return dst
     if callable(target):
         lo, hi = target(src)
     else:

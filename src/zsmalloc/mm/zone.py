@@ -76,6 +76,8 @@ NR_PAGE_ORDERS = MAX_PAGE_ORDER + 1
 #: x86-64 with transparent huge pages: pageblock_order = HPAGE_PMD_ORDER
 PAGEBLOCK_ORDER = 9
 PAGEBLOCK_NR_PAGES = 1 << PAGEBLOCK_ORDER
+#: the kernel's PAGE_ALLOC_COSTLY_ORDER
+PAGE_ALLOC_COSTLY_ORDER = 3
 #: after this many failures in a row, compaction runs once in 64 tries
 COMPACT_MAX_DEFER_SHIFT = 6
 #: the default ``vm.watermark_boost_factor``: the boost may reach 150% of the high watermark

@@ -186,6 +186,7 @@ pub struct ZoneEvents {
 }
 
 /// A zone of `nr_pages` frames from pfn 0.
+#[derive(Clone)]
 pub struct Zone {
     nr_pages: usize,
     state: Vec<u8>,
