@@ -318,6 +318,8 @@ def test_the_zones_agree_step_by_step() -> None:
             max_examples=60,
             stateful_step_count=40,
             deadline=None,
+            # the same examples every run: the coverage asserted below is then no matter of luck
+            derandomize=True,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )

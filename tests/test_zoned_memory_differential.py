@@ -44,7 +44,7 @@ from test_zone_differential import assert_same as assert_same_zone
 from test_zone_differential import outcome
 from zsmalloc import OutOfFramesError, engine, model
 from zsmalloc.debug import snapshot
-from zsmalloc.mm.compaction import CompactStatus
+from zsmalloc.mm.compaction import EXTFRAG_THRESHOLD, CompactStatus
 from zsmalloc.mm.migrate import MIGRATEPAGE_SUCCESS, MigrateMode
 from zsmalloc.mm.zone import (
     MAX_PAGE_ORDER,
@@ -272,6 +272,23 @@ def test_with_no_pinned_page_compaction_makes_a_free_block_of_the_order(impl: An
         assert side.owner.tag_in(p) == tag
     # the allocation that failed succeeds now
     side.mem.alloc_block(order, MOVABLE, 0)
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=["model", "engine"])
+def test_a_costly_order_that_fails_for_want_of_memory_is_not_compacted(impl: Any) -> None:
+    # compaction_suitable: six free order-8 blocks, none of order 9, pass the watermark
+    # check, but the fragmentation index says the failure is for want of memory
+    mem = impl.Memory.new_zoned(16 * PAGEBLOCK_NR_PAGES)
+    halves = [mem.alloc_block(PAGEBLOCK_ORDER - 1, MOVABLE, 0) for _ in range(32)]
+    for p in sorted(halves)[::2][:6]:  # the first half of six pageblocks: no two are buddies
+        mem.put_page(p)
+    zone = mem.zone_snapshot()
+    assert zone.contig_page_info(PAGEBLOCK_ORDER).free_blocks_suitable == 0
+    assert 0 <= zone.fragmentation_index(PAGEBLOCK_ORDER) <= EXTFRAG_THRESHOLD
+    r = mem.compact_zone(PAGEBLOCK_ORDER, MOVABLE, MigrateMode.SYNC)
+    assert r.status == CompactStatus.SKIPPED and r.migrate_isolated == 0, r
+    # a non-costly order is compacted whatever the index (it has free blocks: a success)
+    assert mem.compact_zone(3, MOVABLE, MigrateMode.SYNC).status == CompactStatus.SUCCESS
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS, ids=["model", "engine"])

@@ -82,6 +82,9 @@ if TYPE_CHECKING:
     from zsmalloc.mm.memory import Memory
 
 COMPACT_BATCH = 32  # pages isolated per round (the kernel's COMPACT_CLUSTER_MAX)
+#: ``vm.extfrag_threshold``: a costly order whose fragmentation index is at most this failed
+#: for want of memory, which compaction cannot give (``compaction_suitable``)
+EXTFRAG_THRESHOLD = 500
 _MOVABLE_MASK = PG_movable | PG_isolated
 _SCAN_CHUNK = 256  # frames the migration scanner looks at per hold of the Memory lock
 _TRIM_HEAP_FRAMES = 1024
@@ -241,6 +244,10 @@ def compact_zone(mem: Memory, order: int, mt: str, mode: MigrateMode) -> ZoneCom
         # compaction_suitable: room for the targets, twice the request
         mark = w.low if order > PAGE_ALLOC_COSTLY_ORDER else w.min
         if not zone.zone_watermark_ok(0, mark + (2 << order)):
+            return r
+        # and, for a costly order, a failure for want of contiguity rather than of
+        # memory: a fragmentation index above vm.extfrag_threshold
+        if order > PAGE_ALLOC_COSTLY_ORDER and 0 <= zone.fragmentation_index(order) <= EXTFRAG_THRESHOLD:
             return r
     migrate_pfn = 0
     free_pfn = (zone.nr_pages - 1) & ~(PAGEBLOCK_NR_PAGES - 1)

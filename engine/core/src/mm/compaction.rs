@@ -46,6 +46,9 @@ use crate::sync::Ordering::Relaxed;
 
 /// Pages isolated per round (the kernel's COMPACT_CLUSTER_MAX).
 pub const COMPACT_BATCH: usize = 32;
+/// `vm.extfrag_threshold`: a costly order whose fragmentation index is at most this
+/// failed for want of memory, which compaction cannot give (`compaction_suitable`).
+pub const EXTFRAG_THRESHOLD: i64 = 500;
 /// Frames the migration scanner reads per hold of the allocator lock.
 const SCAN_CHUNK: usize = 256;
 
@@ -214,6 +217,13 @@ impl Memory {
             // compaction_suitable: room for the targets, twice the request
             let mark = if order > PAGE_ALLOC_COSTLY_ORDER { w.low } else { w.min };
             if !z.zone_watermark_ok(0, mark + (2 << order)) {
+                return Ok(r);
+            }
+            // and, for a costly order, a failure for want of contiguity rather than of
+            // memory: a fragmentation index above vm.extfrag_threshold
+            if order > PAGE_ALLOC_COSTLY_ORDER
+                && (0..=EXTFRAG_THRESHOLD).contains(&z.fragmentation_index(order))
+            {
                 return Ok(r);
             }
         }
