@@ -59,15 +59,12 @@ use std::sync::{Arc, Weak};
 use crate::mm::compaction::CompactStatus;
 use crate::mm::migrate::{MigrateMode, MovableOps, MIGRATEPAGE_SUCCESS};
 use crate::mm::zone::{
-    MigrateType, Watermarks, Zone, ZoneEvents, MIGRATE_TYPES, NR_PAGE_ORDERS, PAGEBLOCK_NR_PAGES,
-    PAGEBLOCK_ORDER,
+    MigrateType, Watermarks, Zone, ZoneEvents, MAX_ZONE_PAGES, MIGRATE_TYPES, NR_PAGE_ORDERS,
+    PAGEBLOCK_NR_PAGES, PAGEBLOCK_ORDER,
 };
 use crate::mm::{Memory, MmError};
 use crate::pool::{Pool, PoolConfig, PoolError, Protocol};
 use crate::sync::Mutex;
-
-/// The largest zone a run takes (64 GiB): its tables are a few bytes a page.
-const MAX_ZONE_PAGES: usize = 1 << 24;
 
 /// Pages one reclaim pass frees (the kernel's SWAP_CLUSTER_MAX).
 const SWAP_CLUSTER_MAX: usize = 32;

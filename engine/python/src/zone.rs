@@ -16,7 +16,9 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use zsmalloc_core::mm::zone::{MigrateType, Watermarks, Zone, ZoneError, MAX_PAGE_ORDER, MIGRATE_TYPES};
+use zsmalloc_core::mm::zone::{
+    MigrateType, Watermarks, Zone, ZoneError, MAX_PAGE_ORDER, MAX_ZONE_PAGES, MIGRATE_TYPES,
+};
 
 use super::{guard, python_error, zs_error};
 
@@ -88,7 +90,7 @@ impl PyZone {
     fn new(py: Python<'_>, nr_pages: i64) -> PyResult<Self> {
         // a negative size gets the core's message for a size out of range, as in the model
         let inner = usize::try_from(nr_pages)
-            .map_err(|_| ZoneError(format!("a zone needs 1..{} pages, not {nr_pages}", u32::MAX)))
+            .map_err(|_| ZoneError(format!("a zone needs 1..={MAX_ZONE_PAGES} pages, not {nr_pages}")))
             .and_then(Zone::new)
             .map_err(|e| zone_error(py, e.0))?;
         Ok(PyZone { inner, poisoned: AtomicBool::new(false) })

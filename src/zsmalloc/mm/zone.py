@@ -83,9 +83,9 @@ COMPACT_MAX_DEFER_SHIFT = 6
 #: the default ``vm.watermark_boost_factor``: the boost may reach 150% of the high watermark
 #: (in ten-thousandths)
 WATERMARK_BOOST_FACTOR = 15_000
-#: a zone has fewer pages than this: the engine links its free lists through 32-bit pfns,
-#: with this value for "none"
-MAX_ZONE_PAGES = (1 << 32) - 1
+#: the largest zone (64 GiB): its descriptors are all written when it is made, so a size
+#: past what a simulation needs is refused rather than left to exhaust memory
+MAX_ZONE_PAGES = 1 << 24
 
 UNMOVABLE = "unmovable"
 MOVABLE = "movable"
@@ -162,8 +162,8 @@ class Zone:
     """
 
     def __init__(self, nr_pages: int) -> None:
-        if not 0 < nr_pages < MAX_ZONE_PAGES:
-            raise ZoneError(f"a zone needs 1..{MAX_ZONE_PAGES} pages, not {nr_pages}")
+        if not 0 < nr_pages <= MAX_ZONE_PAGES:
+            raise ZoneError(f"a zone needs 1..={MAX_ZONE_PAGES} pages, not {nr_pages}")
         self._nr_pages = nr_pages
         self.free_area: list[dict[str, list[int]]] = [
             {mt: [] for mt in MIGRATETYPES} for _ in range(NR_PAGE_ORDERS)

@@ -69,6 +69,10 @@ pub const COMPACT_MAX_DEFER_SHIFT: u32 = 6;
 pub const WATERMARK_BOOST_FACTOR: usize = 15_000;
 
 const NONE: u32 = u32::MAX;
+/// The largest zone (64 GiB): its descriptors, about 10 bytes a frame, are all
+/// written when it is made, so a size past what a simulation needs is refused
+/// rather than left to exhaust memory.
+pub const MAX_ZONE_PAGES: usize = 1 << 24;
 
 /// The migratetypes that have free lists here (MIGRATE_PCPTYPES).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -216,8 +220,8 @@ impl Zone {
     /// A zone whose pageblocks all start movable and whose frames are all
     /// free, as `memmap_init` and `memblock_free_all` leave it.
     pub fn new(nr_pages: usize) -> Result<Zone, ZoneError> {
-        if nr_pages == 0 || nr_pages >= NONE as usize {
-            return Err(ZoneError(format!("a zone needs 1..{} pages, not {nr_pages}", NONE)));
+        if nr_pages == 0 || nr_pages > MAX_ZONE_PAGES {
+            return Err(ZoneError(format!("a zone needs 1..={MAX_ZONE_PAGES} pages, not {nr_pages}")));
         }
         let mut zone = Zone {
             nr_pages,
