@@ -75,13 +75,14 @@ def _median_range(xs: list[float | None]) -> tuple[float | None, float | None, f
     return common.median(vals), min(vals), max(vals)
 
 
-def _measure(scenario: str, seeds: tuple[int, ...], png: bool) -> dict:
-    """Every mode of ``scenario`` for each seed (a fresh subprocess per seed), summed up."""
+def _measure(scenario: str, seeds: tuple[int, ...], png: Path | None) -> dict:
+    """Every mode of ``scenario`` for each seed (a fresh subprocess per seed), summed up; the first
+    seed's plot goes to ``png`` when one is given."""
     script = Path(__file__).resolve()
     runs = []
     for i, seed in enumerate(seeds):
         common.log(f"fragsim: {scenario}, seed {seed}, every mode")
-        path = str(common.results_dir(common.BENCH_DIR) / f"fragsim-{scenario}.png") if png and i == 0 else ""
+        path = str(png) if png and i == 0 else ""
         runs.append(common.run_worker(script, [scenario, str(seed), path], timeout=1800))
     modes = list(runs[0]["summary"])
     orders = sorted(int(o) for o in runs[0]["summary"][modes[0]]["success"])
@@ -112,7 +113,7 @@ def _measure(scenario: str, seeds: tuple[int, ...], png: bool) -> dict:
         "orders": orders,
         "modes": per_mode,
         "runs": runs,
-        "png": f"results/fragsim-{scenario}.png" if png else None,
+        "png": f"results/{png.name}" if png else None,
     }
 
 
@@ -140,13 +141,14 @@ def _ratio_target(block: dict, order: int, quick: bool) -> dict:
     }
 
 
-def run(quick: bool = False) -> dict:
-    main_block = _measure("small" if quick else "standard", SEEDS[:1] if quick else SEEDS, png=not quick)
+def run(quick: bool = False, out: Path = common.BENCH_DIR) -> dict:
+    png = None if quick else common.results_dir(out) / "fragsim-standard.png"
+    main_block = _measure("small" if quick else "standard", SEEDS[:1] if quick else SEEDS, png=png)
     blocks = [main_block]
     targets = [_ratio_target(main_block, o, quick) for o in (3, 9) if o in main_block["orders"]]
     if not quick:
-        unboosted = _measure("unboosted", SEEDS, png=False)
-        blocks += [unboosted, _measure("atomic", SEEDS[:1], png=False)]
+        unboosted = _measure("unboosted", SEEDS, png=None)
+        blocks += [unboosted, _measure("atomic", SEEDS[:1], png=None)]
         # the allocator of 2016, for the comparison with the seed patch's motivation: no target
         targets += [{**_ratio_target(unboosted, o, quick), "ok": None} for o in (3, 9)]
     wall = max(r["wall_s"] for r in main_block["runs"])
