@@ -155,6 +155,27 @@ def test_byte_size_rejects_nonsense() -> None:
         ByteSize().convert("1X", None, None)
 
 
+def test_a_storm_of_sigusr1_while_serving_neither_hangs_nor_kills_the_server(sockdir: str) -> None:
+    """The handlers take no lock: one run between two bytecodes of a wait on an Event that
+    took the Event's own lock would hang the server for good (it did, rarely, in CI)."""
+    path = os.path.join(sockdir, "s")
+    proc = start("--size", "16M", "--socket", path, "--json")
+    try:
+        assert json.loads(next_line(proc))["event"] == "listening"
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, f"serve ended by signal {-proc.returncode}" if proc.returncode else ""
+        events = [json.loads(line)["event"] for line in iter(proc.lines.get, None)]  # type: ignore[attr-defined]
+        assert "stats" in events
+        assert events[-1] == "summary"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 def test_sigusr1_during_the_shutdown_does_not_kill_the_server(sockdir: str) -> None:
     """Issue 10, item 9: SIGUSR1 from the stop to the exit, the check and summary included."""
     path = os.path.join(sockdir, "s")

@@ -44,13 +44,15 @@ these as one JSON object per line (``"event"``: ``listening``, ``stats``,
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import re
+import select
 import signal
+import socket
 import sys
-import threading
 
 import click
 import psutil
@@ -230,42 +232,54 @@ def _announce(server: NbdServer, as_json: bool) -> None:
 
 
 def _serve(server: NbdServer, as_json: bool) -> dict:
-    """Serve until SIGINT/SIGTERM (or nbdkit ends); the summary."""
-    stop = threading.Event()
-    usr1 = threading.Event()
-    wake = threading.Event()
+    """Serve until SIGINT/SIGTERM (or nbdkit ends); the summary.
+
+    The handlers only set flags: a handler runs between two bytecodes of the
+    main thread, which may be inside a lock of its own (an Event's), so a
+    handler that took one could deadlock it.  The C-level handler writes the
+    signal to a wakeup socket, and the loop waits on that socket.
+    """
+    pending = {"stop": False, "usr1": False}
 
     def on_stop(signum: int, frame: object) -> None:
-        stop.set()
-        wake.set()
+        pending["stop"] = True
 
     def on_usr1(signum: int, frame: object) -> None:
-        usr1.set()
-        wake.set()
+        pending["usr1"] = True
 
-    # handlers first: a signal from the moment the server exists is ours, never the default action
-    signal.signal(signal.SIGINT, on_stop)
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGUSR1, on_usr1)
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    earlier_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
     try:
-        server.start()
-    except FileExistsError as exc:
-        raise click.ClickException(f"cannot listen: {exc}") from exc
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen: {exc}") from exc
-    except RuntimeError as exc:
-        raise click.ClickException(str(exc)) from exc
-    _announce(server, as_json)
-    assert server.proc is not None
-    while not stop.is_set() and server.proc.poll() is None:
-        wake.wait(0.5)
-        wake.clear()
-        if usr1.is_set() and not stop.is_set():
-            usr1.clear()
-            _print_stats(server, as_json)
-    # until the process exits (the check, the summary and the interpreter's own exit are
-    # still to come) SIGUSR1 does nothing: its default action would kill
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        # handlers first: a signal from the moment the server exists is ours, never the default action
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGUSR1, on_usr1)
+        try:
+            server.start()
+        except FileExistsError as exc:
+            raise click.ClickException(f"cannot listen: {exc}") from exc
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen: {exc}") from exc
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _announce(server, as_json)
+        assert server.proc is not None
+        while not pending["stop"] and server.proc.poll() is None:
+            select.select([wake_r], [], [], 0.5)
+            with contextlib.suppress(BlockingIOError):
+                wake_r.recv(4096)
+            if pending["usr1"] and not pending["stop"]:
+                pending["usr1"] = False
+                _print_stats(server, as_json)
+        # until the process exits (the check, the summary and the interpreter's own exit are
+        # still to come) SIGUSR1 does nothing: its default action would kill
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    finally:
+        signal.set_wakeup_fd(earlier_fd)
+        wake_r.close()
+        wake_w.close()
     return server.stop()
 
 
