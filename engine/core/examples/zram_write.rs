@@ -6,8 +6,11 @@
 //! holds whole 4 KiB pages.  Each round times, in turn, the codec
 //! compressing every page into one buffer, and a fresh device storing every
 //! page with `write_pages` in batches of BATCH pages (default 64), from
-//! THREADS threads (default 1; thread t takes batches t, t + THREADS, ...);
-//! it prints one JSON object with the seconds of each round.
+//! THREADS threads (default 1; thread t takes batches t, t + THREADS, ...),
+//! and then a fresh arena handing out as many frames as that device ended
+//! with (`alloc_page`, each faulted in by the OS on the way: the share of
+//! the write path that is the kernel's page zeroing and fault handling); it
+//! prints one JSON object with the seconds of each round.
 //! `benchmarks/bench_zram.py` runs it.
 
 use std::sync::Arc;
@@ -40,7 +43,7 @@ fn main() {
     let threads: usize = args.get(5).map_or(1, |s| s.parse().expect("threads"));
     let n = data.len() / PAGE_SIZE;
     let codec = Codec::new(&CodecSpec::new(algorithm)).expect("a codec");
-    let (mut codec_s, mut write_s, mut stored) = (Vec::new(), Vec::new(), 0);
+    let (mut codec_s, mut write_s, mut frames_s, mut stored) = (Vec::new(), Vec::new(), Vec::new(), 0);
     let mut out = [0u8; COMPRESS_BOUND];
     for _ in 0..rounds {
         let t0 = Instant::now();
@@ -68,9 +71,18 @@ fn main() {
         write_s.push(t0.elapsed().as_secs_f64());
         stored = z.mm_stat().compr_data_size;
         z.check().expect("a consistent device");
+        let frames = z.pool().total_pages();
+        drop(z);
+
+        let mem = Memory::new(frames, PCP_HIGH, PCP_BATCH).expect("an arena");
+        let t0 = Instant::now();
+        for _ in 0..frames {
+            mem.alloc_page().expect("a frame");
+        }
+        frames_s.push(t0.elapsed().as_secs_f64());
     }
     println!(
-        "{{\"pages\": {n}, \"algorithm\": \"{}\", \"batch\": {batch}, \"threads\": {threads}, \"codec_s\": {codec_s:?}, \"write_s\": {write_s:?}, \"compr_data_size\": {stored}}}",
+        "{{\"pages\": {n}, \"algorithm\": \"{}\", \"batch\": {batch}, \"threads\": {threads}, \"codec_s\": {codec_s:?}, \"write_s\": {write_s:?}, \"frames_s\": {frames_s:?}, \"compr_data_size\": {stored}}}",
         algorithm.name()
     );
 }
