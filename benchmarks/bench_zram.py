@@ -682,8 +682,8 @@ def markdown(doc: dict) -> str:
         "",
         "Of that, the memory: a fresh arena handing out as many frames as the device ended with "
         f"(`Memory::alloc_page`, each frame faulted in, which the OS zeroes) takes {frames_ns:,.0f} ns "
-        f"per page stored ({fmt(frames_ns / write_ns * 100, 0)}% of the write path; the median "
-        f"round's ratio without it would be {fmt(codec_ns / (write_ns - frames_ns), 2)}x). The "
+        f"per page stored ({fmt(frames_ns / write_ns * 100, 0)}% of the write path; the codec time over "
+        f"the write path's less it, medians: {fmt(codec_ns / (write_ns - frames_ns), 2)}x). The "
         "kernel's zram takes its pages from the buddy allocator unzeroed; a process can only have "
         "zeroed ones, so a fresh device pays this wherever it runs.",
     ]
