@@ -82,11 +82,12 @@
 //! the class lock of its object's class, and moves only under the pool lock
 //! held for writing.  The header is written before the entry is stored
 //! (Release), and a lookup reads the entry (Acquire) before the header.
-//! zs_free checks the handle under the class lock, where neither can change
-//! under it: of two frees of one handle, the second finds the entry free (or
-//! another object's header, if the slot was taken again meanwhile), and gets
-//! InvalidHandle.  Object access and zs_map_object check it under the pool
-//! lock (reading): exact but against a free of the same slot racing them,
+//! zs_free and zs_map_object check the handle again under the class lock,
+//! where neither can change: of two frees of one handle, the second finds
+//! the entry free (or another object's header, if the slot was taken again
+//! meanwhile) and gets InvalidHandle; a mapping pins under that lock, where
+//! zs_free looks for pins.  Object access checks it under the pool lock
+//! (reading) alone: exact but against a free of the same slot racing it,
 //! where, as with any handle used while it is freed, the caller's race
 //! decides what it reads.
 
@@ -1416,27 +1417,19 @@ impl Pool {
         self.mem.prefetch_write(Self::header_addr(cls, pfn, idx), 8);
         self.mem.prefetch_desc(pfn);
         let mut st = cls.state.lock();
-        // Under the class lock the entry holds still: only zs_free (here,
-        // under this lock: the object is of this class), zs_malloc (once
-        // the slot is free) and, under the pool lock held for writing,
-        // compaction, migration and close change it.  So a second free of
-        // the handle, racing us, finds it free or finds another object's
-        // header; if it changed since we read it, its object was freed
-        // meanwhile (and the slot perhaps reused), which refuses our
-        // handle as of our first read.
-        if e.obj.load(Relaxed) != packed || !head_is(self.obj_to_head(cls, obj), handle) {
+        // a second free of the handle, racing us, waits for this lock and
+        // then finds the slot free, or another object's header there
+        if !self.still_holds(cls, slot, packed, handle) {
             return Err(self.bad_handle(handle));
         }
         let zid = self.get_zspage(obj);
-        // marked freed before the pins are looked at (SeqCst): a mapping
-        // racing us sees it, or we see its pin
-        e.obj.store(free_entry(handle), SeqCst);
+        // a mapping pins under this lock too: it has, or it will find the slot free
         if self.is_mapped(slot, zid) {
-            e.obj.store(packed, Release); // still allocated: the mapping reads it
             return Err(PoolError::Mapped(format!(
                 "handle {handle} is mapped: free it once the mapping and every view of it are released"
             )));
         }
+        e.obj.store(free_entry(handle), Relaxed);
         drop(guard);
         st.objs_inuse -= 1;
         self.obj_free(cls, zid, obj);
@@ -1548,25 +1541,36 @@ impl Pool {
         let _guard = self.lock.read();
         let Found { slot, packed } = self.lookup(handle, self.h_len())?;
         let span = self.object_span(handle, packed, offset, length, "map")?;
+        // pinned under the class lock, where zs_free looks for the pin: a
+        // free of the handle racing us has freed it (we find the slot free
+        // now) or will find the pin
+        let cls = self.class_of(packed);
+        let _st = cls.state.lock();
+        if !self.still_holds(cls, slot, packed, handle) {
+            return Err(self.bad_handle(handle));
+        }
         let zid = self.get_zspage(packed);
         // writers of the zspage lock hold the pool lock for writing: under
         // our read side it is never write-locked, so this only counts up
         self.zs(zid).lock.fetch_add(1, SeqCst);
         *self.pinned.lock().entry(slot as u32).or_insert(0) += 1;
-        let m = Mapped { zid, slot: slot as u32, span };
-        // a zs_free racing us marked the handle freed before it looked for
-        // pins (is_mapped), and we pinned before we look again: one of the
-        // two sees the other.  The header too, again: the slot may have
-        // been freed and taken again for an object at the same place.
-        let now = self.entry(slot).obj.load(SeqCst);
-        if now != packed || !head_is(self.obj_to_head(self.class_of(packed), packed), handle) {
-            self.zs_unmap_object(m);
-            return Err(self.bad_handle(handle));
-        }
-        Ok(m)
+        Ok(Mapped { zid, slot: slot as u32, span })
     }
 
-    /// Whether the object in handle slot `slot`, in zspage `zid`, is mapped.
+    /// Whether slot `slot` still holds `handle`, whose object `packed`
+    /// located; caller holds the class lock of that object's class `cls`.
+    /// Under that lock the entry and the header hold still: only zs_free
+    /// (under it: the object is of this class), zs_malloc (once the slot is
+    /// free) and, under the pool lock held for writing, compaction,
+    /// migration and close change them.  If the entry changed since
+    /// `packed` was read, its object was freed meanwhile (and the slot
+    /// perhaps taken again), which refuses the handle as of that read.
+    fn still_holds(&self, cls: &SizeClass, slot: usize, packed: u64, handle: u64) -> bool {
+        self.entry(slot).obj.load(Relaxed) == packed && head_is(self.obj_to_head(cls, packed), handle)
+    }
+
+    /// Whether the object in handle slot `slot`, in zspage `zid`, is mapped
+    /// (caller holds its class lock, under which mappings pin).
     fn is_mapped(&self, slot: usize, zid: u32) -> bool {
         // no mapping in the zspage (its read count), no need to look further
         self.zs(zid).lock.load(SeqCst) > 0 && self.pinned.lock().contains_key(&(slot as u32))
@@ -1901,6 +1905,10 @@ impl Pool {
         {
             let _guard = self.lock.write();
             self.closed.store(true, Release);
+            // every class lock: a malloc either made its handle live before
+            // (and it is freed here) or finds the pool closed under its lock
+            let mut states: Vec<MutexGuard<'_, ClassState>> =
+                self.classes.iter().map(|c| c.state.lock()).collect();
             // every handle invalid, its generation kept: read from its
             // object's header, before the frames go
             for s in 1..self.h_len() {
@@ -1910,19 +1918,18 @@ impl Pool {
                     e.obj.store(free_entry(self.obj_to_head(self.class_of(packed), packed)), Relaxed);
                 }
             }
-            for cls in &self.classes {
-                let mut st = cls.state.lock();
+            for (cls, st) in self.classes.iter().zip(states.iter_mut()) {
                 for fg in 0..NR_FULLNESS_GROUPS {
-                    let mut zids = self.list_zspages(&st, fg);
+                    let mut zids = self.list_zspages(st, fg);
                     zids.reverse();
                     for zid in zids {
-                        self.remove_zspage(&mut st, zid);
+                        self.remove_zspage(st, zid);
                         if !self.trylock_zspage(zid) {
                             return Err(PoolError::Mm(MmError::PageState(format!(
                                 "zspage {zid} has a page locked while its pool closes"
                             ))));
                         }
-                        self.__free_zspage(cls, &mut st, zid)?;
+                        self.__free_zspage(cls, st, zid)?;
                     }
                 }
                 st.objs_inuse = 0;
