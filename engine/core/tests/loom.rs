@@ -37,6 +37,12 @@
 //!   against the VM moving the second page (no page may move while mapped;
 //!   the 2016 variant found that the 2016 migrate honoured only the pins of
 //!   the objects starting in the page: see its comment);
+//! - `free_vs_free_*`: two frees of one handle, one of them succeeds, the
+//!   other gets InvalidHandle; in `_then_reuse` the winner allocates again at
+//!   once, into the same slot and the same place (the entry word it had
+//!   before the free: only the object's header tells the handles apart);
+//! - `map_vs_free_same_handle`: a mapping against a free of the object:
+//!   no free while it is mapped;
 //! - `close_vs_malloc_*`: `close` against a malloc into a class with room
 //!   and into one that must build a zspage: the malloc completes (and the
 //!   close frees its object) or is refused, and nothing outlives the close;
@@ -658,6 +664,102 @@ fn migrate_vs_map(protocol: Protocol) {
     teardown(&fx, live);
 }
 
+/// Two frees of one handle: one succeeds, the other gets InvalidHandle.
+/// The handle's entry holds its object's location, not the handle: with
+/// `reuse` the winner takes the slot again at once, for an object at the
+/// same place, so that the entry reads as it did before the free and only
+/// the object's header tells the new handle from the freed one.
+fn free_vs_free(reuse: bool) {
+    let fx = fixture(Protocol::Mainline, 4);
+    let (keep, dk) = malloc_fill(&fx.pool, ONE_PAGE, 0x11); // the zspage stays
+    let (h, _) = malloc_fill(&fx.pool, ONE_PAGE, 0x22);
+    let free_then_reuse = move |pool: &Pool, log: &Log, who: &str, tag: u8| {
+        let r = pool.zs_free(h);
+        log.push(who, format!("zs_free({h:#x}) -> {r:?}"));
+        let again = (reuse && r.is_ok()).then(|| {
+            let (h2, d2) = malloc_fill(pool, ONE_PAGE, tag);
+            log.push(who, format!("zs_malloc -> {h2:#x}, at {:?}", pool.locate(h2)));
+            (h2, d2)
+        });
+        (r, again)
+    };
+    let rival = {
+        let (pool, log) = (fx.pool.clone(), fx.log.clone());
+        thread::spawn(move || free_then_reuse(&pool, &log, "rival", 0x33))
+    };
+    let (mine, mine_again) = free_then_reuse(&fx.pool, &fx.log, "main", 0x44);
+    let (theirs, theirs_again) = rival.join().unwrap();
+    let oks = [&mine, &theirs].iter().filter(|r| r.is_ok()).count();
+    ensure!(fx, oks == 1, "two frees of {h:#x}: {mine:?} and {theirs:?}");
+    for r in [&mine, &theirs] {
+        ensure!(fx, matches!(r, Ok(()) | Err(PoolError::InvalidHandle(_))), "a second free of {h:#x}: {r:?}");
+    }
+    let mut live = HashMap::from([(keep, dk)]);
+    live.extend(mine_again.into_iter().chain(theirs_again));
+    OUTCOMES.with(|o| *o.borrow_mut().entry(format!("{} live", live.len())).or_default() += 1);
+    check(&fx, &live);
+    teardown(&fx, live);
+}
+
+/// A mapping against a free of the object: while it is mapped, the object
+/// stays allocated (the free is refused with Mapped, or waits for no
+/// mapping: it comes before the map, which is then refused, or after the
+/// unmap); a refused free leaves the object allocated and whole.
+fn map_vs_free() {
+    let fx = fixture(Protocol::Mainline, 4);
+    let (keep, dk) = malloc_fill(&fx.pool, ONE_PAGE, 0x11);
+    let (h, dh) = malloc_fill(&fx.pool, ONE_PAGE, 0x22);
+    let mapper = {
+        let (pool, log) = (fx.pool.clone(), fx.log.clone());
+        let dh = dh.clone();
+        thread::spawn(move || {
+            let m = pool.zs_map_object(h, 0, None);
+            log.push(
+                "map",
+                format!("zs_map_object({h:#x}) -> {}", if m.is_ok() { "mapped" } else { "refused" }),
+            );
+            m.map(|m| {
+                let mut out = vec![0; m.span.len()];
+                pool.copy_mapped(&m, &mut out);
+                let live = pool.handle_size(h).is_ok();
+                pool.zs_unmap_object(m);
+                log.push("map", format!("zs_unmap_object({h:#x}), allocated until then: {live}"));
+                (live, out == dh)
+            })
+        })
+    };
+    let freed = fx.pool.zs_free(h);
+    fx.log.push("free", format!("zs_free({h:#x}) -> {freed:?}"));
+    let mapped = mapper.join().unwrap();
+    if let Ok((live, same)) = mapped {
+        ensure!(fx, live, "{h:#x} was freed while it was mapped");
+        ensure!(fx, same, "the mapped object read other bytes than were written");
+    }
+    ensure!(
+        fx,
+        matches!(freed, Ok(()) | Err(PoolError::Mapped(_))),
+        "the free of {h:#x} failed otherwise: {freed:?}"
+    );
+    ensure!(
+        fx,
+        mapped.as_ref().is_ok() || matches!(mapped, Err(PoolError::InvalidHandle(_))),
+        "the mapping of {h:#x} failed otherwise: {mapped:?}"
+    );
+    let what = match (&freed, &mapped) {
+        (Ok(()), Ok(_)) => "mapped, then freed",
+        (Ok(()), Err(_)) => "freed, mapping refused",
+        (Err(_), Ok(_)) => "mapped, free refused",
+        (Err(_), Err(_)) => "both refused",
+    };
+    OUTCOMES.with(|o| *o.borrow_mut().entry(what.to_string()).or_default() += 1);
+    let mut live = HashMap::from([(keep, dk)]);
+    if freed.is_err() {
+        live.insert(h, dh);
+    }
+    check(&fx, &live);
+    teardown(&fx, live);
+}
+
 /// The deferred free against migration: the VM isolates page `k` of a
 /// two-page zspage and migrates it (sleeping for its page lock, holding it
 /// while the owner moves it); another thread frees the zspage's only object
@@ -938,6 +1040,23 @@ fn migrate_vs_map_mainline() {
 #[test]
 fn migrate_vs_map_2016() {
     explore("migrate_vs_map_2016", || migrate_vs_map(Protocol::Seed2016));
+}
+
+#[test]
+fn free_vs_free_same_handle() {
+    explore("free_vs_free_same_handle", || free_vs_free(false));
+}
+
+/// The winner of the two frees takes the slot and the place again: the
+/// entry is what it was, the header is not.
+#[test]
+fn free_vs_free_then_reuse() {
+    explore("free_vs_free_then_reuse", || free_vs_free(true));
+}
+
+#[test]
+fn map_vs_free_same_handle() {
+    explore("map_vs_free_same_handle", map_vs_free);
 }
 
 #[test]

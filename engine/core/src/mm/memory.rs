@@ -329,6 +329,20 @@ impl Memory {
         &self.descs.as_slice()[pfn as usize]
     }
 
+    /// A hint that page `pfn`'s descriptor is about to be read.
+    #[inline]
+    pub fn prefetch_desc(&self, pfn: u32) {
+        let d: *const PageDesc = self.desc(pfn);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is only a hint: it never faults, and `d` is a
+        // live descriptor of the table anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(d.cast::<i8>())
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = d;
+    }
+
     pub fn hwm(&self) -> usize {
         self.alloc.lock().hwm
     }

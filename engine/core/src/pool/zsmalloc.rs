@@ -34,25 +34,33 @@
 //! descriptor's `index` word instead.
 //!
 //! A handle is `slot << 32 | tag << 20 | generation << 1`: the pool's tag
-//! makes every other pool refuse it.  Its table entry, one 16-byte
-//! [`HandleEntry`], holds:
+//! makes every other pool refuse it.  Its table entry, one 8-byte
+//! [`HandleEntry`] (the kernel's zs_handle slot), holds obj_to_location's
+//! word while the handle lives, and the slot's last generation while it is
+//! free:
 //!
 //! ```text
-//!      63               32 31      20 19        1   0
-//!     +-------------------+----------+----------+----+
-//! val |  zspage id        | pool tag |generation|free|   the handle's low word, and
-//!     +-------------------+----------+----------+----+   the zspage of its object
-//!      63        48 47                    12 11     0
-//!     +------------+------------------------+-------+
-//! obj | size asked |  pfn                   |obj_idx|   obj_to_location's word
-//!     +------------+------------------------+-------+
+//!       63 61 60      48 47                    12 11     0
+//!      +-----+----------+------------------------+-------+
+//! live |  0  |size asked|  pfn                   |obj_idx|   obj_to_location's word
+//!      +-----+----------+------------------------+-------+
+//!       63 62                        20 19        1   0
+//!      +--+----------------------------+----------+----+
+//! free | 1|  0                         |generation|  0 |   ENTRY_FREE, no live word has it
+//!      +--+----------------------------+----------+----+
 //! ```
 //!
-//! (pfn: the page the object starts in.)  Moving an object rewrites only
-//! that entry.  A freed entry keeps its generation with the free bit set,
-//! and the next handle of that slot is one generation on.  The zspage id
-//! beside the generation is the engine's own: zs_free finds the zspage
-//! without reading the page descriptor (the kernel reads page->private).
+//! (pfn: the page the object starts in; the size asked is 1..4096.)  The
+//! handle itself lives with its object, as in the kernel: in the in-page
+//! header above, or a huge object's page descriptor's `index`
+//! (`obj_to_head`).  So a handle is valid when its slot is in the table,
+//! the entry is live and the word at the object's location is the handle
+//! with OBJ_ALLOCATED_TAG: a stale handle (its slot reused, another
+//! generation) or another pool's (another tag) finds another word there.
+//! The object's zspage is the one its page descriptor names (`private`,
+//! the kernel's page->private).  Moving an object rewrites only its entry
+//! (and its header, which moves with it).  A freed entry keeps the
+//! generation, and the next handle of that slot is one generation on.
 //!
 //! Locking
 //! -------
@@ -68,6 +76,20 @@
 //!   compaction and migration only try it for writing (-1).
 //! - `cache` (the kmem caches' own lock): free handle slots and zspage ids,
 //!   table lengths, the page count.
+//! - `pinned` (the mapped objects' pins) is a leaf too.
+//!
+//! A handle entry becomes live in zs_malloc and free in zs_free, both under
+//! the class lock of its object's class, and moves only under the pool lock
+//! held for writing.  The header is written before the entry is stored
+//! (Release), and a lookup reads the entry (Acquire) before the header.
+//! zs_free and zs_map_object check the handle again under the class lock,
+//! where neither can change: of two frees of one handle, the second finds
+//! the entry free (or another object's header, if the slot was taken again
+//! meanwhile) and gets InvalidHandle; a mapping pins under that lock, where
+//! zs_free looks for pins.  Object access checks it under the pool lock
+//! (reading) alone: exact but against a free of the same slot racing it,
+//! where, as with any handle used while it is freed, the caller's race
+//! decides what it reads.
 
 use std::collections::HashMap;
 #[cfg(all(test, not(loom)))]
@@ -105,10 +127,9 @@ pub const HANDLE_TAG_SHIFT: u32 = 20;
 pub const NR_HANDLE_TAGS: u16 = 1 << 12;
 /// The generation: 19 bits, below the tag.
 pub const HANDLE_GEN_MASK: u64 = (1 << (HANDLE_TAG_SHIFT - HANDLE_GEN_SHIFT)) - 1;
-pub const HANDLE_LOW_MASK: u64 = (1 << HANDLE_SLOT_SHIFT) - 1;
-/// A handle entry's `val`: the slot is free (bit 0, always clear in a handle).
-const VAL_FREED: u64 = 1;
-const VAL_ZID_SHIFT: u32 = 32;
+/// A free slot's entry: bit 63, which no live entry has (the size asked,
+/// at most 4096, ends at bit 60), beside the slot's last generation.
+const ENTRY_FREE: u64 = 1 << 63;
 
 pub const NR_FULLNESS_GROUPS: usize = 12;
 pub const ZS_INUSE_RATIO_0: usize = 0;
@@ -184,29 +205,39 @@ struct Found {
     slot: usize,
     /// location and size
     packed: u64,
-    zid: u32,
 }
 
-/// Whether a handle entry's `val` is live and belongs to `handle`.
+/// The entry of a free slot whose last handle was `handle`: its generation.
 #[inline]
-fn val_is(val: u64, handle: u64) -> bool {
-    val & VAL_FREED == 0 && (val ^ handle) & HANDLE_LOW_MASK == 0
+fn free_entry(handle: u64) -> u64 {
+    ENTRY_FREE | (handle & (HANDLE_GEN_MASK << HANDLE_GEN_SHIFT))
 }
 
-/// The `val` of a live handle whose object is in zspage `zid`.
+/// Whether an entry is a live handle's (not ENTRY_FREE).
 #[inline]
-fn live_val(handle: u64, zid: u32) -> u64 {
-    ((zid as u64) << VAL_ZID_SHIFT) | (handle & HANDLE_LOW_MASK)
+fn entry_is_live(obj: u64) -> bool {
+    obj & ENTRY_FREE == 0
 }
 
-/// One handle slot.
+/// Whether `head`, the word at an object's location (`obj_to_head`), says
+/// that the object is allocated to `handle`: the handle with
+/// OBJ_ALLOCATED_TAG, a bit no handle has.
+#[inline]
+fn head_is(head: u64, handle: u64) -> bool {
+    head ^ handle == OBJ_ALLOCATED_TAG
+}
+
+/// One handle slot (the kernel's zs_handle cache slot): the object's
+/// location in the low 48 bits and the size asked for above while the
+/// handle lives; ENTRY_FREE and the slot's last generation while it is free.
 #[derive(Default)]
 pub struct HandleEntry {
-    /// the zspage id above, the handle's generation, VAL_FREED when free
-    val: AtomicU64,
-    /// location in the low 48 bits, the size asked for above
     pub(super) obj: AtomicU64,
 }
+
+// One word an object: the table's whole cost (loom's atomics are larger).
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<HandleEntry>() == 8);
 
 // SAFETY: atomics only; zero is an unused slot.
 unsafe impl Zeroable for HandleEntry {}
@@ -564,7 +595,7 @@ impl Pool {
         let max_handles = (frames * (PAGE_SIZE / ZS_MIN_ALLOC_SIZE) + 1).min(HANDLE_SLOT_MASK as usize + 1);
         let handles: Table<HandleEntry> = Table::new(max_handles).map_err(os_err)?;
         let zspages: Table<ZsPage> = Table::new(frames + 1).map_err(os_err)?;
-        handles.as_slice()[0].val.store(VAL_FREED, Relaxed);
+        handles.as_slice()[0].obj.store(ENTRY_FREE, Relaxed);
         let max_pages = config.max_pages.unwrap_or(usize::MAX);
         let mut registered = Ok(0);
         let pool = Arc::new_cyclic(|me: &Weak<Pool>| {
@@ -696,19 +727,49 @@ impl Pool {
     }
 
     /// The slot of a live handle and its packed location and size, or an
-    /// error.  Caller holds the pool lock (either side).
+    /// error.  Caller holds the pool lock (either side): no object moves.
+    /// The entry says where the slot's object is, and the word there says
+    /// whose it is: a stale handle (its slot reused) or another pool's
+    /// finds another handle there.
     #[inline]
     fn lookup(&self, handle: u64, h_len: usize) -> Result<Found, PoolError> {
         let slot = (handle >> HANDLE_SLOT_SHIFT) as usize;
         if slot >= h_len {
             return Err(self.bad_handle(handle));
         }
-        let e = self.entry(slot);
-        let val = e.val.load(Acquire);
-        if !val_is(val, handle) {
+        // Acquire: the header zs_malloc wrote before it stored the entry
+        let packed = self.entry(slot).obj.load(Acquire);
+        if !entry_is_live(packed) || !head_is(self.obj_to_head(self.class_of(packed), packed), handle) {
             return Err(self.bad_handle(handle));
         }
-        Ok(Found { slot, packed: e.obj.load(Relaxed), zid: (val >> VAL_ZID_SHIFT) as u32 })
+        Ok(Found { slot, packed })
+    }
+
+    /// The class of a live entry's object: the class of the size asked
+    /// (the one malloc took).
+    #[inline]
+    fn class_of(&self, packed: u64) -> &SizeClass {
+        &self.classes[self.class_for_size[(packed >> SIZE_SHIFT) as usize] as usize]
+    }
+
+    /// `obj_to_head`: the word at the object's location, its handle with
+    /// OBJ_ALLOCATED_TAG while it is allocated: the in-page header, or a
+    /// huge object's page descriptor's `index`.
+    #[inline]
+    fn obj_to_head(&self, cls: &SizeClass, obj: u64) -> u64 {
+        let (pfn, idx) = obj_to_location_parts(obj & LOC_MASK);
+        if cls.spec.huge {
+            self.mem.desc(pfn).index.load(Relaxed)
+        } else {
+            self.mem.word(Self::header_addr(cls, pfn, idx)).load(Relaxed)
+        }
+    }
+
+    /// `get_zspage`: the zspage of the page an object starts in, which its
+    /// descriptor names (`private`).
+    #[inline]
+    fn get_zspage(&self, obj: u64) -> u32 {
+        self.mem.desc(obj_to_location_parts(obj & LOC_MASK).0).private.load(Relaxed)
     }
 
     #[inline]
@@ -735,11 +796,9 @@ impl Pool {
         if new <= old {
             return Err(PoolError::PoolFull("handle table is full".into()));
         }
-        let fresh = self.tag_bits() | (c.gen_base << HANDLE_GEN_SHIFT) | VAL_FREED;
+        let fresh = ENTRY_FREE | (c.gen_base << HANDLE_GEN_SHIFT);
         for slot in old..new {
-            let e = self.entry(slot);
-            e.val.store(fresh, Relaxed);
-            e.obj.store(0, Relaxed);
+            self.entry(slot).obj.store(fresh, Relaxed);
         }
         c.h_free.extend((old as u32..new as u32).rev());
         self.h_len.store(new, Release);
@@ -1281,15 +1340,15 @@ impl Pool {
             let slot = self.cache_alloc_handle()?;
             let e = self.entry(slot as usize);
             // one generation on, wrapping below the tag
-            let generation = ((e.val.load(Relaxed) >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK;
+            let generation = ((e.obj.load(Relaxed) >> HANDLE_GEN_SHIFT) + 1) & HANDLE_GEN_MASK;
             let handle =
                 ((slot as u64) << HANDLE_SLOT_SHIFT) | self.tag_bits() | (generation << HANDLE_GEN_SHIFT);
             if let Some(zid) = self.find_get_zspage(&st) {
                 let obj = self.obj_malloc(cls, zid, handle);
                 self.fix_fullness_group(cls, &mut st, zid);
                 st.objs_inuse += 1;
-                e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
-                e.val.store(live_val(handle, zid), Release);
+                // Release: a lookup that reads the entry reads the header too
+                e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Release);
                 self.prefetch_object(cls, obj, size);
                 return Ok(handle);
             }
@@ -1329,9 +1388,8 @@ impl Pool {
         self.insert_zspage(&mut st, zid, cls.fg_of_inuse[1] as usize);
         st.objs_allocated += cls.spec.objs_per_zspage as u64;
         st.objs_inuse += 1;
-        let e = self.entry(slot as usize);
-        e.obj.store(obj | ((size as u64) << SIZE_SHIFT), Relaxed);
-        e.val.store(live_val(handle, zid), Release);
+        // Release, as in zs_malloc
+        self.entry(slot as usize).obj.store(obj | ((size as u64) << SIZE_SHIFT), Release);
         // only now, fully set up, may the VM see its pages
         self.set_zspage_movable(zid)?;
         Ok(handle)
@@ -1346,27 +1404,32 @@ impl Pool {
             return Err(self.bad_handle(handle));
         }
         let e = self.entry(slot);
-        let val = e.val.load(Relaxed);
-        // marked freed at once: a racing second free is refused
-        if !val_is(val, handle) || e.val.compare_exchange(val, val | VAL_FREED, SeqCst, Relaxed).is_err() {
+        let packed = e.obj.load(Relaxed);
+        if !entry_is_live(packed) {
             return Err(self.bad_handle(handle));
         }
-        let zid = (val >> VAL_ZID_SHIFT) as u32;
+        let obj = packed & LOC_MASK;
+        let (pfn, idx) = obj_to_location_parts(obj);
+        let cls = self.class_of(packed);
+        // the header that says whose the object is, and that obj_free
+        // rewrites, and the page descriptor that names the zspage: their
+        // cache lines come in while the class lock is taken
+        self.mem.prefetch_write(Self::header_addr(cls, pfn, idx), 8);
+        self.mem.prefetch_desc(pfn);
+        let mut st = cls.state.lock();
+        // a second free of the handle, racing us, waits for this lock and
+        // then finds the slot free, or another object's header there
+        if !self.still_holds(cls, slot, packed, handle) {
+            return Err(self.bad_handle(handle));
+        }
+        let zid = self.get_zspage(obj);
+        // a mapping pins under this lock too: it has, or it will find the slot free
         if self.is_mapped(slot, zid) {
-            e.val.store(val, Release); // still allocated: the mapping reads it
             return Err(PoolError::Mapped(format!(
                 "handle {handle} is mapped: free it once the mapping and every view of it are released"
             )));
         }
-        let packed = e.obj.load(Relaxed);
-        let obj = packed & LOC_MASK;
-        let (pfn, idx) = obj_to_location_parts(obj);
-        // the in-page header that obj_free rewrites: its cache line comes
-        // in while the zspage is looked up
-        let by_size = &self.classes[self.class_for_size[(packed >> SIZE_SHIFT) as usize] as usize];
-        self.mem.prefetch_write(Self::header_addr(by_size, pfn, idx), 8);
-        let cls = self.class_of_zspage(zid);
-        let mut st = cls.state.lock();
+        e.obj.store(free_entry(handle), Relaxed);
         drop(guard);
         st.objs_inuse -= 1;
         self.obj_free(cls, zid, obj);
@@ -1476,24 +1539,38 @@ impl Pool {
     /// pinned) and locate its bytes; `unmap_object` ends it.
     pub fn zs_map_object(&self, handle: u64, offset: i64, length: Option<i64>) -> Result<Mapped, PoolError> {
         let _guard = self.lock.read();
-        let Found { slot, packed, zid } = self.lookup(handle, self.h_len())?;
+        let Found { slot, packed } = self.lookup(handle, self.h_len())?;
         let span = self.object_span(handle, packed, offset, length, "map")?;
+        // pinned under the class lock, where zs_free looks for the pin: a
+        // free of the handle racing us has freed it (we find the slot free
+        // now) or will find the pin
+        let cls = self.class_of(packed);
+        let _st = cls.state.lock();
+        if !self.still_holds(cls, slot, packed, handle) {
+            return Err(self.bad_handle(handle));
+        }
+        let zid = self.get_zspage(packed);
         // writers of the zspage lock hold the pool lock for writing: under
         // our read side it is never write-locked, so this only counts up
         self.zs(zid).lock.fetch_add(1, SeqCst);
         *self.pinned.lock().entry(slot as u32).or_insert(0) += 1;
-        let m = Mapped { zid, slot: slot as u32, span };
-        // a zs_free racing us marked the handle freed before it looked for
-        // pins (is_mapped), and we pinned before we look again: one of the
-        // two sees the other
-        if !val_is(self.entry(slot).val.load(SeqCst), handle) {
-            self.zs_unmap_object(m);
-            return Err(self.bad_handle(handle));
-        }
-        Ok(m)
+        Ok(Mapped { zid, slot: slot as u32, span })
     }
 
-    /// Whether the object in handle slot `slot`, in zspage `zid`, is mapped.
+    /// Whether slot `slot` still holds `handle`, whose object `packed`
+    /// located; caller holds the class lock of that object's class `cls`.
+    /// Under that lock the entry and the header hold still: only zs_free
+    /// (under it: the object is of this class), zs_malloc (once the slot is
+    /// free) and, under the pool lock held for writing, compaction,
+    /// migration and close change them.  If the entry changed since
+    /// `packed` was read, its object was freed meanwhile (and the slot
+    /// perhaps taken again), which refuses the handle as of that read.
+    fn still_holds(&self, cls: &SizeClass, slot: usize, packed: u64, handle: u64) -> bool {
+        self.entry(slot).obj.load(Relaxed) == packed && head_is(self.obj_to_head(cls, packed), handle)
+    }
+
+    /// Whether the object in handle slot `slot`, in zspage `zid`, is mapped
+    /// (caller holds its class lock, under which mappings pin).
     fn is_mapped(&self, slot: usize, zid: u32) -> bool {
         // no mapping in the zspage (its read count), no need to look further
         self.zs(zid).lock.load(SeqCst) > 0 && self.pinned.lock().contains_key(&(slot as u32))
@@ -1533,7 +1610,8 @@ impl Pool {
     /// The pfns of the object's zspage, head first.
     pub fn zspage_pfns(&self, handle: u64) -> Result<Vec<u32>, PoolError> {
         let _guard = self.lock.read();
-        Ok(self.zspage_pages(self.lookup(handle, self.h_len())?.zid).as_slice().to_vec())
+        let packed = self.lookup(handle, self.h_len())?.packed;
+        Ok(self.zspage_pages(self.get_zspage(packed)).as_slice().to_vec())
     }
 
     /// Live objects.
@@ -1551,8 +1629,9 @@ impl Pool {
         let h_len = self.h_len();
         (1..h_len)
             .map(|s| self.entry(s))
-            .filter(|e| e.val.load(Acquire) & VAL_FREED == 0)
-            .map(|e| e.obj.load(Relaxed) >> SIZE_SHIFT)
+            .map(|e| e.obj.load(Relaxed))
+            .filter(|&obj| entry_is_live(obj))
+            .map(|obj| obj >> SIZE_SHIFT)
             .sum()
     }
 
@@ -1658,15 +1737,13 @@ impl Pool {
     /// either `migrate_zspage`.
     pub(super) fn migrate_obj(&self, cls: &SizeClass, src: u32, dst: u32, slot: u32) {
         let e = self.entry(slot as usize);
-        let val = e.val.load(Relaxed);
-        let handle = ((slot as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
         let packed = e.obj.load(Relaxed);
         let old = packed & LOC_MASK;
+        let handle = self.obj_to_head(cls, old) & !OBJ_ALLOCATED_TAG;
         let new = self.obj_malloc(cls, dst, handle);
         self.zs_object_copy(cls, new, old);
         self.obj_free(cls, src, old);
         e.obj.store(new | (packed & !LOC_MASK), Relaxed);
-        e.val.store(live_val(handle, dst), Relaxed);
     }
 
     /// The handle slot of each allocated object of zspage `zid`, in index
@@ -1795,7 +1872,7 @@ impl Pool {
             return 0;
         }
         let top = (keep..old)
-            .map(|s| (self.entry(s).val.load(Relaxed) >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK)
+            .map(|s| (self.entry(s).obj.load(Relaxed) >> HANDLE_GEN_SHIFT) & HANDLE_GEN_MASK)
             .max()
             .unwrap_or(0);
         c.gen_base = c.gen_base.max(top);
@@ -1828,26 +1905,34 @@ impl Pool {
         {
             let _guard = self.lock.write();
             self.closed.store(true, Release);
-            for cls in &self.classes {
-                let mut st = cls.state.lock();
+            // every class lock: a malloc either made its handle live before
+            // (and it is freed here) or finds the pool closed under its lock
+            let mut states: Vec<MutexGuard<'_, ClassState>> =
+                self.classes.iter().map(|c| c.state.lock()).collect();
+            // every handle invalid, its generation kept: read from its
+            // object's header, before the frames go
+            for s in 1..self.h_len() {
+                let e = self.entry(s);
+                let packed = e.obj.load(Relaxed);
+                if entry_is_live(packed) {
+                    e.obj.store(free_entry(self.obj_to_head(self.class_of(packed), packed)), Relaxed);
+                }
+            }
+            for (cls, st) in self.classes.iter().zip(states.iter_mut()) {
                 for fg in 0..NR_FULLNESS_GROUPS {
-                    let mut zids = self.list_zspages(&st, fg);
+                    let mut zids = self.list_zspages(st, fg);
                     zids.reverse();
                     for zid in zids {
-                        self.remove_zspage(&mut st, zid);
+                        self.remove_zspage(st, zid);
                         if !self.trylock_zspage(zid) {
                             return Err(PoolError::Mm(MmError::PageState(format!(
                                 "zspage {zid} has a page locked while its pool closes"
                             ))));
                         }
-                        self.__free_zspage(cls, &mut st, zid)?;
+                        self.__free_zspage(cls, st, zid)?;
                     }
                 }
                 st.objs_inuse = 0;
-            }
-            let h_len = self.h_len();
-            for s in 1..h_len {
-                self.entry(s).val.fetch_or(VAL_FREED, Relaxed);
             }
         }
         if self.ops_id != 0 {
@@ -1919,12 +2004,10 @@ impl Pool {
         }
         let handles = (1..self.h_len())
             .filter_map(|s| {
-                let e = self.entry(s);
-                let val = e.val.load(Relaxed);
-                (val & VAL_FREED == 0).then(|| {
-                    let packed = e.obj.load(Relaxed);
+                let packed = self.entry(s).obj.load(Relaxed);
+                entry_is_live(packed).then(|| {
                     let (pfn, idx) = obj_to_location_parts(packed & LOC_MASK);
-                    let handle = ((s as u64) << HANDLE_SLOT_SHIFT) | (val & HANDLE_LOW_MASK);
+                    let handle = self.obj_to_head(self.class_of(packed), packed) & !OBJ_ALLOCATED_TAG;
                     (s as u32, handle, pfn, idx as u32, (packed >> SIZE_SHIFT) as u32)
                 })
             })
