@@ -14,7 +14,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check -c constraint
 ENGINE_SRC := Cargo.toml Cargo.lock $(wildcard engine/*/Cargo.toml) $(shell find engine -name '*.rs')
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test test-rust test-python bench lint clean
+.PHONY: run test test-rust test-python bench lint clean zstd-library
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ test-python: $(ENGINE)
 
 bench: $(ENGINE)
 	$(PY) benchmarks/run_all.py
+
+# the libzstd releases the kernel presets' zstd needs beside the bundled one
+# (6.17: Debian trixie's libzstd1 1.5.7), verified as apt verifies, into
+# ~/.cache/zsmalloc-kernel-vm/lib (`zsmalloc zstd-library` says what is used)
+zstd-library: $(ENGINE)
+	$(VENV)/bin/zsmalloc zstd-library --fetch
 
 lint: $(ENGINE)
 	$(PY) -m ruff check .

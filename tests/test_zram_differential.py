@@ -150,6 +150,10 @@ def _ops(rng: random.Random, n: int):
         ("deflate", "6.1"),
         ("lz4", "6.12"),
         ("lz4", "6.1"),
+        # 6.17: zstd through the loaded libzstd 1.5.7 on both sides, as primary and as the
+        # recompression algorithm (tests/test_zram_zstd_library.py: when it is here)
+        ("zstd", "6.17"),
+        ("lz4", "6.17"),
     ],
 )
 @pytest.mark.parametrize("seed", range(3))

@@ -1,6 +1,8 @@
 """Type stubs for zsmalloc._engine, the Rust engine (engine/python/src/lib.rs)."""
 
+import os
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -212,7 +214,11 @@ class Pool:
 
 def codec_versions() -> tuple[str, str]: ...
 def compress(
-    page: Buffer, algorithm: str = "lz4", level: int | None = None, frame: str | None = None
+    page: Buffer,
+    algorithm: str = "lz4",
+    level: int | None = None,
+    frame: str | None = None,
+    library: str | os.PathLike[str] | None = None,
 ) -> bytes: ...
 
 class Zram:
@@ -224,7 +230,8 @@ class Zram:
         level: int | None = None,
         dictionary: bytes | None = None,
         frame: str | None = None,
-        recompress: Sequence[tuple[str, int | None]] = (),
+        library: str | os.PathLike[str] | None = None,
+        recompress: Sequence[tuple[str, int | None, str | None, str | None]] = (),
         mem_limit: int = 0,
         backing_file: str | None = None,
         backing_blocks: int | None = None,
@@ -240,6 +247,8 @@ class Zram:
     def pages_stored(self) -> int: ...
     @property
     def algorithms(self) -> list[tuple[str, int | None]]: ...
+    @property
+    def libraries(self) -> list[tuple[Path, str] | None]: ...
     @property
     def backing_file(self) -> str | None: ...
     mem_limit: int

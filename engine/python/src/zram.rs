@@ -47,11 +47,15 @@ fn zram_err(py: Python<'_>, e: ZramError) -> PyErr {
     }
 }
 
+/// A recompression algorithm from Python: (name, level, zstd frame, zstd library).
+type RecompressSpec = (String, Option<i32>, Option<String>, Option<PathBuf>);
+
 fn codec_spec(
     name: &str,
     level: Option<i32>,
     dictionary: Option<Vec<u8>>,
     frame: Option<&str>,
+    library: Option<PathBuf>,
 ) -> PyResult<CodecSpec> {
     let algorithm: Algorithm = name.parse().map_err(PyValueError::new_err)?;
     let frame = match frame {
@@ -60,7 +64,7 @@ fn codec_spec(
             PyValueError::new_err(format!("zstd frame must be one of {:?}, not {f:?}", ZstdFrame::NAMES))
         })?,
     };
-    Ok(CodecSpec { algorithm, level, dictionary, frame })
+    Ok(CodecSpec { algorithm, level, dictionary, frame, library })
 }
 
 /// ``codec_versions()``: the versions of the C libraries the engine's codecs
@@ -70,19 +74,21 @@ pub fn codec_versions() -> (String, String) {
     library_versions()
 }
 
-/// ``compress(page, algorithm="lz4", level=None, frame=None)``: the
-/// 4096-byte page as the engine's zram would store it, whatever its size
-/// (for tools and tests).
+/// ``compress(page, algorithm="lz4", level=None, frame=None, library=None)``:
+/// the 4096-byte page as the engine's zram would store it, whatever its size
+/// (for tools and tests); ``library`` a libzstd to load for zstd.
 #[pyfunction]
-#[pyo3(signature = (page, algorithm = "lz4", level = None, frame = None))]
+#[pyo3(signature = (page, algorithm = "lz4", level = None, frame = None, library = None))]
 pub fn compress<'py>(
     py: Python<'py>,
     page: &Bound<'py, PyAny>,
     algorithm: &str,
     level: Option<i32>,
     frame: Option<&str>,
+    library: Option<PathBuf>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let codec = Codec::new(&codec_spec(algorithm, level, None, frame)?).map_err(PyValueError::new_err)?;
+    let codec =
+        Codec::new(&codec_spec(algorithm, level, None, frame, library)?).map_err(PyValueError::new_err)?;
     let buf = BorrowedBuffer::get(page, false)?;
     if buf.as_slice().len() != PAGE_SIZE {
         return Err(PyValueError::new_err(format!(
@@ -154,10 +160,11 @@ impl PyZram {
 
 #[pymethods]
 impl PyZram {
-    /// ``Zram(pool, disksize, algorithm, level, dictionary, recompress, mem_limit, backing_file, backing_blocks, name)``;
-    /// ``recompress`` is a list of ``(algorithm, level)``.
+    /// ``Zram(pool, disksize, algorithm, level, dictionary, frame, library, recompress, mem_limit, backing_file,
+    /// backing_blocks, name)``; ``recompress`` is a list of ``(algorithm, level, frame, library)``.
     #[new]
-    #[pyo3(signature = (pool, disksize, algorithm = "lz4", level = None, dictionary = None, frame = None, recompress = Vec::new(),
+    #[pyo3(signature = (pool, disksize, algorithm = "lz4", level = None, dictionary = None, frame = None, library = None,
+                        recompress = Vec::new(),
                         mem_limit = 0, backing_file = None, backing_blocks = None, name = "zram0".to_string()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -168,7 +175,8 @@ impl PyZram {
         level: Option<i32>,
         dictionary: Option<Vec<u8>>,
         frame: Option<&str>,
-        recompress: Vec<(String, Option<i32>)>,
+        library: Option<PathBuf>,
+        recompress: Vec<RecompressSpec>,
         mem_limit: u64,
         backing_file: Option<PathBuf>,
         backing_blocks: Option<u64>,
@@ -176,10 +184,10 @@ impl PyZram {
     ) -> PyResult<PyZram> {
         let mut config = ZramConfig::new(disksize);
         config.name = name;
-        config.algorithm = codec_spec(algorithm, level, dictionary, frame)?;
+        config.algorithm = codec_spec(algorithm, level, dictionary, frame, library)?;
         config.recompress = recompress
             .into_iter()
-            .map(|(n, l)| codec_spec(&n, l, None, None))
+            .map(|(n, l, f, lib)| codec_spec(&n, l, None, f.as_deref(), lib))
             .collect::<PyResult<Vec<_>>>()?;
         config.mem_limit = mem_limit;
         config.backing_file = backing_file;
@@ -209,6 +217,15 @@ impl PyZram {
     #[getter]
     fn algorithms(&self) -> Vec<(&'static str, Option<i32>)> {
         self.inner.comps().iter().map(|c| (c.algorithm.name(), c.level)).collect()
+    }
+    /// ``(path, version)`` of the libzstd each algorithm loaded, by priority (None: none loaded).
+    #[getter]
+    fn libraries(&self) -> Vec<Option<(PathBuf, String)>> {
+        self.inner
+            .comps()
+            .iter()
+            .map(|c| c.library().map(|l| (l.path().to_path_buf(), l.version_string())))
+            .collect()
     }
     #[getter]
     fn backing_file(&self) -> Option<PathBuf> {

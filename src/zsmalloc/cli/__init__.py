@@ -13,6 +13,7 @@ family, each registering on the group in :mod:`zsmalloc.cli.app`:
 ``fragsim``    ``zsmalloc fragsim``: what page migration buys the VM (``fragsim_plot`` draws its PNG)
 ``serve``      ``zsmalloc serve``: a zram device exported over NBD
 ``kernelvm``   ``zsmalloc kernel-vm``: zram on Debian's kernel under QEMU against ``zsmalloc stats``
+``zstdlib``    ``zsmalloc zstd-library``: the libzstd of each kernel preset's zstd, and fetching it
 """
 
 try:
@@ -22,7 +23,19 @@ except ImportError as exc:  # the library is installed without its command line
     need = "pip install 'zsmalloc[cli]'"
     raise ImportError(f"the zsmalloc command line needs its extra: {need} ({exc})") from exc
 
-from zsmalloc.cli import bench, checks, classes, demo, fragsim, kernelvm, pool_demo, replay, serve, stats
+from zsmalloc.cli import (
+    bench,
+    checks,
+    classes,
+    demo,
+    fragsim,
+    kernelvm,
+    pool_demo,
+    replay,
+    serve,
+    stats,
+    zstdlib,
+)
 from zsmalloc.cli.app import main
 
 __all__ = [
@@ -37,4 +50,5 @@ __all__ = [
     "replay",
     "serve",
     "stats",
+    "zstdlib",
 ]

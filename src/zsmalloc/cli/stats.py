@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from zsmalloc.cli.app import SHARE, console, device_shape_options, main
 from zsmalloc.workloads import PAGE_SOURCES, get_page_source
 from zsmalloc.zram import KERNELS, ZramDevice, library_versions
 from zsmalloc.zram.codecs import available_codecs
+from zsmalloc.zram.zstdlib import KernelZstdError, KernelZstdWarning
 
 PAGE = 4096
 
@@ -92,7 +94,7 @@ def _compressor(codec: str, libraries: dict[str, str]) -> str:
     if codec in ("lz4", "lz4hc"):
         return f"liblz4 {libraries['lz4']}"
     if codec == "zstd":
-        return f"libzstd {libraries['zstd']}"
+        return f"libzstd {libraries.get('zstd_library', libraries['zstd'])}"
     return "zlib" if codec == "deflate" else codec
 
 
@@ -149,10 +151,16 @@ def stats(
                     param_hint="--discard-ranges",
                 )
     try:
-        dev = ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, kernel=kernel)
-    except ValueError as exc:
+        with warnings.catch_warnings():  # a missing libzstd is said below, beside the figures
+            warnings.simplefilter("ignore", KernelZstdWarning)
+            dev = ZramDevice(n_pages * PAGE, algorithm=algorithm, chain_size=chain_size, kernel=kernel)
+    except (ValueError, KernelZstdError) as exc:
         raise click.UsageError(str(exc)) from None
     libraries = library_versions()
+    loaded = dev.zstd_library
+    if loaded is not None:  # the preset's zstd compresses through another libzstd
+        libraries["zstd"] = loaded.version
+        libraries["zstd_library"] = loaded.describe()
     with dev:
         for i, page in enumerate(pages):
             dev.write_page(i, page)
@@ -199,7 +207,7 @@ def stats(
         console.print(mm_stat_table(dev.mm_stat().to_dict()))
         preset = f"kernel {kernel} preset" if kernel else "no kernel preset"
         console.print(f"({preset}; compressed by {_compressor(dev.algorithm, libraries)})", highlight=False)
-        if kernel and dev.algorithm == "zstd" and libraries["zstd"] not in KERNELS[kernel].zstd_reproduced_by:
+        if kernel and dev.algorithm == "zstd" and libraries["zstd"] not in KERNELS[kernel].zstd_versions:
             console.print(
                 f"(kernel {kernel}'s lib/zstd is {KERNELS[kernel].zstd_library}, whose output libzstd "
                 f"{libraries['zstd']} does not reproduce: its pages may compress a few bytes apart)",

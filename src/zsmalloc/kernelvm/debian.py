@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import gzip
 import lzma
-import os
 import re
 import struct
 import subprocess
@@ -35,10 +34,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zsmalloc.cache import cache_dir as cache_dir
 from zsmalloc.kernelvm import mirror
 from zsmalloc.kernelvm.mirror import PackageError as PackageError
-
-CACHE_ENV = "ZSMALLOC_KERNEL_VM_CACHE"
 
 #: a kernel series -> the name pattern of Debian bookworm's image packages of it (unsigned: same
 #: kernel as the signed one, without the shim's signature, so no extra package is needed)
@@ -54,10 +52,6 @@ MIRROR_KERNELS = {
 }
 #: every series the harness can boot
 SERIES = (*KERNEL_PACKAGES, *MIRROR_KERNELS)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "zsmalloc-kernel-vm")
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:

@@ -30,7 +30,9 @@ Registered names (the kernel's ``comp_algorithm`` names):
     standard frame with the content size and the dictionary's id, parameters
     tuned for a 4 KiB source) and ``crypto`` (zram through the crypto API
     before 6.12: a standard frame, parameters for a source of unknown size, at
-    level 3 only).
+    level 3 only).  ``library=`` a path: compress through that libzstd
+    instead of python-zstandard's, as the kernel calls its lib/zstd, in the
+    kernel's frames only and without a dictionary (:mod:`zsmalloc.zram.zstdlib`).
 ``deflate``
     Raw deflate (zlib with ``wbits=-15``, no header or trailer), default level 6.
 ``lzo``, ``lzo-rle``
@@ -53,6 +55,7 @@ import lz4.block
 import zstandard
 
 from zsmalloc.zram.lz4_kernel import lz4_compress_fast
+from zsmalloc.zram.zstdlib import library_codec
 
 PAGE_SIZE = 4096
 
@@ -90,17 +93,22 @@ def available_codecs() -> list[str]:
 
 
 def get_codec(
-    name: str, level: int | None = None, dictionary: bytes | None = None, frame: str | None = None
+    name: str,
+    level: int | None = None,
+    dictionary: bytes | None = None,
+    frame: str | None = None,
+    library: str | None = None,
 ) -> Codec:
-    """A configured codec: ``level`` (None: the default) and, for zstd, a dictionary and a frame."""
+    """A configured codec: ``level`` (None: the default) and, for zstd, a dictionary, a frame, a libzstd."""
     try:
         factory = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown compression algorithm {name!r}; available: {available_codecs()}") from None
-    if frame is not None:
+    if frame is not None or library is not None:
         if name != "zstd":
-            raise ValueError(f"{name} has no frame to choose (only zstd has)")
-        return _zstd(level, dictionary, frame)
+            what = "frame to choose" if frame is not None else "zstd library to load"
+            raise ValueError(f"{name} has no {what} (only zstd has)")
+        return _zstd(level, dictionary, frame or "magicless", library)
     return factory(level, dictionary)
 
 
@@ -166,7 +174,9 @@ def _lz4hc(level: int | None, dictionary: bytes | None) -> Codec:
 ZSTD_FRAMES = ("magicless", "page", "crypto")
 
 
-def _zstd(level: int | None, dictionary: bytes | None, frame: str = "magicless") -> Codec:
+def _zstd(
+    level: int | None, dictionary: bytes | None, frame: str = "magicless", library: str | None = None
+) -> Codec:
     if frame not in ZSTD_FRAMES:
         raise ValueError(f"zstd frame must be one of {ZSTD_FRAMES}, not {frame!r}")
     if frame == "crypto" and level not in (None, 3):
@@ -174,6 +184,10 @@ def _zstd(level: int | None, dictionary: bytes | None, frame: str = "magicless")
     level = 3 if level is None else level
     if not 1 <= level <= zstandard.MAX_COMPRESSION_LEVEL:
         raise ValueError(f"zstd level must be within 1..{zstandard.MAX_COMPRESSION_LEVEL}, not {level}")
+    if library is not None:
+        if dictionary is not None:
+            raise ValueError("a zstd dictionary is not supported with a loaded libzstd")
+        return Codec("zstd", *library_codec(library, level, frame), level, (ValueError,))
     standard = frame != "magicless"
     fmt = zstandard.FORMAT_ZSTD1 if standard else zstandard.FORMAT_ZSTD1_MAGICLESS
     params = zstandard.ZstdCompressionParameters.from_level(

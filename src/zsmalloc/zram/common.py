@@ -29,8 +29,9 @@ ZRAM_INCOMPRESSIBLE = 1 << 4  # no secondary algorithm could shrink it
 ZRAM_COMP_PRIORITY_SHIFT = 5  # bits 5-6: which algorithm compressed it
 ZRAM_COMP_PRIORITY_MASK = 3 << ZRAM_COMP_PRIORITY_SHIFT
 ZRAM_MAX_COMPS = 4  # the primary algorithm and up to three for recompression
-#: the keys ``algorithm_params`` takes (``frame``, zstd's framing, is this project's own)
-ALGORITHM_PARAMS = frozenset({"level", "dictionary", "frame"})
+#: the keys ``algorithm_params`` takes (``frame``, zstd's framing, and ``library``, a libzstd to
+#: load for it, are this project's own)
+ALGORITHM_PARAMS = frozenset({"level", "dictionary", "frame", "library"})
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ def secondary_algorithms(recompress_algorithm: Any) -> list[Any]:
     return secondary
 
 
-def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None, str | None]:
-    """``algorithm_params``, checked: (level, dictionary, zstd frame)."""
+def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None, str | None, str | None]:
+    """``algorithm_params``, checked: (level, dictionary, zstd frame, zstd library path)."""
     params = params or {}
     unknown = sorted(map(repr, set(params) - ALGORITHM_PARAMS))
     if unknown:
@@ -116,7 +117,10 @@ def algorithm_params(params: dict | None) -> tuple[int | None, bytes | None, str
     frame = params.get("frame")
     if frame is not None and frame not in ZSTD_FRAMES:
         raise ValueError(f"algorithm_params frame must be one of {ZSTD_FRAMES}, not {frame!r}")
-    return level, None if dictionary is None else bytes(dictionary), frame
+    library = params.get("library")
+    if library is not None:
+        library = os.fspath(library)
+    return level, None if dictionary is None else bytes(dictionary), frame, library
 
 
 class DeviceText:

@@ -155,8 +155,7 @@ def _resolve_codec(spec: str | Codec, params: dict | None = None) -> Codec:
         if params:
             raise ValueError(f"algorithm_params configure a named algorithm, not the codec {spec!r}")
         return spec
-    level, dictionary, frame = algorithm_params(params)
-    return get_codec(spec, level, dictionary, frame)
+    return get_codec(spec, *algorithm_params(params))
 
 
 def _pool_class(memory: object) -> type[zsmalloc.Pool]:
@@ -216,7 +215,9 @@ class ZramDevice(DeviceText):
         secondary = secondary_algorithms(recompress_algorithm)
         setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
         self._codecs: list[Codec] = [_resolve_codec(setup.algorithm, setup.params)]
-        self._codecs += [_resolve_codec(spec) for spec in preset_secondary(kernel, secondary)]
+        self._codecs += [_resolve_codec(spec, params) for spec, params in preset_secondary(kernel, secondary)]
+        #: the libzstd its preset's zstd loaded (None: the bundled one)
+        self.zstd_library = setup.zstd_library
         self._compress = self._codecs[0].compress
 
         self._own_pool = pool is None

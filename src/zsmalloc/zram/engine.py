@@ -60,6 +60,12 @@ def _algorithm_name(spec: Any, what: str) -> str:
     return spec
 
 
+def _codec_params(params: dict | None) -> tuple[int | None, str | None, str | None]:
+    """A recompression algorithm's (level, frame, library): a preset's zstd has them."""
+    level, _, frame, library = check_algorithm_params(params)
+    return level, frame, library
+
+
 def library_versions() -> dict[str, str]:
     """The C libraries behind the engine's codecs: their versions decide a page's compressed bytes."""
     lz4, zstd = _engine.codec_versions()
@@ -105,10 +111,10 @@ class ZramDevice(DeviceText):
         check_device_args(disksize, mem_limit, backing_file, backing_blocks)
         setup = apply_kernel(kernel, algorithm, chain_size, algorithm_params)
         primary = _algorithm_name(setup.algorithm, "its algorithm")
-        level, dictionary, frame = check_algorithm_params(setup.params)
+        level, dictionary, frame, library = check_algorithm_params(setup.params)
         secondary = [
-            (_algorithm_name(a, "recompression algorithms"), None)
-            for a in preset_secondary(kernel, secondary_algorithms(recompress_algorithm))
+            (_algorithm_name(a, "recompression algorithms"), *_codec_params(params))
+            for a, params in preset_secondary(kernel, secondary_algorithms(recompress_algorithm))
         ]
         if pool is not None and not isinstance(pool, _engine.Pool):
             raise TypeError(
@@ -140,6 +146,7 @@ class ZramDevice(DeviceText):
                 level,
                 dictionary,
                 frame,
+                library,
                 secondary,
                 mem_limit,
                 None if backing_file is None else os.fspath(backing_file),
@@ -151,6 +158,8 @@ class ZramDevice(DeviceText):
                 self.pool.close()
             raise
         self._closed = False
+        #: the libzstd its preset's zstd loaded (None: the bundled one)
+        self.zstd_library = setup.zstd_library
         #: bytes, rounded up to whole pages
         self.disksize: int = self._dev.disksize
         self.nr_pages: int = self._dev.nr_pages

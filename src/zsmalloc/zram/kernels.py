@@ -28,16 +28,17 @@ one.  What each part of a preset follows::
   source of unknown size.  Both keep a standard zstd frame (magic number and
   content size), where this project's default frame drops them.
 - zstd's bytes also depend on the libzstd version.  The engine (zstd-sys)
-  and the model (python-zstandard 0.22) are pinned to libzstd 1.5.5, whose
+  and the model (python-zstandard 0.22) bundle libzstd 1.5.5, whose
   output is 6.12's on every page compared in a booted 6.12 (``zsmalloc
   kernel-vm``), though that kernel's lib/zstd is 1.5.2 (imported in 6.2, so
-  6.6 has it too, with the crypto API's parameters: not booted here);
-  6.15 imported 1.5.7 into lib/zstd, so under the 6.17 preset
-  zstd pages come out a few bytes apart: in booted 6.16 and 7.2 (which the
+  6.6 has it too, with the crypto API's parameters: not booted here).
+  6.15 imported 1.5.7 into lib/zstd: in booted 6.16 and 7.2 (which the
   6.17 preset models, ``zsmalloc.kernelvm.harness.MODELS``) 87-90% of zstd
-  pages get the kernel's size from 1.5.5, and every one from Debian's
-  libzstd 1.5.7 (measured by hand through ctypes, byte-identical on every
-  sampled object).  6.1's lib/zstd is 1.4.10
+  pages get the kernel's size from 1.5.5.  So the 6.17 preset loads
+  libzstd 1.5.7 (:mod:`zsmalloc.zram.zstdlib`, ``zsmalloc zstd-library
+  --fetch``: Debian trixie's) and compresses through it as the kernel calls
+  its lib/zstd; :attr:`KernelPreset.zstd_versions` is what a preset looks
+  for.  6.1's lib/zstd is 1.4.10
   (imported in 5.16, a tag made for the kernel): libzstd 1.5.5 gives 6.1's
   size on 30-34% of its zstd pages, and 1.4.9, the last 1.4 release, on
   only 43-69%, so no release reproduces it.
@@ -58,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from zsmalloc.pool.kernels import POOL_KERNELS
+from zsmalloc.zram.zstdlib import ZstdLibrary, library_for
 
 A = TypeVar("A")
 
@@ -82,6 +84,11 @@ class KernelPreset:
     zstd_reproduced_by: tuple[str, ...] = ()
     #: whether that zram recompresses with a second algorithm (recomp_algorithm, 6.2 on)
     recompress: bool = True
+
+    @property
+    def zstd_versions(self) -> tuple[str, ...]:
+        """The libzstd versions that compress as its lib/zstd: those measured, else its own."""
+        return self.zstd_reproduced_by or ((self.zstd_library,) if self.zstd_library else ())
 
 
 def _preset(
@@ -137,6 +144,8 @@ class DeviceSetup:
     #: the primary algorithm (a name or a model codec): as given, or the kernel's own codec for it
     algorithm: Any
     params: dict | None
+    #: the libzstd loaded for the preset's zstd (None: the bundled one, or no zstd)
+    zstd_library: ZstdLibrary | None = None
 
     def check_pool(self, pool: Any, version: str | None) -> None:
         """A pool given to a device under a preset must be shaped as that kernel's is."""
@@ -156,14 +165,35 @@ def preset_algorithm(version: str | None, algorithm: A) -> A | str:
     return "lz4-kernel" if version is not None and algorithm == "lz4" else algorithm
 
 
-def preset_secondary(version: str | None, algorithms: list[A]) -> list[A | str]:
-    """The recompression algorithms under ``version``, each as :func:`preset_algorithm` makes it.
+def preset_secondary(version: str | None, algorithms: list[A]) -> list[tuple[A | str, dict | None]]:
+    """The recompression algorithms under ``version`` and their params, each as the primary's would be.
 
     A ValueError for a kernel whose zram has no recompression (before 6.2).
     """
     if version is not None and algorithms and not kernel_preset(version).recompress:
         raise ValueError(f"kernel {version}'s zram has no recompression (it came with 6.2)")
-    return [preset_algorithm(version, a) for a in algorithms]
+    return [_preset_codec(version, a, None)[:2] for a in algorithms]
+
+
+def _preset_codec(version: str | None, algorithm: A, params: dict | None) -> tuple[A | str, dict | None, Any]:
+    """(codec, params, libzstd) of ``algorithm`` under ``version``: lz4 the kernel's, zstd in its frame."""
+    if version is None:
+        return algorithm, params, None
+    preset = kernel_preset(version)
+    if algorithm != "zstd":
+        return preset_algorithm(version, algorithm), params, None
+    merged = dict(params or {})
+    frame = merged.setdefault("frame", preset.zstd_frame)
+    if frame != preset.zstd_frame:
+        raise ValueError(f"kernel {version}'s zram frames zstd as {preset.zstd_frame!r}, not {frame!r}")
+    if merged.get("level") is not None and not preset.zstd_level:
+        raise ValueError(f"kernel {version}'s zram runs zstd at level 3 and takes no level")
+    library = None
+    if merged.get("library") is None:
+        library = library_for(preset.zstd_versions, f"kernel {version}")
+        if library is not None:
+            merged["library"] = str(library.path)
+    return algorithm, merged, library
 
 
 def apply_kernel(
@@ -173,22 +203,16 @@ def apply_kernel(
 
     Without a preset: chain 8 unless given, the current class rule and
     grouping, and the algorithm and params as given.  With one, ``lz4`` is the
-    kernel's own compressor (``lz4-kernel``), and a chain size or a zstd frame given that
-    disagrees with the preset, or a zstd level that its zram cannot take, is
-    a ValueError.
+    kernel's own compressor (``lz4-kernel``), zstd is framed as that zram frames it and
+    compressed by the libzstd of its lib/zstd's version when one is here
+    (:func:`zsmalloc.zram.zstdlib.library_for`: else the bundled one, with a warning), and a
+    chain size or a zstd frame given that disagrees with the preset, or a zstd level that its
+    zram cannot take, is a ValueError.
     """
     if version is None:
         return DeviceSetup(8 if chain_size is None else chain_size, "min-waste", "ratio", algorithm, params)
     preset = kernel_preset(version)
     if chain_size is not None and chain_size != preset.chain_size:
         raise ValueError(f"kernel {version} has chain size {preset.chain_size}, not {chain_size}")
-    if algorithm != "zstd":
-        codec = preset_algorithm(version, algorithm)
-        return DeviceSetup(preset.chain_size, preset.class_rule, preset.fullness, codec, params)
-    merged = dict(params or {})
-    frame = merged.setdefault("frame", preset.zstd_frame)
-    if frame != preset.zstd_frame:
-        raise ValueError(f"kernel {version}'s zram frames zstd as {preset.zstd_frame!r}, not {frame!r}")
-    if merged.get("level") is not None and not preset.zstd_level:
-        raise ValueError(f"kernel {version}'s zram runs zstd at level 3 and takes no level")
-    return DeviceSetup(preset.chain_size, preset.class_rule, preset.fullness, algorithm, merged)
+    codec, merged, library = _preset_codec(version, algorithm, params)
+    return DeviceSetup(preset.chain_size, preset.class_rule, preset.fullness, codec, merged, library)

@@ -7,7 +7,7 @@
 //! | `lz4`     | liblz4 (`lz4-sys`)              | an LZ4 block, no size prefix; level > 1 is the acceleration |
 //! | `lz4-kernel` | the kernel's lib/lz4 compressor ([`lz4_kernel`](super::lz4_kernel)) | the same block, the kernel's bytes; decoded by liblz4 |
 //! | `lz4hc`   | liblz4's HC mode (`lz4-sys`)    | the same block format, levels 1..12 (9)        |
-//! | `zstd`    | libzstd (`zstd-safe`)           | a frame as [`ZstdFrame`] says; levels 1..22 (3); an optional dictionary |
+//! | `zstd`    | libzstd (`zstd-safe`), or one loaded at run time ([`zstd_lib`](super::zstd_lib)) | a frame as [`ZstdFrame`] says; levels 1..22 (3); an optional dictionary |
 //! | `deflate` | zlib (`flate2` over `libz-sys`) | raw deflate, levels 0..9 (6)                   |
 //!
 //! These are the C libraries that python-lz4, python-zstandard and CPython's
@@ -16,7 +16,9 @@
 //! `LZ4_compress_fast` that the kernel's lz4 backend calls, where python-lz4
 //! compresses through the streaming API (`LZ4_compress_fast_continue`);
 //! the two can choose different matches, so a page may come out a few bytes
-//! apart.
+//! apart.  zstd's bytes depend on libzstd's version too: a spec that names
+//! a `library` compresses through that libzstd, as the kernel's zram calls
+//! its lib/zstd, in the kernel's frames only (`page`, `crypto`).
 //!
 //! Working memory (the LZ4 and LZ4HC states, zstd's contexts, zlib's
 //! streams) lives in a [`Contexts`] stack per codec: a call pops one, or makes
@@ -31,12 +33,15 @@
 //! applied to what they made.
 
 use std::ffi::{c_int, c_void};
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use zstd_safe::{CCtx, CParameter, DCtx, DParameter, FrameFormat, Strategy};
 
 use super::lz4_kernel::{self, HashTable};
+use super::zstd_lib::{LibContext, ZstdLibrary};
 use crate::lz4::{
     LZ4_compress_HC_extStateHC, LZ4_compress_fast_extState, LZ4_sizeofState, LZ4_sizeofStateHC,
     LZ4_versionNumber,
@@ -132,11 +137,13 @@ pub struct CodecSpec {
     pub dictionary: Option<Vec<u8>>,
     /// zstd only
     pub frame: ZstdFrame,
+    /// zstd only: a libzstd to load and compress with (None: the one linked in)
+    pub library: Option<PathBuf>,
 }
 
 impl CodecSpec {
     pub fn new(algorithm: Algorithm) -> CodecSpec {
-        CodecSpec { algorithm, level: None, dictionary: None, frame: ZstdFrame::Magicless }
+        CodecSpec { algorithm, level: None, dictionary: None, frame: ZstdFrame::Magicless, library: None }
     }
 }
 
@@ -159,12 +166,14 @@ enum Context {
     Lz4Kernel(HashTable),
     Lz4hc(Lz4State),
     Zstd(Box<(CCtx<'static>, DCtx<'static>)>),
+    ZstdLib(Box<LibContext>),
     Deflate(Box<(Compress, Decompress)>),
 }
 
 // SAFETY: a context is used by one thread at a time (popped from the stack,
-// pushed back after the call); zstd's and zlib's contexts and liblz4's
-// states hold no thread-affine data, only memory.
+// pushed back after the call); zstd's and zlib's contexts (a loaded
+// libzstd's too: static contexts in workspaces the context owns) and
+// liblz4's states hold no thread-affine data, only memory.
 unsafe impl Send for Context {}
 
 /// The free contexts of a codec.
@@ -177,6 +186,7 @@ pub struct Codec {
     pub level: Option<i32>,
     dictionary: Option<Vec<u8>>,
     frame: ZstdFrame,
+    library: Option<Arc<ZstdLibrary>>,
     contexts: Contexts,
 }
 
@@ -199,6 +209,21 @@ impl Codec {
         if spec.frame == ZstdFrame::Crypto && spec.level.is_some_and(|l| l != 3) {
             return Err("the crypto API's zstd runs at level 3 only".into());
         }
+        let library = match &spec.library {
+            None => None,
+            Some(_) if spec.algorithm != Algorithm::Zstd => {
+                return Err(format!("{name} takes no zstd library (only zstd does)"));
+            }
+            Some(_) if spec.frame == ZstdFrame::Magicless => {
+                return Err(
+                    "a loaded libzstd makes the kernel's frames ('page', 'crypto'), not 'magicless'".into()
+                );
+            }
+            Some(_) if spec.dictionary.is_some() => {
+                return Err("a zstd dictionary is not supported with a loaded libzstd".into());
+            }
+            Some(path) => Some(ZstdLibrary::open(path)?),
+        };
         let in_range = |default: i32, lo: i32, hi: i32| -> Result<Option<i32>, String> {
             let level = spec.level.unwrap_or(default);
             if !(lo..=hi).contains(&level) {
@@ -217,6 +242,7 @@ impl Codec {
             level,
             dictionary: spec.dictionary.clone(),
             frame: spec.frame,
+            library,
             contexts: Contexts(Mutex::new(Vec::new())),
         };
         // a first context now: a bad dictionary is refused here, not on a write
@@ -232,7 +258,13 @@ impl Codec {
             Algorithm::Lz4Kernel => Context::Lz4Kernel(HashTable::default()),
             // SAFETY: as above
             Algorithm::Lz4hc => Context::Lz4hc(Lz4State::new(unsafe { LZ4_sizeofStateHC() })),
-            Algorithm::Zstd => Context::Zstd(Box::new(self.zstd_contexts()?)),
+            Algorithm::Zstd => match &self.library {
+                None => Context::Zstd(Box::new(self.zstd_contexts()?)),
+                Some(lib) => {
+                    let params = lib.params(self.level.unwrap_or(3), self.source_size_hint());
+                    Context::ZstdLib(Box::new(lib.context(params)?))
+                }
+            },
             Algorithm::Deflate => {
                 let level = Compression::new(self.level.unwrap_or(6) as u32);
                 Context::Deflate(Box::new((
@@ -250,9 +282,8 @@ impl Codec {
         let err = |e: usize| format!("zstd: {}", zstd_safe::get_error_name(e));
         let mut c = CCtx::try_create().ok_or("zstd: no memory for a context")?;
         let mut d = DCtx::try_create().ok_or("zstd: no memory for a context")?;
-        let source_size = if self.frame == ZstdFrame::Page { PAGE_SIZE as u64 } else { 0 };
         // SAFETY: a pure function of its arguments in libzstd
-        let p = unsafe { zstd_sys::ZSTD_getCParams(level, source_size, 0) };
+        let p = unsafe { zstd_sys::ZSTD_getCParams(level, self.source_size_hint(), 0) };
         let standard = self.frame != ZstdFrame::Magicless;
         let format = if standard { FrameFormat::One } else { FrameFormat::Magicless };
         let strategy = match p.strategy as u32 {
@@ -287,6 +318,20 @@ impl Codec {
             d.load_dictionary(dict).map_err(err)?;
         }
         Ok((c, d))
+    }
+
+    /// The source size zstd's parameters are chosen for: a page for zram's backend, else unknown.
+    fn source_size_hint(&self) -> u64 {
+        if self.frame == ZstdFrame::Page {
+            PAGE_SIZE as u64
+        } else {
+            0
+        }
+    }
+
+    /// The libzstd loaded for this codec, if any.
+    pub fn library(&self) -> Option<&ZstdLibrary> {
+        self.library.as_deref()
     }
 
     /// Run `f` with a context of this codec.
@@ -346,6 +391,7 @@ impl Codec {
                 }
             }
             Context::Zstd(z) => z.0.compress2(&mut out[..], page).unwrap_or(0),
+            Context::ZstdLib(z) => z.compress(&mut out[..], page).unwrap_or(0),
             Context::Deflate(z) => {
                 let c = &mut z.0;
                 c.reset();
@@ -379,6 +425,9 @@ impl Codec {
             Context::Zstd(z) => {
                 z.1.decompress(page, src)
                     .map_err(|e| format!("does not decompress with {name}: {}", zstd_safe::get_error_name(e)))
+            }
+            Context::ZstdLib(z) => {
+                z.decompress(page, src).map_err(|e| format!("does not decompress with {name}: {e}"))
             }
             Context::Deflate(z) => {
                 let d = &mut z.1;

@@ -46,6 +46,7 @@ pub mod backing;
 pub mod codec;
 pub mod lz4_kernel;
 pub mod zram_drv;
+pub mod zstd_lib;
 
 pub use codec::{library_versions, Algorithm, Codec, CodecSpec, ZstdFrame, COMPRESS_BOUND, PAGE_SIZE};
 pub use zram_drv::{

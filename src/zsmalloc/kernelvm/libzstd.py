@@ -1,0 +1,63 @@
+"""Fetching the libzstd a kernel preset's zstd needs into the cache, from Debian's packages.
+
+What is looked for, and in which order, is :mod:`zsmalloc.zram.zstdlib`'s;
+this module puts a release there, from the suite that packages it, through
+the mirror's chain of trust (:mod:`zsmalloc.kernelvm.mirror`)::
+
+    Suite(LIBZSTD_SUITES[V]).download("libzstd1")   InRelease (gpgv) -> Packages -> .deb (SHA256)
+      -> dpkg-deb -x                                 <cache>/root/libzstd1_.../usr/lib/<triplet>/libzstd.so.V
+      -> copy, load, check ZSTD_versionNumber == V   <cache>/lib/zstd-V/libzstd.so
+      -> SOURCE                                      package, version, suite, the .deb's SHA256
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from zsmalloc.cache import cache_dir
+from zsmalloc.kernelvm import debian, mirror
+from zsmalloc.kernelvm.mirror import PackageError
+from zsmalloc.zram.zstdlib import SOURCE_FILE, ZstdLibrary, cached_path, library_version
+
+#: libzstd releases a preset needs -> the Debian suite whose libzstd1 is that release
+LIBZSTD_SUITES = {"1.5.7": "trixie"}
+PACKAGE = "libzstd1"
+
+
+def fetch_libzstd(version: str, cache: Path | None = None, suite: mirror.Suite | None = None) -> ZstdLibrary:
+    """libzstd ``version`` in the cache, fetched and checked if it is not there (else a PackageError)."""
+    cache = cache or cache_dir()
+    target = cached_path(version, cache)
+    if target.exists() and library_version(target) == version:
+        return ZstdLibrary(target, version, (target.parent / SOURCE_FILE).read_text().strip())
+    try:
+        suite_name = LIBZSTD_SUITES[version]
+    except KeyError:
+        raise PackageError(
+            f"no Debian suite is known to package libzstd {version} (known: {', '.join(LIBZSTD_SUITES)})"
+        ) from None
+    suite = suite or mirror.Suite(suite_name, cache)
+    stanza = suite.stanza(PACKAGE)
+    if not stanza["Version"].startswith(f"{version}+") and stanza["Version"] != version:
+        raise PackageError(f"{suite.name}'s {PACKAGE} is {stanza['Version']}, not libzstd {version}")
+    deb = suite.download(PACKAGE)
+    root = debian.extract(deb, cache)
+    found = sorted(root.glob(f"usr/lib/*/libzstd.so.{version}"))
+    if not found:
+        raise PackageError(f"{deb.name} holds no libzstd.so.{version}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(found[0], partial)
+    got = library_version(partial)
+    if got != version:
+        partial.unlink()
+        raise PackageError(f"{found[0]} in {deb.name} reports libzstd {got}, not {version}")
+    source = (
+        f"Debian {suite.name} {PACKAGE} {stanza['Version']} ({deb.name}, SHA256 {stanza['SHA256']}, "
+        f"{found[0].relative_to(root)})"
+    )
+    (target.parent / SOURCE_FILE).write_text(source + "\n")
+    os.replace(partial, target)
+    return ZstdLibrary(target, version, source)
