@@ -52,9 +52,10 @@ test-python: $(ENGINE)
 bench: $(ENGINE)
 	$(PY) benchmarks/run_all.py
 
-# the libzstd releases the kernel presets' zstd needs beside the bundled one
-# (6.17: Debian trixie's libzstd1 1.5.7), verified as apt verifies, into
-# ~/.cache/zsmalloc-kernel-vm/lib (`zsmalloc zstd-library` says what is used)
+# the zstd libraries the kernel presets need beside the bundled one, into
+# ~/.cache/zsmalloc-kernel-vm/lib (`zsmalloc zstd-library` says what is used):
+# 6.17's, Debian trixie's libzstd1 1.5.7, verified as apt verifies; 6.1's,
+# its own lib/zstd built from Debian's linux-source-6.1
 zstd-library: $(ENGINE)
 	$(VENV)/bin/zsmalloc zstd-library --fetch
 

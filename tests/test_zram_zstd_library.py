@@ -20,6 +20,7 @@ from tests.test_kernelvm_parts import FakeMirror, signer  # noqa: F401 (a fixtur
 from tests.zram_pages import any_page, text_page
 
 from zsmalloc.cli import main
+from zsmalloc.kernelvm.kernel_zstd import CFLAGS, SHIMS
 from zsmalloc.kernelvm.libzstd import fetch_libzstd
 from zsmalloc.kernelvm.mirror import PackageError
 from zsmalloc.zram import ZramDevice, zstdlib
@@ -254,3 +255,85 @@ def test_no_warning_without_a_preset_or_for_the_bundled_version(no_system_zstd):
         warnings.simplefilter("error")
         for kernel in (None, "6.6", "6.12"):
             ZramDevice(16 * PAGE, algorithm="zstd", kernel=kernel).close()
+
+
+# ----------------------------------------------------------------------
+# 6.1's own lib/zstd, built from the kernel's source (zsmalloc.kernelvm.kernel_zstd)
+
+
+def _probe_shims(tmp_path: Path) -> str:
+    """A C program using each shim's macros, compiled as the lib/zstd build compiles; its output."""
+    shims = tmp_path / "shim"
+    for name, text in SHIMS.items():
+        (shims / name).parent.mkdir(parents=True, exist_ok=True)
+        (shims / name).write_text(f"#pragma once\n{text}")
+    program = tmp_path / "probe.c"
+    program.write_text(
+        "#include <linux/types.h>\n#include <linux/kernel.h>\n#include <linux/errno.h>\n"
+        "#include <linux/swab.h>\n#include <linux/math64.h>\n#include <asm/unaligned.h>\n#include <stdio.h>\n"
+        "int main(void) {\n"
+        "  u8 b[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8}; u8 out[8] = {0};\n"
+        "  put_unaligned_be32(0x0a0b0c0d, out + 1);\n"
+        '  printf("%x %x %llx %x %x %llu %d %d %x\\n",\n'
+        "         get_unaligned_le32(b + 1), get_unaligned_be32(b + 1),\n"
+        "         (unsigned long long)get_unaligned_le64(b + 1), swab32(0x11223344), out[1],\n"
+        "         (unsigned long long)div_u64(1000000007ULL, 10), EINVAL, likely(1),\n"
+        "         get_unaligned((const u16 *)(b + 3)));\n"
+        "  return 0;\n}\n"
+    )
+    exe = tmp_path / "probe"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    flags = [f for f in CFLAGS if f not in ("-shared", "-fPIC")]
+    subprocess.run(
+        [cc, *flags, "-I", str(shims), "-o", str(exe), str(program)], check=True, capture_output=True
+    )
+    return subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
+
+
+@pytest.mark.model_only  # no device in it
+def test_the_kernel_header_shims_mean_what_the_kernels_headers_mean(tmp_path):
+    assert _probe_shims(tmp_path) == [
+        "4030201",  # little-endian load from an odd address
+        "1020304",  # big-endian
+        "807060504030201",
+        "44332211",
+        "a",  # big-endian store: the high byte first
+        "100000000",
+        "22",
+        "1",
+        "403",
+    ]
+
+
+@pytest.fixture(scope="module")
+def lib1410() -> Path:
+    """6.1's lib/zstd as the cache holds it (``make zstd-library`` builds it)."""
+    path = cached_path("1.4.10")
+    if not path.exists():
+        if "1.4.10" in required_versions():
+            pytest.fail(f"no build of 6.1's lib/zstd at {path} (make zstd-library)")
+        pytest.skip(f"no build of 6.1's lib/zstd at {path}: make zstd-library")
+    return path
+
+
+def test_the_6_1_preset_compresses_through_6_1s_own_lib_zstd(no_system_zstd, lib1410):
+    """The built library is 1.4.10, and compresses a page otherwise than any release here.
+
+    (With it, `zsmalloc kernel-vm --kernel 6.1` finds every zstd field and
+    sampled object of a booted 6.1 equal: benchmarks/RESULTS.md.)
+    """
+    _install(lib1410, no_system_zstd, "1.4.10")
+    assert library_version(lib1410) == "1.4.10"
+    page = text_page(random.Random(3))
+    compress, decompress = library_codec(lib1410, 3, "crypto")
+    kernels = compress(page)
+    assert decompress(kernels) == page
+    assert len(kernels) == 1863  # 1.5.5 and 1.5.7 make 1861 bytes of this page
+    assert len(get_codec("zstd", frame="crypto").compress(page)) == 1861
+    with ZramDevice(16 * PAGE, algorithm="zstd", kernel="6.1") as dev:
+        assert dev.zstd_library is not None and dev.zstd_library.version == "1.4.10"
+        dev.write_page(0, page)
+        assert _stored(dev, 0) == kernels
+        assert dev.read_page(0) == page

@@ -17,13 +17,14 @@ run time, from the first of::
     4. none: the bundled library and a KernelZstdWarning, or a KernelZstdError
        if V is in ZSMALLOC_REQUIRE_KERNEL_ZSTD (versions, comma-separated)
 
-A loaded library compresses as the kernel's zram calls its lib/zstd, with
-no other entry point (a library built from a kernel's own lib/zstd has
-these too)::
+A loaded library is called as the kernel's lib/zstd/zstd_compress_module.c
+calls its own, with no other entry point (a library built from a kernel's
+own lib/zstd has these too)::
 
     ZSTD_getParams(level, 4096 or 0, 0)     zstd_get_params(level, PAGE_SIZE or 0)
     ZSTD_initStaticCCtx(workspace, size)    zstd_init_cctx(workspace, size)
-    ZSTD_compress_advanced(.., params)      zstd_compress_cctx(cctx, .., &params)
+    ZSTD_CCtx_reset, _setPledgedSrcSize,    zstd_compress_cctx(cctx, .., &params):
+    _setParameter x 10, ZSTD_compress2        zstd_cctx_init, then ZSTD_compress2
     ZSTD_initStaticDCtx + ZSTD_decompressDCtx
 
 :func:`library_codec` is that binding for the model (ctypes); the engine
@@ -111,6 +112,12 @@ class _Params(ctypes.Structure):
 
 
 _P, _N, _S = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+#: zstd.h's ZSTD_reset_session_and_parameters and ZSTD_cParameter numbers (a stable API)
+_RESET_SESSION_AND_PARAMETERS = 3
+_C_WINDOW_LOG, _C_HASH_LOG, _C_CHAIN_LOG, _C_SEARCH_LOG, _C_MIN_MATCH, _C_TARGET_LENGTH, _C_STRATEGY = range(
+    101, 108
+)
+_C_CONTENT_SIZE_FLAG, _C_CHECKSUM_FLAG, _C_DICT_ID_FLAG = 200, 201, 202
 #: name -> (restype, argtypes): the only functions called
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ZSTD_versionNumber": (ctypes.c_uint, []),
@@ -119,7 +126,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ZSTD_estimateDCtxSize": (_N, []),
     "ZSTD_initStaticCCtx": (_P, [_P, _N]),
     "ZSTD_initStaticDCtx": (_P, [_P, _N]),
-    "ZSTD_compress_advanced": (_N, [_P, _P, _N, _S, _N, _P, _N, _Params]),
+    "ZSTD_CCtx_reset": (_N, [_P, ctypes.c_int]),
+    "ZSTD_CCtx_setPledgedSrcSize": (_N, [_P, ctypes.c_ulonglong]),
+    "ZSTD_CCtx_setParameter": (_N, [_P, ctypes.c_int, ctypes.c_int]),
+    "ZSTD_compress2": (_N, [_P, _P, _N, _S, _N]),
     "ZSTD_decompressDCtx": (_N, [_P, _P, _N, _S, _N]),
     "ZSTD_isError": (ctypes.c_uint, [_N]),
     "ZSTD_getErrorName": (_S, [_N]),
@@ -183,11 +193,30 @@ def library_codec(
             raise ValueError(f"zstd ({path}): {lib.ZSTD_getErrorName(n).decode()}")
         return n
 
+    c, f = params.cParams, params.fParams
+    settings = (  # zstd_cctx_init's, in its order
+        (_C_WINDOW_LOG, c.windowLog),
+        (_C_HASH_LOG, c.hashLog),
+        (_C_CHAIN_LOG, c.chainLog),
+        (_C_SEARCH_LOG, c.searchLog),
+        (_C_MIN_MATCH, c.minMatch),
+        (_C_TARGET_LENGTH, c.targetLength),
+        (_C_STRATEGY, c.strategy),
+        (_C_CONTENT_SIZE_FLAG, f.contentSizeFlag),
+        (_C_CHECKSUM_FLAG, f.checksumFlag),
+        (_C_DICT_ID_FLAG, int(not f.noDictIDFlag)),
+    )
+
     def compress(data: bytes) -> bytes:
         src = bytes(data)
+        cctx = contexts()[0]
+        check(lib.ZSTD_CCtx_reset(cctx, _RESET_SESSION_AND_PARAMETERS))
+        check(lib.ZSTD_CCtx_setPledgedSrcSize(cctx, len(src)))
+        for param, value in settings:
+            check(lib.ZSTD_CCtx_setParameter(cctx, param, value))
         cap = len(src) + (len(src) >> 7) + 512  # above ZSTD_compressBound
         dst = ctypes.create_string_buffer(cap)
-        n = check(lib.ZSTD_compress_advanced(contexts()[0], dst, cap, src, len(src), None, 0, params))
+        n = check(lib.ZSTD_compress2(cctx, dst, cap, src, len(src)))
         return dst.raw[:n]
 
     def decompress(data: bytes) -> bytes:

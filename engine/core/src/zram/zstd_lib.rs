@@ -7,19 +7,25 @@
 //! RTLD_DEEPBIND (its own calls bind to its own symbols, not to the linked
 //! ones), and called through function pointers.
 //!
+//! It is called as the kernel's lib/zstd/zstd_compress_module.c calls its
+//! own (the same in every version modelled):
+//!
 //! ```text
-//!   ZstdFrame::Page / Crypto          the kernel (zram's backend / crypto/zstd.c)
+//!   here                              the kernel (zram's backend / crypto/zstd.c)
 //!   ZSTD_getParams(level, hint, 0)    zstd_get_params(level, PAGE_SIZE or 0)
 //!   ZSTD_initStaticCCtx(workspace)    zstd_init_cctx(workspace, size)
-//!   ZSTD_compress_advanced(.., params) zstd_compress_cctx(cctx, .., &params)
+//!   ZSTD_CCtx_reset(session and parameters),
+//!   ZSTD_CCtx_setPledgedSrcSize(n),   zstd_compress_cctx(cctx, .., &params):
+//!   ZSTD_CCtx_setParameter x 10,        zstd_cctx_init, then ZSTD_compress2
+//!   ZSTD_compress2
 //!   ZSTD_initStaticDCtx + ZSTD_decompressDCtx
 //! ```
 //!
 //! Only these functions are used (and `ZSTD_versionNumber`, `ZSTD_isError`,
 //! `ZSTD_getErrorName`): libzstd exports them, and so does a library built
-//! from a kernel's own lib/zstd, whose entry points wrap the same ones.  A
-//! library is opened once per path and never closed, so the function
-//! pointers stay valid for the life of the process.
+//! from a kernel's own lib/zstd.  A library is opened once per path and
+//! never closed, so the function pointers stay valid for the life of the
+//! process.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::path::{Path, PathBuf};
@@ -65,17 +71,25 @@ type GetParams = unsafe extern "C" fn(c_int, u64, usize) -> Params;
 type EstimateCCtx = unsafe extern "C" fn(CParams) -> usize;
 type EstimateDCtx = unsafe extern "C" fn() -> usize;
 type InitStatic = unsafe extern "C" fn(*mut c_void, usize) -> *mut c_void;
-type CompressAdvanced = unsafe extern "C" fn(
-    *mut c_void,
-    *mut c_void,
-    usize,
-    *const c_void,
-    usize,
-    *const c_void,
-    usize,
-    Params,
-) -> usize;
-type DecompressDCtx = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *const c_void, usize) -> usize;
+type Reset = unsafe extern "C" fn(*mut c_void, c_int) -> usize;
+type SetPledged = unsafe extern "C" fn(*mut c_void, u64) -> usize;
+type SetParameter = unsafe extern "C" fn(*mut c_void, c_int, c_int) -> usize;
+/// `ZSTD_compress2` and `ZSTD_decompressDCtx`: (ctx, dst, capacity, src, size)
+type Transform = unsafe extern "C" fn(*mut c_void, *mut c_void, usize, *const c_void, usize) -> usize;
+
+/// `ZSTD_reset_session_and_parameters`
+const RESET_SESSION_AND_PARAMETERS: c_int = 3;
+/// `ZSTD_cParameter`s, as zstd.h numbers them (a stable API)
+const C_WINDOW_LOG: c_int = 101;
+const C_HASH_LOG: c_int = 102;
+const C_CHAIN_LOG: c_int = 103;
+const C_SEARCH_LOG: c_int = 104;
+const C_MIN_MATCH: c_int = 105;
+const C_TARGET_LENGTH: c_int = 106;
+const C_STRATEGY: c_int = 107;
+const C_CONTENT_SIZE_FLAG: c_int = 200;
+const C_CHECKSUM_FLAG: c_int = 201;
+const C_DICT_ID_FLAG: c_int = 202;
 type IsError = unsafe extern "C" fn(usize) -> c_uint;
 type ErrorName = unsafe extern "C" fn(usize) -> *const c_char;
 
@@ -88,8 +102,11 @@ pub struct ZstdLibrary {
     estimate_dctx: EstimateDCtx,
     init_static_cctx: InitStatic,
     init_static_dctx: InitStatic,
-    compress_advanced: CompressAdvanced,
-    decompress_dctx: DecompressDCtx,
+    cctx_reset: Reset,
+    set_pledged_src_size: SetPledged,
+    set_parameter: SetParameter,
+    compress2: Transform,
+    decompress_dctx: Transform,
     is_error: IsError,
     error_name: ErrorName,
     /// kept open (never dropped: the libraries live in LIBRARIES)
@@ -143,8 +160,11 @@ impl ZstdLibrary {
             estimate_dctx: sym!("ZSTD_estimateDCtxSize", EstimateDCtx),
             init_static_cctx: sym!("ZSTD_initStaticCCtx", InitStatic),
             init_static_dctx: sym!("ZSTD_initStaticDCtx", InitStatic),
-            compress_advanced: sym!("ZSTD_compress_advanced", CompressAdvanced),
-            decompress_dctx: sym!("ZSTD_decompressDCtx", DecompressDCtx),
+            cctx_reset: sym!("ZSTD_CCtx_reset", Reset),
+            set_pledged_src_size: sym!("ZSTD_CCtx_setPledgedSrcSize", SetPledged),
+            set_parameter: sym!("ZSTD_CCtx_setParameter", SetParameter),
+            compress2: sym!("ZSTD_compress2", Transform),
+            decompress_dctx: sym!("ZSTD_decompressDCtx", Transform),
             is_error: sym!("ZSTD_isError", IsError),
             error_name: sym!("ZSTD_getErrorName", ErrorName),
             _lib: lib,
@@ -212,20 +232,48 @@ pub struct LibContext {
 }
 
 impl LibContext {
-    /// Compress `src` into `dst`: its length, or None on an error (no room).
-    pub fn compress(&mut self, dst: &mut [u8], src: &[u8]) -> Option<usize> {
+    /// `zstd_cctx_init`: the context reset and given the parameters and the source's size.
+    fn cctx_init(&mut self, source_size: usize) -> Option<()> {
+        let (c, f) = (self.params.c, self.params.f);
+        let (lib, cctx) = (&self.lib, self.cctx);
         // SAFETY: cctx is a static context in our workspace, used by this
-        // thread alone (&mut self); dst and src are valid for the lengths given
+        // thread alone (&mut self); the calls take plain values
+        let set = |p: c_int, v: c_int| unsafe { (lib.set_parameter)(cctx, p, v) };
+        // SAFETY: as above
+        let (reset, pledged) = unsafe {
+            (
+                (lib.cctx_reset)(cctx, RESET_SESSION_AND_PARAMETERS),
+                (lib.set_pledged_src_size)(cctx, source_size as u64),
+            )
+        };
+        let results = [
+            reset,
+            pledged,
+            set(C_WINDOW_LOG, c.window_log as c_int),
+            set(C_HASH_LOG, c.hash_log as c_int),
+            set(C_CHAIN_LOG, c.chain_log as c_int),
+            set(C_SEARCH_LOG, c.search_log as c_int),
+            set(C_MIN_MATCH, c.min_match as c_int),
+            set(C_TARGET_LENGTH, c.target_length as c_int),
+            set(C_STRATEGY, c.strategy),
+            set(C_CONTENT_SIZE_FLAG, f.content_size_flag),
+            set(C_CHECKSUM_FLAG, f.checksum_flag),
+            set(C_DICT_ID_FLAG, (f.no_dict_id_flag == 0) as c_int),
+        ];
+        results.iter().all(|&r| lib.error(r).is_none()).then_some(())
+    }
+
+    /// Compress `src` into `dst` as `zstd_compress_cctx` does: its length, or None on an error (no room).
+    pub fn compress(&mut self, dst: &mut [u8], src: &[u8]) -> Option<usize> {
+        self.cctx_init(src.len())?;
+        // SAFETY: as in cctx_init; dst and src are valid for the lengths given
         let n = unsafe {
-            (self.lib.compress_advanced)(
+            (self.lib.compress2)(
                 self.cctx,
                 dst.as_mut_ptr().cast(),
                 dst.len(),
                 src.as_ptr().cast(),
                 src.len(),
-                std::ptr::null(),
-                0,
-                self.params,
             )
         };
         self.lib.error(n).is_none().then_some(n)
