@@ -43,15 +43,20 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LIBM = Path("/lib/x86_64-linux-gnu/libm.so.6")
 
 
+def _cached(version: str) -> Path:
+    """The cache's library of ``version`` (``make zstd-library``), or a skip (a failure if required)."""
+    path = cached_path(version)
+    if not path.exists():
+        if version in required_versions():
+            pytest.fail(f"no zstd library {version} at {path} (make zstd-library)")
+        pytest.skip(f"no zstd library {version} at {path}: make zstd-library")
+    return path
+
+
 @pytest.fixture(scope="module")
 def lib157() -> Path:
-    """The cached libzstd 1.5.7, copied out of the cache (which the tests point elsewhere)."""
-    path = cached_path("1.5.7")
-    if not path.exists():
-        if "1.5.7" in required_versions():
-            pytest.fail(f"no libzstd 1.5.7 at {path} (make zstd-library)")
-        pytest.skip(f"no libzstd 1.5.7 at {path}: make zstd-library")
-    return path
+    """libzstd 1.5.7 (Debian trixie's), where the real cache keeps it (the tests point theirs elsewhere)."""
+    return _cached("1.5.7")
 
 
 @pytest.fixture
@@ -309,13 +314,8 @@ def test_the_kernel_header_shims_mean_what_the_kernels_headers_mean(tmp_path):
 
 @pytest.fixture(scope="module")
 def lib1410() -> Path:
-    """6.1's lib/zstd as the cache holds it (``make zstd-library`` builds it)."""
-    path = cached_path("1.4.10")
-    if not path.exists():
-        if "1.4.10" in required_versions():
-            pytest.fail(f"no build of 6.1's lib/zstd at {path} (make zstd-library)")
-        pytest.skip(f"no build of 6.1's lib/zstd at {path}: make zstd-library")
-    return path
+    """6.1's lib/zstd, as the real cache holds its build."""
+    return _cached("1.4.10")
 
 
 def test_the_6_1_preset_compresses_through_6_1s_own_lib_zstd(no_system_zstd, lib1410):
