@@ -40,6 +40,7 @@ Run: ``.venv/bin/python benchmarks/bench_kernel_vm.py [--out DIR]``.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +72,7 @@ def run(quick: bool = False) -> dict:
     from zsmalloc.kernelvm import CODEC_FREE_FIELDS, IMAGE_KINDS, STAT_FIELDS, BootError, run_comparison
     from zsmalloc.kernelvm.debian import PackageError
     from zsmalloc.kernelvm.harness import make_image
+    from zsmalloc.kernelvm.mirror import ACCEPT_EXPIRED_ENV
 
     kernels = []
     failed = []
@@ -170,8 +172,27 @@ def run(quick: bool = False) -> dict:
         "samples": SAMPLES,
         "kernels": kernels,
         "failed": failed,
+        "zstd_libraries": _zstd_libraries(),
+        "accept_expired": os.environ.get(ACCEPT_EXPIRED_ENV) == "1",
     }
     return {**doc, "targets": targets}
+
+
+def _zstd_libraries() -> dict[str, str]:
+    """Preset -> the zstd library its devices compressed with, and where it came from."""
+    from zsmalloc.zram import KERNELS
+    from zsmalloc.zram.zstdlib import BUNDLED, find_library
+
+    out = {}
+    for version, preset in KERNELS.items():
+        if BUNDLED in preset.zstd_versions:
+            out[version] = f"{BUNDLED} (bundled)"
+            continue
+        found = next(filter(None, (find_library(v) for v in preset.zstd_versions)), None)
+        out[version] = (
+            f"missing: the bundled {BUNDLED}" if found is None else f"{found.version} ({found.source})"
+        )
+    return out
 
 
 def _cell(r: dict) -> str:
@@ -251,6 +272,19 @@ def markdown(doc: dict) -> str:
         "compared byte for byte with the object our device stores for the page. A cell is the value "
         "where both agree, else `kernel / ours (ours - kernel, share)`.",
     ]
+    libraries = doc.get("zstd_libraries")
+    if libraries:
+        out += [
+            "",
+            "zstd libraries, by preset: " + "; ".join(f"{p}: {lib}" for p, lib in libraries.items()) + ".",
+        ]
+    if doc.get("accept_expired"):
+        out += [
+            "",
+            "This run accepted a Release past its Valid-Until (`ZSMALLOC_KERNEL_VM_ACCEPT_EXPIRED=1`): the "
+            "mirror this machine reaches serves a sid InRelease that expired on 6 November 2026, whose "
+            "signature and hashes were still checked.",
+        ]
     for k in doc["kernels"]:
         out += [
             "",
@@ -282,27 +316,20 @@ RESIDUES = (
     "Causes. `orig_data_size`, `same_pages`, `mem_limit`, io_stat (notify_free counts every discarded "
     "page) and bd_stat do not depend on the codec. The codec-dependent fields depend on the "
     "compressed bytes alone: under a kernel preset, lz4 is `lz4-kernel`, the kernel's lib/lz4 "
-    "compressor written from the LZ4 block format and that compressor's search, and zstd is libzstd "
-    "1.5.5 (the engine's zstd-sys and python-zstandard 0.22 are pinned to it) in zram's standard "
-    "frame, with 6.12's parameters for a 4 KiB input. Measured once by hand, not by this script: with "
-    "libzstd 1.5.7 instead, 11-14% of the zstd pages of a 2,048-page run came out 1-16 bytes apart "
-    "from 6.12's (compr_data_size within 0.01%, mem_used_total up to 1.7% apart, as objects cross "
-    "class boundaries); with liblz4 1.9.4 instead of lz4-kernel, 84% of 4,000 real pages come out "
-    "different. 6.1's lib/zstd is 1.4.10 (imported in 5.16, a tag made for the kernel), which no "
-    "library matches: against a 6.1 zs_malloc trace, libzstd 1.5.5 gives 30-34% of its zstd pages' "
-    "sizes and 1.4.9, the last 1.4 release, 43-69%: its zstd objects are the residue on 6.1 (a few "
-    "bytes apart on most pages, compr_data_size within 0.1%, mem_used_total and pages_compacted "
-    "further as objects cross class boundaries), while its lz4 figures and objects are the kernel's. "
-    "6.16 and 7.2 run under the 6.17 preset (chain 8 from their config, the least-waste rule, the "
-    "groups by tenths, zram's own backends; zram.ko reaches zsmalloc through the same zs_malloc, "
+    "compressor written from the LZ4 block format and that compressor's search (liblz4 1.9.4 makes "
+    "other blocks of 84% of 4,000 real pages), and zstd is the zstd of that kernel's lib/zstd "
+    "version, called as its zstd_compress_module.c calls it, in zram's standard frame with that "
+    "kernel's parameters: the bundled libzstd 1.5.5 for 6.12 (lib/zstd 1.5.2, which 1.5.5 "
+    "reproduces on every page here), Debian trixie's libzstd 1.5.7 for 6.16 and 7.2 (lib/zstd "
+    "1.5.7; with 1.5.5 instead 10-13% of their zstd pages came out a few bytes apart and "
+    "mem_used_total up to 2.8%), and for 6.1 (lib/zstd 1.4.10, a version made for the kernel and "
+    "never released, which no libzstd reproduces: 1.5.5 gave 30-34% of its page sizes, 1.4.9 "
+    "43-69%) 6.1's own lib/zstd, built in userspace from Debian's linux-source-6.1 "
+    "(`zsmalloc.kernelvm.kernel_zstd`). `zsmalloc zstd-library --fetch` puts the last two into the "
+    "cache. 6.16 and 7.2 run under the 6.17 preset (chain 8 from their config, the least-waste rule, "
+    "the groups by tenths, zram's own backends; zram.ko reaches zsmalloc through the same zs_malloc, "
     "zs_free, zs_obj_write, zs_obj_read_begin/end and zs_compact as 6.17's, and both vmlinux carry "
-    "lib/zstd's version string 1.5.7): their lz4 figures and objects are the kernel's, and so are "
-    "all their replayed figures, so their zsmalloc packs the kernel's own sizes as ours does. Their "
-    "zstd residue is libzstd 1.5.5 against lib/zstd 1.5.7, measured by hand, not by this script: "
-    "Debian trixie's libzstd 1.5.7 (through ctypes, level 3, parameters for a 4 KiB source) gives "
-    "the kernel's zs_malloc size on every stored page of the three images on both kernels (9,226 of "
-    "9,226) and the kernel's bytes on every sampled object (137 of 137), where 1.5.5 gives 86.8-89.6% "
-    "of the sizes. "
+    "lib/zstd's version string 1.5.7). "
     "`mem_used_total`, `mem_used_max` and `pages_compacted` follow from the object sizes: the replay "
     "tables, where our pool is fed the kernel's own sizes, agree field for field."
 )
