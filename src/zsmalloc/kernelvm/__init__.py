@@ -18,6 +18,8 @@ A harness, not part of the allocator: nothing in the library imports it::
 ``mirror``   suites the host's apt does not list, from the mirror: InRelease, Packages, .debs verified
 ``guest``    the init script and the parser of what it prints
 ``harness``  images, initramfs, boot, our side, the comparison and its tables
+``libzstd``  Debian's libzstd release a preset's zstd needs (6.17: trixie's 1.5.7), into the cache
+``kernel_zstd``  a kernel's own lib/zstd built in userspace from its source package (6.1's 1.4.10)
 
 ``zsmalloc kernel-vm`` (``zsmalloc.cli.kernelvm``) runs it from the command line.
 """
