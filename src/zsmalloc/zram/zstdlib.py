@@ -10,7 +10,7 @@ run time, from the first of::
     wanted version V (a preset's KernelPreset.zstd_versions)
       |  V is BUNDLED ------------------------------> the bundled library
       v
-    1. $ZSMALLOC_ZSTD_LIBRARY     a path; a KernelZstdError unless it is V
+    1. $ZSMALLOC_ZSTD_LIBRARY     paths (':'-separated): the first that is V
     2. the system's libzstd.so.1, when it is V
     3. <cache>/lib/zstd-V/libzstd.so  (``zsmalloc zstd-library --fetch``;
        its provenance in SOURCE beside it)
@@ -256,12 +256,9 @@ def _system_library() -> Path | None:
 
 def find_library(version: str) -> ZstdLibrary | None:
     """libzstd ``version``, from the environment, the system or the cache (see the header); None if none."""
-    given = os.environ.get(LIBRARY_ENV)
-    if given:
-        found = library_version(given)
-        if found != version:
-            raise KernelZstdError(f"{LIBRARY_ENV}={given} is libzstd {found}, not the {version} wanted")
-        return ZstdLibrary(Path(given), version, f"{LIBRARY_ENV}")
+    for given in filter(None, os.environ.get(LIBRARY_ENV, "").split(os.pathsep)):
+        if library_version(given) == version:  # (one that is not a libzstd is an error)
+            return ZstdLibrary(Path(given), version, LIBRARY_ENV)
     system = _system_library()
     if system is not None:
         try:
