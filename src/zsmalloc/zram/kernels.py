@@ -38,10 +38,12 @@ one.  What each part of a preset follows::
   libzstd 1.5.7 (:mod:`zsmalloc.zram.zstdlib`, ``zsmalloc zstd-library
   --fetch``: Debian trixie's) and compresses through it as the kernel calls
   its lib/zstd; :attr:`KernelPreset.zstd_versions` is what a preset looks
-  for.  6.1's lib/zstd is 1.4.10
-  (imported in 5.16, a tag made for the kernel): libzstd 1.5.5 gives 6.1's
-  size on 30-34% of its zstd pages, and 1.4.9, the last 1.4 release, on
-  only 43-69%, so no release reproduces it.
+  for.  6.1's lib/zstd is 1.4.10 (imported in 5.16, a tag made for the
+  kernel): libzstd 1.5.5 gives 6.1's size on 30-34% of its zstd pages, and
+  1.4.9, the last 1.4 release, on only 43-69%, so no release reproduces
+  it, and the 6.1 preset compresses through 6.1's own lib/zstd, built from
+  Debian's linux-source-6.1 (:mod:`zsmalloc.kernelvm.kernel_zstd`).  With
+  these, every zstd figure of a booted 6.1, 6.12, 6.16 and 7.2 is ours.
 - lz4 is the kernel's lib/lz4 (LZ4 1.7.3's compressor, unchanged in its
   output since 4.11) at acceleration 1 in every version (the crypto API's
   ``LZ4_compress_default`` before 6.12): under a preset,
