@@ -1,4 +1,4 @@
-"""Debian's 6.12 kernel under QEMU against ``zsmalloc stats``: the short form of the harness.
+"""Debian's 6.12 (and 6.1) kernel under QEMU against ``zsmalloc stats``: the short form of the harness.
 
 One boot (TCG, about half a minute): a small image of real files, written to
 the guest's zram with lz4 and with zstd, discarded in part and compacted.
@@ -15,6 +15,12 @@ pool fed the kernel's own object sizes (kprobes on zs_malloc and zs_free in
 the guest, ``zsmalloc replay``) must end each stage with the kernel's
 mem_used_total, mem_used_max and pages_compacted.
 
+A second boot, of 6.1, writes the same image with zstd alone: its lib/zstd is
+1.4.10, which no libzstd release reproduces, and the 6.1 preset compresses
+through 6.1's own lib/zstd built from its source (``make zstd-library``; the
+test skips without that build, and fails instead when
+``ZSMALLOC_REQUIRE_KERNEL_ZSTD`` names 1.4.10).
+
 Skipped when qemu-system-x86_64 or the kernel package cannot be had; under
 ``ZSMALLOC_REQUIRE_KERNEL_VM=1`` (CI) it fails instead.  It runs on the
 default backend only: ``zsmalloc stats`` is the same command on both.
@@ -30,6 +36,7 @@ import pytest
 from zsmalloc.kernelvm import STAGES, STAT_FIELDS, BootError, run_comparison
 from zsmalloc.kernelvm.debian import PackageError
 from zsmalloc.kernelvm.harness import REPLAY_FIELDS
+from zsmalloc.zram.zstdlib import find_library, required_versions
 
 pytestmark = pytest.mark.kernel_vm
 
@@ -104,3 +111,34 @@ def test_our_pool_fed_the_kernels_object_sizes_ends_each_stage_as_the_kernel(com
     assert not unequal, "\n".join(
         f"{r.algorithm}/{r.stage}/{r.field}: kernel {r.kernel}, replayed {r.ours}" for r in unequal
     )
+
+
+@pytest.fixture(scope="module")
+def comparison_6_1():
+    if shutil.which("qemu-system-x86_64") is None:
+        _unavailable("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
+    if find_library("1.4.10") is None:
+        if "1.4.10" in required_versions():
+            pytest.fail(
+                "no build of 6.1's lib/zstd, which ZSMALLOC_REQUIRE_KERNEL_ZSTD requires (make zstd-library)"
+            )
+        pytest.skip("no build of 6.1's lib/zstd (make zstd-library)")
+    try:
+        return run_comparison("6.1", ["files"], ["zstd"], pages=1024, seed=3, samples=24, timeout=600)
+    except PackageError as exc:
+        _unavailable(f"Debian's 6.1 kernel or busybox-static cannot be had: {exc}")
+    except BootError as exc:
+        pytest.fail(f"{exc}\n--- the guest's console ---\n{exc.console[-4000:]}")
+
+
+@pytest.mark.timeout(900)
+def test_6_1s_zstd_figures_and_objects_are_its_own_lib_zstds(comparison_6_1):
+    assert comparison_6_1.release.startswith("6.1.")
+    assert comparison_6_1.chain_size == 4  # before CONFIG_ZSMALLOC_CHAIN_SIZE: ZS_MAX_ZSPAGE_ORDER 2
+    unequal = comparison_6_1.unequal()
+    assert not unequal, "\n".join(
+        f"{r.algorithm}/{r.stage}/{r.file}.{r.field}: kernel {r.kernel}, ours {r.ours}" for r in unequal
+    )
+    objects = {r.field: (r.kernel, r.ours) for r in comparison_6_1.rows if r.file == "objects"}
+    captured, identical = objects["identical"]
+    assert captured >= 10 and identical == captured

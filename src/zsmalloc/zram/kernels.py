@@ -82,7 +82,7 @@ class KernelPreset:
     #: the zstd version of its lib/zstd (the version string in its vmlinux)
     zstd_library: str | None = None
     #: the libzstd releases whose output is that lib/zstd's, as far as measured against a booted
-    #: kernel or its lib/zstd version (the engine and python-zstandard are pinned to 1.5.5)
+    #: kernel or its lib/zstd version (the engine and python-zstandard bundle 1.5.5)
     zstd_reproduced_by: tuple[str, ...] = ()
     #: whether that zram recompresses with a second algorithm (recomp_algorithm, 6.2 on)
     recompress: bool = True
