@@ -188,6 +188,21 @@ def test_a_loaded_library_takes_only_the_kernels_frames_and_no_dictionary(lib157
         assert _stored(dev, 0) == library_codec(lib157, 3, "crypto")[0](page)
 
 
+def test_a_library_that_cannot_be_loaded_fails_the_device_and_leaves_nothing(tmp_path, lib157):
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"\x7fELF but not really")
+    for library in (junk, LIBM, tmp_path / "missing.so"):
+        with pytest.raises(ValueError, match=str(library.name)):
+            ZramDevice(16 * PAGE, algorithm="zstd", algorithm_params={"library": library, "frame": "page"})
+    with pytest.raises(TypeError):
+        ZramDevice(16 * PAGE, algorithm="zstd", algorithm_params={"library": 7, "frame": "page"})
+    # and a good one still loads after them
+    good = {"library": lib157, "frame": "page"}
+    with ZramDevice(16 * PAGE, algorithm="zstd", algorithm_params=good) as dev:
+        dev.write_page(0, text_page(random.Random(6)))
+        dev.check()
+
+
 def test_a_missing_library_warns_and_the_bundled_one_compresses(no_system_zstd):
     with pytest.warns(KernelZstdWarning, match="bundled"):
         dev = ZramDevice(16 * PAGE, algorithm="zstd", kernel="6.17")

@@ -57,8 +57,11 @@ SOURCE_FILE = "SOURCE"
 PAGE_SIZE = 4096
 
 
-class KernelZstdError(RuntimeError):
-    """A zstd library that cannot be used: missing when required, unloadable, or the wrong version."""
+class KernelZstdError(ValueError):
+    """A zstd library that cannot be used: missing when required, unloadable, or the wrong version.
+
+    A ValueError, as the engine's device raises for a library it cannot load.
+    """
 
 
 class KernelZstdWarning(UserWarning):
