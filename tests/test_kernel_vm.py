@@ -52,16 +52,21 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
-def comparison():
+def _boot(series: str, algorithms: list[str]):
+    """One boot of ``series`` with the files image and ``algorithms``, compared with our side."""
     if shutil.which("qemu-system-x86_64") is None:
         _unavailable("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
     try:
-        return run_comparison("6.12", ["files"], ["lz4", "zstd"], pages=1024, seed=3, samples=24, timeout=600)
+        return run_comparison(series, ["files"], algorithms, pages=1024, seed=3, samples=24, timeout=600)
     except PackageError as exc:
-        _unavailable(f"Debian's 6.12 kernel or busybox-static cannot be had: {exc}")
+        _unavailable(f"Debian's {series} kernel or busybox-static cannot be had: {exc}")
     except BootError as exc:
         pytest.fail(f"{exc}\n--- the guest's console ---\n{exc.console[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def comparison():
+    return _boot("6.12", ["lz4", "zstd"])
 
 
 @pytest.mark.timeout(900)
@@ -115,20 +120,13 @@ def test_our_pool_fed_the_kernels_object_sizes_ends_each_stage_as_the_kernel(com
 
 @pytest.fixture(scope="module")
 def comparison_6_1():
-    if shutil.which("qemu-system-x86_64") is None:
-        _unavailable("qemu-system-x86_64 is not installed (Debian: qemu-system-x86)")
     if find_library("1.4.10") is None:
         if "1.4.10" in required_versions():
             pytest.fail(
                 "no build of 6.1's lib/zstd, which ZSMALLOC_REQUIRE_KERNEL_ZSTD requires (make zstd-library)"
             )
         pytest.skip("no build of 6.1's lib/zstd (make zstd-library)")
-    try:
-        return run_comparison("6.1", ["files"], ["zstd"], pages=1024, seed=3, samples=24, timeout=600)
-    except PackageError as exc:
-        _unavailable(f"Debian's 6.1 kernel or busybox-static cannot be had: {exc}")
-    except BootError as exc:
-        pytest.fail(f"{exc}\n--- the guest's console ---\n{exc.console[-4000:]}")
+    return _boot("6.1", ["zstd"])
 
 
 @pytest.mark.timeout(900)
