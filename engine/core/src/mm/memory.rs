@@ -10,11 +10,11 @@
 //!   +---------+---------+---------+-- ... --+------------------------+
 //!   |<------ hwm: frames ever handed out ------>|
 //!
-//!   descriptors: Table<PageDesc>, one 24-byte entry per pfn
+//!   descriptors: Table<PageDesc>, one 16-byte entry per pfn
 //!     flags u8 (PG_locked | PG_movable | PG_isolated), movable_ops u8,
 //!     first_obj_offset u16, refcount i32, private u32 (the owner's: zspage
-//!     id), next u32 (the owner's page chain), index u64 (the owner's: the
-//!     handle of a huge object)
+//!     id), next u32 (the owner's page chain); the kernel's page->index (a
+//!     huge object's handle) is the pool's, in its zspage entry
 //! ```
 //!
 //! Free frames are on the *hot list* (the kernel's per-cpu lists: recently
@@ -48,8 +48,8 @@ use std::time::{Duration, Instant};
 
 use crate::sync::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
 use crate::sync::{
-    Arc, ArenaWord, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Condvar,
-    Mutex, MutexGuard, RwLock, Weak,
+    Arc, ArenaWord, AtomicBool, AtomicI32, AtomicU16, AtomicU32, AtomicU8, AtomicUsize, Condvar, Mutex,
+    MutexGuard, RwLock, Weak,
 };
 
 use super::migrate::{MovableOps, VmStat};
@@ -106,8 +106,10 @@ pub struct PageDesc {
     pub refcount: AtomicI32,
     pub private: AtomicU32,
     pub next: AtomicU32,
-    pub index: AtomicU64,
 }
+
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<PageDesc>() == 16);
 
 // SAFETY: atomics only; all-zero is a free frame's descriptor.
 unsafe impl Zeroable for PageDesc {}
@@ -116,7 +118,6 @@ impl PageDesc {
     fn reset_owner_words(&self) {
         self.movable_ops.store(0, Relaxed);
         self.private.store(0, Relaxed);
-        self.index.store(0, Relaxed);
         self.next.store(0, Relaxed);
         self.first_obj_offset.store(0, Relaxed);
     }

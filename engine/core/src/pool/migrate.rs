@@ -105,9 +105,6 @@ impl Pool {
             }
         }
         self.create_page_chain(cls, zid, chain.as_slice());
-        if cls.spec.huge {
-            mem.desc(dst).index.store(mem.desc(src).index.load(Relaxed), Relaxed);
-        }
         mem.set_page_movable(dst, self.ops_id);
         let _ = mem.get_page(dst); // in use: the VM allocated it and holds it locked
     }

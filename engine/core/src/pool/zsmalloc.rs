@@ -30,8 +30,9 @@
 //!
 //! Every slot of a non-huge class starts with one 8-byte word: the handle
 //! with OBJ_ALLOCATED_TAG when allocated, `next_free_index << 1` when free
-//! (FREE_LIST_END ends the list).  Huge zspages keep their handle in the page
-//! descriptor's `index` word instead.
+//! (FREE_LIST_END ends the list).  A huge zspage keeps its object's handle
+//! in its zspage entry (`handle`) instead: the kernel's page->index of its
+//! one page, kept out of the page descriptors so that they are 16 bytes.
 //!
 //! A handle is `slot << 32 | tag << 20 | generation << 1`: the pool's tag
 //! makes every other pool refuse it.  Its table entry, one 8-byte
@@ -52,7 +53,7 @@
 //!
 //! (pfn: the page the object starts in; the size asked is 1..4096.)  The
 //! handle itself lives with its object, as in the kernel: in the in-page
-//! header above, or a huge object's page descriptor's `index`
+//! header above, or a huge object's zspage entry
 //! (`obj_to_head`).  So a handle is valid when its slot is in the table,
 //! the entry is live and the word at the object's location is the handle
 //! with OBJ_ALLOCATED_TAG: a stale handle (its slot reused, another
@@ -257,6 +258,9 @@ pub struct ZsPage {
     next: AtomicU32,
     /// the zspage lock: readers > 0, -1 write-locked
     lock: AtomicI32,
+    /// a huge zspage's object: its handle with OBJ_ALLOCATED_TAG, 0 while
+    /// free (the kernel keeps it in its one page's page->index)
+    handle: AtomicU64,
 }
 
 // SAFETY: atomics only; entries are initialised before use (cache_alloc_zspage).
@@ -754,12 +758,12 @@ impl Pool {
 
     /// `obj_to_head`: the word at the object's location, its handle with
     /// OBJ_ALLOCATED_TAG while it is allocated: the in-page header, or a
-    /// huge object's page descriptor's `index`.
+    /// huge object's zspage entry's `handle` (the kernel's page->index).
     #[inline]
     fn obj_to_head(&self, cls: &SizeClass, obj: u64) -> u64 {
         let (pfn, idx) = obj_to_location_parts(obj & LOC_MASK);
         if cls.spec.huge {
-            self.mem.desc(pfn).index.load(Relaxed)
+            self.zs(self.mem.desc(pfn).private.load(Relaxed)).handle.load(Relaxed)
         } else {
             self.mem.word(Self::header_addr(cls, pfn, idx)).load(Relaxed)
         }
@@ -922,7 +926,7 @@ impl Pool {
         let pfn = self.chain_page(zid, cls.obj_offset(idx) >> PAGE_SHIFT);
         if cls.spec.huge {
             z.freeobj.store(-1, Relaxed);
-            self.mem.desc(pfn).index.store(handle | OBJ_ALLOCATED_TAG, Relaxed);
+            z.handle.store(handle | OBJ_ALLOCATED_TAG, Relaxed);
         } else {
             let word = self.mem.word(Self::header_addr(cls, pfn, idx));
             let link = word.load(Relaxed);
@@ -938,7 +942,7 @@ impl Pool {
         let z = self.zs(zid);
         let (pfn, idx) = obj_to_location_parts(obj);
         if cls.spec.huge {
-            self.mem.desc(pfn).index.store(0, Relaxed);
+            z.handle.store(0, Relaxed);
         } else {
             let head = z.freeobj.load(Relaxed);
             let link = if head < 0 { FREE_LIST_END } else { (head as u64) << OBJ_TAG_BITS };
@@ -1044,6 +1048,7 @@ impl Pool {
         z.lock.store(0, Relaxed);
         z.isolated.store(0, Relaxed);
         z.deferred.store(false, Relaxed);
+        z.handle.store(0, Relaxed);
         self.create_page_chain(cls, zid, &pages[..n]);
         self.init_zspage(cls, &pages[..n]);
         Ok(zid)
@@ -1712,7 +1717,7 @@ impl Pool {
         out: &mut [(u32, u16); MAX_OBJS_PER_PAGE],
     ) -> usize {
         if cls.spec.huge {
-            let tag = self.mem.desc(pfn).index.load(Relaxed);
+            let tag = self.zs(self.mem.desc(pfn).private.load(Relaxed)).handle.load(Relaxed);
             if tag & OBJ_ALLOCATED_TAG != 0 {
                 out[0] = ((tag >> HANDLE_SLOT_SHIFT) as u32, 0);
                 return 1;
@@ -1964,6 +1969,8 @@ impl Pool {
             })
             .collect();
         let mut zspages = Vec::new();
+        // the page->index the model keeps in a huge zspage's page descriptor
+        let mut huge_heads = HashMap::new();
         for zid in 0..c.zs_len as u32 {
             let z = self.zs(zid);
             let class = z.class.load(Relaxed);
@@ -2001,6 +2008,11 @@ impl Pool {
                 pages,
                 headers,
             });
+            if cls.spec.huge {
+                if let Some(&first) = zspages.last().and_then(|s: &ZsPageSnap| s.pages.first()) {
+                    huge_heads.insert(first as u32, z.handle.load(Relaxed));
+                }
+            }
         }
         let handles = (1..self.h_len())
             .filter_map(|s| {
@@ -2026,7 +2038,7 @@ impl Pool {
                         refcount,
                         movable_ops: d.movable_ops.load(Relaxed),
                         private: d.private.load(Relaxed),
-                        index: d.index.load(Relaxed),
+                        index: huge_heads.get(&pfn).copied().unwrap_or(0),
                         next: if next == NO_PAGE { -1 } else { next as i64 },
                         first_obj_offset: d.first_obj_offset.load(Relaxed),
                     }
