@@ -181,14 +181,14 @@ def run(quick: bool = False) -> dict:
 def _zstd_libraries() -> dict[str, str]:
     """Preset -> the zstd library its devices compressed with, and where it came from."""
     from zsmalloc.zram import KERNELS
-    from zsmalloc.zram.zstdlib import BUNDLED, find_library
+    from zsmalloc.zram.zstdlib import BUNDLED, find_any
 
     out = {}
     for version, preset in KERNELS.items():
         if BUNDLED in preset.zstd_versions:
             out[version] = f"{BUNDLED} (bundled)"
             continue
-        found = next(filter(None, (find_library(v) for v in preset.zstd_versions)), None)
+        found = find_any(preset.zstd_versions)
         out[version] = (
             f"missing: the bundled {BUNDLED}" if found is None else f"{found.version} ({found.source})"
         )

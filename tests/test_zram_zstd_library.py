@@ -29,11 +29,14 @@ from zsmalloc.zram.zstdlib import (
     BUNDLED,
     KernelZstdError,
     KernelZstdWarning,
+    cached_library,
     cached_path,
+    install_library,
     library_codec,
     library_for,
     library_version,
     required_versions,
+    reusable,
 )
 
 pytestmark = pytest.mark.usefixtures("each_backend")
@@ -72,7 +75,7 @@ def no_system_zstd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def _install(lib: Path, cache: Path, version: str = "1.5.7") -> Path:
     target = cached_path(version, cache)
-    target.parent.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(lib, target)
     (target.parent / zstdlib.SOURCE_FILE).write_text("a test's copy\n")
     return target
@@ -356,3 +359,19 @@ def test_the_6_1_preset_compresses_through_6_1s_own_lib_zstd(no_system_zstd, lib
         dev.write_page(0, page)
         assert _stored(dev, 0) == kernels
         assert dev.read_page(0) == page
+
+
+@pytest.mark.model_only  # no device in it
+def test_the_cache_takes_a_library_only_as_the_version_it_reports(tmp_path, lib157):
+    cache = tmp_path / "cache"
+    with pytest.raises(KernelZstdError, match=r"reports libzstd 1\.5\.7, not 1\.4\.10"):
+        install_library(lib157, "1.4.10", "a test's mislabelled copy", cache)
+    assert not cached_path("1.4.10", cache).exists()
+    assert not cached_path("1.4.10", cache).with_suffix(".partial").exists()
+    # one put there by other means is refused where it is looked for, and built again over
+    _install(lib157, cache, "1.4.10")
+    with pytest.raises(KernelZstdError, match="remove it and fetch it again"):
+        cached_library("1.4.10", cache)
+    assert reusable("1.4.10", cache) is None
+    lib = install_library(lib157, "1.5.7", "a test's copy", cache)
+    assert reusable("1.5.7", cache) == lib == cached_library("1.5.7", cache)

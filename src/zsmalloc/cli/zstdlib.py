@@ -23,7 +23,7 @@ from zsmalloc.kernelvm.kernel_zstd import KERNEL_ZSTD, build_kernel_zstd
 from zsmalloc.kernelvm.libzstd import LIBZSTD_SUITES, fetch_libzstd
 from zsmalloc.kernelvm.mirror import PackageError
 from zsmalloc.zram.kernels import KERNELS
-from zsmalloc.zram.zstdlib import BUNDLED, KernelZstdError, find_library
+from zsmalloc.zram.zstdlib import BUNDLED, KernelZstdError, find_any
 
 
 def _rows() -> list[dict]:
@@ -34,7 +34,7 @@ def _rows() -> list[dict]:
         if BUNDLED in wanted:
             row.update(library=BUNDLED, path=None, source="bundled (zstd-sys, python-zstandard)")
         else:
-            found = next(filter(None, (find_library(v) for v in wanted)), None)
+            found = find_any(wanted)
             if found is None:
                 row.update(library=None, path=None, source=f"missing: the bundled {BUNDLED} stands in")
             else:
@@ -55,7 +55,7 @@ def zstd_library(fetch: bool, as_json: bool) -> None:
     try:
         if fetch:
             for series, preset in KERNELS.items():
-                if BUNDLED in preset.zstd_versions or any(map(find_library, preset.zstd_versions)):
+                if BUNDLED in preset.zstd_versions or find_any(preset.zstd_versions):
                     continue
                 version = preset.zstd_versions[0]
                 if version in LIBZSTD_SUITES:

@@ -32,7 +32,7 @@ from pathlib import Path
 from zsmalloc.cache import cache_dir
 from zsmalloc.kernelvm import debian
 from zsmalloc.kernelvm.mirror import PackageError, sha256_of
-from zsmalloc.zram.zstdlib import SOURCE_FILE, ZstdLibrary, cached_path, library_version
+from zsmalloc.zram.zstdlib import ZstdLibrary, install_library, reusable
 
 #: kernel series -> the lib/zstd version it has (what its built library must report)
 KERNEL_ZSTD = {"6.1": "1.4.10"}
@@ -166,20 +166,12 @@ def build_kernel_zstd(series: str = "6.1", cache: Path | None = None) -> ZstdLib
         known = ", ".join(KERNEL_ZSTD)
         raise BuildError(f"no kernel lib/zstd to build for {series} (known: {known})") from None
     cache = cache or cache_dir()
-    target = cached_path(version, cache)
-    if target.exists() and library_version(target) == version:
-        return ZstdLibrary(target, version, (target.parent / SOURCE_FILE).read_text().strip())
-    package = f"linux-source-{series}"
-    deb = debian.download(package, cache)
+    kept = reusable(version, cache)
+    if kept is not None:
+        return kept
+    deb = debian.download(f"linux-source-{series}", cache)
     root = _extract(deb, cache / "root" / deb.stem)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    _compile(root, partial)
-    got = library_version(partial)
-    if got != version:
-        partial.unlink()
-        raise BuildError(f"{package}'s lib/zstd reports version {got}, not {version}")
+    built = root / "libzstd.so"
+    _compile(root, built)
     source = f"Linux {series}'s lib/zstd, built from Debian {deb.name} (SHA256 {sha256_of(deb)})"
-    (target.parent / SOURCE_FILE).write_text(source + "\n")
-    os.replace(partial, target)
-    return ZstdLibrary(target, version, source)
+    return install_library(built, version, source, cache)

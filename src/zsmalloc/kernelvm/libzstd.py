@@ -12,14 +12,12 @@ the mirror's chain of trust (:mod:`zsmalloc.kernelvm.mirror`)::
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from zsmalloc.cache import cache_dir
 from zsmalloc.kernelvm import debian, mirror
 from zsmalloc.kernelvm.mirror import PackageError
-from zsmalloc.zram.zstdlib import SOURCE_FILE, ZstdLibrary, cached_path, library_version
+from zsmalloc.zram.zstdlib import ZstdLibrary, install_library, reusable
 
 #: libzstd releases a preset needs -> the Debian suite whose libzstd1 is that release
 LIBZSTD_SUITES = {"1.5.7": "trixie"}
@@ -29,9 +27,9 @@ PACKAGE = "libzstd1"
 def fetch_libzstd(version: str, cache: Path | None = None, suite: mirror.Suite | None = None) -> ZstdLibrary:
     """libzstd ``version`` in the cache, fetched and checked if it is not there (else a PackageError)."""
     cache = cache or cache_dir()
-    target = cached_path(version, cache)
-    if target.exists() and library_version(target) == version:
-        return ZstdLibrary(target, version, (target.parent / SOURCE_FILE).read_text().strip())
+    kept = reusable(version, cache)
+    if kept is not None:
+        return kept
     try:
         suite_name = LIBZSTD_SUITES[version]
     except KeyError:
@@ -47,17 +45,8 @@ def fetch_libzstd(version: str, cache: Path | None = None, suite: mirror.Suite |
     found = sorted(root.glob(f"usr/lib/*/libzstd.so.{version}"))
     if not found:
         raise PackageError(f"{deb.name} holds no libzstd.so.{version}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".partial")
-    shutil.copyfile(found[0], partial)
-    got = library_version(partial)
-    if got != version:
-        partial.unlink()
-        raise PackageError(f"{found[0]} in {deb.name} reports libzstd {got}, not {version}")
     source = (
         f"Debian {suite.name} {PACKAGE} {stanza['Version']} ({deb.name}, SHA256 {stanza['SHA256']}, "
         f"{found[0].relative_to(root)})"
     )
-    (target.parent / SOURCE_FILE).write_text(source + "\n")
-    os.replace(partial, target)
-    return ZstdLibrary(target, version, source)
+    return install_library(found[0], version, source, cache)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import shutil
 import sysconfig
 import threading
 import warnings
@@ -269,13 +270,49 @@ def find_library(version: str) -> ZstdLibrary | None:
                 return ZstdLibrary(system, version, "the system's libzstd")
         except KernelZstdError:
             pass
-    path = cached_path(version)
-    if path.exists():
-        found = library_version(path)
-        if found != version:
-            raise KernelZstdError(f"{path} is libzstd {found}, not {version}: remove it and fetch it again")
-        return ZstdLibrary(path, version, _source_of(path))
-    return None
+    return cached_library(version)
+
+
+def cached_library(version: str, cache: Path | None = None) -> ZstdLibrary | None:
+    """The cache's library of ``version``, checked to be that version; None if there is none."""
+    path = cached_path(version, cache)
+    if not path.exists():
+        return None
+    found = library_version(path)
+    if found != version:
+        raise KernelZstdError(f"{path} is libzstd {found}, not {version}: remove it and fetch it again")
+    return ZstdLibrary(path, version, _source_of(path))
+
+
+def install_library(built: Path, version: str, source: str, cache: Path | None = None) -> ZstdLibrary:
+    """Put ``built`` into the cache as libzstd ``version``, with its SOURCE, once it loads as that version.
+
+    ``built`` is copied; a copy that reports another version is removed and refused.
+    """
+    target = cached_path(version, cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    shutil.copyfile(built, partial)
+    got = library_version(partial)
+    if got != version:
+        partial.unlink()
+        raise KernelZstdError(f"{source} reports libzstd {got}, not {version}")
+    (target.parent / SOURCE_FILE).write_text(source + "\n")
+    os.replace(partial, target)
+    return ZstdLibrary(target, version, source)
+
+
+def reusable(version: str, cache: Path | None = None) -> ZstdLibrary | None:
+    """What a fetch or a build may keep: the cache's library of ``version``, unless it is another."""
+    try:
+        return cached_library(version, cache)
+    except KernelZstdError:
+        return None  # fetched or built again over it
+
+
+def find_any(versions: tuple[str, ...]) -> ZstdLibrary | None:
+    """The first of ``versions`` that :func:`find_library` finds, or None."""
+    return next(filter(None, map(find_library, versions)), None)
 
 
 def library_for(versions: tuple[str, ...], what: str) -> ZstdLibrary | None:
@@ -286,10 +323,9 @@ def library_for(versions: tuple[str, ...], what: str) -> ZstdLibrary | None:
     """
     if BUNDLED in versions:
         return None
-    for version in versions:
-        found = find_library(version)
-        if found is not None:
-            return found
+    found = find_any(versions)
+    if found is not None:
+        return found
     message = (
         f"{what}'s zstd is libzstd {' or '.join(versions)}, which is not here (`zsmalloc zstd-library` "
         f"says where it is looked for); the bundled {BUNDLED} compresses instead, and a few pages "

@@ -1995,6 +1995,9 @@ impl Pool {
                     })
                     .collect()
             };
+            if let (true, Some(&first)) = (cls.spec.huge, pages.first()) {
+                huge_heads.insert(first as u32, z.handle.load(Relaxed));
+            }
             let fg = z.fg.load(Relaxed);
             zspages.push(ZsPageSnap {
                 zid,
@@ -2008,11 +2011,6 @@ impl Pool {
                 pages,
                 headers,
             });
-            if cls.spec.huge {
-                if let Some(&first) = zspages.last().and_then(|s: &ZsPageSnap| s.pages.first()) {
-                    huge_heads.insert(first as u32, z.handle.load(Relaxed));
-                }
-            }
         }
         let handles = (1..self.h_len())
             .filter_map(|s| {
