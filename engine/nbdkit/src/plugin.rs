@@ -23,7 +23,7 @@ use zsmalloc_core::zram::{CodecSpec, Zram, ZramConfig, ZramError, PAGE_SIZE};
 use crate::config::{Config, HELP};
 use crate::extents::{extents, is_hole, MAX_EXTENTS, MAX_SCAN, MIN_HOLE};
 use crate::stats::{Counters, Op, StatsDir};
-use crate::watchdog::{close_all_connections, Watchdog};
+use crate::watchdog::{close_all_connections, widen_send_buffers, Watchdog};
 
 static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
 static STATE: OnceLock<State> = OnceLock::new();
@@ -345,6 +345,7 @@ impl Server for ZsmallocPlugin {
             if let Some(w) = &s.watchdog {
                 w.handshake_done();
             }
+            widen_send_buffers();
             s.counters.connections.fetch_add(1, Relaxed);
             s.counters.active.fetch_add(1, Relaxed);
             Ok(Box::new(Handle { s }) as Box<dyn Server>)

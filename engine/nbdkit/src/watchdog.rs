@@ -137,26 +137,73 @@ fn connected_socket(fd: i32) -> Option<u64> {
     if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
         return None;
     }
-    let opt = |name: libc::c_int| -> Option<libc::c_int> {
-        let mut v: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large.
-        let r = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, name, (&mut v as *mut libc::c_int).cast(), &mut len)
-        };
-        (r == 0).then_some(v)
+    (sockopt(fd, libc::SO_TYPE)? == libc::SOCK_STREAM && sockopt(fd, libc::SO_ACCEPTCONN)? == 0)
+        .then_some(st.st_ino)
+}
+
+/// An integer `SOL_SOCKET` option of `fd`.
+fn sockopt(fd: i32, name: libc::c_int) -> Option<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`, which is that large.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, name, (&mut v as *mut libc::c_int).cast(), &mut len)
     };
-    (opt(libc::SO_TYPE)? == libc::SOCK_STREAM && opt(libc::SO_ACCEPTCONN)? == 0).then_some(st.st_ino)
+    (r == 0).then_some(v)
+}
+
+/// The process's descriptors, from `/proc/self/fd`.
+fn descriptors() -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// What a connection's socket may hold of replies not yet read by the
+/// client (`SO_SNDBUF`; the kernel doubles it and caps it at
+/// `net.core.wmem_max`).
+pub const SEND_BUFFER: libc::c_int = 1 << 20;
+
+/// Raise the send buffer of every connected Unix stream socket of the process
+/// that has less than `SEND_BUFFER` (`.open` calls it: nbdkit gives a plugin
+/// no handle on the connection's socket).  An accepted Unix socket starts
+/// with `net.core.wmem_default` (208 KiB), less than a 256 KiB read reply:
+/// nbdkit, serving a connection's requests one at a time, then waits in
+/// every such reply until the client has read part of it.  TCP sockets are
+/// left to the kernel's autotuning, which a fixed size would turn off.
+/// Returns how many were raised.
+pub fn widen_send_buffers() -> usize {
+    let mut widened = 0;
+    for fd in descriptors() {
+        let unix = sockopt(fd, libc::SO_DOMAIN) == Some(libc::AF_UNIX);
+        if unix
+            && connected_socket(fd).is_some()
+            && sockopt(fd, libc::SO_SNDBUF).is_some_and(|v| v < SEND_BUFFER)
+        {
+            let v = SEND_BUFFER;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: setsockopt reads `len` bytes from `v`, an int of that size;
+            // a descriptor closed meanwhile gives -1 and is skipped.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&v as *const libc::c_int).cast(),
+                    len,
+                )
+            };
+            widened += usize::from(r == 0);
+        }
+    }
+    widened
 }
 
 /// `shutdown(SHUT_RDWR)` of every connected stream socket of the process: at
 /// the server's stop, nbdkit waits for its connections to end, and an idle
 /// client would never end its own.  Returns how many.
 pub fn close_all_connections() -> u64 {
-    let Ok(dir) = fs::read_dir("/proc/self/fd") else { return 0 };
-    let fds: Vec<i32> = dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect();
     let mut closed = 0;
-    for fd in fds {
+    for fd in descriptors() {
         if connected_socket(fd).is_some() {
             // SAFETY: shutdown of a connected socket closes no descriptor; nbdkit
             // sees end of file and closes the connection itself.
@@ -292,5 +339,20 @@ mod tests {
             assert_eq!(tr.observe(7, 5, 99, i, Some(t0), t0 + s * i as u32), Verdict::Keep);
         }
         assert_eq!(tr.observe(7, 5, 99, 6, Some(t0), t0 + 5 * s), Verdict::HandshakeTimeout);
+    }
+
+    #[test]
+    fn unix_send_buffers_are_widened_and_tcp_ones_left_alone() {
+        use std::os::fd::AsRawFd;
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let sndbuf = |fd: i32| sockopt(fd, libc::SO_SNDBUF).unwrap();
+        let (unix_before, tcp_before) = (sndbuf(a.as_raw_fd()), sndbuf(tcp.as_raw_fd()));
+        assert!(unix_before < SEND_BUFFER, "{unix_before}");
+        assert!(widen_send_buffers() >= 2);
+        // the kernel doubles the request, capped at net.core.wmem_max
+        assert!(sndbuf(a.as_raw_fd()) > unix_before && sndbuf(b.as_raw_fd()) > unix_before);
+        assert_eq!(sndbuf(tcp.as_raw_fd()), tcp_before);
     }
 }
