@@ -1,7 +1,9 @@
 //! The connection limits nbdkit 1.32 does not have: a bounded handshake, and
 //! an idle limit, so that clients that connect and say nothing (or stop
 //! reading) cannot hold the connection slots of `nbdkit-limit-filter`
-//! forever (issue 10, item 7).
+//! forever (issue 10, item 7); and the connections' send buffers
+//! (`widen_send_buffers`), the other thing done to nbdkit's sockets from
+//! outside.
 //!
 //! nbdkit gives a plugin no handle on a connection's socket, and its reads
 //! retry on EAGAIN (a receive timeout would spin), so the watchdog watches
